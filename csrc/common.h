@@ -1,0 +1,62 @@
+// Argument checks shared by the CPU and CUDA kernels. Bad arguments raise
+// ValueError / TypeError (TORCH_CHECK_VALUE / TORCH_CHECK_TYPE) with a message
+// that names the rule, the argument and its value (SPEC 1).
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace robustagg {
+
+inline bool is_supported_float(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+// X must be a 2-D floating tensor (n, d) with n >= 1.
+inline void check_matrix(const at::Tensor& X, const char* rule) {
+  TORCH_CHECK_TYPE(is_supported_float(X.scalar_type()), rule,
+                   ": X must be float32, float64, float16 or bfloat16, got ", X.scalar_type());
+  TORCH_CHECK_VALUE(X.dim() == 2, rule, ": X must be 2-D (n, d), got ", X.dim(), "-D with shape ", X.sizes());
+  TORCH_CHECK_VALUE(X.size(0) >= 1, rule, ": X needs at least one row, got n=0");
+}
+
+// Rules that drop f values on each side need n > 2f.
+inline void check_trim(const at::Tensor& X, int64_t f, const char* rule) {
+  check_matrix(X, rule);
+  TORCH_CHECK_VALUE(f >= 0, rule, ": f must be >= 0, got f=", f);
+  const int64_t n = X.size(0);
+  TORCH_CHECK_VALUE(n > 2 * f, rule, ": f=", f, " needs n > 2*f, got n=", n);
+}
+
+// Weights: a 1-D tensor of n finite, non-negative numbers with a positive sum,
+// on X's device. Returns them as float64 on X's device, and their sum, added
+// in index order as the kernels do. For CUDA weights the value checks cost
+// one copy of n numbers to the host.
+inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const char* rule, double* sum_out) {
+  const int64_t n = X.size(0);
+  TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()) || at::isIntegralType(w.scalar_type(), /*includeBool=*/false),
+                   rule, ": weights must be a real tensor, got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == n, rule, ": weights must have shape (n,) = (", n, ",), got ",
+                    w.sizes());
+  TORCH_CHECK_VALUE(w.device() == X.device(), rule, ": weights are on ", w.device(), " but X is on ", X.device());
+  const at::Tensor w64 = w.to(at::kDouble).contiguous();
+  const at::Tensor host = w64.cpu();
+  const double* p = host.data_ptr<double>();
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0, rule,
+                      ": weights must be finite and >= 0, got weights[", i, "]=", p[i]);
+    sum += p[i];
+  }
+  TORCH_CHECK_VALUE(sum > 0.0, rule, ": weights must have a positive sum, got ", sum);
+  *sum_out = sum;
+  return w64;
+}
+
+// Row-major view with unit column stride; copies only when the columns are strided.
+inline at::Tensor unit_column_stride(const at::Tensor& X) {
+  return (X.stride(1) == 1 || X.size(1) <= 1) ? X : X.contiguous();
+}
+
+enum class SelectMode : int { kMedian = 0, kTrimmedMean = 1, kMeaMed = 2 };
+
+}  // namespace robustagg

@@ -1,0 +1,8 @@
+// The selection kernel built for the avx512 instruction set; chosen at run time.
+#include <cstdint>
+
+#if defined(__x86_64__)
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,bmi,bmi2,popcnt")
+#endif
+#define ROBUSTAGG_ISA_SUFFIX avx512
+#include "cpu/coordinate_kernel_impl.h"

@@ -1,0 +1,6 @@
+// The selection kernel built for the baseline instruction set; chosen at run time.
+#include <cstdint>
+
+// Baseline x86-64 (SSE2) or the target's default instruction set.
+#define ROBUSTAGG_ISA_SUFFIX baseline
+#include "cpu/coordinate_kernel_impl.h"

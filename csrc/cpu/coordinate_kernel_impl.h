@@ -1,0 +1,214 @@
+// Selection kernel body, included once per instruction set by
+// coordinate_isa_*.cpp with ROBUSTAGG_ISA_SUFFIX set. Everything here has
+// internal linkage and uses only compiler builtins (see coordinate_kernel.h).
+//
+// Method: a block of W adjacent columns is processed at once, one SIMD lane
+// per column. Each of the n rows contributes one vector (its W consecutive
+// values, no transpose). The values are mapped to integer keys whose signed
+// order is the float order with NaN above +inf; a sorting network (pruned
+// Batcher odd-even merge sort) applied lane-wise sorts every column; the
+// order statistics a rule needs are then read out and combined in float64.
+#include "cpu/coordinate_kernel.h"
+
+#define ROBUSTAGG_CAT2(a, b) a##b
+#define ROBUSTAGG_CAT(a, b) ROBUSTAGG_CAT2(a, b)
+
+namespace robustagg::cpu {
+namespace {
+
+typedef int32_t I32x16 __attribute__((vector_size(64)));
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef int64_t I64x8 __attribute__((vector_size(64)));
+typedef double F64x8 __attribute__((vector_size(64)));
+typedef double F64x16 __attribute__((vector_size(128)));
+typedef uint16_t U16x16 __attribute__((vector_size(32)));
+
+#define RA_INLINE static inline __attribute__((always_inline))
+
+// Signed-integer key of a float32 bit pattern: every NaN becomes the canonical
+// quiet NaN (above +inf); negative values get their magnitude bits flipped so
+// that signed integer order equals numeric order. The map is its own inverse.
+RA_INLINE I32x16 f32_key(I32x16 bits) {
+  const I32x16 mag = bits & 0x7fffffff;
+  bits = mag > 0x7f800000 ? (I32x16{} + 0x7fc00000) : bits;
+  return bits ^ ((bits >> 31) & 0x7fffffff);
+}
+RA_INLINE I32x16 f32_unkey(I32x16 key) { return key ^ ((key >> 31) & 0x7fffffff); }
+
+RA_INLINE I64x8 f64_key(I64x8 bits) {
+  const I64x8 mag = bits & 0x7fffffffffffffffLL;
+  bits = mag > 0x7ff0000000000000LL ? (I64x8{} + 0x7ff8000000000000LL) : bits;
+  return bits ^ ((bits >> 63) & 0x7fffffffffffffffLL);
+}
+RA_INLINE I64x8 f64_unkey(I64x8 key) { return key ^ ((key >> 63) & 0x7fffffffffffffffLL); }
+
+// IEEE half -> float32 bits, exact for normals, subnormals, inf and NaN:
+// shifting the exponent/mantissa into place and multiplying by 2^112 rebiases
+// the exponent (and normalises subnormals).
+RA_INLINE I32x16 half_to_f32_bits(I32x16 h) {
+  const I32x16 sign = (h & 0x8000) << 16;
+  const I32x16 em = h & 0x7fff;
+  const F32x16 scaled = (F32x16)(em << 13) * 0x1p112f;
+  const I32x16 finite_bits = (I32x16)scaled;
+  const I32x16 special_bits = (em << 13) | 0x7f800000;
+  return sign | (em >= 0x7c00 ? special_bits : finite_bits);
+}
+
+// Per input kind: key vector type, lanes, and conversions.
+template <InputKind K>
+struct Lanes;
+
+template <>
+struct Lanes<InputKind::kF32> {
+  using In = float;
+  using Key = I32x16;
+  using Dbl = F64x16;
+  static constexpr int W = 16;
+  RA_INLINE Key load(const In* p) {
+    I32x16 bits;
+    __builtin_memcpy(&bits, p, sizeof(bits));
+    return f32_key(bits);
+  }
+  RA_INLINE Dbl to_double(Key key) { return __builtin_convertvector((F32x16)f32_unkey(key), F64x16); }
+};
+
+template <>
+struct Lanes<InputKind::kF64> {
+  using In = double;
+  using Key = I64x8;
+  using Dbl = F64x8;
+  static constexpr int W = 8;
+  RA_INLINE Key load(const In* p) {
+    I64x8 bits;
+    __builtin_memcpy(&bits, p, sizeof(bits));
+    return f64_key(bits);
+  }
+  RA_INLINE Dbl to_double(Key key) { return (F64x8)f64_unkey(key); }
+};
+
+template <>
+struct Lanes<InputKind::kF16> {
+  using In = uint16_t;
+  using Key = I32x16;
+  using Dbl = F64x16;
+  static constexpr int W = 16;
+  RA_INLINE Key load(const In* p) {
+    U16x16 h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return f32_key(half_to_f32_bits(__builtin_convertvector(h, I32x16)));
+  }
+  RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+};
+
+template <>
+struct Lanes<InputKind::kBF16> {
+  using In = uint16_t;
+  using Key = I32x16;
+  using Dbl = F64x16;
+  static constexpr int W = 16;
+  RA_INLINE Key load(const In* p) {
+    U16x16 h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return f32_key(__builtin_convertvector(h, I32x16) << 16);
+  }
+  RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+};
+
+template <InputKind K>
+void select_block_loop(const SelectArgs& a) {
+  using L = Lanes<K>;
+  using In = typename L::In;
+  using Key = typename L::Key;
+  using Dbl = typename L::Dbl;
+  constexpr int W = L::W;
+  // Prefetch each row this many blocks ahead: n concurrent streams are more
+  // than the hardware prefetchers track once n is large.
+  constexpr int64_t kPrefetchBlocks = 8;
+
+  const In* x = static_cast<const In*>(a.x);
+  const int64_t n = a.n;
+  const int64_t f = a.f;
+  Key* keys = static_cast<Key*>(a.scratch);
+  const int32_t* cmp = a.comparators;
+
+  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += W) {
+    const int64_t cnt = (a.col_end - j0) < W ? (a.col_end - j0) : W;
+    for (int64_t i = 0; i < n; ++i) {
+      const In* p = x + i * a.row_stride + j0;
+      if (cnt == W) {
+        keys[i] = L::load(p);
+        __builtin_prefetch(p + kPrefetchBlocks * W);
+      } else {
+        In tail[W];
+        for (int l = 0; l < W; ++l) tail[l] = l < cnt ? p[l] : p[0];
+        keys[i] = L::load(tail);
+      }
+    }
+    for (int64_t c = 0; c < a.n_comparators; ++c) {
+      const Key u = keys[cmp[2 * c]];
+      const Key v = keys[cmp[2 * c + 1]];
+      keys[cmp[2 * c]] = u < v ? u : v;
+      keys[cmp[2 * c + 1]] = u < v ? v : u;
+    }
+
+    // Order statistics are combined in float64, in ascending order, exactly
+    // as the CUDA kernel does, so both give the same bits.
+    Dbl result;
+    const Dbl lo_mid = L::to_double(keys[(n - 1) / 2]);
+    const Dbl median = (n % 2 == 1) ? lo_mid : (lo_mid + L::to_double(keys[n / 2])) * 0.5;
+    if (a.mode == 0) {
+      result = median;
+    } else if (a.mode == 1) {
+      Dbl sum = Dbl{};
+      for (int64_t t = f; t < n - f; ++t) sum += L::to_double(keys[t]);
+      result = sum / static_cast<double>(n - 2 * f);
+    } else {
+      // MeaMed: the n - f values closest to the median form a window
+      // [k, k + n - f) of the sorted column; the window slides right past
+      // position t (< f) iff the value entering on the right is strictly
+      // closer than the one leaving on the left (ties keep the smaller).
+      const int64_t w = n - f;
+      Dbl sum = Dbl{};
+      for (int64_t t = 0; t < f; ++t) {
+        const Dbl left = L::to_double(keys[t]);
+        const Dbl right = L::to_double(keys[t + w]);
+        const auto slide = (right - median) < (median - left);
+        sum += slide ? Dbl{} : left;
+      }
+      for (int64_t t = f; t < w; ++t) sum += L::to_double(keys[t]);
+      for (int64_t t = w; t < n; ++t) {
+        const Dbl left = L::to_double(keys[t - w]);
+        const Dbl right = L::to_double(keys[t]);
+        const auto slide = (right - median) < (median - left);
+        sum += slide ? right : Dbl{};
+      }
+      result = sum / static_cast<double>(w);
+    }
+
+    if constexpr (K == InputKind::kF32) {
+      float* out = static_cast<float*>(a.out) + j0;
+      const F32x16 r = __builtin_convertvector(result, F32x16);
+      for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
+    } else {
+      double* out = static_cast<double*>(a.out) + j0;
+      for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
+    }
+  }
+}
+
+}  // namespace
+
+void ROBUSTAGG_CAT(select_columns_, ROBUSTAGG_ISA_SUFFIX)(const SelectArgs& args) {
+  switch (args.kind) {
+    case InputKind::kF32:
+      return select_block_loop<InputKind::kF32>(args);
+    case InputKind::kF64:
+      return select_block_loop<InputKind::kF64>(args);
+    case InputKind::kF16:
+      return select_block_loop<InputKind::kF16>(args);
+    case InputKind::kBF16:
+      return select_block_loop<InputKind::kBF16>(args);
+  }
+}
+
+}  // namespace robustagg::cpu
