@@ -57,6 +57,7 @@ inline at::Tensor unit_column_stride(const at::Tensor& X) {
   return (X.stride(1) == 1 || X.size(1) <= 1) ? X : X.contiguous();
 }
 
-enum class SelectMode : int { kMedian = 0, kTrimmedMean = 1, kMeaMed = 2 };
+// The coordinate-wise rules, as the kernels number them.
+enum class ColumnRule : int { kMedian = 0, kTrimmedMean = 1, kMeaMed = 2, kMean = 3 };
 
 }  // namespace robustagg

@@ -1,6 +1,6 @@
 // CPU kernels of the coordinate-wise rules (SPEC 2): mean, coordinate_median,
-// trimmed_mean, meamed. The selection rules run the lane-wise sorting-network
-// kernel (coordinate_kernel_impl.h) over column blocks in parallel.
+// trimmed_mean, meamed. The column kernels (coordinate_kernel_impl.h), built
+// for the best instruction set of the CPU, run over column ranges in parallel.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -32,58 +32,72 @@ InputKind input_kind(at::ScalarType t) {
   }
 }
 
-using SelectFn = void (*)(const SelectArgs&);
+using ColumnKernel = void (*)(const ColumnArgs&);
 
-SelectFn select_kernel() {
+ColumnKernel column_kernel() {
   switch (active_isa()) {
     case Isa::kAvx512:
-      return select_columns_avx512;
+      return column_kernel_avx512;
     case Isa::kAvx2:
-      return select_columns_avx2;
+      return column_kernel_avx2;
     default:
-      return select_columns_baseline;
+      return column_kernel_baseline;
   }
 }
 
-// Sorted positions each rule reads: the middle one or two, the kept band, or
-// (MeaMed) every position.
-std::vector<int32_t> network_for(SelectMode mode, int64_t n, int64_t f) {
+// For n above the compile-time networks: the comparators that the sorted
+// positions a rule reads depend on (the middle one or two, the kept band, or
+// every position for MeaMed).
+std::vector<int32_t> runtime_network(ColumnRule rule, int64_t n, int64_t f) {
+  if (n <= kMaxFixedRows) return {};
   const std::vector<int32_t> full = batcher_network(n);
-  switch (mode) {
-    case SelectMode::kMedian:
+  switch (rule) {
+    case ColumnRule::kMedian:
       return prune_network(full, n, (n - 1) / 2, n / 2 + 1);
-    case SelectMode::kTrimmedMean:
+    case ColumnRule::kTrimmedMean:
       return prune_network(full, n, f, n - f);
     default:
       return full;
   }
 }
 
-at::Tensor select_cpu(const at::Tensor& X_in, SelectMode mode, int64_t f) {
+// Runs `rule` over all columns of X. float32 results are written directly;
+// other dtypes go through a float64 buffer (O(d)) so that each result is
+// rounded once from float64, as the reference rounds.
+at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const double* weights,
+                       double weight_sum) {
   const at::Tensor X = unit_column_stride(X_in);
   const int64_t n = X.size(0);
   const int64_t d = X.size(1);
   const at::ScalarType dtype = X.scalar_type();
-  // float32 results are written directly; other dtypes go through a float64
-  // buffer (O(d)) so that each result is rounded once, from float64.
   const bool direct = dtype == at::kFloat;
   at::Tensor out = at::empty({d}, X.options().dtype(direct ? at::kFloat : at::kDouble));
   if (d == 0) return direct ? out : out.to(dtype);
 
-  const std::vector<int32_t> comparators = network_for(mode, n, f);
-  const SelectFn kernel = select_kernel();
-  const int64_t row_stride = n > 1 ? X.stride(0) : d;
-  const void* x = X.data_ptr();
-  void* out_ptr = out.data_ptr();
-  const InputKind kind = input_kind(dtype);
+  const std::vector<int32_t> comparators = runtime_network(rule, n, f);
+  const ColumnKernel kernel = column_kernel();
+  const bool needs_scratch = rule != ColumnRule::kMean;
+  ColumnArgs base{};
+  base.x = X.data_ptr();
+  base.n = n;
+  base.row_stride = n > 1 ? X.stride(0) : d;
+  base.kind = input_kind(dtype);
+  base.out = out.data_ptr();
+  base.rule = static_cast<int>(rule);
+  base.f = f;
+  base.comparators = comparators.data();
+  base.n_comparators = static_cast<int64_t>(comparators.size() / 2);
+  base.weights = weights;
+  base.weight_sum = weight_sum;
 
   at::parallel_for(0, d, kColumnsPerTask, [&](int64_t begin, int64_t end) {
-    // Scratch for one block of keys: n vectors of kSelectLaneBytes, aligned.
-    std::vector<int64_t> scratch(static_cast<size_t>(n * kSelectLaneBytes / 8 + kSelectLaneBytes / 8));
+    // One block of keys: n vectors of kLaneBytes, aligned to kLaneBytes.
+    std::vector<int64_t> scratch(needs_scratch ? static_cast<size_t>((n + 1) * kLaneBytes / 8) : 0);
+    ColumnArgs args = base;
+    args.col_begin = begin;
+    args.col_end = end;
     auto addr = reinterpret_cast<uintptr_t>(scratch.data());
-    addr = (addr + kSelectLaneBytes - 1) / kSelectLaneBytes * kSelectLaneBytes;
-    SelectArgs args{x,   n,    row_stride, begin, end, kind, out_ptr, static_cast<int>(mode), f,
-                    comparators.data(), static_cast<int64_t>(comparators.size() / 2), reinterpret_cast<void*>(addr)};
+    args.scratch = reinterpret_cast<void*>((addr + kLaneBytes - 1) / kLaneBytes * kLaneBytes);
     kernel(args);
   });
   return direct ? out : out.to(dtype);
@@ -91,60 +105,25 @@ at::Tensor select_cpu(const at::Tensor& X_in, SelectMode mode, int64_t f) {
 
 at::Tensor coordinate_median_cpu(const at::Tensor& X) {
   check_matrix(X, "coordinate_median");
-  return select_cpu(X, SelectMode::kMedian, 0);
+  return run_columns(X, ColumnRule::kMedian, 0, nullptr, 0.0);
 }
 
 at::Tensor trimmed_mean_cpu(const at::Tensor& X, int64_t f) {
   check_trim(X, f, "trimmed_mean");
-  return select_cpu(X, SelectMode::kTrimmedMean, f);
+  return run_columns(X, ColumnRule::kTrimmedMean, f, nullptr, 0.0);
 }
 
 at::Tensor meamed_cpu(const at::Tensor& X, int64_t f) {
   check_trim(X, f, "meamed");
-  return select_cpu(X, SelectMode::kMeaMed, f);
+  return run_columns(X, ColumnRule::kMeaMed, f, nullptr, 0.0);
 }
 
-// Weighted mean, accumulated in float64 row by row over column blocks (the
-// block of accumulators stays in L1 while the rows stream past).
-template <typename T>
-void weighted_mean_columns(const T* x, int64_t n, int64_t row_stride, const double* w, double wsum,
-                           int64_t begin, int64_t end, double* acc, double* out) {
-  for (int64_t j = begin; j < end; ++j) acc[j - begin] = 0.0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T* row = x + i * row_stride;
-    const double wi = w == nullptr ? 1.0 : w[i];
-    for (int64_t j = begin; j < end; ++j) acc[j - begin] += wi * static_cast<double>(row[j]);
-  }
-  for (int64_t j = begin; j < end; ++j) out[j] = acc[j - begin] / wsum;
-}
-
-at::Tensor mean_cpu(const at::Tensor& X_in, const std::optional<at::Tensor>& weights) {
-  check_matrix(X_in, "mean");
-  const at::Tensor X = unit_column_stride(X_in);
-  const int64_t n = X.size(0);
-  const int64_t d = X.size(1);
-  at::Tensor w64;
-  double wsum = static_cast<double>(n);
-  if (weights.has_value()) {
-    w64 = check_weights(X, *weights, "mean", &wsum);
-  }
-  const double* w = weights.has_value() ? w64.data_ptr<double>() : nullptr;
-  const int64_t row_stride = n > 1 ? X.stride(0) : d;
-  at::Tensor out = at::empty({d}, X.options().dtype(at::kDouble));
-  if (d == 0) return out.to(X.scalar_type());
-  double* out_ptr = out.data_ptr<double>();
-  constexpr int64_t kBlock = 1024;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "mean_cpu", [&] {
-    const scalar_t* x = X.const_data_ptr<scalar_t>();
-    at::parallel_for(0, d, kColumnsPerTask, [&](int64_t begin, int64_t end) {
-      double acc[kBlock];
-      for (int64_t b = begin; b < end; b += kBlock) {
-        const int64_t e = b + kBlock < end ? b + kBlock : end;
-        weighted_mean_columns<scalar_t>(x, n, row_stride, w, wsum, b, e, acc, out_ptr);
-      }
-    });
-  });
-  return out.to(X.scalar_type());
+at::Tensor mean_cpu(const at::Tensor& X, const std::optional<at::Tensor>& weights) {
+  check_matrix(X, "mean");
+  if (!weights.has_value()) return run_columns(X, ColumnRule::kMean, 0, nullptr, static_cast<double>(X.size(0)));
+  double weight_sum = 0.0;
+  const at::Tensor w64 = check_weights(X, *weights, "mean", &weight_sum);
+  return run_columns(X, ColumnRule::kMean, 0, w64.const_data_ptr<double>(), weight_sum);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// The selection kernel built for the avx2 instruction set; chosen at run time.
+// The column kernels built for the avx2 instruction set; chosen at run time.
 #include <cstdint>
+#include <utility>
 
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma,bmi,bmi2,popcnt")

@@ -1,5 +1,6 @@
-// The selection kernel built for the baseline instruction set; chosen at run time.
+// The column kernels built for the baseline instruction set; chosen at run time.
 #include <cstdint>
+#include <utility>
 
 // Baseline x86-64 (SSE2) or the target's default instruction set.
 #define ROBUSTAGG_ISA_SUFFIX baseline

@@ -1,6 +1,6 @@
 // Interface between the CPU glue (coordinate.cpp, built for the baseline
-// instruction set) and the selection kernel, compiled once per instruction set.
-// Plain C++ only: the kernel files must not instantiate library templates,
+// instruction set) and the column kernels, compiled once per instruction set.
+// Plain C++ only: the kernel files must not instantiate library functions,
 // whose copies the linker could share with code built for another ISA.
 #pragma once
 
@@ -10,26 +10,32 @@ namespace robustagg::cpu {
 
 enum class InputKind : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
 
-struct SelectArgs {
+// One task: a rule applied to columns [col_begin, col_end) of X.
+struct ColumnArgs {
   const void* x;        // row-major (n, d) with unit column stride
   int64_t n;
   int64_t row_stride;   // elements between rows
-  int64_t col_begin;    // columns [col_begin, col_end) are processed
+  int64_t col_begin;
   int64_t col_end;
   InputKind kind;
   void* out;            // float* for kF32 input, double* otherwise
-  int mode;             // robustagg::SelectMode
-  int64_t f;
-  const int32_t* comparators;  // pairs (lo, hi), lo < hi
+  int rule;             // robustagg::ColumnRule
+  int64_t f;            // trimmed_mean / meamed
+  const int32_t* comparators;  // selection rules with n > kMaxFixedRows: pairs (lo, hi)
   int64_t n_comparators;
-  void* scratch;        // n * kSelectLaneBytes bytes, aligned to kSelectLaneBytes
+  const double* weights;       // mean: n weights or nullptr (uniform)
+  double weight_sum;           // mean: the divisor
+  void* scratch;        // selection rules: n * kLaneBytes bytes, aligned to kLaneBytes
 };
 
 // One SIMD block of columns: 16 float keys or 8 double keys.
-constexpr int64_t kSelectLaneBytes = 64;
+constexpr int64_t kLaneBytes = 64;
+// Up to this many rows the selection network is fixed at compile time and the
+// column block stays in registers; above it a run-time comparator list is used.
+constexpr int64_t kMaxFixedRows = 64;
 
-void select_columns_baseline(const SelectArgs& args);
-void select_columns_avx2(const SelectArgs& args);
-void select_columns_avx512(const SelectArgs& args);
+void column_kernel_baseline(const ColumnArgs& args);
+void column_kernel_avx2(const ColumnArgs& args);
+void column_kernel_avx512(const ColumnArgs& args);
 
 }  // namespace robustagg::cpu

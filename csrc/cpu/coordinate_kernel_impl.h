@@ -1,13 +1,17 @@
-// Selection kernel body, included once per instruction set by
+// Column kernel bodies, included once per instruction set by
 // coordinate_isa_*.cpp with ROBUSTAGG_ISA_SUFFIX set. Everything here has
 // internal linkage and uses only compiler builtins (see coordinate_kernel.h).
 //
 // Method: a block of W adjacent columns is processed at once, one SIMD lane
 // per column. Each of the n rows contributes one vector (its W consecutive
-// values, no transpose). The values are mapped to integer keys whose signed
-// order is the float order with NaN above +inf; a sorting network (pruned
-// Batcher odd-even merge sort) applied lane-wise sorts every column; the
-// order statistics a rule needs are then read out and combined in float64.
+// values, no transpose). For the selection rules the values are mapped to
+// integer keys whose signed order is the float order with NaN above +inf; a
+// sorting network (Batcher's odd-even merge sort) applied lane-wise sorts
+// every column; the order statistics a rule needs are then read out and
+// combined in float64. The mean accumulates the rows in float64.
+#include <utility>
+
+#include "batcher.h"
 #include "cpu/coordinate_kernel.h"
 
 #define ROBUSTAGG_CAT2(a, b) a##b
@@ -64,12 +68,18 @@ struct Lanes<InputKind::kF32> {
   using Key = I32x16;
   using Dbl = F64x16;
   static constexpr int W = 16;
+  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
   RA_INLINE Key load(const In* p) {
     I32x16 bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f32_key(bits);
   }
   RA_INLINE Dbl to_double(Key key) { return __builtin_convertvector((F32x16)f32_unkey(key), F64x16); }
+  RA_INLINE Dbl load_double(const In* p) {
+    F32x16 v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return __builtin_convertvector(v, F64x16);
+  }
 };
 
 template <>
@@ -78,12 +88,18 @@ struct Lanes<InputKind::kF64> {
   using Key = I64x8;
   using Dbl = F64x8;
   static constexpr int W = 8;
+  static constexpr int64_t kPad = 0x7fffffffffffffffLL;
   RA_INLINE Key load(const In* p) {
     I64x8 bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f64_key(bits);
   }
   RA_INLINE Dbl to_double(Key key) { return (F64x8)f64_unkey(key); }
+  RA_INLINE Dbl load_double(const In* p) {
+    F64x8 v;
+    __builtin_memcpy(&v, p, sizeof(v));
+    return v;
+  }
 };
 
 template <>
@@ -92,12 +108,18 @@ struct Lanes<InputKind::kF16> {
   using Key = I32x16;
   using Dbl = F64x16;
   static constexpr int W = 16;
+  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
   RA_INLINE Key load(const In* p) {
     U16x16 h;
     __builtin_memcpy(&h, p, sizeof(h));
     return f32_key(half_to_f32_bits(__builtin_convertvector(h, I32x16)));
   }
   RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+  RA_INLINE Dbl load_double(const In* p) {
+    U16x16 h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return __builtin_convertvector((F32x16)half_to_f32_bits(__builtin_convertvector(h, I32x16)), F64x16);
+  }
 };
 
 template <>
@@ -106,59 +128,115 @@ struct Lanes<InputKind::kBF16> {
   using Key = I32x16;
   using Dbl = F64x16;
   static constexpr int W = 16;
+  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
   RA_INLINE Key load(const In* p) {
     U16x16 h;
     __builtin_memcpy(&h, p, sizeof(h));
     return f32_key(__builtin_convertvector(h, I32x16) << 16);
   }
   RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+  RA_INLINE Dbl load_double(const In* p) {
+    U16x16 h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return __builtin_convertvector((F32x16)(__builtin_convertvector(h, I32x16) << 16), F64x16);
+  }
 };
 
-template <InputKind K>
-void select_block_loop(const SelectArgs& a) {
+// Loads the W-column block starting at column j0 (cnt <= W valid columns;
+// missing lanes repeat column j0) through `convert`.
+template <InputKind K, typename Convert>
+RA_INLINE auto load_block(const typename Lanes<K>::In* p, int64_t cnt, Convert convert) {
   using L = Lanes<K>;
-  using In = typename L::In;
+  if (cnt == L::W) return convert(p);
+  typename L::In tail[L::W];
+  for (int l = 0; l < L::W; ++l) tail[l] = l < cnt ? p[l] : p[0];
+  return convert(tail);
+}
+
+// Prefetch each row this many blocks ahead: n concurrent streams are more than
+// the hardware prefetchers track once n is large.
+constexpr int64_t kPrefetchBlocks = 8;
+
+template <typename Key>
+RA_INLINE void compare_swap(Key& a, Key& b) {
+  const Key lo = a < b ? a : b;
+  b = a < b ? b : a;
+  a = lo;
+}
+
+template <int N, typename Key, int... I>
+RA_INLINE void sort_fixed(Key (&k)[N], std::integer_sequence<int, I...>) {
+  (compare_swap(k[kStaticNetwork<N>.lo[I]], k[kStaticNetwork<N>.hi[I]]), ...);
+}
+
+// Sorts one block's keys into keys[0..n). N > 0: the compile-time network on N
+// rows (n <= N; rows n..N-1 are padded with a key above NaN), with the block
+// in registers. N == 0: the run-time comparator list, in memory.
+template <InputKind K, int N>
+RA_INLINE void sort_block(const ColumnArgs& a, int64_t j0, int64_t cnt, typename Lanes<K>::Key* keys) {
+  using L = Lanes<K>;
+  using Key = typename L::Key;
+  const auto* x = static_cast<const typename L::In*>(a.x);
+  const int64_t n = a.n;
+  auto load = [](const typename L::In* p) { return L::load(p); };
+  if constexpr (N > 0) {
+    Key k[N];
+    for (int i = 0; i < N; ++i) {
+      if (i < n) {
+        const typename L::In* p = x + i * a.row_stride + j0;
+        k[i] = load_block<K>(p, cnt, load);
+        __builtin_prefetch(p + kPrefetchBlocks * L::W);
+      } else {
+        k[i] = Key{} + L::kPad;
+      }
+    }
+    sort_fixed<N>(k, std::make_integer_sequence<int, StaticNetwork<N>::kCount>{});
+    for (int i = 0; i < N; ++i)
+      if (i < n) keys[i] = k[i];
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const typename L::In* p = x + i * a.row_stride + j0;
+      keys[i] = load_block<K>(p, cnt, load);
+      __builtin_prefetch(p + kPrefetchBlocks * L::W);
+    }
+    const int32_t* cmp = a.comparators;
+    for (int64_t c = 0; c < a.n_comparators; ++c) compare_swap(keys[cmp[2 * c]], keys[cmp[2 * c + 1]]);
+  }
+}
+
+template <InputKind K>
+RA_INLINE void store_block(const ColumnArgs& a, int64_t j0, int64_t cnt, typename Lanes<K>::Dbl result) {
+  if constexpr (K == InputKind::kF32) {
+    float* out = static_cast<float*>(a.out) + j0;
+    const F32x16 r = __builtin_convertvector(result, F32x16);
+    for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
+  } else {
+    double* out = static_cast<double*>(a.out) + j0;
+    for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
+  }
+}
+
+template <InputKind K, int N>
+void select_columns(const ColumnArgs& a) {
+  using L = Lanes<K>;
   using Key = typename L::Key;
   using Dbl = typename L::Dbl;
-  constexpr int W = L::W;
-  // Prefetch each row this many blocks ahead: n concurrent streams are more
-  // than the hardware prefetchers track once n is large.
-  constexpr int64_t kPrefetchBlocks = 8;
-
-  const In* x = static_cast<const In*>(a.x);
   const int64_t n = a.n;
   const int64_t f = a.f;
   Key* keys = static_cast<Key*>(a.scratch);
-  const int32_t* cmp = a.comparators;
 
-  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += W) {
-    const int64_t cnt = (a.col_end - j0) < W ? (a.col_end - j0) : W;
-    for (int64_t i = 0; i < n; ++i) {
-      const In* p = x + i * a.row_stride + j0;
-      if (cnt == W) {
-        keys[i] = L::load(p);
-        __builtin_prefetch(p + kPrefetchBlocks * W);
-      } else {
-        In tail[W];
-        for (int l = 0; l < W; ++l) tail[l] = l < cnt ? p[l] : p[0];
-        keys[i] = L::load(tail);
-      }
-    }
-    for (int64_t c = 0; c < a.n_comparators; ++c) {
-      const Key u = keys[cmp[2 * c]];
-      const Key v = keys[cmp[2 * c + 1]];
-      keys[cmp[2 * c]] = u < v ? u : v;
-      keys[cmp[2 * c + 1]] = u < v ? v : u;
-    }
+  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += L::W) {
+    const int64_t cnt = (a.col_end - j0) < L::W ? (a.col_end - j0) : L::W;
+    sort_block<K, N>(a, j0, cnt, keys);
 
     // Order statistics are combined in float64, in ascending order, exactly
     // as the CUDA kernel does, so both give the same bits.
     Dbl result;
     const Dbl lo_mid = L::to_double(keys[(n - 1) / 2]);
     const Dbl median = (n % 2 == 1) ? lo_mid : (lo_mid + L::to_double(keys[n / 2])) * 0.5;
-    if (a.mode == 0) {
+    if (a.rule == 0) {
       result = median;
-    } else if (a.mode == 1) {
+    } else if (a.rule == 1) {
       Dbl sum = Dbl{};
       for (int64_t t = f; t < n - f; ++t) sum += L::to_double(keys[t]);
       result = sum / static_cast<double>(n - 2 * f);
@@ -171,43 +249,63 @@ void select_block_loop(const SelectArgs& a) {
       Dbl sum = Dbl{};
       for (int64_t t = 0; t < f; ++t) {
         const Dbl left = L::to_double(keys[t]);
-        const Dbl right = L::to_double(keys[t + w]);
-        const auto slide = (right - median) < (median - left);
+        const auto slide = (L::to_double(keys[t + w]) - median) < (median - left);
         sum += slide ? Dbl{} : left;
       }
       for (int64_t t = f; t < w; ++t) sum += L::to_double(keys[t]);
       for (int64_t t = w; t < n; ++t) {
-        const Dbl left = L::to_double(keys[t - w]);
         const Dbl right = L::to_double(keys[t]);
-        const auto slide = (right - median) < (median - left);
+        const auto slide = (right - median) < (median - L::to_double(keys[t - w]));
         sum += slide ? right : Dbl{};
       }
       result = sum / static_cast<double>(w);
     }
-
-    if constexpr (K == InputKind::kF32) {
-      float* out = static_cast<float*>(a.out) + j0;
-      const F32x16 r = __builtin_convertvector(result, F32x16);
-      for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
-    } else {
-      double* out = static_cast<double*>(a.out) + j0;
-      for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
-    }
+    store_block<K>(a, j0, cnt, result);
   }
+}
+
+// sum_i w_i x_i / weight_sum, accumulated in float64 in row order.
+template <InputKind K>
+void mean_columns(const ColumnArgs& a) {
+  using L = Lanes<K>;
+  using Dbl = typename L::Dbl;
+  const auto* x = static_cast<const typename L::In*>(a.x);
+  auto load = [](const typename L::In* p) { return L::load_double(p); };
+  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += L::W) {
+    const int64_t cnt = (a.col_end - j0) < L::W ? (a.col_end - j0) : L::W;
+    Dbl acc = Dbl{};
+    for (int64_t i = 0; i < a.n; ++i) {
+      const typename L::In* p = x + i * a.row_stride + j0;
+      const Dbl v = load_block<K>(p, cnt, load);
+      __builtin_prefetch(p + kPrefetchBlocks * L::W);
+      acc += a.weights == nullptr ? v : a.weights[i] * v;
+    }
+    store_block<K>(a, j0, cnt, acc / a.weight_sum);
+  }
+}
+
+template <InputKind K>
+void run_rule(const ColumnArgs& a) {
+  if (a.rule == 3) return mean_columns<K>(a);
+  if (a.n <= 8) return select_columns<K, 8>(a);
+  if (a.n <= 16) return select_columns<K, 16>(a);
+  if (a.n <= 32) return select_columns<K, 32>(a);
+  if (a.n <= kMaxFixedRows) return select_columns<K, kMaxFixedRows>(a);
+  return select_columns<K, 0>(a);
 }
 
 }  // namespace
 
-void ROBUSTAGG_CAT(select_columns_, ROBUSTAGG_ISA_SUFFIX)(const SelectArgs& args) {
+void ROBUSTAGG_CAT(column_kernel_, ROBUSTAGG_ISA_SUFFIX)(const ColumnArgs& args) {
   switch (args.kind) {
     case InputKind::kF32:
-      return select_block_loop<InputKind::kF32>(args);
+      return run_rule<InputKind::kF32>(args);
     case InputKind::kF64:
-      return select_block_loop<InputKind::kF64>(args);
+      return run_rule<InputKind::kF64>(args);
     case InputKind::kF16:
-      return select_block_loop<InputKind::kF16>(args);
+      return run_rule<InputKind::kF16>(args);
     case InputKind::kBF16:
-      return select_block_loop<InputKind::kBF16>(args);
+      return run_rule<InputKind::kBF16>(args);
   }
 }
 

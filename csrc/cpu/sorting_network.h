@@ -4,28 +4,17 @@
 #include <cstdint>
 #include <vector>
 
+#include "batcher.h"
+
 namespace robustagg::cpu {
 
-// Batcher's odd-even merge sort for any n: the power-of-two network with every
-// comparator that touches an index >= n removed (those indices hold +infinity
-// conceptually, so such comparators never move a value). Pairs (lo, hi) with
-// lo < hi; after the network, position t holds the t-th smallest value.
-// Knuth, TAOCP vol. 3, 5.3.4; Batcher, "Sorting networks and their
-// applications", AFIPS 1968.
+// The comparators of Batcher's network on n elements as a flat list of pairs.
 inline std::vector<int32_t> batcher_network(int64_t n) {
   std::vector<int32_t> pairs;
-  for (int64_t p = 1; p < n; p += p) {
-    for (int64_t k = p; k >= 1; k /= 2) {
-      for (int64_t j = k % p; j + k < n; j += 2 * k) {
-        for (int64_t i = 0; i < k && i + j + k < n; ++i) {
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
-            pairs.push_back(static_cast<int32_t>(i + j));
-            pairs.push_back(static_cast<int32_t>(i + j + k));
-          }
-        }
-      }
-    }
-  }
+  batcher_pairs(n, [&pairs](int64_t lo, int64_t hi) {
+    pairs.push_back(static_cast<int32_t>(lo));
+    pairs.push_back(static_cast<int32_t>(hi));
+  });
   return pairs;
 }
 

@@ -17,6 +17,7 @@
 #include <cstdint>
 #include <utility>
 
+#include "batcher.h"
 #include "common.h"
 
 namespace robustagg::cuda {
@@ -77,44 +78,6 @@ __device__ __forceinline__ void store(at::BFloat16* out, double v) {
   *reinterpret_cast<__nv_bfloat16*>(out) = __float2bfloat16_rn(static_cast<float>(v));
 }
 
-// ---------------------------------------------------------------------------
-// Compile-time Batcher network on N = 2^k elements.
-
-template <int N>
-struct Network {
-  static constexpr int count() {
-    int c = 0;
-    for (int p = 1; p < N; p += p)
-      for (int k = p; k >= 1; k /= 2)
-        for (int j = k % p; j + k < N; j += 2 * k)
-          for (int i = 0; i < k && i + j + k < N; ++i)
-            if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) ++c;
-    return c;
-  }
-  static constexpr int kCount = count();
-  int lo[kCount > 0 ? kCount : 1];
-  int hi[kCount > 0 ? kCount : 1];
-};
-
-template <int N>
-constexpr Network<N> make_network() {
-  Network<N> net{};
-  int c = 0;
-  for (int p = 1; p < N; p += p)
-    for (int k = p; k >= 1; k /= 2)
-      for (int j = k % p; j + k < N; j += 2 * k)
-        for (int i = 0; i < k && i + j + k < N; ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) {
-            net.lo[c] = i + j;
-            net.hi[c] = i + j + k;
-            ++c;
-          }
-  return net;
-}
-
-template <int N>
-constexpr Network<N> kNetwork = make_network<N>();
-
 template <typename Key>
 __device__ __forceinline__ void compare_swap(Key& a, Key& b) {
   const Key lo = min(a, b);
@@ -124,8 +87,8 @@ __device__ __forceinline__ void compare_swap(Key& a, Key& b) {
 
 template <int N, int I, typename Key>
 __device__ __forceinline__ void comparator(Key (&k)[N]) {
-  constexpr int lo = kNetwork<N>.lo[I];
-  constexpr int hi = kNetwork<N>.hi[I];
+  constexpr int lo = kStaticNetwork<N>.lo[I];
+  constexpr int hi = kStaticNetwork<N>.hi[I];
   compare_swap(k[lo], k[hi]);
 }
 
@@ -159,8 +122,8 @@ template <typename Get>
 __device__ __forceinline__ double finish_sorted(Get get, int mode, int64_t n, int64_t f) {
   const double lo_mid = get((n - 1) / 2);
   const double median = (n % 2 == 1) ? lo_mid : (lo_mid + get(n / 2)) * 0.5;
-  if (mode == static_cast<int>(SelectMode::kMedian)) return median;
-  if (mode == static_cast<int>(SelectMode::kMeaMed)) return meamed_of_sorted(get, n, f, median);
+  if (mode == static_cast<int>(ColumnRule::kMedian)) return median;
+  if (mode == static_cast<int>(ColumnRule::kMeaMed)) return meamed_of_sorted(get, n, f, median);
   double sum = 0.0;
   for (int64_t t = f; t < n - f; ++t) sum += get(t);
   return sum / static_cast<double>(n - 2 * f);
@@ -184,10 +147,10 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
   Key k[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) k[i] = (active && i < n) ? load_key(x + i * row_stride + col) : KeyOf<T>::kPad;
-  sort_registers<N>(k, std::make_integer_sequence<int, Network<N>::kCount>{});
+  sort_registers<N>(k, std::make_integer_sequence<int, StaticNetwork<N>::kCount>{});
 
   double result;
-  if (mode == static_cast<int>(SelectMode::kMeaMed)) {
+  if (mode == static_cast<int>(ColumnRule::kMeaMed)) {
     Key* tile = reinterpret_cast<Key*>(smem_raw);
 #pragma unroll
     for (int i = 0; i < N; ++i) tile[i * blockDim.x + threadIdx.x] = k[i];
@@ -203,7 +166,7 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
       if (i == n / 2) hi_mid = v;
       if (i >= f && i < n - f) sum += v;
     }
-    result = mode == static_cast<int>(SelectMode::kMedian)
+    result = mode == static_cast<int>(ColumnRule::kMedian)
                  ? ((n % 2 == 1) ? lo_mid : (lo_mid + hi_mid) * 0.5)
                  : sum / static_cast<double>(n - 2 * f);
   }
@@ -274,7 +237,7 @@ template <int N, typename T>
 void launch_registers(const T* x, int64_t n, int64_t row_stride, int64_t d, T* out, int mode, int64_t f,
                       cudaStream_t stream) {
   using Key = typename KeyOf<T>::type;
-  const size_t smem = mode == static_cast<int>(SelectMode::kMeaMed) ? N * kRegisterThreads * sizeof(Key) : 0;
+  const size_t smem = mode == static_cast<int>(ColumnRule::kMeaMed) ? N * kRegisterThreads * sizeof(Key) : 0;
   auto kernel = select_registers_kernel<N, T>;
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
@@ -312,7 +275,7 @@ void launch_select(const T* x, int64_t n, int64_t row_stride, int64_t d, T* out,
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-at::Tensor select_cuda(const at::Tensor& X_in, SelectMode mode, int64_t f) {
+at::Tensor select_cuda(const at::Tensor& X_in, ColumnRule mode, int64_t f) {
   const c10::cuda::CUDAGuard guard(X_in.device());
   const at::Tensor X = unit_column_stride(X_in);
   const int64_t n = X.size(0);
@@ -350,9 +313,12 @@ __global__ void mean_kernel(const T* __restrict__ x, int64_t n, int64_t row_stri
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (col >= d) return;
   double acc = 0.0;
+  // Unrolled so that several rows' loads are in flight at once.
   if (w == nullptr) {
+#pragma unroll 8
     for (int64_t i = 0; i < n; ++i) acc += load_value(x + i * row_stride + col);
   } else {
+#pragma unroll 8
     for (int64_t i = 0; i < n; ++i) acc += w[i] * load_value(x + i * row_stride + col);
   }
   store(out + col, acc / wsum);
@@ -384,17 +350,17 @@ at::Tensor mean_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& we
 
 at::Tensor coordinate_median_cuda(const at::Tensor& X) {
   check_matrix(X, "coordinate_median");
-  return select_cuda(X, SelectMode::kMedian, 0);
+  return select_cuda(X, ColumnRule::kMedian, 0);
 }
 
 at::Tensor trimmed_mean_cuda(const at::Tensor& X, int64_t f) {
   check_trim(X, f, "trimmed_mean");
-  return select_cuda(X, SelectMode::kTrimmedMean, f);
+  return select_cuda(X, ColumnRule::kTrimmedMean, f);
 }
 
 at::Tensor meamed_cuda(const at::Tensor& X, int64_t f) {
   check_trim(X, f, "meamed");
-  return select_cuda(X, SelectMode::kMeaMed, f);
+  return select_cuda(X, ColumnRule::kMeaMed, f);
 }
 
 }  // namespace

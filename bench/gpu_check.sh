@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One command for a GPU machine: build robustagg with CUDA for the card, run
+# the test suite (CUDA tests included), compute-sanitizer (memcheck and
+# racecheck) on a small call of every kernel, a >2**31-element parity check,
+# then time every CUDA op against a device-to-device copy of the same bytes.
+# Prints the table last; the full log and the tables go to $OUT (or
+# bench/out/gpu when OUT is unset).
+#
+#   bash bench/gpu_check.sh            # everything
+#   QUICK=1 bash bench/gpu_check.sh    # smaller timing grid
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-bench/out/gpu}"
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+PY="${PYTHON:-python3}"
+FAILED="$OUT/failed_steps"
+: > "$FAILED"
+step() { echo; echo "=== $* ($(date +%T))"; }
+fail() { echo "FAILED: $*" | tee -a "$FAILED"; }
+
+{
+  step "machine"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true
+  "$PY" -c "import torch, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+
+  step "build (sm_90)"
+  # NVCC_APPEND_FLAGS puts the compiler's register / spill report into build.log.
+  export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" MAX_JOBS="${MAX_JOBS:-16}" NVCC_APPEND_FLAGS="-Xptxas=-v"
+  "$PY" setup.py build_ext --inplace > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; fail build; exit 1; }
+  grep -E "robustagg:" "$OUT/build.log" | head -1
+  "$PY" -c "import robustagg as r; assert r.cuda_kernels_built(), 'CUDA kernels missing'; print('cuda kernels built; cpu isa', r.cpu_kernel_isa())" || { fail import; exit 1; }
+
+  step "tests (CUDA tests included)"
+  xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
+  "$PY" -m pytest tests -q -p no:cacheprovider "${xdist[@]}" -rfE 2>&1 | tail -30 || fail tests
+
+  step "compute-sanitizer memcheck"
+  compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" bench/gpu_sanitize.py 2>&1 | tail -5 || fail memcheck
+  step "compute-sanitizer racecheck"
+  compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" bench/gpu_sanitize.py 2>&1 | tail -5 || fail racecheck
+
+  step "parity beyond 2**31 elements"
+  "$PY" bench/gpu_large_check.py || fail "large parity"
+
+  step "timings"
+  if [ "${QUICK:-0}" = 1 ]; then grid=(--n 8 25 64 --d 16000000); else grid=(); fi
+  "$PY" -m robustagg bench --device cuda "${grid[@]}" --json "$OUT/gpu-bench.json" --markdown "$OUT/gpu-bench.md" \
+    > "$OUT/gpu-bench.txt" || fail timings
+} 2>&1 | tee "$LOG"
+
+echo
+echo "=== table"
+cat "$OUT/gpu-bench.txt" 2>/dev/null
+if [ -s "$FAILED" ]; then cat "$FAILED"; exit 1; fi
+echo "all steps passed"
