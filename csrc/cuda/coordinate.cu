@@ -158,17 +158,19 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
     const int stride = blockDim.x;
     result = finish_sorted([&](int64_t t) { return key_value(mine[t * stride]); }, mode, n, f);
   } else {
-    double lo_mid = 0.0, hi_mid = 0.0, sum = 0.0;
+    // Select keys first and convert only what the rule reads.
+    const bool trimmed = mode == static_cast<int>(ColumnRule::kTrimmedMean);
+    Key lo_key = k[0], hi_key = k[0];
+    double sum = 0.0;
 #pragma unroll
     for (int i = 0; i < N; ++i) {
-      const double v = key_value(k[i]);
-      if (i == (n - 1) / 2) lo_mid = v;
-      if (i == n / 2) hi_mid = v;
-      if (i >= f && i < n - f) sum += v;
+      if (i == (n - 1) / 2) lo_key = k[i];
+      if (i == n / 2) hi_key = k[i];
+      if (trimmed && i >= f && i < n - f) sum += key_value(k[i]);
     }
-    result = mode == static_cast<int>(ColumnRule::kMedian)
-                 ? ((n % 2 == 1) ? lo_mid : (lo_mid + hi_mid) * 0.5)
-                 : sum / static_cast<double>(n - 2 * f);
+    const double lo_mid = key_value(lo_key);
+    result = trimmed ? sum / static_cast<double>(n - 2 * f)
+                     : ((n % 2 == 1) ? lo_mid : (lo_mid + key_value(hi_key)) * 0.5);
   }
   if (active) store(out + col, result);
 }
@@ -183,30 +185,33 @@ constexpr int kTileThreads = 256;
 template <typename T>
 __global__ void __launch_bounds__(kTileThreads) select_tile_kernel(const T* __restrict__ x, int64_t n,
                                                                   int64_t row_stride, int64_t d, T* __restrict__ out,
-                                                                  int mode, int64_t f, int64_t P, int cols) {
+                                                                  int mode, int64_t f, int log2_rows, int log2_cols) {
   using Key = typename KeyOf<T>::type;
   extern __shared__ unsigned char smem_raw[];
   Key* tile = reinterpret_cast<Key*>(smem_raw);  // tile[row * cols + c]
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * cols;
-  const int64_t total = P * cols;
-  for (int64_t e = threadIdx.x; e < total; e += blockDim.x) {
-    const int64_t row = e / cols;
-    const int64_t col = col0 + e % cols;
+  // Tile sizes are powers of two: 32-bit shifts and masks, no division.
+  const int cols = 1 << log2_cols;
+  const int rows = 1 << log2_rows;
+  const int64_t col0 = static_cast<int64_t>(blockIdx.x) << log2_cols;
+  for (int e = threadIdx.x; e < (rows << log2_cols); e += blockDim.x) {
+    const int row = e >> log2_cols;
+    const int64_t col = col0 + (e & (cols - 1));
     tile[e] = (row < n && col < d) ? load_key(x + row * row_stride + col) : KeyOf<T>::kPad;
   }
   __syncthreads();
-  const int64_t pairs = (P / 2) * cols;
-  for (int64_t size = 2; size <= P; size *= 2) {
-    for (int64_t stride = size / 2; stride >= 1; stride /= 2) {
-      for (int64_t e = threadIdx.x; e < pairs; e += blockDim.x) {
-        const int64_t c = e % cols;
-        const int64_t pair = e / cols;
-        // The pair's lower index: insert a zero bit at position log2(stride).
-        const int64_t i = (pair / stride) * 2 * stride + pair % stride;
-        const int64_t j = i + stride;
-        Key& a = tile[i * cols + c];
-        Key& b = tile[j * cols + c];
-        const bool ascending = (i & size) == 0;
+  const int pairs = (rows / 2) << log2_cols;
+  for (int log2_size = 1; log2_size <= log2_rows; ++log2_size) {
+    for (int log2_stride = log2_size - 1; log2_stride >= 0; --log2_stride) {
+      const int stride = 1 << log2_stride;
+      for (int e = threadIdx.x; e < pairs; e += blockDim.x) {
+        const int c = e & (cols - 1);
+        const int pair = e >> log2_cols;
+        // The pair's lower row: a zero bit inserted at position log2(stride).
+        const int i = ((pair >> log2_stride) << (log2_stride + 1)) | (pair & (stride - 1));
+        const int j = i + stride;
+        Key& a = tile[(i << log2_cols) + c];
+        Key& b = tile[(j << log2_cols) + c];
+        const bool ascending = ((i >> log2_size) & 1) == 0;
         if ((a > b) == ascending) {
           const Key t = a;
           a = b;
@@ -218,7 +223,7 @@ __global__ void __launch_bounds__(kTileThreads) select_tile_kernel(const T* __re
   }
   if (threadIdx.x < cols && col0 + threadIdx.x < d) {
     const Key* mine = tile + threadIdx.x;
-    const double r = finish_sorted([&](int64_t t) { return key_value(mine[t * cols]); }, mode, n, f);
+    const double r = finish_sorted([&](int64_t t) { return key_value(mine[t << log2_cols]); }, mode, n, f);
     store(out + col0 + threadIdx.x, r);
   }
 }
@@ -259,19 +264,22 @@ void launch_select(const T* x, int64_t n, int64_t row_stride, int64_t d, T* out,
   if constexpr (kRegisterLimit >= 64) {
     if (n <= 64) return launch_registers<64>(x, n, row_stride, d, out, mode, f, stream);
   }
-  const int64_t P = next_pow2(n);
-  int cols = 32;
-  while (cols > 1 && P * cols * static_cast<int64_t>(sizeof(Key)) > kTileSmemBytes) cols /= 2;
-  const int64_t smem = P * cols * static_cast<int64_t>(sizeof(Key));
-  TORCH_CHECK_VALUE(smem <= kTileSmemBytes, "CUDA selection kernels support n <= ",
-                    kTileSmemBytes / static_cast<int64_t>(sizeof(Key)), " rows for this dtype, got n=", n,
-                    "; move X to the CPU for larger n");
+  // Rows are padded to a power of two; one column of the largest tile fills the budget.
+  const int64_t max_rows = next_pow2(kTileSmemBytes / static_cast<int64_t>(sizeof(Key)) + 1) / 2;
+  TORCH_CHECK_VALUE(n <= max_rows, "CUDA selection kernels support n <= ", max_rows,
+                    " rows for this dtype, got n=", n, "; move X to the CPU for larger n");
+  int log2_rows = 0;
+  while ((int64_t{1} << log2_rows) < n) ++log2_rows;
+  int log2_cols = 5;  // 32 columns: one warp reads 128 contiguous bytes of a row
+  while (log2_cols > 0 && (int64_t{sizeof(Key)} << (log2_rows + log2_cols)) > kTileSmemBytes) --log2_cols;
+  const int64_t smem = int64_t{sizeof(Key)} << (log2_rows + log2_cols);
   auto kernel = select_tile_kernel<T>;
   if (smem > 48 * 1024) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   }
-  const int64_t blocks = (d + cols - 1) / cols;
-  kernel<<<static_cast<unsigned>(blocks), kTileThreads, smem, stream>>>(x, n, row_stride, d, out, mode, f, P, cols);
+  const int64_t blocks = (d + (int64_t{1} << log2_cols) - 1) >> log2_cols;
+  kernel<<<static_cast<unsigned>(blocks), kTileThreads, smem, stream>>>(x, n, row_stride, d, out, mode, f, log2_rows,
+                                                                        log2_cols);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 

@@ -1,0 +1,100 @@
+"""Times the CUDA ops against a device-to-device copy of the same bytes.
+
+For each (n, d): the copy of X (bytes read + written, the bandwidth roof),
+one read of X (``X.sum(0)``), each robustagg op, and ``torch.median(X, dim=0)``.
+Median of repeats timed with CUDA events; inputs rotate so that no repeat
+finds X in L2. Prints a markdown table and writes it (and JSON) to --out.
+
+    python bench/gpu_time.py --n 8 25 64 128 --d 16000000 64000000 --out bench/out/gpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+
+import torch
+
+import robustagg as ra
+
+
+def time_ms(fn, inputs: list[torch.Tensor], repeats: int) -> float:
+    for X in inputs[:2]:
+        fn(X)
+    torch.cuda.synchronize()
+    times = []
+    for r in range(repeats):
+        X = inputs[r % len(inputs)]
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn(X)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, nargs="+", default=[8, 25, 64, 128])
+    p.add_argument("--d", type=int, nargs="+", default=[16_000_000, 64_000_000])
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--torch-median-max-bytes", type=float, default=4e9, help="skip torch.median above this input size")
+    p.add_argument("--out", default="bench/out/gpu")
+    args = p.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    name = torch.cuda.get_device_name()
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    header = "| n | d | copy GB/s | op | ms | GB/s (X read + result written) | % of copy BW | x one read | vs torch.median |"
+    lines = [f"Device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, float32", "", header,
+             "|" + "---|" * 9]
+    print("\n".join(lines), flush=True)
+    for d in args.d:
+        for n in args.n:
+            nbytes = n * d * 4
+            if 3 * nbytes > torch.cuda.mem_get_info()[0]:
+                continue
+            copies = max(1, min(4, (8 * l2) // nbytes + 1))
+            gen = torch.Generator(device="cuda").manual_seed(n)
+            inputs = [torch.randn(n, d, device="cuda", generator=gen) for _ in range(copies)]
+            f = (n - 1) // 4
+            out = torch.empty_like(inputs[0])
+            copy_ms = time_ms(lambda X: out.copy_(X), inputs, args.repeats)
+            del out
+            read_ms = time_ms(lambda X: X.sum(0), inputs, args.repeats)
+            median_ms = None
+            if nbytes <= args.torch_median_max_bytes:
+                median_ms = time_ms(lambda X: torch.median(X, dim=0), inputs, max(3, args.repeats // 3))
+            copy_gbs = 2 * nbytes / copy_ms / 1e6
+            ops = {
+                "coordinate_median": lambda X: ra.coordinate_median(X),
+                "trimmed_mean": lambda X: ra.trimmed_mean(X, f),
+                "meamed": lambda X: ra.meamed(X, f),
+                "mean": lambda X: ra.mean(X),
+            }
+            for op, fn in ops.items():
+                ms = time_ms(fn, inputs, args.repeats)
+                # Bytes moved by the op: X read once, the (d,) result written.
+                gbs = (nbytes + d * 4) / ms / 1e6
+                vs = f"{median_ms / ms:.1f}x" if median_ms is not None and op == "coordinate_median" else ""
+                row = dict(n=n, d=d, op=op, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs,
+                           x_one_read=ms / read_ms, torch_median_ms=median_ms, device=name)
+                rows.append(row)
+                line = (f"| {n} | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} | {row['pct_copy']:.0f}% | "
+                        f"{ms / read_ms:.2f} | {vs} |")
+                lines.append(line)
+                print(line, flush=True)
+            del inputs
+            torch.cuda.empty_cache()
+    with open(os.path.join(args.out, "gpu-time.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    with open(os.path.join(args.out, "gpu-time.json"), "w") as fh:
+        json.dump(rows, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""Aggregator objects: the three input forms, agreement with the functional ops
+on the stacked matrix, shapes, errors and repr."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustagg
+from conftest import MatrixSpec, assert_bitwise, make_matrix
+
+
+def _aggregators():
+    w = torch.tensor([1.0, 2.0, 0.0, 0.5, 3.0, 1.0, 1.0])
+    return [
+        (robustagg.Mean(), lambda X: robustagg.mean(X)),
+        (robustagg.Mean(weights=w), lambda X: robustagg.mean(X, w)),
+        (robustagg.CoordinateMedian(), robustagg.coordinate_median),
+        (robustagg.TrimmedMean(2), lambda X: robustagg.trimmed_mean(X, 2)),
+        (robustagg.MeaMed(3), lambda X: robustagg.meamed(X, 3)),
+        (robustagg.TrimmedMean(0), lambda X: robustagg.trimmed_mean(X, 0)),
+    ]
+
+
+AGGS = _aggregators()
+IDS = ["Mean", "Mean-weights", "CoordinateMedian", "TrimmedMean2", "MeaMed3", "TrimmedMean0"]
+N = 7
+
+
+def _worker_params(seed, dtype=torch.float32):
+    """N workers, each with a parameter list of three tensors of different shapes."""
+    shapes = [(3, 4), (5,), (2, 1, 3)]
+    total = sum(torch.Size(s).numel() for s in shapes)
+    X = make_matrix(MatrixSpec(N, total, seed=seed, pattern="mixed", nan_rows=1, scatter=0.05), dtype)
+    params = []
+    for i in range(N):
+        parts = torch.split(X[i], [torch.Size(s).numel() for s in shapes])
+        params.append([p.reshape(s).clone() for p, s in zip(parts, shapes)])
+    return X, params, shapes
+
+
+@pytest.mark.parametrize("agg,fn", AGGS, ids=IDS)
+def test_matrix_form(agg, fn):
+    X = make_matrix(MatrixSpec(N, 50, seed=1, pattern="mixed", nan_rows=1), torch.float32)
+    out = agg(X)
+    assert out.shape == (50,)
+    assert_bitwise(out, fn(X), repr(agg))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("agg,fn", AGGS, ids=IDS)
+def test_list_of_tensors_form(agg, fn, dtype):
+    X = make_matrix(MatrixSpec(N, 60, seed=2, pattern="gaussian", posinf_rows=1), dtype)
+    grads = [X[i].reshape(3, 4, 5).clone() for i in range(N)]
+    out = agg(grads)
+    assert isinstance(out, torch.Tensor)
+    assert out.shape == (3, 4, 5) and out.dtype == dtype
+    assert_bitwise(out.reshape(-1), fn(X), repr(agg))
+
+
+@pytest.mark.parametrize("agg,fn", AGGS, ids=IDS)
+def test_list_of_parameter_lists_form(agg, fn):
+    X, params, shapes = _worker_params(seed=3)
+    out = agg(params)
+    assert isinstance(out, list) and len(out) == len(shapes)
+    for t, s in zip(out, shapes):
+        assert isinstance(t, torch.Tensor) and t.shape == s and t.dtype == torch.float32
+    assert_bitwise(torch.cat([t.reshape(-1) for t in out]), fn(X), repr(agg))
+
+
+def test_non_contiguous_worker_tensors():
+    base = torch.randn(N, 6, 8)
+    grads = [base[i].t() for i in range(N)]  # (8, 6) views, non-contiguous
+    out = robustagg.CoordinateMedian()(grads)
+    assert out.shape == (8, 6)
+    assert torch.equal(out, robustagg.coordinate_median(torch.stack([g.reshape(-1) for g in grads])).reshape(8, 6))
+
+
+def test_single_worker_and_scalar_tensors():
+    out = robustagg.TrimmedMean(0)([torch.tensor(3.0)])
+    assert out.shape == () and out.item() == 3.0
+    out = robustagg.CoordinateMedian()([torch.tensor(1.0), torch.tensor(5.0), torch.tensor(2.0)])
+    assert out.shape == () and out.item() == 2.0
+
+
+def test_inputs_not_modified():
+    X, params, _ = _worker_params(seed=4)
+    before = [[p.clone() for p in ps] for ps in params]
+    robustagg.MeaMed(2)(params)
+    for ps, bs in zip(params, before):
+        for p, b in zip(ps, bs):
+            assert_bitwise(p.reshape(-1), b.reshape(-1), "parameter list modified")
+
+
+# ---------------------------------------------------------------------------
+# Errors
+
+
+@pytest.mark.parametrize("bad", [[], (), "abc", 3, None], ids=["empty-list", "empty-tuple", "str", "int", "None"])
+def test_not_a_contribution(bad):
+    with pytest.raises(TypeError, match="aggregator: expected an \\(n, d\\) tensor or a non-empty list"):
+        robustagg.CoordinateMedian()(bad)
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4), ()], ids=["1-D", "3-D", "0-D"])
+def test_tensor_input_not_2d(shape):
+    with pytest.raises(ValueError, match=r"aggregator: a tensor input must be \(n, d\), got shape"):
+        robustagg.Mean()(torch.zeros(shape))
+
+
+def test_mismatched_tensor_shapes():
+    with pytest.raises(ValueError, match=r"aggregator: worker 2 sent \(3, 5\), expected a tensor of shape \(3, 4\)"):
+        robustagg.TrimmedMean(1)([torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 5)])
+    with pytest.raises(ValueError, match=r"aggregator: worker 1 sent \(12,\), expected a tensor of shape \(3, 4\)"):
+        robustagg.TrimmedMean(0)([torch.zeros(3, 4), torch.zeros(12)])
+    with pytest.raises(ValueError, match=r"aggregator: worker 1 sent list"):
+        robustagg.TrimmedMean(0)([torch.zeros(3, 4), [torch.zeros(3, 4)]])
+
+
+def test_mismatched_parameter_lists():
+    good = [torch.zeros(2, 2), torch.zeros(3)]
+    with pytest.raises(ValueError, match=r"aggregator: worker 1's parameter list does not match worker 0's shapes"):
+        robustagg.MeaMed(0)([good, [torch.zeros(2, 2)]])
+    with pytest.raises(ValueError, match=r"aggregator: worker 2's parameter list does not match worker 0's shapes"):
+        robustagg.MeaMed(0)([good, good, [torch.zeros(2, 2), torch.zeros(4)]])
+    with pytest.raises(ValueError, match=r"aggregator: worker 1's parameter list does not match"):
+        robustagg.MeaMed(0)([good, torch.zeros(3)])
+    with pytest.raises(ValueError, match=r"aggregator: worker 0 sent an empty parameter list"):
+        robustagg.MeaMed(0)([[], []])
+
+
+def test_rule_errors_pass_through():
+    with pytest.raises(ValueError, match=r"trimmed_mean: f=2 needs n > 2\*f, got n=4"):
+        robustagg.TrimmedMean(2)([torch.zeros(3)] * 4)
+    with pytest.raises(TypeError, match=r"meamed: f must be an int, got float 1.5"):
+        robustagg.MeaMed(1.5)(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match=r"mean: weights must have shape \(n,\) = \(3,\)"):
+        robustagg.Mean(torch.ones(4))([torch.zeros(2)] * 3)
+
+
+def test_repr():
+    assert repr(robustagg.TrimmedMean(2)) == "TrimmedMean(f=2)"
+    assert repr(robustagg.MeaMed(3)) == "MeaMed(f=3)"
+    assert repr(robustagg.CoordinateMedian()) == "CoordinateMedian()"
+    assert repr(robustagg.Mean()) == "Mean(weights=None)"
+    assert repr(robustagg.Mean(torch.tensor([1.0, 2.0]))).startswith("Mean(weights=tensor([1., 2.]")
+
+
+def test_base_class_is_abstract():
+    with pytest.raises(NotImplementedError):
+        robustagg.Aggregator()(torch.zeros(3, 2))
+    assert isinstance(robustagg.MeaMed(1), robustagg.Aggregator)
