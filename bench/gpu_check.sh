@@ -2,7 +2,8 @@
 # One command for a GPU machine: build robustagg with CUDA for the card, run
 # the test suite (CUDA tests included), compute-sanitizer (memcheck and
 # racecheck) on a small call of every kernel, a >2**31-element parity check,
-# then time every CUDA op against a device-to-device copy of the same bytes.
+# then time every CUDA op against a device-to-device copy of the same bytes
+# (bench/gpu_time.py).
 # Prints the table last; the full log and the tables go to $OUT (or
 # bench/out/gpu when OUT is unset).
 #
@@ -14,6 +15,8 @@ OUT="${OUT:-bench/out/gpu}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
 PY="${PYTHON:-python3}"
+# The scripts under bench/ import the in-place build from the repository root.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 FAILED="$OUT/failed_steps"
 : > "$FAILED"
 step() { echo; echo "=== $* ($(date +%T))"; }
@@ -45,12 +48,11 @@ fail() { echo "FAILED: $*" | tee -a "$FAILED"; }
 
   step "timings"
   if [ "${QUICK:-0}" = 1 ]; then grid=(--n 8 25 64 --d 16000000); else grid=(); fi
-  "$PY" -m robustagg bench --device cuda "${grid[@]}" --json "$OUT/gpu-bench.json" --markdown "$OUT/gpu-bench.md" \
-    > "$OUT/gpu-bench.txt" || fail timings
+  "$PY" bench/gpu_time.py "${grid[@]}" --out "$OUT" > "$OUT/gpu-time.txt" || fail timings
 } 2>&1 | tee "$LOG"
 
 echo
 echo "=== table"
-cat "$OUT/gpu-bench.txt" 2>/dev/null
+cat "$OUT/gpu-time.txt" 2>/dev/null
 if [ -s "$FAILED" ]; then cat "$FAILED"; exit 1; fi
 echo "all steps passed"

@@ -5,7 +5,43 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdio>
+#include <string>
+
 namespace robustagg {
+
+// Error messages are assembled here as one std::string, which c10::str passes
+// through untouched, rather than through c10::str's stream formatting: that
+// formatting crashed on one toolchain (docs/design.md, "Errors").
+namespace detail {
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+inline void append(std::string& s, int v) { s += std::to_string(v); }
+inline void append(std::string& s, long v) { s += std::to_string(v); }
+inline void append(std::string& s, long long v) { s += std::to_string(v); }
+inline void append(std::string& s, double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "%g", v);
+  s += buf;
+}
+inline void append(std::string& s, at::IntArrayRef v) {
+  s += '[';
+  for (size_t i = 0; i < v.size(); ++i) {
+    if (i > 0) s += ", ";
+    s += std::to_string(v[i]);
+  }
+  s += ']';
+}
+inline void append(std::string& s, at::ScalarType t) { s += c10::toString(t); }
+inline void append(std::string& s, const c10::Device& d) { s += d.str(); }
+}  // namespace detail
+
+template <typename... Args>
+std::string message(const Args&... args) {
+  std::string s;
+  (detail::append(s, args), ...);
+  return s;
+}
 
 inline bool is_supported_float(at::ScalarType t) {
   return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
@@ -13,18 +49,19 @@ inline bool is_supported_float(at::ScalarType t) {
 
 // X must be a 2-D floating tensor (n, d) with n >= 1.
 inline void check_matrix(const at::Tensor& X, const char* rule) {
-  TORCH_CHECK_TYPE(is_supported_float(X.scalar_type()), rule,
-                   ": X must be float32, float64, float16 or bfloat16, got ", X.scalar_type());
-  TORCH_CHECK_VALUE(X.dim() == 2, rule, ": X must be 2-D (n, d), got ", X.dim(), "-D with shape ", X.sizes());
-  TORCH_CHECK_VALUE(X.size(0) >= 1, rule, ": X needs at least one row, got n=0");
+  TORCH_CHECK_TYPE(is_supported_float(X.scalar_type()),
+                   message(rule, ": X must be float32, float64, float16 or bfloat16, got ", X.scalar_type()));
+  TORCH_CHECK_VALUE(X.dim() == 2,
+                    message(rule, ": X must be 2-D (n, d), got ", X.dim(), "-D with shape ", X.sizes()));
+  TORCH_CHECK_VALUE(X.size(0) >= 1, message(rule, ": X needs at least one row, got n=0"));
 }
 
 // Rules that drop f values on each side need n > 2f.
 inline void check_trim(const at::Tensor& X, int64_t f, const char* rule) {
   check_matrix(X, rule);
-  TORCH_CHECK_VALUE(f >= 0, rule, ": f must be >= 0, got f=", f);
+  TORCH_CHECK_VALUE(f >= 0, message(rule, ": f must be >= 0, got f=", f));
   const int64_t n = X.size(0);
-  TORCH_CHECK_VALUE(n > 2 * f, rule, ": f=", f, " needs n > 2*f, got n=", n);
+  TORCH_CHECK_VALUE(n > 2 * f, message(rule, ": f=", f, " needs n > 2*f, got n=", n));
 }
 
 // Weights: a 1-D tensor of n finite, non-negative numbers with a positive sum,
@@ -34,20 +71,21 @@ inline void check_trim(const at::Tensor& X, int64_t f, const char* rule) {
 inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const char* rule, double* sum_out) {
   const int64_t n = X.size(0);
   TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()) || at::isIntegralType(w.scalar_type(), /*includeBool=*/false),
-                   rule, ": weights must be a real tensor, got ", w.scalar_type());
-  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == n, rule, ": weights must have shape (n,) = (", n, ",), got ",
-                    w.sizes());
-  TORCH_CHECK_VALUE(w.device() == X.device(), rule, ": weights are on ", w.device(), " but X is on ", X.device());
+                   message(rule, ": weights must be a real tensor, got ", w.scalar_type()));
+  TORCH_CHECK_VALUE(w.dim() == 1 && w.size(0) == n,
+                    message(rule, ": weights must have shape (n,) = (", n, ",), got ", w.sizes()));
+  TORCH_CHECK_VALUE(w.device() == X.device(),
+                    message(rule, ": weights are on ", w.device(), " but X is on ", X.device()));
   const at::Tensor w64 = w.to(at::kDouble).contiguous();
   const at::Tensor host = w64.cpu();
   const double* p = host.data_ptr<double>();
   double sum = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0, rule,
-                      ": weights must be finite and >= 0, got weights[", i, "]=", p[i]);
+    TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0,
+                      message(rule, ": weights must be finite and >= 0, got weights[", i, "]=", p[i]));
     sum += p[i];
   }
-  TORCH_CHECK_VALUE(sum > 0.0, rule, ": weights must have a positive sum, got ", sum);
+  TORCH_CHECK_VALUE(sum > 0.0, message(rule, ": weights must have a positive sum, got ", sum));
   *sum_out = sum;
   return w64;
 }

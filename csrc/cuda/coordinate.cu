@@ -266,8 +266,8 @@ void launch_select(const T* x, int64_t n, int64_t row_stride, int64_t d, T* out,
   }
   // Rows are padded to a power of two; one column of the largest tile fills the budget.
   const int64_t max_rows = next_pow2(kTileSmemBytes / static_cast<int64_t>(sizeof(Key)) + 1) / 2;
-  TORCH_CHECK_VALUE(n <= max_rows, "CUDA selection kernels support n <= ", max_rows,
-                    " rows for this dtype, got n=", n, "; move X to the CPU for larger n");
+  TORCH_CHECK_VALUE(n <= max_rows, message("CUDA selection kernels support n <= ", max_rows,
+                                           " rows for this dtype, got n=", n, "; move X to the CPU for larger n"));
   int log2_rows = 0;
   while ((int64_t{1} << log2_rows) < n) ++log2_rows;
   int log2_cols = 5;  // 32 columns: one warp reads 128 contiguous bytes of a row
