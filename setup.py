@@ -53,14 +53,22 @@ def _want_cuda() -> bool:
 
 def _extension():
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    # No FMA contraction: CPU and CUDA kernels must round alike.
-    cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi"]
+    # No FMA contraction: CPU and CUDA kernels must round alike. OpenMP: ATen's
+    # parallel_for is inlined into the extension and is serial without it.
+    cxx_flags = ["-O3", "-fno-math-errno", "-ffp-contract=off", "-Wno-psabi", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if sys.platform != "darwin":
         cxx_flags.append("-fvisibility=hidden")
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         print(f"robustagg: building CPU kernels from {len(sources)} files")
-        return CppExtension("robustagg._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension(
+            "robustagg._C",
+            sources,
+            include_dirs=include_dirs,
+            extra_compile_args={"cxx": cxx_flags},
+            extra_link_args=link_flags,
+        )
 
     if not torch.cuda.is_available() and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
@@ -81,6 +89,7 @@ def _extension():
         sources + cuda_sources,
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        extra_link_args=link_flags,
     )
 
 

@@ -5,6 +5,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "common.h"
@@ -90,13 +91,17 @@ at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const
   base.weights = weights;
   base.weight_sum = weight_sum;
 
+  base.chunk_blocks = std::max<int64_t>(1, kStageBytes / (n * kLaneBytes));
+
+  const int64_t stage_bytes = needs_scratch ? base.chunk_blocks * n * kLaneBytes : 0;
+
   at::parallel_for(0, d, kColumnsPerTask, [&](int64_t begin, int64_t end) {
-    // One block of keys: n vectors of kLaneBytes, aligned to kLaneBytes.
-    std::vector<int64_t> scratch(needs_scratch ? static_cast<size_t>((n + 1) * kLaneBytes / 8) : 0);
+    // Per task: the staged keys of one chunk, aligned to kLaneBytes.
+    std::vector<int64_t> scratch(static_cast<size_t>((stage_bytes + kLaneBytes) / 8));
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(scratch.data());
     ColumnArgs args = base;
     args.col_begin = begin;
     args.col_end = end;
-    auto addr = reinterpret_cast<uintptr_t>(scratch.data());
     args.scratch = reinterpret_cast<void*>((addr + kLaneBytes - 1) / kLaneBytes * kLaneBytes);
     kernel(args);
   });

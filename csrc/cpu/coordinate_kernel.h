@@ -25,11 +25,14 @@ struct ColumnArgs {
   int64_t n_comparators;
   const double* weights;       // mean: n weights or nullptr (uniform)
   double weight_sum;           // mean: the divisor
-  void* scratch;        // selection rules: n * kLaneBytes bytes, aligned to kLaneBytes
+  int64_t chunk_blocks;  // selection rules: column blocks staged at once
+  void* scratch;        // selection rules: chunk_blocks * n * kLaneBytes bytes, aligned to kLaneBytes
 };
 
 // One SIMD block of columns: 16 float keys or 8 double keys.
 constexpr int64_t kLaneBytes = 64;
+// Bytes of keys the selection rules stage per chunk of columns (L2-resident).
+constexpr int64_t kStageBytes = 64 * 1024;
 // Up to this many rows the selection network is fixed at compile time and the
 // column block stays in registers; above it a run-time comparator list is used.
 constexpr int64_t kMaxFixedRows = 64;

@@ -26,6 +26,7 @@ typedef int64_t I64x8 __attribute__((vector_size(64)));
 typedef double F64x8 __attribute__((vector_size(64)));
 typedef double F64x16 __attribute__((vector_size(128)));
 typedef uint16_t U16x16 __attribute__((vector_size(32)));
+typedef float F32x8 __attribute__((vector_size(32)));
 
 #define RA_INLINE static inline __attribute__((always_inline))
 
@@ -74,7 +75,15 @@ struct Lanes<InputKind::kF32> {
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f32_key(bits);
   }
-  RA_INLINE Dbl to_double(Key key) { return __builtin_convertvector((F32x16)f32_unkey(key), F64x16); }
+  // Half h (lanes 8h .. 8h+7) of a key vector as float64: the selection
+  // rules' float64 arithmetic stays at the native width of AVX-512, which
+  // GCC would otherwise lower lane by lane for compares and selects.
+  RA_INLINE F64x8 to_double8(Key key, int h) {
+    const F32x16 v = (F32x16)f32_unkey(key);
+    const F32x8 part = h == 0 ? __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
+                              : __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
+    return __builtin_convertvector(part, F64x8);
+  }
   RA_INLINE Dbl load_double(const In* p) {
     F32x16 v;
     __builtin_memcpy(&v, p, sizeof(v));
@@ -94,7 +103,7 @@ struct Lanes<InputKind::kF64> {
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f64_key(bits);
   }
-  RA_INLINE Dbl to_double(Key key) { return (F64x8)f64_unkey(key); }
+  RA_INLINE F64x8 to_double8(Key key, int) { return (F64x8)f64_unkey(key); }
   RA_INLINE Dbl load_double(const In* p) {
     F64x8 v;
     __builtin_memcpy(&v, p, sizeof(v));
@@ -114,7 +123,7 @@ struct Lanes<InputKind::kF16> {
     __builtin_memcpy(&h, p, sizeof(h));
     return f32_key(half_to_f32_bits(__builtin_convertvector(h, I32x16)));
   }
-  RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+  RA_INLINE F64x8 to_double8(Key key, int h) { return Lanes<InputKind::kF32>::to_double8(key, h); }
   RA_INLINE Dbl load_double(const In* p) {
     U16x16 h;
     __builtin_memcpy(&h, p, sizeof(h));
@@ -134,7 +143,7 @@ struct Lanes<InputKind::kBF16> {
     __builtin_memcpy(&h, p, sizeof(h));
     return f32_key(__builtin_convertvector(h, I32x16) << 16);
   }
-  RA_INLINE Dbl to_double(Key key) { return Lanes<InputKind::kF32>::to_double(key); }
+  RA_INLINE F64x8 to_double8(Key key, int h) { return Lanes<InputKind::kF32>::to_double8(key, h); }
   RA_INLINE Dbl load_double(const In* p) {
     U16x16 h;
     __builtin_memcpy(&h, p, sizeof(h));
@@ -153,10 +162,6 @@ RA_INLINE auto load_block(const typename Lanes<K>::In* p, int64_t cnt, Convert c
   return convert(tail);
 }
 
-// Prefetch each row this many blocks ahead: n concurrent streams are more than
-// the hardware prefetchers track once n is large.
-constexpr int64_t kPrefetchBlocks = 8;
-
 template <typename Key>
 RA_INLINE void compare_swap(Key& a, Key& b) {
   const Key lo = a < b ? a : b;
@@ -169,118 +174,156 @@ RA_INLINE void sort_fixed(Key (&k)[N], std::integer_sequence<int, I...>) {
   (compare_swap(k[kStaticNetwork<N>.lo[I]], k[kStaticNetwork<N>.hi[I]]), ...);
 }
 
-// Sorts one block's keys into keys[0..n). N > 0: the compile-time network on N
+// Sorts one block's n keys in place. N > 0: the compile-time network on N
 // rows (n <= N; rows n..N-1 are padded with a key above NaN), with the block
 // in registers. N == 0: the run-time comparator list, in memory.
 template <InputKind K, int N>
-RA_INLINE void sort_block(const ColumnArgs& a, int64_t j0, int64_t cnt, typename Lanes<K>::Key* keys) {
+RA_INLINE void sort_block(const ColumnArgs& a, typename Lanes<K>::Key* keys) {
   using L = Lanes<K>;
   using Key = typename L::Key;
-  const auto* x = static_cast<const typename L::In*>(a.x);
   const int64_t n = a.n;
-  auto load = [](const typename L::In* p) { return L::load(p); };
   if constexpr (N > 0) {
     Key k[N];
-    for (int i = 0; i < N; ++i) {
-      if (i < n) {
-        const typename L::In* p = x + i * a.row_stride + j0;
-        k[i] = load_block<K>(p, cnt, load);
-        __builtin_prefetch(p + kPrefetchBlocks * L::W);
-      } else {
-        k[i] = Key{} + L::kPad;
-      }
-    }
+    for (int i = 0; i < N; ++i) k[i] = i < n ? keys[i] : Key{} + L::kPad;
     sort_fixed<N>(k, std::make_integer_sequence<int, StaticNetwork<N>::kCount>{});
     for (int i = 0; i < N; ++i)
       if (i < n) keys[i] = k[i];
   } else {
-    for (int64_t i = 0; i < n; ++i) {
-      const typename L::In* p = x + i * a.row_stride + j0;
-      keys[i] = load_block<K>(p, cnt, load);
-      __builtin_prefetch(p + kPrefetchBlocks * L::W);
-    }
     const int32_t* cmp = a.comparators;
     for (int64_t c = 0; c < a.n_comparators; ++c) compare_swap(keys[cmp[2 * c]], keys[cmp[2 * c + 1]]);
   }
 }
 
+// Writes cnt (<= 8) results for the columns starting at j0.
 template <InputKind K>
-RA_INLINE void store_block(const ColumnArgs& a, int64_t j0, int64_t cnt, typename Lanes<K>::Dbl result) {
+RA_INLINE void store8(const ColumnArgs& a, int64_t j0, int64_t cnt, F64x8 result) {
   if constexpr (K == InputKind::kF32) {
     float* out = static_cast<float*>(a.out) + j0;
-    const F32x16 r = __builtin_convertvector(result, F32x16);
-    for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
+    const F32x8 r = __builtin_convertvector(result, F32x8);
+    if (cnt == 8) {
+      __builtin_memcpy(out, &r, sizeof(r));
+    } else {
+      for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
+    }
   } else {
     double* out = static_cast<double*>(a.out) + j0;
-    for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
+    if (cnt == 8) {
+      __builtin_memcpy(out, &result, sizeof(result));
+    } else {
+      for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
+    }
   }
+}
+
+// The rule's value for lanes 8h .. 8h+7 from one block's sorted keys. Order
+// statistics are combined in float64, in ascending order, exactly as the
+// CUDA kernel does, so both give the same bits.
+template <InputKind K>
+RA_INLINE F64x8 rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys, int h) {
+  using L = Lanes<K>;
+  const int64_t n = a.n;
+  const int64_t f = a.f;
+  auto value = [keys, h](int64_t t) { return L::to_double8(keys[t], h); };
+  const F64x8 lo_mid = value((n - 1) / 2);
+  const F64x8 median = (n % 2 == 1) ? lo_mid : (lo_mid + value(n / 2)) * 0.5;
+  if (a.rule == 0) return median;
+  F64x8 sum = F64x8{};
+  if (a.rule == 1) {
+    for (int64_t t = f; t < n - f; ++t) sum += value(t);
+    return sum / static_cast<double>(n - 2 * f);
+  }
+  // MeaMed: the n - f values closest to the median form a window
+  // [k, k + n - f) of the sorted column; the window slides right past
+  // position t (< f) iff the value entering on the right is strictly
+  // closer than the one leaving on the left (ties keep the smaller).
+  const int64_t w = n - f;
+  for (int64_t t = 0; t < f; ++t) {
+    const F64x8 left = value(t);
+    sum += ((value(t + w) - median) < (median - left)) ? F64x8{} : left;
+  }
+  for (int64_t t = f; t < w; ++t) sum += value(t);
+  for (int64_t t = w; t < n; ++t) {
+    const F64x8 right = value(t);
+    sum += ((right - median) < (median - value(t - w))) ? right : F64x8{};
+  }
+  return sum / static_cast<double>(w);
 }
 
 template <InputKind K, int N>
 void select_columns(const ColumnArgs& a) {
   using L = Lanes<K>;
   using Key = typename L::Key;
-  using Dbl = typename L::Dbl;
   const int64_t n = a.n;
-  const int64_t f = a.f;
-  Key* keys = static_cast<Key*>(a.scratch);
+  const auto* x = static_cast<const typename L::In*>(a.x);
+  Key* stage = static_cast<Key*>(a.scratch);
+  auto load = [](const typename L::In* p) { return L::load(p); };
+  const int64_t chunk = a.chunk_blocks * L::W;
 
-  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += L::W) {
-    const int64_t cnt = (a.col_end - j0) < L::W ? (a.col_end - j0) : L::W;
-    sort_block<K, N>(a, j0, cnt, keys);
-
-    // Order statistics are combined in float64, in ascending order, exactly
-    // as the CUDA kernel does, so both give the same bits.
-    Dbl result;
-    const Dbl lo_mid = L::to_double(keys[(n - 1) / 2]);
-    const Dbl median = (n % 2 == 1) ? lo_mid : (lo_mid + L::to_double(keys[n / 2])) * 0.5;
-    if (a.rule == 0) {
-      result = median;
-    } else if (a.rule == 1) {
-      Dbl sum = Dbl{};
-      for (int64_t t = f; t < n - f; ++t) sum += L::to_double(keys[t]);
-      result = sum / static_cast<double>(n - 2 * f);
-    } else {
-      // MeaMed: the n - f values closest to the median form a window
-      // [k, k + n - f) of the sorted column; the window slides right past
-      // position t (< f) iff the value entering on the right is strictly
-      // closer than the one leaving on the left (ties keep the smaller).
-      const int64_t w = n - f;
-      Dbl sum = Dbl{};
-      for (int64_t t = 0; t < f; ++t) {
-        const Dbl left = L::to_double(keys[t]);
-        const auto slide = (L::to_double(keys[t + w]) - median) < (median - left);
-        sum += slide ? Dbl{} : left;
+  for (int64_t c0 = a.col_begin; c0 < a.col_end; c0 += chunk) {
+    const int64_t c1 = (a.col_end - c0) < chunk ? a.col_end : c0 + chunk;
+    const int64_t blocks = (c1 - c0 + L::W - 1) / L::W;
+    // Stage the chunk as keys, block-major (stage[b * n + i]): each row is
+    // read in one contiguous run, and the row's next run is prefetched.
+    const int64_t full = (c1 - c0) / L::W;
+    for (int64_t i = 0; i < n; ++i) {
+      const typename L::In* row = x + i * a.row_stride + c0;
+      for (int64_t b = 0; b < full; ++b) {
+        stage[b * n + i] = L::load(row + b * L::W);
+        __builtin_prefetch(row + b * L::W + chunk);
       }
-      for (int64_t t = f; t < w; ++t) sum += L::to_double(keys[t]);
-      for (int64_t t = w; t < n; ++t) {
-        const Dbl right = L::to_double(keys[t]);
-        const auto slide = (right - median) < (median - L::to_double(keys[t - w]));
-        sum += slide ? right : Dbl{};
-      }
-      result = sum / static_cast<double>(w);
+      if (full < blocks) stage[full * n + i] = load_block<K>(row + full * L::W, c1 - c0 - full * L::W, load);
     }
-    store_block<K>(a, j0, cnt, result);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t j0 = c0 + b * L::W;
+      Key* keys = stage + b * n;
+      sort_block<K, N>(a, keys);
+      for (int h = 0; h * 8 < L::W && j0 + h * 8 < c1; ++h) {
+        const int64_t jh = j0 + h * 8;
+        store8<K>(a, jh, (c1 - jh) < 8 ? (c1 - jh) : 8, rule_of_sorted<K>(a, keys, h));
+      }
+    }
   }
 }
 
-// sum_i w_i x_i / weight_sum, accumulated in float64 in row order.
+// sum_i w_i x_i / weight_sum, accumulated in float64 in row order. A chunk of
+// kMeanChunkBlocks column blocks is summed at a time, so each row is read in
+// contiguous runs (2 KB for float32) while the accumulators stay in L1.
+constexpr int64_t kMeanChunkBlocks = 32;
+
 template <InputKind K>
 void mean_columns(const ColumnArgs& a) {
   using L = Lanes<K>;
   using Dbl = typename L::Dbl;
   const auto* x = static_cast<const typename L::In*>(a.x);
   auto load = [](const typename L::In* p) { return L::load_double(p); };
-  for (int64_t j0 = a.col_begin; j0 < a.col_end; j0 += L::W) {
-    const int64_t cnt = (a.col_end - j0) < L::W ? (a.col_end - j0) : L::W;
-    Dbl acc = Dbl{};
+  for (int64_t c0 = a.col_begin; c0 < a.col_end; c0 += kMeanChunkBlocks * L::W) {
+    const int64_t c1 = (a.col_end - c0) < kMeanChunkBlocks * L::W ? a.col_end : c0 + kMeanChunkBlocks * L::W;
+    const int64_t blocks = (c1 - c0 + L::W - 1) / L::W;
+    // Full blocks in a branch-free loop; a partial last block separately.
+    const int64_t full = (c1 - c0) / L::W;
+    Dbl acc[kMeanChunkBlocks] = {};
     for (int64_t i = 0; i < a.n; ++i) {
-      const typename L::In* p = x + i * a.row_stride + j0;
-      const Dbl v = load_block<K>(p, cnt, load);
-      __builtin_prefetch(p + kPrefetchBlocks * L::W);
-      acc += a.weights == nullptr ? v : a.weights[i] * v;
+      const typename L::In* row = x + i * a.row_stride + c0;
+      const double wi = a.weights == nullptr ? 1.0 : a.weights[i];
+      if (a.weights == nullptr) {
+        for (int64_t b = 0; b < full; ++b) acc[b] += L::load_double(row + b * L::W);
+      } else {
+        for (int64_t b = 0; b < full; ++b) acc[b] += wi * L::load_double(row + b * L::W);
+      }
+      if (full < blocks) {
+        const Dbl v = load_block<K>(row + full * L::W, c1 - c0 - full * L::W, load);
+        acc[full] += a.weights == nullptr ? v : wi * v;
+      }
     }
-    store_block<K>(a, j0, cnt, acc / a.weight_sum);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const Dbl mean = acc[b] / a.weight_sum;
+      for (int h = 0; h * 8 < L::W && c0 + b * L::W + h * 8 < c1; ++h) {
+        const int64_t jh = c0 + b * L::W + h * 8;
+        F64x8 part;
+        __builtin_memcpy(&part, reinterpret_cast<const double*>(&mean) + h * 8, sizeof(part));
+        store8<K>(a, jh, (c1 - jh) < 8 ? (c1 - jh) : 8, part);
+      }
+    }
   }
 }
 

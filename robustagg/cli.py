@@ -1,0 +1,189 @@
+"""The ``robustagg`` command (also ``python -m robustagg``).
+
+Subcommands:
+
+* ``bench``: time the coordinate-wise ops against one read of the input, the
+  plain-PyTorch way and byzfl (when installed); print a table, write JSON and
+  optionally a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+from collections.abc import Sequence
+
+import torch
+
+__all__ = ["main", "build_parser"]
+
+_BENCH_DESCRIPTION = """\
+Time robustagg's coordinate-wise ops on random (n, d) inputs.
+
+For each op, n, d, dtype and device it reports the median time, the bytes of
+X read per second, the ratio to one read of X (X.sum(0), same run), the
+speed-up over the plain-PyTorch way (torch.median(X, 0); a torch.sort
+trimmed mean; a sort/argsort/gather MeaMed; X.mean(0)) and over byzfl's
+aggregators when `import byzfl` works, the share of the device-to-device copy
+bandwidth (CUDA), and the peak extra memory of one call (beyond its (d,)
+result) for the op and its torch baseline. trimmed_mean and meamed use
+f = floor((n-1)/4).
+
+Default grids:
+  cpu:   n = 8 25 32 64 128, d = 4000000          (--quick: n = 8 25, d = 1000000)
+  cuda:  n = 8 25 64 128, d = 1M 16M 64M          (--quick: n = 8 25, d = 16M)
+Cases whose input does not fit the memory budget are skipped, and so is a
+baseline whose extra memory would not fit.
+
+The table goes to stdout, one progress line per case to stderr, the JSON to
+--json (default bench/out/bench-<device>.json). Exit status 1 when an op
+disagrees with the float64 reference (checked on a slice of each input) or a
+case failed."""
+
+_BENCH_EPILOG = """\
+examples:
+  robustagg bench --quick
+  robustagg bench --markdown docs/results/cpu-bench.md
+  robustagg bench --device cuda --n 8 25 64 --d 16000000
+  robustagg bench --ops coordinate_median --n 25 --d 1000000 --dtype float32 bfloat16 --repeats 20"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .bench import DTYPES, OPS
+
+    parser = argparse.ArgumentParser(
+        prog="robustagg",
+        description="robustagg: fast, exact robust aggregation for PyTorch (CPU and CUDA kernels).",
+        epilog="Run `robustagg <command> --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"robustagg {__version__} (torch {torch.__version__})")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+
+    b = sub.add_parser(
+        "bench",
+        help="time the ops against one read of X, torch and byzfl; print a table, write JSON",
+        description=_BENCH_DESCRIPTION,
+        epilog=_BENCH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    b.add_argument("--quick", action="store_true", help="small grid and fewer repeats (well under a minute on 2 CPU cores)")
+    b.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "all"],
+        default="cpu",
+        help="where to run: cpu (default), cuda, or all (cpu, then cuda when a GPU and the CUDA kernels exist)",
+    )
+    b.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS), metavar="OP", help=f"ops to time (default: all: {' '.join(OPS)})")
+    b.add_argument("--n", nargs="+", type=_positive_int, metavar="N", help="numbers of rows (workers); default: the device's grid")
+    b.add_argument("--d", nargs="+", type=_positive_int, metavar="D", help="numbers of columns (coordinates); default: the device's grid")
+    b.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"], metavar="DTYPE", help=f"dtypes (default float32; of {' '.join(DTYPES)})")
+    b.add_argument("--repeats", type=_positive_int, help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3")
+    b.add_argument("--warmup", type=_positive_int, help="untimed calls first (default 2, --quick 1)")
+    b.add_argument("--max-seconds", type=float, help="time budget per timed function; fewer repeats (>= 3) beyond it (default 10, --quick 2)")
+    b.add_argument("--json", metavar="PATH", help="where to write the JSON (default bench/out/bench-<device>.json)")
+    b.add_argument("--markdown", metavar="PATH", help="also write a markdown table here (for docs/results/)")
+    b.add_argument("--no-baselines", action="store_true", help="time only the ops, one read of X and (CUDA) the copy")
+    b.add_argument("--no-byzfl", action="store_true", help="skip byzfl even when it is importable")
+    b.add_argument("--no-memory", action="store_true", help="do not measure peak extra memory (saves one child process per shape on CPU)")
+    b.add_argument("--no-check", action="store_true", help="do not compare each op with the float64 reference on a slice of its input")
+    b.add_argument(
+        "--malloc-default",
+        action="store_true",
+        help="leave glibc malloc as it is (default: reuse freed buffers up to 32 MB, so a result's page faults are not timed on some calls and not others)",
+    )
+    b.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default)")
+    b.add_argument("--mem-budget-gb", type=float, help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)")
+    b.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    b.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from . import ops
+    from .bench import SuiteConfig, default_suite, format_markdown, format_table, run_suite
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cuda_ok = torch.cuda.is_available() and ops.cuda_kernels_built()
+    if args.device == "cuda" and not cuda_ok:
+        why = "no CUDA GPU is visible" if not torch.cuda.is_available() else "robustagg was built without CUDA kernels"
+        print(f"robustagg bench: --device cuda, but {why}", file=sys.stderr)
+        return 2
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    if args.device == "all" and not cuda_ok:
+        print("robustagg bench: no usable GPU (or no CUDA kernels); running the CPU suite only", file=sys.stderr)
+        devices = ["cpu"]
+
+    cfg = SuiteConfig(
+        devices=devices,
+        ops=list(dict.fromkeys(args.ops)),
+        dtypes=list(dict.fromkeys(args.dtype)),
+        repeats=args.repeats or (5 if args.quick else 10),
+        warmup=args.warmup or (1 if args.quick else 2),
+        max_seconds=args.max_seconds or (2.0 if args.quick else 10.0),
+        baselines=not args.no_baselines,
+        byzfl=not args.no_byzfl,
+        memory=not args.no_memory,
+        check=not args.no_check,
+        seed=args.seed,
+        pin_malloc=not args.malloc_default,
+        quick=args.quick,
+    )
+    for dev in devices:
+        ns, ds = default_suite(dev, args.quick)
+        cfg.ns[dev] = args.n or ns
+        cfg.ds[dev] = args.d or ds
+        if args.mem_budget_gb:
+            cfg.mem_budget_bytes[dev] = int(args.mem_budget_gb * (1 << 30))
+
+    result = run_suite(cfg)
+    command = "robustagg " + " ".join(shlex.quote(a) for a in args.argv)
+    result["config"]["command"] = command
+
+    json_path = args.json or os.path.join("bench", "out", f"bench-{args.device}.json")
+    _write(json_path, json.dumps(result, indent=1) + "\n")
+    sys.stdout.write(format_table(result))
+    sys.stdout.flush()
+    print(f"JSON: {json_path}", file=sys.stderr)
+    if args.markdown:
+        _write(args.markdown, format_markdown(result, command))
+        print(f"markdown: {args.markdown}", file=sys.stderr)
+    mismatches = [r for r in result["rows"] if r.get("check", "ok") != "ok"]
+    return 1 if mismatches or result["failed"] else 0
+
+
+def _write(path: str, text: str) -> None:
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "func", None) is None:
+        parser.print_help()
+        return 2
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
