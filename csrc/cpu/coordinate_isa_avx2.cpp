@@ -6,4 +6,5 @@
 #pragma GCC target("avx2,fma,bmi,bmi2,popcnt")
 #endif
 #define ROBUSTAGG_ISA_SUFFIX avx2
+#define ROBUSTAGG_VEC_BYTES 32
 #include "cpu/coordinate_kernel_impl.h"

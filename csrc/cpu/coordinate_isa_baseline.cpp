@@ -4,4 +4,5 @@
 
 // Baseline x86-64 (SSE2) or the target's default instruction set.
 #define ROBUSTAGG_ISA_SUFFIX baseline
+#define ROBUSTAGG_VEC_BYTES 16
 #include "cpu/coordinate_kernel_impl.h"

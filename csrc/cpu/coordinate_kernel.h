@@ -29,7 +29,8 @@ struct ColumnArgs {
   void* scratch;        // selection rules: chunk_blocks * n * kLaneBytes bytes, aligned to kLaneBytes
 };
 
-// One SIMD block of columns: 16 float keys or 8 double keys.
+// Bytes of one SIMD block of keys, at most (64 for AVX-512; 32 for AVX2 and 16
+// for baseline code, which use the same scratch sizes).
 constexpr int64_t kLaneBytes = 64;
 // Bytes of keys the selection rules stage per chunk of columns (L2-resident).
 constexpr int64_t kStageBytes = 64 * 1024;

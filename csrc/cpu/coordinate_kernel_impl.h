@@ -20,134 +20,130 @@
 namespace robustagg::cpu {
 namespace {
 
-typedef int32_t I32x16 __attribute__((vector_size(64)));
-typedef float F32x16 __attribute__((vector_size(64)));
-typedef int64_t I64x8 __attribute__((vector_size(64)));
-typedef double F64x8 __attribute__((vector_size(64)));
-typedef double F64x16 __attribute__((vector_size(128)));
-typedef uint16_t U16x16 __attribute__((vector_size(32)));
-typedef float F32x8 __attribute__((vector_size(32)));
+// Vector types at the native width of the instruction set (ROBUSTAGG_VEC_BYTES:
+// 64 for AVX-512, 32 for AVX2, 16 for baseline SSE2/NEON). Wider types would
+// be lowered by GCC through spills or lane by lane.
+constexpr int kVecBytes = ROBUSTAGG_VEC_BYTES;
+constexpr int kLanes32 = kVecBytes / 4;  // columns per block for 32-bit keys
+constexpr int kLanes64 = kVecBytes / 8;  // columns per block for 64-bit keys
+typedef int32_t I32v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
+typedef float F32v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
+typedef int64_t I64v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
+typedef double F64v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
+typedef double F64w __attribute__((vector_size(2 * ROBUSTAGG_VEC_BYTES)));  // kLanes32 doubles
+typedef float F32h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));    // kLanes64 floats
+typedef uint16_t U16h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));  // kLanes32 halves
 
 #define RA_INLINE static inline __attribute__((always_inline))
 
 // Signed-integer key of a float32 bit pattern: every NaN becomes the canonical
 // quiet NaN (above +inf); negative values get their magnitude bits flipped so
 // that signed integer order equals numeric order. The map is its own inverse.
-RA_INLINE I32x16 f32_key(I32x16 bits) {
-  const I32x16 mag = bits & 0x7fffffff;
-  bits = mag > 0x7f800000 ? (I32x16{} + 0x7fc00000) : bits;
+RA_INLINE I32v f32_key(I32v bits) {
+  const I32v mag = bits & 0x7fffffff;
+  bits = mag > 0x7f800000 ? (I32v{} + 0x7fc00000) : bits;
   return bits ^ ((bits >> 31) & 0x7fffffff);
 }
-RA_INLINE I32x16 f32_unkey(I32x16 key) { return key ^ ((key >> 31) & 0x7fffffff); }
+RA_INLINE I32v f32_unkey(I32v key) { return key ^ ((key >> 31) & 0x7fffffff); }
 
-RA_INLINE I64x8 f64_key(I64x8 bits) {
-  const I64x8 mag = bits & 0x7fffffffffffffffLL;
-  bits = mag > 0x7ff0000000000000LL ? (I64x8{} + 0x7ff8000000000000LL) : bits;
+RA_INLINE I64v f64_key(I64v bits) {
+  const I64v mag = bits & 0x7fffffffffffffffLL;
+  bits = mag > 0x7ff0000000000000LL ? (I64v{} + 0x7ff8000000000000LL) : bits;
   return bits ^ ((bits >> 63) & 0x7fffffffffffffffLL);
 }
-RA_INLINE I64x8 f64_unkey(I64x8 key) { return key ^ ((key >> 63) & 0x7fffffffffffffffLL); }
+RA_INLINE I64v f64_unkey(I64v key) { return key ^ ((key >> 63) & 0x7fffffffffffffffLL); }
 
 // IEEE half -> float32 bits, exact for normals, subnormals, inf and NaN:
 // shifting the exponent/mantissa into place and multiplying by 2^112 rebiases
 // the exponent (and normalises subnormals).
-RA_INLINE I32x16 half_to_f32_bits(I32x16 h) {
-  const I32x16 sign = (h & 0x8000) << 16;
-  const I32x16 em = h & 0x7fff;
-  const F32x16 scaled = (F32x16)(em << 13) * 0x1p112f;
-  const I32x16 finite_bits = (I32x16)scaled;
-  const I32x16 special_bits = (em << 13) | 0x7f800000;
+RA_INLINE I32v half_to_f32_bits(I32v h) {
+  const I32v sign = (h & 0x8000) << 16;
+  const I32v em = h & 0x7fff;
+  const F32v scaled = (F32v)(em << 13) * 0x1p112f;
+  const I32v finite_bits = (I32v)scaled;
+  const I32v special_bits = (em << 13) | 0x7f800000;
   return sign | (em >= 0x7c00 ? special_bits : finite_bits);
 }
 
-// Per input kind: key vector type, lanes, and conversions.
+// Part h (lanes h * kLanes64 ...) of float32 lanes, widened to float64 at the
+// native width, which keeps the rules' float64 compares and selects vectorised.
+RA_INLINE F64v widen_part(F32v v, int h) {
+  F32h part;
+  __builtin_memcpy(&part, reinterpret_cast<const float*>(&v) + h * kLanes64, sizeof(part));
+  return __builtin_convertvector(part, F64v);
+}
+
+// Per input kind: key vector type, lanes, and conversions. Keys of 32-bit
+// kinds are read out as two float64 parts of kLanes64 lanes each.
 template <InputKind K>
 struct Lanes;
 
-template <>
-struct Lanes<InputKind::kF32> {
-  using In = float;
-  using Key = I32x16;
-  using Dbl = F64x16;
-  static constexpr int W = 16;
+struct Lanes32 {
+  using Key = I32v;
+  using Dbl = F64w;
+  static constexpr int W = kLanes32;
+  static constexpr int kParts = 2;
   static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
+  RA_INLINE F64v to_double_part(Key key, int h) { return widen_part((F32v)f32_unkey(key), h); }
+};
+
+template <>
+struct Lanes<InputKind::kF32> : Lanes32 {
+  using In = float;
   RA_INLINE Key load(const In* p) {
-    I32x16 bits;
+    I32v bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f32_key(bits);
   }
-  // Half h (lanes 8h .. 8h+7) of a key vector as float64: the selection
-  // rules' float64 arithmetic stays at the native width of AVX-512, which
-  // GCC would otherwise lower lane by lane for compares and selects.
-  RA_INLINE F64x8 to_double8(Key key, int h) {
-    const F32x16 v = (F32x16)f32_unkey(key);
-    const F32x8 part = h == 0 ? __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7)
-                              : __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15);
-    return __builtin_convertvector(part, F64x8);
-  }
   RA_INLINE Dbl load_double(const In* p) {
-    F32x16 v;
+    F32v v;
     __builtin_memcpy(&v, p, sizeof(v));
-    return __builtin_convertvector(v, F64x16);
+    return __builtin_convertvector(v, F64w);
   }
+};
+
+template <>
+struct Lanes<InputKind::kF16> : Lanes32 {
+  using In = uint16_t;
+  RA_INLINE I32v widen_bits(const In* p) {
+    U16h h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return half_to_f32_bits(__builtin_convertvector(h, I32v));
+  }
+  RA_INLINE Key load(const In* p) { return f32_key(widen_bits(p)); }
+  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
+};
+
+template <>
+struct Lanes<InputKind::kBF16> : Lanes32 {
+  using In = uint16_t;
+  RA_INLINE I32v widen_bits(const In* p) {
+    U16h h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return __builtin_convertvector(h, I32v) << 16;
+  }
+  RA_INLINE Key load(const In* p) { return f32_key(widen_bits(p)); }
+  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
 };
 
 template <>
 struct Lanes<InputKind::kF64> {
   using In = double;
-  using Key = I64x8;
-  using Dbl = F64x8;
-  static constexpr int W = 8;
+  using Key = I64v;
+  using Dbl = F64v;
+  static constexpr int W = kLanes64;
+  static constexpr int kParts = 1;
   static constexpr int64_t kPad = 0x7fffffffffffffffLL;
   RA_INLINE Key load(const In* p) {
-    I64x8 bits;
+    I64v bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f64_key(bits);
   }
-  RA_INLINE F64x8 to_double8(Key key, int) { return (F64x8)f64_unkey(key); }
+  RA_INLINE F64v to_double_part(Key key, int) { return (F64v)f64_unkey(key); }
   RA_INLINE Dbl load_double(const In* p) {
-    F64x8 v;
+    F64v v;
     __builtin_memcpy(&v, p, sizeof(v));
     return v;
-  }
-};
-
-template <>
-struct Lanes<InputKind::kF16> {
-  using In = uint16_t;
-  using Key = I32x16;
-  using Dbl = F64x16;
-  static constexpr int W = 16;
-  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
-  RA_INLINE Key load(const In* p) {
-    U16x16 h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return f32_key(half_to_f32_bits(__builtin_convertvector(h, I32x16)));
-  }
-  RA_INLINE F64x8 to_double8(Key key, int h) { return Lanes<InputKind::kF32>::to_double8(key, h); }
-  RA_INLINE Dbl load_double(const In* p) {
-    U16x16 h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return __builtin_convertvector((F32x16)half_to_f32_bits(__builtin_convertvector(h, I32x16)), F64x16);
-  }
-};
-
-template <>
-struct Lanes<InputKind::kBF16> {
-  using In = uint16_t;
-  using Key = I32x16;
-  using Dbl = F64x16;
-  static constexpr int W = 16;
-  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
-  RA_INLINE Key load(const In* p) {
-    U16x16 h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return f32_key(__builtin_convertvector(h, I32x16) << 16);
-  }
-  RA_INLINE F64x8 to_double8(Key key, int h) { return Lanes<InputKind::kF32>::to_double8(key, h); }
-  RA_INLINE Dbl load_double(const In* p) {
-    U16x16 h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return __builtin_convertvector((F32x16)(__builtin_convertvector(h, I32x16) << 16), F64x16);
   }
 };
 
@@ -194,20 +190,20 @@ RA_INLINE void sort_block(const ColumnArgs& a, typename Lanes<K>::Key* keys) {
   }
 }
 
-// Writes cnt (<= 8) results for the columns starting at j0.
+// Writes cnt (<= kLanes64) results for the columns starting at j0.
 template <InputKind K>
-RA_INLINE void store8(const ColumnArgs& a, int64_t j0, int64_t cnt, F64x8 result) {
+RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v result) {
   if constexpr (K == InputKind::kF32) {
     float* out = static_cast<float*>(a.out) + j0;
-    const F32x8 r = __builtin_convertvector(result, F32x8);
-    if (cnt == 8) {
+    const F32h r = __builtin_convertvector(result, F32h);
+    if (cnt == kLanes64) {
       __builtin_memcpy(out, &r, sizeof(r));
     } else {
       for (int64_t l = 0; l < cnt; ++l) out[l] = r[l];
     }
   } else {
     double* out = static_cast<double*>(a.out) + j0;
-    if (cnt == 8) {
+    if (cnt == kLanes64) {
       __builtin_memcpy(out, &result, sizeof(result));
     } else {
       for (int64_t l = 0; l < cnt; ++l) out[l] = result[l];
@@ -215,19 +211,19 @@ RA_INLINE void store8(const ColumnArgs& a, int64_t j0, int64_t cnt, F64x8 result
   }
 }
 
-// The rule's value for lanes 8h .. 8h+7 from one block's sorted keys. Order
+// The rule's value for part h of the lanes from one block's sorted keys. Order
 // statistics are combined in float64, in ascending order, exactly as the
 // CUDA kernel does, so both give the same bits.
 template <InputKind K>
-RA_INLINE F64x8 rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys, int h) {
+RA_INLINE F64v rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys, int h) {
   using L = Lanes<K>;
   const int64_t n = a.n;
   const int64_t f = a.f;
-  auto value = [keys, h](int64_t t) { return L::to_double8(keys[t], h); };
-  const F64x8 lo_mid = value((n - 1) / 2);
-  const F64x8 median = (n % 2 == 1) ? lo_mid : (lo_mid + value(n / 2)) * 0.5;
+  auto value = [keys, h](int64_t t) { return L::to_double_part(keys[t], h); };
+  const F64v lo_mid = value((n - 1) / 2);
+  const F64v median = (n % 2 == 1) ? lo_mid : (lo_mid + value(n / 2)) * 0.5;
   if (a.rule == 0) return median;
-  F64x8 sum = F64x8{};
+  F64v sum = F64v{};
   if (a.rule == 1) {
     for (int64_t t = f; t < n - f; ++t) sum += value(t);
     return sum / static_cast<double>(n - 2 * f);
@@ -238,13 +234,13 @@ RA_INLINE F64x8 rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key
   // closer than the one leaving on the left (ties keep the smaller).
   const int64_t w = n - f;
   for (int64_t t = 0; t < f; ++t) {
-    const F64x8 left = value(t);
-    sum += ((value(t + w) - median) < (median - left)) ? F64x8{} : left;
+    const F64v left = value(t);
+    sum += ((value(t + w) - median) < (median - left)) ? F64v{} : left;
   }
   for (int64_t t = f; t < w; ++t) sum += value(t);
   for (int64_t t = w; t < n; ++t) {
-    const F64x8 right = value(t);
-    sum += ((right - median) < (median - value(t - w))) ? right : F64x8{};
+    const F64v right = value(t);
+    sum += ((right - median) < (median - value(t - w))) ? right : F64v{};
   }
   return sum / static_cast<double>(w);
 }
@@ -277,9 +273,9 @@ void select_columns(const ColumnArgs& a) {
       const int64_t j0 = c0 + b * L::W;
       Key* keys = stage + b * n;
       sort_block<K, N>(a, keys);
-      for (int h = 0; h * 8 < L::W && j0 + h * 8 < c1; ++h) {
-        const int64_t jh = j0 + h * 8;
-        store8<K>(a, jh, (c1 - jh) < 8 ? (c1 - jh) : 8, rule_of_sorted<K>(a, keys, h));
+      for (int h = 0; h < L::kParts && j0 + h * kLanes64 < c1; ++h) {
+        const int64_t jh = j0 + h * kLanes64;
+        store_part<K>(a, jh, (c1 - jh) < kLanes64 ? (c1 - jh) : kLanes64, rule_of_sorted<K>(a, keys, h));
       }
     }
   }
@@ -317,11 +313,11 @@ void mean_columns(const ColumnArgs& a) {
     }
     for (int64_t b = 0; b < blocks; ++b) {
       const Dbl mean = acc[b] / a.weight_sum;
-      for (int h = 0; h * 8 < L::W && c0 + b * L::W + h * 8 < c1; ++h) {
-        const int64_t jh = c0 + b * L::W + h * 8;
-        F64x8 part;
-        __builtin_memcpy(&part, reinterpret_cast<const double*>(&mean) + h * 8, sizeof(part));
-        store8<K>(a, jh, (c1 - jh) < 8 ? (c1 - jh) : 8, part);
+      for (int h = 0; h < L::kParts && c0 + b * L::W + h * kLanes64 < c1; ++h) {
+        const int64_t jh = c0 + b * L::W + h * kLanes64;
+        F64v part;
+        __builtin_memcpy(&part, reinterpret_cast<const double*>(&mean) + h * kLanes64, sizeof(part));
+        store_part<K>(a, jh, (c1 - jh) < kLanes64 ? (c1 - jh) : kLanes64, part);
       }
     }
   }
