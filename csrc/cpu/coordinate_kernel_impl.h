@@ -283,7 +283,8 @@ void select_columns(const ColumnArgs& a) {
 
 // sum_i w_i x_i / weight_sum, accumulated in float64 in row order. A chunk of
 // kMeanChunkBlocks column blocks is summed at a time, so each row is read in
-// contiguous runs (2 KB for float32) while the accumulators stay in L1.
+// contiguous runs (2 KB of float32 with AVX-512) while the accumulators stay
+// in L1.
 constexpr int64_t kMeanChunkBlocks = 32;
 
 template <InputKind K>
