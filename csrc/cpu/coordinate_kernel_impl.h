@@ -73,6 +73,12 @@ RA_INLINE F64v widen_part(F32v v, int h) {
   return __builtin_convertvector(part, F64v);
 }
 
+// A block's lanes in float64: P native vectors of kLanes64 lanes.
+template <int P>
+struct Wide {
+  F64v part[P];
+};
+
 // Per input kind: key vector type, lanes, and conversions. Keys of 32-bit
 // kinds are read out as two float64 parts of kLanes64 lanes each.
 template <InputKind K>
@@ -84,7 +90,10 @@ struct Lanes32 {
   static constexpr int W = kLanes32;
   static constexpr int kParts = 2;
   static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
-  RA_INLINE F64v to_double_part(Key key, int h) { return widen_part((F32v)f32_unkey(key), h); }
+  RA_INLINE Wide<kParts> to_double(Key key) {
+    const F32v v = (F32v)f32_unkey(key);
+    return {{widen_part(v, 0), widen_part(v, 1)}};
+  }
 };
 
 template <>
@@ -139,7 +148,7 @@ struct Lanes<InputKind::kF64> {
     __builtin_memcpy(&bits, p, sizeof(bits));
     return f64_key(bits);
   }
-  RA_INLINE F64v to_double_part(Key key, int) { return (F64v)f64_unkey(key); }
+  RA_INLINE Wide<kParts> to_double(Key key) { return {{(F64v)f64_unkey(key)}}; }
   RA_INLINE Dbl load_double(const In* p) {
     F64v v;
     __builtin_memcpy(&v, p, sizeof(v));
@@ -211,38 +220,71 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
   }
 }
 
-// The rule's value for part h of the lanes from one block's sorted keys. Order
-// statistics are combined in float64, in ascending order, exactly as the
-// CUDA kernel does, so both give the same bits.
+// The rule's value for each lane from one block's sorted keys. Order
+// statistics are combined in float64, in ascending order, exactly as the CUDA
+// kernel does, so both give the same bits. Each sorted position is converted
+// to float64 once.
 template <InputKind K>
-RA_INLINE F64v rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys, int h) {
+RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys) {
   using L = Lanes<K>;
+  constexpr int P = L::kParts;
+  using V = Wide<P>;
   const int64_t n = a.n;
   const int64_t f = a.f;
-  auto value = [keys, h](int64_t t) { return L::to_double_part(keys[t], h); };
-  const F64v lo_mid = value((n - 1) / 2);
-  const F64v median = (n % 2 == 1) ? lo_mid : (lo_mid + value(n / 2)) * 0.5;
+  const V lo_mid = L::to_double(keys[(n - 1) / 2]);
+  V median = lo_mid;
+  if (n % 2 == 0) {
+    const V hi_mid = L::to_double(keys[n / 2]);
+    for (int h = 0; h < P; ++h) median.part[h] = (lo_mid.part[h] + hi_mid.part[h]) * 0.5;
+  }
   if (a.rule == 0) return median;
-  F64v sum = F64v{};
+  V sum{};
+  auto add = [&sum](const V& v) {
+    for (int h = 0; h < P; ++h) sum.part[h] += v.part[h];
+  };
+  auto divide = [&sum](int64_t count) {
+    for (int h = 0; h < P; ++h) sum.part[h] /= static_cast<double>(count);
+    return sum;
+  };
   if (a.rule == 1) {
-    for (int64_t t = f; t < n - f; ++t) sum += value(t);
-    return sum / static_cast<double>(n - 2 * f);
+    for (int64_t t = f; t < n - f; ++t) add(L::to_double(keys[t]));
+    return divide(n - 2 * f);
   }
   // MeaMed: the n - f values closest to the median form a window
   // [k, k + n - f) of the sorted column; the window slides right past
   // position t (< f) iff the value entering on the right is strictly
   // closer than the one leaving on the left (ties keep the smaller).
   const int64_t w = n - f;
+  // Up to kKeptPairs pairs, the right-hand contribution decided in the first
+  // loop is kept for the last one.
+  constexpr int64_t kKeptPairs = 32;
+  V right_part[kKeptPairs];
+  auto decide = [&](int64_t t, V& left_in, V& right_in) {
+    const V left = L::to_double(keys[t]);
+    const V right = L::to_double(keys[t + w]);
+    for (int h = 0; h < P; ++h) {
+      const auto slide = (right.part[h] - median.part[h]) < (median.part[h] - left.part[h]);
+      left_in.part[h] = slide ? F64v{} : left.part[h];
+      right_in.part[h] = slide ? right.part[h] : F64v{};
+    }
+  };
   for (int64_t t = 0; t < f; ++t) {
-    const F64v left = value(t);
-    sum += ((value(t + w) - median) < (median - left)) ? F64v{} : left;
+    V left_in, right_in;
+    decide(t, left_in, right_in);
+    add(left_in);
+    if (t < kKeptPairs) right_part[t] = right_in;
   }
-  for (int64_t t = f; t < w; ++t) sum += value(t);
+  for (int64_t t = f; t < w; ++t) add(L::to_double(keys[t]));
   for (int64_t t = w; t < n; ++t) {
-    const F64v right = value(t);
-    sum += ((right - median) < (median - value(t - w))) ? right : F64v{};
+    if (t - w < kKeptPairs) {
+      add(right_part[t - w]);
+    } else {
+      V left_in, right_in;
+      decide(t - w, left_in, right_in);
+      add(right_in);
+    }
   }
-  return sum / static_cast<double>(w);
+  return divide(w);
 }
 
 template <InputKind K, int N>
@@ -273,9 +315,10 @@ void select_columns(const ColumnArgs& a) {
       const int64_t j0 = c0 + b * L::W;
       Key* keys = stage + b * n;
       sort_block<K, N>(a, keys);
+      const auto result = rule_of_sorted<K>(a, keys);
       for (int h = 0; h < L::kParts && j0 + h * kLanes64 < c1; ++h) {
         const int64_t jh = j0 + h * kLanes64;
-        store_part<K>(a, jh, (c1 - jh) < kLanes64 ? (c1 - jh) : kLanes64, rule_of_sorted<K>(a, keys, h));
+        store_part<K>(a, jh, (c1 - jh) < kLanes64 ? (c1 - jh) : kLanes64, result.part[h]);
       }
     }
   }
