@@ -52,7 +52,7 @@ struct KeyOf<double> {
 
 template <typename T>
 __device__ __forceinline__ typename KeyOf<T>::type load_key(const T* p) {
-  return to_key(static_cast<float>(__ldg(reinterpret_cast<const T*>(p))));
+  return to_key(__ldg(p));  // float; the other types are specialised below
 }
 template <>
 __device__ __forceinline__ int64_t load_key<double>(const double* p) {
