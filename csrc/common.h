@@ -90,6 +90,26 @@ inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const 
   return w64;
 }
 
+// An optional extra row for the distance ops: a (d,) tensor of X's dtype on X's device.
+inline void check_center(const at::Tensor& X, const at::Tensor& center, const char* rule) {
+  TORCH_CHECK_VALUE(center.dim() == 1 && center.size(0) == X.size(1),
+                    message(rule, ": center must have shape (d,) = (", X.size(1), ",), got ", center.sizes()));
+  TORCH_CHECK_VALUE(center.device() == X.device(),
+                    message(rule, ": center is on ", center.device(), " but X is on ", X.device()));
+  TORCH_CHECK_TYPE(center.scalar_type() == X.scalar_type(),
+                   message(rule, ": center must have X's dtype ", X.scalar_type(), ", got ", center.scalar_type()));
+}
+
+// Mixing coefficients: a (k, m) float64 tensor on X's device, m = n (+1 with a center).
+inline void check_coefficients(const at::Tensor& C, const at::Tensor& X, bool has_center, const char* rule) {
+  const int64_t m = X.size(0) + (has_center ? 1 : 0);
+  TORCH_CHECK_TYPE(C.scalar_type() == at::kDouble, message(rule, ": C must be float64, got ", C.scalar_type()));
+  TORCH_CHECK_VALUE(C.dim() == 2 && C.size(1) == m,
+                    message(rule, ": C must have shape (k, ", m, ") for ", X.size(0), " rows",
+                            has_center ? " and a center" : "", ", got ", C.sizes()));
+  TORCH_CHECK_VALUE(C.device() == X.device(), message(rule, ": C is on ", C.device(), " but X is on ", X.device()));
+}
+
 // Row-major view with unit column stride; copies only when the columns are strided.
 inline at::Tensor unit_column_stride(const at::Tensor& X) {
   return (X.stride(1) == 1 || X.size(1) <= 1) ? X : X.contiguous();

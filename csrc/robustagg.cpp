@@ -18,6 +18,17 @@ TORCH_LIBRARY(robustagg, m) {
   m.def("coordinate_median(Tensor X) -> Tensor");
   m.def("trimmed_mean(Tensor X, int f) -> Tensor");
   m.def("meamed(Tensor X, int f) -> Tensor");
+  // Distance rules (SPEC 3) see X only through these two passes.
+  // (m, m) float64 squared distances between the rows of X and, when given,
+  // center as row n (m = n + 1); +inf to and from rows that are not finite;
+  // and an (m,) bool tensor saying which rows are finite.
+  m.def("pairwise_sq_distances(Tensor X, Tensor? center=None) -> (Tensor, Tensor)");
+  // out[r] = sum_i C[r, i] * row_i for the rows of X and, when given, center
+  // as row n; C is (k, m) float64, out is (k, d) in X's dtype. Rows whose
+  // coefficient is 0 are not read.
+  m.def("mix_rows(Tensor C, Tensor X, Tensor? center=None) -> Tensor");
+  // (n,) float64 squared Euclidean norms of the rows (clip, ARC).
+  m.def("row_sq_norms(Tensor X) -> Tensor");
   // Which CPU instruction set the selection kernels run with on this machine.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(robustagg::cpu::isa_name(robustagg::cpu::active_isa())); });
 }

@@ -1,24 +1,74 @@
 """robustagg: fast, exact robust aggregation for PyTorch.
 
 Native CPU and CUDA kernels registered as ``torch.ops.robustagg.*``, typed
-wrappers over them, and aggregator objects that any trainer can call.
+wrappers over them, robust rules and pre-aggregators built on them, and
+aggregator objects that any trainer can call.
 """
 
-from .aggregators import Aggregator, CoordinateMedian, Mean, MeaMed, TrimmedMean
+from .aggregators import (
+    ARC,
+    NNM,
+    Aggregator,
+    Bucketing,
+    Bulyan,
+    CenteredClip,
+    Clip,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MeaMed,
+    MultiKrum,
+    Pipeline,
+    PreAggregator,
+    TrimmedMean,
+)
+from .distance import (
+    GeometricMedianInfo,
+    bulyan,
+    centered_clip,
+    geometric_median,
+    krum,
+    multi_krum,
+    pairwise_sq_distances,
+)
 from .ops import coordinate_median, cpu_kernel_isa, cuda_kernels_built, mean, meamed, trimmed_mean
+from .preaggregators import arc, bucketing, clip, nnm
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ARC",
+    "NNM",
     "Aggregator",
+    "Bucketing",
+    "Bulyan",
+    "CenteredClip",
+    "Clip",
     "CoordinateMedian",
+    "GeometricMedian",
+    "GeometricMedianInfo",
+    "Krum",
     "Mean",
     "MeaMed",
+    "MultiKrum",
+    "Pipeline",
+    "PreAggregator",
     "TrimmedMean",
+    "arc",
+    "bucketing",
+    "bulyan",
+    "centered_clip",
+    "clip",
     "coordinate_median",
     "cpu_kernel_isa",
     "cuda_kernels_built",
+    "geometric_median",
+    "krum",
     "mean",
     "meamed",
+    "multi_krum",
+    "nnm",
+    "pairwise_sq_distances",
     "trimmed_mean",
 ]

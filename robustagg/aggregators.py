@@ -9,6 +9,11 @@ returns the aggregate in the same form:
 
 Structured inputs are flattened into one ``(n, d)`` matrix (one copy), the
 rule runs once over all coordinates, and the result is split back.
+
+Pre-aggregators (:class:`Bucketing`, :class:`NNM`, :class:`Clip`,
+:class:`ARC`) map the rows to new rows and compose with any rule through
+``>>``: ``(Bucketing(2) >> GeometricMedian())(grads)``, or
+``NNM(f) >> Clip(c) >> Krum(f)``.
 """
 
 from __future__ import annotations
@@ -18,11 +23,28 @@ from typing import Union
 
 import torch
 
-from . import ops
+from . import distance, ops, preaggregators
 
 Contributions = Union[torch.Tensor, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]]
 
-__all__ = ["Aggregator", "Mean", "CoordinateMedian", "TrimmedMean", "MeaMed"]
+__all__ = [
+    "Aggregator",
+    "Mean",
+    "CoordinateMedian",
+    "TrimmedMean",
+    "MeaMed",
+    "Krum",
+    "MultiKrum",
+    "Bulyan",
+    "GeometricMedian",
+    "CenteredClip",
+    "PreAggregator",
+    "Pipeline",
+    "Bucketing",
+    "NNM",
+    "Clip",
+    "ARC",
+]
 
 
 def _flatten(inputs: Contributions) -> tuple[torch.Tensor, object]:
@@ -114,3 +136,177 @@ class MeaMed(Aggregator):
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return ops.meamed(X, self.f)
+
+
+class Krum(Aggregator):
+    """Krum (m = 1) or Multi-Krum (mean of the m best rows). See :func:`robustagg.krum`."""
+
+    def __init__(self, f: int, m: int = 1) -> None:
+        self.f = f
+        self.m = m
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return distance.krum(X, self.f, self.m)
+
+
+class MultiKrum(Aggregator):
+    """Multi-Krum, m = n - f by default. See :func:`robustagg.multi_krum`."""
+
+    def __init__(self, f: int, m: int | None = None) -> None:
+        self.f = f
+        self.m = m
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return distance.multi_krum(X, self.f, self.m)
+
+
+class Bulyan(Aggregator):
+    """Bulyan over Krum. See :func:`robustagg.bulyan`."""
+
+    def __init__(self, f: int) -> None:
+        self.f = f
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return distance.bulyan(X, self.f)
+
+
+class GeometricMedian(Aggregator):
+    """Geometric median by smoothed Weiszfeld. See :func:`robustagg.geometric_median`.
+
+    After each call, ``info`` holds the :class:`robustagg.GeometricMedianInfo`
+    (iterations, final objective, convergence) of that call.
+    """
+
+    def __init__(
+        self, weights: torch.Tensor | None = None, nu: float = 1e-6, tol: float = 1e-10, max_iter: int = 200
+    ) -> None:
+        self.weights = weights
+        self.nu = nu
+        self.tol = tol
+        self.max_iter = max_iter
+        self.info: distance.GeometricMedianInfo | None = None
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        z, self.info = distance.geometric_median(X, self.weights, self.nu, self.tol, self.max_iter, return_info=True)
+        return z
+
+
+class CenteredClip(Aggregator):
+    """Centered clipping with memory. See :func:`robustagg.centered_clip`.
+
+    The center is ``center`` if given, else zeros; after each call it becomes
+    that call's output (Karimireddy, He, Jaggi, ICML 2021: the previous
+    aggregate). :meth:`reset` forgets it.
+    """
+
+    def __init__(self, tau: float, iters: int = 1, center: torch.Tensor | None = None) -> None:
+        self.tau = tau
+        self.iters = iters
+        self.center = center
+
+    def reset(self) -> None:
+        """Start again from zeros."""
+        self.center = None
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        center = self.center
+        if center is None:
+            center = torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
+        out = distance.centered_clip(X, center.reshape(-1), self.tau, self.iters)
+        self.center = out.detach().clone()
+        return out
+
+
+class PreAggregator:
+    """Base class: maps the ``(n, d)`` rows to ``(n', d)`` rows; compose with ``>>``.
+
+    Called directly on any of the contribution forms, it returns the new
+    rows as an ``(n', d)`` tensor.
+    """
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, inputs: Contributions) -> torch.Tensor:
+        return self.transform(_flatten(inputs)[0])
+
+    def __rshift__(self, other: PreAggregator | Aggregator) -> PreAggregator | Aggregator:
+        if isinstance(other, Aggregator):
+            return Pipeline([self], other)
+        if isinstance(other, PreAggregator):
+            return _Chain([self, other])
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class _Chain(PreAggregator):
+    """Pre-aggregators applied left to right."""
+
+    def __init__(self, steps: list[PreAggregator]) -> None:
+        self.steps = [s for step in steps for s in (step.steps if isinstance(step, _Chain) else [step])]
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        for step in self.steps:
+            X = step.transform(X)
+        return X
+
+    def __repr__(self) -> str:
+        return " >> ".join(repr(s) for s in self.steps)
+
+
+class Pipeline(Aggregator):
+    """Pre-aggregators followed by a rule; built with ``pre >> rule``."""
+
+    def __init__(self, pre: list[PreAggregator], rule: Aggregator) -> None:
+        self.pre = _Chain(pre)
+        self.rule = rule
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return self.rule.aggregate(self.pre.transform(X))
+
+    def __repr__(self) -> str:
+        return f"{self.pre!r} >> {self.rule!r}"
+
+
+class Bucketing(PreAggregator):
+    """Averages of random buckets of s rows. See :func:`robustagg.bucketing`."""
+
+    def __init__(self, s: int, generator: torch.Generator | None = None) -> None:
+        self.s = s
+        self.generator = generator
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        return preaggregators.bucketing(X, self.s, self.generator)
+
+
+class NNM(PreAggregator):
+    """Nearest-neighbour mixing. See :func:`robustagg.nnm`."""
+
+    def __init__(self, f: int) -> None:
+        self.f = f
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        return preaggregators.nnm(X, self.f)
+
+
+class Clip(PreAggregator):
+    """Norm clipping at c. See :func:`robustagg.clip`."""
+
+    def __init__(self, c: float) -> None:
+        self.c = c
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        return preaggregators.clip(X, self.c)
+
+
+class ARC(PreAggregator):
+    """Adaptive robust clipping. See :func:`robustagg.arc`."""
+
+    def __init__(self, f: int) -> None:
+        self.f = f
+
+    def transform(self, X: torch.Tensor) -> torch.Tensor:
+        return preaggregators.arc(X, self.f)

@@ -10,15 +10,23 @@ from __future__ import annotations
 import torch
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
+from .validation import check_int as _check_int
+from .validation import check_tensor as _check_tensor
+from .validation import cuda_kernels_built
 
-__all__ = ["mean", "coordinate_median", "trimmed_mean", "meamed", "cpu_kernel_isa", "cuda_kernels_built"]
+__all__ = [
+    "mean",
+    "coordinate_median",
+    "trimmed_mean",
+    "meamed",
+    "pairwise_sq_distances",
+    "mix_rows",
+    "row_sq_norms",
+    "cpu_kernel_isa",
+    "cuda_kernels_built",
+]
 
 _NS = torch.ops.robustagg
-
-
-def cuda_kernels_built() -> bool:
-    """Whether this build of robustagg holds CUDA kernels."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("robustagg::coordinate_median", "CUDA")
 
 
 def cpu_kernel_isa() -> str:
@@ -27,22 +35,6 @@ def cpu_kernel_isa() -> str:
     Chosen at run time from the CPU; ``ROBUSTAGG_CPU_ISA`` may lower it.
     """
     return _NS.cpu_kernel_isa()
-
-
-def _check_tensor(X: object, rule: str) -> None:
-    if not isinstance(X, torch.Tensor):
-        raise TypeError(f"{rule}: X must be a torch.Tensor, got {type(X).__name__}")
-    if X.device.type == "cuda" and not cuda_kernels_built():
-        raise RuntimeError(
-            f"{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels; rebuild with a "
-            "CUDA build of torch and nvcc on PATH (pip install --no-build-isolation -e .) or move X to the CPU"
-        )
-
-
-def _check_int(value: object, name: str, rule: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{rule}: {name} must be an int, got {type(value).__name__} {value!r}")
-    return value
 
 
 def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -99,6 +91,52 @@ def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     return _NS.meamed(X, _check_int(f, "f", "meamed"))
 
 
+def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the finite rows."""
+    _check_tensor(X, "pairwise_sq_distances")
+    if center is not None and not isinstance(center, torch.Tensor):
+        raise TypeError(f"pairwise_sq_distances: center must be a torch.Tensor or None, got {type(center).__name__}")
+    return _NS.pairwise_sq_distances(X, center)
+
+
+def pairwise_sq_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Squared Euclidean distances :math:`D_{ij} = \|p_i - p_j\|^2` between the rows of X (and ``center``).
+
+    The points are the ``n`` rows of ``X`` and, when ``center`` (a ``(d,)``
+    tensor of X's dtype) is given, ``center`` as point ``n``. Returns an
+    ``(m, m)`` float64 tensor, symmetric, with a zero diagonal and ``+inf``
+    between a point holding NaN/inf and any other point.
+
+    Computed in one pass over X as the float64 Gram matrix of the points
+    shifted by a per-column reference (the median of rows 0, (n-1)/2 and n-1),
+    :math:`D_{ij} = S_{ii} + S_{jj} - 2 S_{ij}`: the shift leaves distances
+    unchanged and keeps them accurate for points that are close to each other
+    and far from the origin. Never uses TF32 or float32 accumulation.
+    """
+    return distances_and_finite(X, center)[0]
+
+
+def mix_rows(C: torch.Tensor, X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Weighted combinations of rows, :math:`\text{out}_r = \sum_i C_{ri}\, p_i`, in one pass over X.
+
+    ``C`` is a ``(k, m)`` float64 tensor on X's device; the points are the rows
+    of ``X`` and, when given, ``center`` as point ``n``. A point whose
+    coefficient is exactly 0 is not read, so NaN/inf rows with zero weight do
+    not reach the output. Accumulates in float64 in index order; returns
+    ``(k, d)`` in X's dtype.
+    """
+    _check_tensor(X, "mix_rows")
+    if not isinstance(C, torch.Tensor):
+        raise TypeError(f"mix_rows: C must be a torch.Tensor, got {type(C).__name__}")
+    return _NS.mix_rows(C, X, center)
+
+
+def row_sq_norms(X: torch.Tensor) -> torch.Tensor:
+    r"""Squared Euclidean norms of the rows of X, :math:`\|x_i\|^2`, as an ``(n,)`` float64 tensor."""
+    _check_tensor(X, "row_sq_norms")
+    return _NS.row_sq_norms(X)
+
+
 def _fake_rowwise(X: torch.Tensor) -> torch.Tensor:
     return X.new_empty((X.shape[1],))
 
@@ -121,3 +159,19 @@ def _(X, f):
 @torch.library.register_fake("robustagg::meamed")
 def _(X, f):
     return _fake_rowwise(X)
+
+
+@torch.library.register_fake("robustagg::pairwise_sq_distances")
+def _(X, center=None):
+    m = X.shape[0] + (0 if center is None else 1)
+    return X.new_empty((m, m), dtype=torch.float64), X.new_empty((m,), dtype=torch.bool)
+
+
+@torch.library.register_fake("robustagg::mix_rows")
+def _(C, X, center=None):
+    return X.new_empty((C.shape[0], X.shape[1]))
+
+
+@torch.library.register_fake("robustagg::row_sq_norms")
+def _(X):
+    return X.new_empty((X.shape[0],), dtype=torch.float64)

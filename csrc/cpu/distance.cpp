@@ -1,0 +1,221 @@
+// CPU kernels of the distance ops (SPEC 3): pairwise squared distances (from a
+// shifted Gram matrix), row mixing and row norms. Sums over columns are split
+// into a fixed number of column blocks that depends only on the shape, and
+// the blocks' partial sums are added in block order, so the result does not
+// depend on the number of threads.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common.h"
+#include "cpu/distance_kernel.h"
+#include "cpu/isa.h"
+
+namespace robustagg::cpu {
+namespace {
+
+// Column blocks of the float64 reductions: at least this many columns each,
+// at most kMaxBlocks blocks, and at most kPartialBytes of partial results.
+constexpr int64_t kMinBlockColumns = 8192;
+constexpr int64_t kMaxBlocks = 256;
+constexpr int64_t kPartialBytes = int64_t{32} << 20;
+// Staging budget of one Gram task (L2-resident) and the mix chunk.
+constexpr int64_t kGramStageBytes = 512 * 1024;
+constexpr int64_t kMixChunk = 256;
+constexpr int64_t kMixColumnsPerTask = 4096;
+
+InputKind input_kind(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return InputKind::kF32;
+    case at::kDouble:
+      return InputKind::kF64;
+    case at::kHalf:
+      return InputKind::kF16;
+    default:
+      return InputKind::kBF16;
+  }
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+struct Kernels {
+  void (*gram)(const RowSource&, double*);
+  void (*mix)(const RowSource&, const MixTarget&);
+  void (*norms)(const RowSource&, double*);
+};
+
+Kernels kernels() {
+  switch (active_isa()) {
+    case Isa::kAvx512:
+      return {gram_kernel_avx512, mix_kernel_avx512, norms_kernel_avx512};
+    case Isa::kAvx2:
+      return {gram_kernel_avx2, mix_kernel_avx2, norms_kernel_avx2};
+    default:
+      return {gram_kernel_baseline, mix_kernel_baseline, norms_kernel_baseline};
+  }
+}
+
+// A staging buffer aligned to kLaneBytes.
+class Scratch {
+ public:
+  explicit Scratch(int64_t doubles) : storage_(static_cast<size_t>(doubles + kLaneBytes / 8)) {}
+  double* data() {
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(storage_.data());
+    return reinterpret_cast<double*>((addr + kLaneBytes - 1) / kLaneBytes * kLaneBytes);
+  }
+
+ private:
+  std::vector<double> storage_;
+};
+
+// Column blocks [b * size, (b + 1) * size) of a reduction over d columns whose
+// per-block partial result has `partial_doubles` entries.
+struct Blocks {
+  int64_t count;
+  int64_t size;
+};
+
+Blocks column_blocks(int64_t d, int64_t partial_doubles) {
+  if (d == 0) return {0, 1};
+  const int64_t cap = std::clamp<int64_t>(kPartialBytes / (partial_doubles * 8), 1, kMaxBlocks);
+  const int64_t count = std::min(ceil_div(d, kMinBlockColumns), cap);
+  const int64_t size = ceil_div(ceil_div(d, count), kStageColumns) * kStageColumns;
+  return {ceil_div(d, size), size};
+}
+
+struct Rows {
+  at::Tensor X;       // unit column stride
+  at::Tensor center;  // contiguous, or undefined
+  RowSource source;
+};
+
+Rows rows_of(const at::Tensor& X_in, const std::optional<at::Tensor>& center, const char* rule) {
+  check_matrix(X_in, rule);
+  Rows r;
+  if (center.has_value()) {
+    check_center(X_in, *center, rule);
+    r.center = center->contiguous();
+  }
+  r.X = unit_column_stride(X_in);
+  const int64_t n = r.X.size(0);
+  r.source = RowSource{};
+  r.source.x = r.X.const_data_ptr();
+  r.source.n = n;
+  r.source.row_stride = n > 1 ? r.X.stride(0) : r.X.size(1);
+  r.source.center = r.center.defined() ? r.center.const_data_ptr() : nullptr;
+  r.source.kind = input_kind(r.X.scalar_type());
+  return r;
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cpu(const at::Tensor& X_in, const std::optional<at::Tensor>& center) {
+  const Rows rows = rows_of(X_in, center, "pairwise_sq_distances");
+  const int64_t d = rows.X.size(1);
+  const int64_t m = rows.source.n + (center.has_value() ? 1 : 0);
+  const int64_t mp = ceil_div(m, kTileRows) * kTileRows;
+  const int64_t chunk =
+      std::clamp<int64_t>(kGramStageBytes / ((mp + 1) * 8) / kStageColumns * kStageColumns, kStageColumns, 2048);
+  const Blocks blocks = column_blocks(d, m * m);
+  at::Tensor partial = at::zeros({std::max<int64_t>(blocks.count, 1), m, m}, rows.X.options().dtype(at::kDouble));
+  double* partial_ptr = partial.mutable_data_ptr<double>();
+  const Kernels k = kernels();
+  at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
+    Scratch scratch((mp + 1) * chunk);
+    for (int64_t b = b0; b < b1; ++b) {
+      RowSource s = rows.source;
+      s.col_begin = b * blocks.size;
+      s.col_end = std::min(d, s.col_begin + blocks.size);
+      s.scratch = scratch.data();
+      s.chunk = chunk;
+      k.gram(s, partial_ptr + b * m * m);
+    }
+  });
+  // S = sum of the blocks' upper triangles, in block order.
+  std::vector<double> S(static_cast<size_t>(m * m), 0.0);
+  for (int64_t b = 0; b < blocks.count; ++b)
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = i; j < m; ++j) S[i * m + j] += partial_ptr[(b * m + i) * m + j];
+  // A row is finite iff its shifted squared norm is (float64 input whose
+  // squared norm overflows counts as not finite: it is infinitely far too).
+  at::Tensor finite = at::empty({m}, rows.X.options().dtype(at::kBool));
+  bool* fp = finite.mutable_data_ptr<bool>();
+  for (int64_t i = 0; i < m; ++i) fp[i] = std::isfinite(S[i * m + i]);
+  at::Tensor D = at::empty({m, m}, rows.X.options().dtype(at::kDouble));
+  double* Dp = D.mutable_data_ptr<double>();
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  for (int64_t i = 0; i < m; ++i) {
+    Dp[i * m + i] = 0.0;
+    for (int64_t j = i + 1; j < m; ++j) {
+      const double v = fp[i] && fp[j] ? std::max(0.0, S[i * m + i] + S[j * m + j] - 2.0 * S[i * m + j]) : kInf;
+      Dp[i * m + j] = v;
+      Dp[j * m + i] = v;
+    }
+  }
+  return {D, finite};
+}
+
+at::Tensor mix_rows_cpu(const at::Tensor& C_in, const at::Tensor& X_in, const std::optional<at::Tensor>& center) {
+  const Rows rows = rows_of(X_in, center, "mix_rows");
+  check_coefficients(C_in, rows.X, center.has_value(), "mix_rows");
+  const at::Tensor C = C_in.contiguous();
+  const int64_t d = rows.X.size(1);
+  const int64_t k = C.size(0);
+  const int64_t m = C.size(1);
+  const at::ScalarType dtype = rows.X.scalar_type();
+  const bool direct = dtype == at::kFloat || dtype == at::kDouble;
+  at::Tensor out = at::empty({k, d}, rows.X.options().dtype(dtype == at::kFloat ? at::kFloat : at::kDouble));
+  if (k > 0 && d > 0) {
+    MixTarget target{C.const_data_ptr<double>(), k, out.mutable_data_ptr(), d};
+    const Kernels kern = kernels();
+    at::parallel_for(0, d, kMixColumnsPerTask, [&](int64_t begin, int64_t end) {
+      Scratch scratch(m * kMixChunk);
+      RowSource s = rows.source;
+      s.col_begin = begin;
+      s.col_end = end;
+      s.scratch = scratch.data();
+      s.chunk = kMixChunk;
+      kern.mix(s, target);
+    });
+  }
+  return direct ? out : out.to(dtype);
+}
+
+at::Tensor row_sq_norms_cpu(const at::Tensor& X_in) {
+  const Rows rows = rows_of(X_in, std::nullopt, "row_sq_norms");
+  const int64_t n = rows.source.n;
+  const int64_t d = rows.X.size(1);
+  const Blocks blocks = column_blocks(d, n);
+  at::Tensor partial = at::zeros({std::max<int64_t>(blocks.count, 1), n}, rows.X.options().dtype(at::kDouble));
+  double* partial_ptr = partial.mutable_data_ptr<double>();
+  const Kernels k = kernels();
+  at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      RowSource s = rows.source;
+      s.col_begin = b * blocks.size;
+      s.col_end = std::min(d, s.col_begin + blocks.size);
+      k.norms(s, partial_ptr + b * n);
+    }
+  });
+  at::Tensor norms = at::zeros({n}, rows.X.options().dtype(at::kDouble));
+  double* out = norms.mutable_data_ptr<double>();
+  for (int64_t b = 0; b < blocks.count; ++b)
+    for (int64_t i = 0; i < n; ++i) out[i] += partial_ptr[b * n + i];
+  return norms;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
+  m.impl("pairwise_sq_distances", &pairwise_sq_distances_cpu);
+  m.impl("mix_rows", &mix_rows_cpu);
+  m.impl("row_sq_norms", &row_sq_norms_cpu);
+}
+
+}  // namespace robustagg::cpu

@@ -1,0 +1,57 @@
+// Interface between the CPU glue of the distance ops (distance.cpp, built for
+// the baseline instruction set) and their kernels, compiled once per
+// instruction set (distance_isa_*.cpp). Plain C++ only, as in coordinate_kernel.h.
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/coordinate_kernel.h"
+
+namespace robustagg::cpu {
+
+// Rows of X (and an optional extra row, `center`) in a column range.
+struct RowSource {
+  const void* x;        // row-major (n, d) with unit column stride
+  int64_t n;
+  int64_t row_stride;   // elements between rows
+  const void* center;   // contiguous (d,) of the same kind, or nullptr
+  InputKind kind;
+  int64_t col_begin;
+  int64_t col_end;
+  double* scratch;      // staging buffer, aligned to kLaneBytes
+  int64_t chunk;        // columns staged at once, a multiple of kStageColumns
+};
+
+// Gram matrix of the shifted points p_i = x_i - r over the column range,
+// where r is the per-column median of rows 0, (n-1)/2, n-1 (non-finite values
+// read as 0). Adds S_ij into gram[i * m + j] for i <= j (m = rows incl. center).
+// scratch: (round_up(m, kTileRows) + 1) * chunk doubles.
+void gram_kernel_baseline(const RowSource& src, double* gram);
+void gram_kernel_avx2(const RowSource& src, double* gram);
+void gram_kernel_avx512(const RowSource& src, double* gram);
+
+// out[r][c] = sum over rows i with coef[r * m + i] != 0 of coef * row_i[c], in
+// float64 and index order, for the k output rows and the column range.
+// out is float* (row stride out_stride) for kF32 input, double* otherwise.
+// scratch: m * chunk doubles.
+struct MixTarget {
+  const double* coef;
+  int64_t k;
+  void* out;
+  int64_t out_stride;
+};
+void mix_kernel_baseline(const RowSource& src, const MixTarget& target);
+void mix_kernel_avx2(const RowSource& src, const MixTarget& target);
+void mix_kernel_avx512(const RowSource& src, const MixTarget& target);
+
+// norms[i] += sum_c x_ic^2 over the column range, for the n rows. No scratch.
+void norms_kernel_baseline(const RowSource& src, double* norms);
+void norms_kernel_avx2(const RowSource& src, double* norms);
+void norms_kernel_avx512(const RowSource& src, double* norms);
+
+// Staged chunks are a multiple of this many columns (one AVX-512 block of
+// 32-bit values), and the Gram's staged rows are padded to a multiple of kTileRows.
+constexpr int64_t kStageColumns = 16;
+constexpr int64_t kTileRows = 4;
+
+}  // namespace robustagg::cpu

@@ -1,0 +1,228 @@
+// Kernel bodies of the distance ops, included once per instruction set by
+// distance_isa_*.cpp with ROBUSTAGG_ISA_SUFFIX set. Internal linkage and
+// compiler builtins only (see coordinate_kernel.h).
+//
+// A chunk of columns of every row is staged as float64 in an L2-resident
+// buffer (each value converted once), then:
+//  * Gram: register tiles of TI x TJ row pairs, one float64 vector of columns
+//    per pair, accumulated over the chunk and summed across lanes in a fixed
+//    order. Products of float32 values are exact in float64.
+//  * mix: per output row, groups of 8 vectors of columns accumulate
+//    coef * row over the rows with a non-zero coefficient, in index order.
+#include <cstddef>
+
+#include "cpu/distance_kernel.h"
+#include "cpu/lanes.h"
+
+#define ROBUSTAGG_CAT2(a, b) a##b
+#define ROBUSTAGG_CAT(a, b) ROBUSTAGG_CAT2(a, b)
+
+namespace robustagg::cpu {
+namespace {
+
+constexpr int kD = kLanes64;  // doubles per native vector
+// Gram register tile: TI x TJ accumulators plus TI + TJ operands must fit the
+// register file (32 vector registers with AVX-512, 16 otherwise).
+constexpr int kTI = kVecBytes == 64 ? 4 : 2;
+constexpr int kTJ = 4;
+static_assert(kTileRows % kTI == 0 && kTileRows % kTJ == 0, "tiles must divide the row padding");
+// Mix: vectors of columns accumulated at once per output row.
+constexpr int kMixVecs = 8;
+
+RA_INLINE int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+RA_INLINE double lane_sum(F64v v) {
+  double s = 0.0;
+  for (int l = 0; l < kD; ++l) s += v[l];
+  return s;
+}
+
+RA_INLINE F64v load_vec(const double* p) {
+  F64v v;
+  __builtin_memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+// Writes `count` values of one row as float64 to dst; dst[count, padded) = 0.
+template <InputKind K>
+RA_INLINE void stage_row(const typename Lanes<K>::In* p, int64_t count, int64_t padded, double* dst) {
+  using L = Lanes<K>;
+  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+  int64_t c = 0;
+  for (; c + L::W <= count; c += L::W) {
+    const auto v = convert(p + c);
+    __builtin_memcpy(dst + c, &v, sizeof(v));
+  }
+  if (c < count) {
+    const auto v = load_block<K>(p + c, count - c, convert);
+    __builtin_memcpy(dst + c, &v, static_cast<size_t>(count - c) * sizeof(double));
+  }
+  for (int64_t t = count; t < padded; ++t) dst[t] = 0.0;
+}
+
+template <InputKind K>
+RA_INLINE const typename Lanes<K>::In* row_ptr(const RowSource& s, int64_t i, int64_t col) {
+  using In = typename Lanes<K>::In;
+  if (i == s.n) return static_cast<const In*>(s.center) + col;
+  return static_cast<const In*>(s.x) + i * s.row_stride + col;
+}
+
+RA_INLINE F64v finite_or_zero(F64v v) { return (v - v) == 0.0 ? v : F64v{}; }
+
+template <InputKind K>
+void gram_columns(const RowSource& s, double* gram) {
+  const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
+  const int64_t mp = round_up(m, kTileRows);
+  double* buf = s.scratch;
+  double* shift = s.scratch + mp * s.chunk;
+  const int64_t h = (s.n - 1) / 2;
+  for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
+    const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
+    const int64_t padded = round_up(count, kD);
+    const int64_t vecs = padded / kD;
+    for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+    for (int64_t i = m; i < mp; ++i)
+      for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
+    // Shift r: median of rows 0, (n-1)/2, n-1 with non-finite values read as 0.
+    for (int64_t v = 0; v < vecs; ++v) {
+      const F64v a = finite_or_zero(load_vec(buf + v * kD));
+      const F64v b = finite_or_zero(load_vec(buf + h * s.chunk + v * kD));
+      const F64v e = finite_or_zero(load_vec(buf + (s.n - 1) * s.chunk + v * kD));
+      const F64v lo = a < b ? a : b;
+      const F64v hi = a < b ? b : a;
+      const F64v hi_e = hi < e ? hi : e;
+      const F64v r = lo < hi_e ? hi_e : lo;
+      __builtin_memcpy(shift + v * kD, &r, sizeof(r));
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      double* row = buf + i * s.chunk;
+      for (int64_t v = 0; v < vecs; ++v) {
+        const F64v p = load_vec(row + v * kD) - load_vec(shift + v * kD);
+        __builtin_memcpy(row + v * kD, &p, sizeof(p));
+      }
+    }
+    for (int64_t i0 = 0; i0 < m; i0 += kTI) {
+      for (int64_t j0 = i0 / kTJ * kTJ; j0 < m; j0 += kTJ) {
+        F64v acc[kTI][kTJ] = {};
+        const double* a = buf + i0 * s.chunk;
+        const double* b = buf + j0 * s.chunk;
+        for (int64_t v = 0; v < vecs; ++v) {
+          F64v av[kTI], bv[kTJ];
+#pragma GCC unroll 4
+          for (int ii = 0; ii < kTI; ++ii) av[ii] = load_vec(a + ii * s.chunk + v * kD);
+#pragma GCC unroll 4
+          for (int jj = 0; jj < kTJ; ++jj) bv[jj] = load_vec(b + jj * s.chunk + v * kD);
+#pragma GCC unroll 4
+          for (int ii = 0; ii < kTI; ++ii)
+#pragma GCC unroll 4
+            for (int jj = 0; jj < kTJ; ++jj) acc[ii][jj] += av[ii] * bv[jj];
+        }
+        for (int ii = 0; ii < kTI; ++ii)
+          for (int jj = 0; jj < kTJ; ++jj) {
+            const int64_t i = i0 + ii;
+            const int64_t j = j0 + jj;
+            if (i <= j && j < m) gram[i * m + j] += lane_sum(acc[ii][jj]);
+          }
+      }
+    }
+  }
+}
+
+template <InputKind K>
+void mix_columns(const RowSource& s, const MixTarget& t) {
+  const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
+  double* buf = s.scratch;
+  for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
+    const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
+    const int64_t padded = round_up(count, kD);
+    // Stage only the rows some output reads (a row with coefficient 0 is never read).
+    for (int64_t i = 0; i < m; ++i) {
+      bool used = false;
+      for (int64_t r = 0; r < t.k && !used; ++r) used = t.coef[r * m + i] != 0.0;
+      if (used) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+    }
+    for (int64_t r = 0; r < t.k; ++r) {
+      const double* coef = t.coef + r * m;
+      for (int64_t g = 0; g < padded; g += kMixVecs * kD) {
+        F64v acc[kMixVecs] = {};
+        const int64_t nv = (padded - g) / kD < kMixVecs ? (padded - g) / kD : kMixVecs;
+        for (int64_t i = 0; i < m; ++i) {
+          if (coef[i] == 0.0) continue;
+          const double* row = buf + i * s.chunk + g;
+#pragma GCC unroll 8
+          for (int q = 0; q < kMixVecs; ++q)
+            if (q < nv) acc[q] += coef[i] * load_vec(row + q * kD);
+        }
+        for (int q = 0; q < nv; ++q) {
+          const int64_t col = c0 + g + q * kD;
+          const int64_t left = count - (g + q * kD);
+          const int64_t cnt = left < kD ? left : kD;
+          if (cnt <= 0) break;
+          if constexpr (K == InputKind::kF32) {
+            const F32h f = __builtin_convertvector(acc[q], F32h);
+            __builtin_memcpy(static_cast<float*>(t.out) + r * t.out_stride + col, &f,
+                             static_cast<size_t>(cnt) * sizeof(float));
+          } else {
+            __builtin_memcpy(static_cast<double*>(t.out) + r * t.out_stride + col, &acc[q],
+                             static_cast<size_t>(cnt) * sizeof(double));
+          }
+        }
+      }
+    }
+  }
+}
+
+template <InputKind K>
+void norms_columns(const RowSource& s, double* norms) {
+  using L = Lanes<K>;
+  using Dbl = typename L::Dbl;
+  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+  const int64_t count = s.col_end - s.col_begin;
+  for (int64_t i = 0; i < s.n; ++i) {
+    const typename L::In* p = row_ptr<K>(s, i, s.col_begin);
+    Dbl acc{};
+    int64_t c = 0;
+    for (; c + L::W <= count; c += L::W) {
+      const Dbl v = convert(p + c);
+      acc += v * v;
+    }
+    double lanes[L::W];
+    __builtin_memcpy(lanes, &acc, sizeof(acc));
+    double sum = 0.0;
+    for (int l = 0; l < L::W; ++l) sum += lanes[l];
+    if (c < count) {
+      const Dbl v = load_block<K>(p + c, count - c, convert);
+      __builtin_memcpy(lanes, &v, sizeof(v));
+      for (int64_t l = 0; l < count - c; ++l) sum += lanes[l] * lanes[l];
+    }
+    norms[i] += sum;
+  }
+}
+
+}  // namespace
+
+#define ROBUSTAGG_BY_KIND(body, kind, ...)          \
+  switch (kind) {                                   \
+    case InputKind::kF32:                           \
+      return body<InputKind::kF32>(__VA_ARGS__);    \
+    case InputKind::kF64:                           \
+      return body<InputKind::kF64>(__VA_ARGS__);    \
+    case InputKind::kF16:                           \
+      return body<InputKind::kF16>(__VA_ARGS__);    \
+    case InputKind::kBF16:                          \
+      return body<InputKind::kBF16>(__VA_ARGS__);   \
+  }
+
+void ROBUSTAGG_CAT(gram_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* gram) {
+  ROBUSTAGG_BY_KIND(gram_columns, src.kind, src, gram)
+}
+
+void ROBUSTAGG_CAT(mix_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, const MixTarget& target) {
+  ROBUSTAGG_BY_KIND(mix_columns, src.kind, src, target)
+}
+
+void ROBUSTAGG_CAT(norms_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* norms) {
+  ROBUSTAGG_BY_KIND(norms_columns, src.kind, src, norms)
+}
+
+}  // namespace robustagg::cpu

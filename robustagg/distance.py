@@ -1,0 +1,322 @@
+"""Distance-based robust rules (SPEC 3): Krum, Multi-Krum, Bulyan, geometric median, centered clipping.
+
+Every rule here depends on X only through the squared distances between its
+rows (and a center) plus one weighted combination of rows, so each costs two
+passes over X: :func:`robustagg.ops.pairwise_sq_distances` (float64 Gram
+matrix) and :func:`robustagg.ops.mix_rows`. Iterative rules (Weiszfeld,
+centered clipping) run in coefficient space in between: an iterate
+``z = sum_k c_k p_k`` with ``sum_k c_k = 1`` has, for every point ``p_j``,
+
+    ||p_j - z||^2 = sum_k c_k D_jk - 1/2 sum_kl c_k c_l D_kl,
+
+an O(m^2) computation, whatever the dimension. The coefficient work is done
+in float64 on the CPU (m is small); only the two passes touch X's device.
+
+Rows holding NaN or inf are infinitely far from every other row (SPEC 1):
+never selected by Krum, weight 0 in the geometric median, no contribution in
+centered clipping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from . import ops
+from .validation import check_int, check_matrix, check_positive
+
+__all__ = [
+    "GeometricMedianInfo",
+    "bulyan",
+    "centered_clip",
+    "geometric_median",
+    "krum",
+    "multi_krum",
+    "pairwise_sq_distances",
+]
+
+
+def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
+    r"""Squared Euclidean distances :math:`D_{ij} = \|x_i - x_j\|^2` between the rows of X.
+
+    Returns an ``(n, n)`` float64 tensor on X's device: symmetric, zero
+    diagonal, ``+inf`` in the rows and columns of rows that hold NaN/inf (0 on
+    their diagonal). One pass over X; accurate for rows that are close to each
+    other and far from the origin (see :func:`robustagg.ops.pairwise_sq_distances`).
+    """
+    check_matrix(X, "pairwise_sq_distances")
+    return ops.pairwise_sq_distances(X)
+
+
+def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances and finite-row flags, on the CPU for the coefficient work."""
+    D, finite = ops.distances_and_finite(X, center)
+    return D.cpu(), finite.cpu()
+
+
+def _distances_to(D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """||p_j - z|| for z = sum_k c_k p_k (sum c = 1), every point j; D restricted to finite points."""
+    Dc = D @ c
+    return (Dc - 0.5 * torch.dot(c, Dc)).clamp_min(0.0).sqrt()
+
+
+def _combine(coefficients: torch.Tensor, X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """One pass over X: sum_i coefficients[i] * row_i, as a (d,) tensor."""
+    C = coefficients.reshape(1, -1).to(device=X.device, dtype=torch.float64)
+    return ops.mix_rows(C, X, center)[0]
+
+
+def _nan_row(X: torch.Tensor) -> torch.Tensor:
+    return torch.full((X.shape[1],), float("nan"), dtype=X.dtype, device=X.device)
+
+
+def _krum_order(D: torch.Tensor, finite: torch.Tensor, neighbours: int) -> torch.Tensor:
+    """Rows ranked by (not finite, Krum score, index); score = sum of the `neighbours` smallest D_ij, j != i."""
+    k = D.shape[0]
+    others = D.clone()
+    others.fill_diagonal_(math.inf)
+    scores = torch.sort(others, dim=1).values[:, :neighbours].sum(1) if neighbours > 0 else torch.zeros(k, dtype=D.dtype)
+    by_score = torch.sort(scores, stable=True).indices
+    return by_score[torch.sort((~finite[by_score]).to(torch.int8), stable=True).indices]
+
+
+def _check_krum(X: torch.Tensor, f: int, rule: str) -> int:
+    check_matrix(X, rule)
+    f = check_int(f, "f", rule)
+    n = X.shape[0]
+    if f < 0:
+        raise ValueError(f"{rule}: f must be >= 0, got f={f}")
+    if n <= 2 * f + 2:
+        raise ValueError(f"{rule}: f={f} needs n > 2*f + 2, got n={n}")
+    return f
+
+
+def krum(X: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
+    r"""Krum and Multi-Krum (Blanchard et al., NeurIPS 2017).
+
+    Row i's score is the sum of its :math:`n - f - 2` smallest squared
+    distances to the other rows, :math:`s_i = \sum_{j \in N_i} \|x_i - x_j\|^2`.
+    Rows are ranked by score (ties to the lower index; rows holding NaN/inf
+    last). ``m = 1`` returns the best row exactly; ``m > 1`` returns the mean
+    of the ``m`` best rows. Should fewer than ``m`` rows be finite, the
+    non-finite ones are left out of the mean (all NaN if no row is finite).
+
+    Needs ``n > 2f + 2`` and ``1 <= m <= n``. Two passes over X (the distances
+    and the combination, which reads only the selected rows).
+    """
+    f = _check_krum(X, f, "krum")
+    m = check_int(m, "m", "krum")
+    n = X.shape[0]
+    if not 1 <= m <= n:
+        raise ValueError(f"krum: m must be in [1, n={n}], got m={m}")
+    D, finite = _geometry(X)
+    chosen = _krum_order(D, finite, n - f - 2)[:m]
+    chosen = chosen[finite[chosen]]
+    if chosen.numel() == 0:
+        return _nan_row(X)
+    c = torch.zeros(n, dtype=torch.float64)
+    c[chosen] = 1.0 / chosen.numel()
+    return _combine(c, X)
+
+
+def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
+    """Multi-Krum: :func:`krum` averaging the ``m`` best rows, ``m = n - f`` by default."""
+    _check_krum(X, f, "multi_krum")
+    if m is None:
+        m = X.shape[0] - check_int(f, "f", "multi_krum")
+    return krum(X, f, m)
+
+
+def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
+    r"""Bulyan (El Mhamdi, Guerraoui, Rouault, ICML 2018) over Krum.
+
+    Selects :math:`\theta = n - 2f` rows by applying Krum repeatedly to the
+    rows not yet selected (with ``k`` rows left, a score sums the
+    ``max(k - f - 2, 0)`` smallest distances to the other remaining rows; ties
+    to the lower index, NaN/inf rows last). Then, per coordinate, returns the
+    mean of the :math:`\beta = \theta - 2f` selected values closest to the
+    selected values' median (median of an even count: mean of the two middle
+    values; distance ties keep the smaller value; NaN counts as infinitely
+    far). Needs ``n >= 4f + 3``.
+    """
+    check_matrix(X, "bulyan")
+    f = check_int(f, "f", "bulyan")
+    n = X.shape[0]
+    if f < 0:
+        raise ValueError(f"bulyan: f must be >= 0, got f={f}")
+    if n < 4 * f + 3:
+        raise ValueError(f"bulyan: f={f} needs n >= 4*f + 3, got n={n}")
+    D, finite = _geometry(X)
+    theta = n - 2 * f
+    remaining = torch.arange(n)
+    selected = []
+    for _ in range(theta):
+        sub = D[remaining][:, remaining]
+        best = _krum_order(sub, finite[remaining], max(remaining.numel() - f - 2, 0))[0]
+        selected.append(int(remaining[best]))
+        remaining = torch.cat([remaining[:best], remaining[best + 1 :]])
+    C = torch.zeros(theta, n, dtype=torch.float64)
+    C[torch.arange(theta), torch.tensor(selected)] = 1.0
+    rows = ops.mix_rows(C.to(X.device), X)  # exact copies of the selected rows
+    return _mean_around_median(rows, theta - 2 * f).to(X.dtype)
+
+
+# Columns per step of Bulyan's coordinate-wise stage (bounds its float64 scratch).
+_BULYAN_COLUMNS = 1 << 16
+
+
+def _mean_around_median(S: torch.Tensor, beta: int) -> torch.Tensor:
+    """Per column, the mean of the beta values closest to the column's median (ties keep the smaller)."""
+    theta, d = S.shape
+    out = torch.empty(d, dtype=torch.float64, device=S.device)
+    for c0 in range(0, d, _BULYAN_COLUMNS):
+        V = torch.sort(S[:, c0 : c0 + _BULYAN_COLUMNS].to(torch.float64), dim=0).values  # NaN sorts last
+        lo = V[(theta - 1) // 2]
+        med = lo if theta % 2 == 1 else (lo + V[theta // 2]) / 2
+        # The kept values form a window [k, k + beta) of the sorted column; it
+        # slides past t iff the value entering is strictly closer than the one leaving.
+        k = ((V[beta:] - med) < (med - V[: theta - beta])).sum(0)
+        window = k[None, :] + torch.arange(beta, device=S.device)[:, None]
+        out[c0 : c0 + _BULYAN_COLUMNS] = torch.gather(V, 0, window).sum(0) / beta
+    return out
+
+
+@dataclass(frozen=True)
+class GeometricMedianInfo:
+    """How a geometric-median computation ended.
+
+    Attributes:
+        iterations: Weiszfeld updates done.
+        objective: :math:`F(z) = \\sum_i a_i \\|x_i - z\\|` at the returned ``z`` (finite rows).
+        converged: whether the relative change of ``F`` fell to ``tol`` before ``max_iter``.
+    """
+
+    iterations: int
+    objective: float
+    converged: bool
+
+
+def _check_weights(weights: torch.Tensor | None, X: torch.Tensor, rule: str) -> torch.Tensor:
+    n = X.shape[0]
+    if weights is None:
+        return torch.ones(n, dtype=torch.float64)
+    if not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{rule}: weights must be a torch.Tensor or None, got {type(weights).__name__}")
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise TypeError(f"{rule}: weights must be a real tensor, got {weights.dtype}")
+    if weights.shape != (n,):
+        raise ValueError(f"{rule}: weights must have shape (n,) = ({n},), got {tuple(weights.shape)}")
+    if weights.device != X.device:
+        raise ValueError(f"{rule}: weights are on {weights.device} but X is on {X.device}")
+    a = weights.detach().to(device="cpu", dtype=torch.float64)
+    bad = ~(torch.isfinite(a) & (a >= 0))
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{rule}: weights must be finite and >= 0, got weights[{i}]={a[i].item()}")
+    if a.sum() <= 0:
+        raise ValueError(f"{rule}: weights must have a positive sum, got {a.sum().item()}")
+    return a
+
+
+def geometric_median(
+    X: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    nu: float = 1e-6,
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    return_info: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, GeometricMedianInfo]:
+    r"""Geometric median by smoothed Weiszfeld (Pillutla, Kakade, Harchaoui, "Robust Aggregation for Federated Learning", 2022).
+
+    Minimises :math:`F(z) = \sum_i a_i \|x_i - z\|` (``a = weights``, 1 per
+    row by default; rows holding NaN/inf get weight 0). Starts at the weighted
+    mean of the finite rows and iterates
+
+    .. math:: b_i = \frac{a_i}{\max(\nu, \|x_i - z\|)}, \qquad z \leftarrow \frac{\sum_i b_i x_i}{\sum_i b_i}
+
+    until :math:`|F_{old} - F_{new}| \le tol \cdot F_{old}` or ``max_iter``
+    updates. The iterations run on the float64 distance matrix in coefficient
+    space, so the cost is two passes over X whatever ``max_iter`` is.
+
+    Returns ``z`` (``(d,)``, X's dtype), or ``(z, GeometricMedianInfo)`` with
+    ``return_info=True``. If every row with positive weight holds NaN/inf,
+    ``z`` is all NaN.
+    """
+    check_matrix(X, "geometric_median")
+    nu = check_positive(nu, "nu", "geometric_median")
+    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0 or math.isinf(tol):
+        raise ValueError(f"geometric_median: tol must be a finite number >= 0, got tol={tol!r}")
+    max_iter = check_int(max_iter, "max_iter", "geometric_median")
+    if max_iter < 0:
+        raise ValueError(f"geometric_median: max_iter must be >= 0, got max_iter={max_iter}")
+    a_all = _check_weights(weights, X, "geometric_median")
+
+    D_all, finite = _geometry(X)
+    idx = (finite & (a_all > 0)).nonzero().flatten()
+    if idx.numel() == 0:
+        z, info = _nan_row(X), GeometricMedianInfo(0, math.nan, False)
+        return (z, info) if return_info else z
+    D = D_all[idx][:, idx]
+    a = a_all[idx]
+    c = a / a.sum()
+    objective = float(torch.dot(a, _distances_to(D, c)))
+    iterations, converged = 0, False
+    while iterations < max_iter:
+        b = a / _distances_to(D, c).clamp_min(nu)
+        c = b / b.sum()
+        new = float(torch.dot(a, _distances_to(D, c)))
+        iterations += 1
+        done = abs(objective - new) <= tol * objective
+        objective = new
+        if done:
+            converged = True
+            break
+    full = torch.zeros(X.shape[0], dtype=torch.float64)
+    full[idx] = c
+    z = _combine(full, X)
+    return (z, GeometricMedianInfo(iterations, objective, converged)) if return_info else z
+
+
+def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int = 1) -> torch.Tensor:
+    r"""Centered clipping (Karimireddy, He, Jaggi, "Learning from History for Byzantine Robust Optimization", ICML 2021).
+
+    With :math:`v_0 = ` ``center``, repeats ``iters`` times
+
+    .. math:: v \leftarrow v + \frac{1}{n} \sum_i (x_i - v) \min\left(1, \frac{\tau}{\|x_i - v\|}\right);
+
+    a row holding NaN/inf contributes 0 and still counts in ``n``. ``center``
+    is a finite ``(d,)`` tensor on X's device (cast to X's dtype); ``tau > 0``
+    (``inf`` gives the mean); ``iters >= 0``. The iterations run in coefficient
+    space over the rows and the center: two passes over X for any ``iters``.
+    """
+    check_matrix(X, "centered_clip")
+    if not isinstance(center, torch.Tensor):
+        raise TypeError(f"centered_clip: center must be a torch.Tensor, got {type(center).__name__}")
+    n, d = X.shape
+    if center.shape != (d,):
+        raise ValueError(f"centered_clip: center must have shape (d,) = ({d},), got {tuple(center.shape)}")
+    if center.device != X.device:
+        raise ValueError(f"centered_clip: center is on {center.device} but X is on {X.device}")
+    if not torch.isfinite(center).all():
+        raise ValueError("centered_clip: center must be finite, got NaN/inf entries")
+    tau = check_positive(tau, "tau", "centered_clip", allow_inf=True)
+    iters = check_int(iters, "iters", "centered_clip")
+    if iters < 0:
+        raise ValueError(f"centered_clip: iters must be >= 0, got iters={iters}")
+    center = center.to(X.dtype)
+
+    D_all, finite = _geometry(X, center)
+    idx = finite.nonzero().flatten()  # finite rows, then the center (index n, always finite)
+    D = D_all[idx][:, idx]
+    c = torch.zeros(idx.numel(), dtype=torch.float64)
+    c[-1] = 1.0
+    for _ in range(iters):
+        dist = _distances_to(D, c)[:-1]
+        w = torch.where(dist > tau, tau / dist, torch.ones_like(dist)) / n
+        c = c * (1.0 - w.sum())
+        c[:-1] += w
+    full = torch.zeros(n + 1, dtype=torch.float64)
+    full[idx] = c
+    return _combine(full, X, center)
