@@ -64,6 +64,13 @@ inline void check_trim(const at::Tensor& X, int64_t f, const char* rule) {
   TORCH_CHECK_VALUE(n > 2 * f, message(rule, ": f=", f, " needs n > 2*f, got n=", n));
 }
 
+// Rules that keep `keep` values per coordinate need 1 <= keep <= n.
+inline void check_keep(const at::Tensor& X, int64_t keep, const char* rule) {
+  check_matrix(X, rule);
+  const int64_t n = X.size(0);
+  TORCH_CHECK_VALUE(keep >= 1 && keep <= n, message(rule, ": keep must be in [1, n=", n, "], got keep=", keep));
+}
+
 // Weights: a 1-D tensor of n finite, non-negative numbers with a positive sum,
 // on X's device. Returns them as float64 on X's device, and their sum, added
 // in index order as the kernels do. For CUDA weights the value checks cost

@@ -18,6 +18,9 @@ TORCH_LIBRARY(robustagg, m) {
   m.def("coordinate_median(Tensor X) -> Tensor");
   m.def("trimmed_mean(Tensor X, int f) -> Tensor");
   m.def("meamed(Tensor X, int f) -> Tensor");
+  // Per coordinate, the mean of the `keep` values closest to the median:
+  // meamed(X, f) is mean_around_median(X, n - f); Bulyan's last stage needs keep < n / 2.
+  m.def("mean_around_median(Tensor X, int keep) -> Tensor");
   // Distance rules (SPEC 3) see X only through these two passes.
   // (m, m) float64 squared distances between the rows of X and, when given,
   // center as row n (m = n + 1); +inf to and from rows that are not finite;

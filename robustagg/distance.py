@@ -160,27 +160,7 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
     C = torch.zeros(theta, n, dtype=torch.float64)
     C[torch.arange(theta), torch.tensor(selected)] = 1.0
     rows = ops.mix_rows(C.to(X.device), X)  # exact copies of the selected rows
-    return _mean_around_median(rows, theta - 2 * f).to(X.dtype)
-
-
-# Columns per step of Bulyan's coordinate-wise stage (bounds its float64 scratch).
-_BULYAN_COLUMNS = 1 << 16
-
-
-def _mean_around_median(S: torch.Tensor, beta: int) -> torch.Tensor:
-    """Per column, the mean of the beta values closest to the column's median (ties keep the smaller)."""
-    theta, d = S.shape
-    out = torch.empty(d, dtype=torch.float64, device=S.device)
-    for c0 in range(0, d, _BULYAN_COLUMNS):
-        V = torch.sort(S[:, c0 : c0 + _BULYAN_COLUMNS].to(torch.float64), dim=0).values  # NaN sorts last
-        lo = V[(theta - 1) // 2]
-        med = lo if theta % 2 == 1 else (lo + V[theta // 2]) / 2
-        # The kept values form a window [k, k + beta) of the sorted column; it
-        # slides past t iff the value entering is strictly closer than the one leaving.
-        k = ((V[beta:] - med) < (med - V[: theta - beta])).sum(0)
-        window = k[None, :] + torch.arange(beta, device=S.device)[:, None]
-        out[c0 : c0 + _BULYAN_COLUMNS] = torch.gather(V, 0, window).sum(0) / beta
-    return out
+    return ops.mean_around_median(rows, theta - 2 * f)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ __all__ = [
     "coordinate_median",
     "trimmed_mean",
     "meamed",
+    "mean_around_median",
     "pairwise_sq_distances",
     "mix_rows",
     "row_sq_norms",
@@ -91,6 +92,18 @@ def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     return _NS.meamed(X, _check_int(f, "f", "meamed"))
 
 
+def mean_around_median(X: torch.Tensor, keep: int) -> torch.Tensor:
+    r"""Per coordinate, the mean of the ``keep`` values closest to the median (``1 <= keep <= n``).
+
+    The generalisation of :func:`meamed` (``meamed(X, f) == mean_around_median(X, n - f)``)
+    to any ``keep``; Bulyan's last stage (El Mhamdi et al. 2018) uses
+    ``keep = n - 2f`` of the selected rows. Ties in distance keep the smaller
+    value; NaN counts as infinitely far.
+    """
+    _check_tensor(X, "mean_around_median")
+    return _NS.mean_around_median(X, _check_int(keep, "keep", "mean_around_median"))
+
+
 def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the finite rows."""
     _check_tensor(X, "pairwise_sq_distances")
@@ -158,6 +171,11 @@ def _(X, f):
 
 @torch.library.register_fake("robustagg::meamed")
 def _(X, f):
+    return _fake_rowwise(X)
+
+
+@torch.library.register_fake("robustagg::mean_around_median")
+def _(X, keep):
     return _fake_rowwise(X)
 
 

@@ -123,6 +123,11 @@ at::Tensor meamed_cpu(const at::Tensor& X, int64_t f) {
   return run_columns(X, ColumnRule::kMeaMed, f, nullptr, 0.0);
 }
 
+at::Tensor mean_around_median_cpu(const at::Tensor& X, int64_t keep) {
+  check_keep(X, keep, "mean_around_median");
+  return run_columns(X, ColumnRule::kMeaMed, X.size(0) - keep, nullptr, 0.0);
+}
+
 at::Tensor mean_cpu(const at::Tensor& X, const std::optional<at::Tensor>& weights) {
   check_matrix(X, "mean");
   if (!weights.has_value()) return run_columns(X, ColumnRule::kMean, 0, nullptr, static_cast<double>(X.size(0)));
@@ -138,6 +143,7 @@ TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
   m.impl("coordinate_median", &coordinate_median_cpu);
   m.impl("trimmed_mean", &trimmed_mean_cpu);
   m.impl("meamed", &meamed_cpu);
+  m.impl("mean_around_median", &mean_around_median_cpu);
 }
 
 }  // namespace robustagg::cpu

@@ -78,6 +78,33 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
 // statistics are combined in float64, in ascending order, exactly as the CUDA
 // kernel does, so both give the same bits. Each sorted position is converted
 // to float64 once.
+
+// MeaMed when the window [k, k + w) is narrower than the f positions it may
+// slide over (f > w, as in Bulyan's last stage): k counts the slides, and the
+// sorted positions inside the window are added in ascending order.
+template <typename L, int P>
+RA_INLINE Wide<P> mean_of_window(const ColumnArgs& a, const typename L::Key* keys, const Wide<P>& median, int64_t w) {
+  using V = Wide<P>;
+  V start{};
+  for (int64_t t = 0; t < a.f; ++t) {
+    const V left = L::to_double(keys[t]);
+    const V right = L::to_double(keys[t + w]);
+    for (int h = 0; h < P; ++h)
+      start.part[h] += (right.part[h] - median.part[h]) < (median.part[h] - left.part[h]) ? F64v{} + 1.0 : F64v{};
+  }
+  V sum{};
+  for (int64_t t = 0; t < a.n; ++t) {
+    const V v = L::to_double(keys[t]);
+    const F64v pos = F64v{} + static_cast<double>(t);
+    for (int h = 0; h < P; ++h) {
+      const auto inside = (start.part[h] <= pos) & (pos < start.part[h] + static_cast<double>(w));
+      sum.part[h] += inside ? v.part[h] : F64v{};
+    }
+  }
+  for (int h = 0; h < P; ++h) sum.part[h] /= static_cast<double>(w);
+  return sum;
+}
+
 template <InputKind K>
 RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typename Lanes<K>::Key* keys) {
   using L = Lanes<K>;
@@ -109,6 +136,7 @@ RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typen
   // position t (< f) iff the value entering on the right is strictly
   // closer than the one leaving on the left (ties keep the smaller).
   const int64_t w = n - f;
+  if (f > w) return mean_of_window<L>(a, keys, median, w);
   // Up to kKeptPairs pairs, the right-hand contribution decided in the first
   // loop is kept for the last one.
   constexpr int64_t kKeptPairs = 32;

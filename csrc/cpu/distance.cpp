@@ -172,13 +172,28 @@ at::Tensor mix_rows_cpu(const at::Tensor& C_in, const at::Tensor& X_in, const st
   const bool direct = dtype == at::kFloat || dtype == at::kDouble;
   at::Tensor out = at::empty({k, d}, rows.X.options().dtype(dtype == at::kFloat ? at::kFloat : at::kDouble));
   if (k > 0 && d > 0) {
-    MixTarget target{C.const_data_ptr<double>(), k, out.mutable_data_ptr(), d};
+    // The non-zero coefficients, row by row: rows with coefficient 0 are never read.
+    const double* c = C.const_data_ptr<double>();
+    std::vector<int64_t> begin{0};
+    std::vector<int64_t> index;
+    std::vector<double> value;
+    std::vector<uint8_t> used(static_cast<size_t>(m), 0);
+    for (int64_t r = 0; r < k; ++r) {
+      for (int64_t i = 0; i < m; ++i) {
+        if (c[r * m + i] == 0.0) continue;
+        index.push_back(i);
+        value.push_back(c[r * m + i]);
+        used[i] = 1;
+      }
+      begin.push_back(static_cast<int64_t>(index.size()));
+    }
+    const MixTarget target{begin.data(), index.data(), value.data(), used.data(), k, out.mutable_data_ptr(), d};
     const Kernels kern = kernels();
-    at::parallel_for(0, d, kMixColumnsPerTask, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, d, kMixColumnsPerTask, [&](int64_t col_begin, int64_t col_end) {
       Scratch scratch(m * kMixChunk);
       RowSource s = rows.source;
-      s.col_begin = begin;
-      s.col_end = end;
+      s.col_begin = col_begin;
+      s.col_end = col_end;
       s.scratch = scratch.data();
       s.chunk = kMixChunk;
       kern.mix(s, target);

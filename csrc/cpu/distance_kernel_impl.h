@@ -135,23 +135,18 @@ void mix_columns(const RowSource& s, const MixTarget& t) {
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, kD);
-    // Stage only the rows some output reads (a row with coefficient 0 is never read).
-    for (int64_t i = 0; i < m; ++i) {
-      bool used = false;
-      for (int64_t r = 0; r < t.k && !used; ++r) used = t.coef[r * m + i] != 0.0;
-      if (used) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
-    }
+    for (int64_t i = 0; i < m; ++i)
+      if (t.used[i]) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
     for (int64_t r = 0; r < t.k; ++r) {
-      const double* coef = t.coef + r * m;
       for (int64_t g = 0; g < padded; g += kMixVecs * kD) {
         F64v acc[kMixVecs] = {};
         const int64_t nv = (padded - g) / kD < kMixVecs ? (padded - g) / kD : kMixVecs;
-        for (int64_t i = 0; i < m; ++i) {
-          if (coef[i] == 0.0) continue;
-          const double* row = buf + i * s.chunk + g;
+        for (int64_t p = t.begin[r]; p < t.begin[r + 1]; ++p) {
+          const double coef = t.value[p];
+          const double* row = buf + t.index[p] * s.chunk + g;
 #pragma GCC unroll 8
           for (int q = 0; q < kMixVecs; ++q)
-            if (q < nv) acc[q] += coef[i] * load_vec(row + q * kD);
+            if (q < nv) acc[q] += coef * load_vec(row + q * kD);
         }
         for (int q = 0; q < nv; ++q) {
           const int64_t col = c0 + g + q * kD;

@@ -106,6 +106,14 @@ template <typename Get>
 __device__ __forceinline__ double meamed_of_sorted(Get get, int64_t n, int64_t f, double median) {
   const int64_t w = n - f;
   double sum = 0.0;
+  if (f > w) {
+    // The window is narrower than the f positions it may slide over (Bulyan's
+    // last stage): count the slides, then add the window.
+    int64_t start = 0;
+    for (int64_t t = 0; t < f; ++t) start += (get(t + w) - median) < (median - get(t)) ? 1 : 0;
+    for (int64_t t = start; t < start + w; ++t) sum += get(t);
+    return sum / static_cast<double>(w);
+  }
   for (int64_t t = 0; t < f; ++t) {
     const double left = get(t);
     if (!((get(t + w) - median) < (median - left))) sum += left;
@@ -371,6 +379,11 @@ at::Tensor meamed_cuda(const at::Tensor& X, int64_t f) {
   return select_cuda(X, ColumnRule::kMeaMed, f);
 }
 
+at::Tensor mean_around_median_cuda(const at::Tensor& X, int64_t keep) {
+  check_keep(X, keep, "mean_around_median");
+  return select_cuda(X, ColumnRule::kMeaMed, X.size(0) - keep);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(robustagg, CUDA, m) {
@@ -378,6 +391,7 @@ TORCH_LIBRARY_IMPL(robustagg, CUDA, m) {
   m.impl("coordinate_median", &coordinate_median_cuda);
   m.impl("trimmed_mean", &trimmed_mean_cuda);
   m.impl("meamed", &meamed_cuda);
+  m.impl("mean_around_median", &mean_around_median_cuda);
 }
 
 }  // namespace robustagg::cuda
