@@ -3,7 +3,11 @@
 Covers each kernel instantiation: register kernels (n <= 8, 16, 32, 64), the
 shared-memory tile kernel (n > 64, and n > 32 for float64), every mode, every
 dtype, tails (d not a multiple of the block), strided rows, and the mean
-with and without weights. Exits non-zero if a result differs from the CPU op.
+with and without weights; the distance kernels (Gram tiles with and without
+a center, diagonal and off-diagonal tile pairs, split and grouped column
+chunks), mixing and row norms through the rules built on them. Selection
+rules and mixing must equal the CPU op bit for bit; float64 sums (distances,
+norms) may differ by rounding. Exits non-zero on a mismatch.
 """
 
 import sys
@@ -11,6 +15,45 @@ import sys
 import torch
 
 import robustagg as ra
+
+
+def close(got: torch.Tensor, want: torch.Tensor, rtol: float) -> bool:
+    if not torch.equal(got.isnan(), want.isnan()) or not torch.equal(got.isinf(), want.isinf()):
+        return False
+    ok = torch.isfinite(want)
+    return torch.allclose(got[ok].double(), want[ok].double(), rtol=rtol, atol=rtol)
+
+
+def check_distance_ops(X: torch.Tensor, Xc: torch.Tensor, dtype: torch.dtype, n: int) -> int:
+    """The distance kernels through their ops; counts mismatches."""
+    failures = 0
+    center = torch.randn(X.shape[1], dtype=torch.float64).to(dtype)
+    C = torch.rand(3, n + 1, dtype=torch.float64)
+    C[:, 0] = 0.0  # row 0 holds NaN: a zero coefficient must not read it
+    calls = [
+        ("pairwise_sq_distances", lambda A, c: ra.ops.distances_and_finite(A)[0], 1e-9),
+        ("pairwise_sq_distances(center)", lambda A, c: ra.ops.distances_and_finite(A, c)[0], 1e-9),
+        ("finite rows", lambda A, c: ra.ops.distances_and_finite(A, c)[1], 0.0),
+        ("mix_rows", lambda A, c: ra.ops.mix_rows(C.to(A.device), A, c), 0.0),
+        ("row_sq_norms", lambda A, c: ra.ops.row_sq_norms(A), 1e-9),
+        ("mean_around_median", lambda A, c: ra.ops.mean_around_median(A, max(1, n // 3)), 0.0),
+    ]
+    if n > 4:
+        f = (n - 3) // 4
+        calls += [
+            ("krum", lambda A, c: ra.krum(A, f), 1e-6),
+            ("geometric_median", lambda A, c: ra.geometric_median(A), 1e-4),
+            ("centered_clip", lambda A, c: ra.centered_clip(A, c, 1.0, 3), 1e-4),
+            ("nnm", lambda A, c: ra.nnm(A, f), 1e-6),
+        ]
+    for name, call, rtol in calls:
+        got = call(Xc, center.cuda()).cpu()
+        want = call(X, center)
+        ok = torch.equal(got, want) if rtol == 0.0 else close(got, want, rtol)
+        if not ok:
+            failures += 1
+            print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
+    return failures
 
 
 def main() -> int:
@@ -36,6 +79,7 @@ def main() -> int:
                 if not torch.equal(got.isnan(), want.isnan()) or not torch.equal(got.nan_to_num(), want.nan_to_num()):
                     failures += 1
                     print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
+            failures += check_distance_ops(X, Xc, dtype, n)
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {failures} mismatches")
     return 1 if failures else 0

@@ -1,7 +1,9 @@
 """Times the CUDA ops against a device-to-device copy of the same bytes.
 
 For each (n, d): the copy of X (bytes read + written, the bandwidth roof),
-one read of X (``X.sum(0)``), each robustagg op, and ``torch.median(X, dim=0)``.
+one read of X (``X.sum(0)``), each robustagg op, ``torch.median(X, dim=0)``
+and ``torch.cdist`` (for the distances). The distance rules' "x one read"
+column is the figure of merit (target: <= 3 reads for the Gram-based rules).
 Median of repeats timed with CUDA events; inputs rotate so that no repeat
 finds X in L2. Prints a markdown table and writes it (and JSON) to --out.
 
@@ -48,7 +50,7 @@ def main() -> int:
     name = torch.cuda.get_device_name()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
-    header = "| n | d | copy GB/s | op | ms | GB/s (X read + result written) | % of copy BW | x one read | vs torch.median |"
+    header = "| n | d | copy GB/s | op | ms | GB/s (X read + result written) | % of copy BW | x one read | vs torch |"
     lines = [f"Device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, float32", "", header,
              "|" + "---|" * 9]
     print("\n".join(lines), flush=True)
@@ -61,6 +63,7 @@ def main() -> int:
             gen = torch.Generator(device="cuda").manual_seed(n)
             inputs = [torch.randn(n, d, device="cuda", generator=gen) for _ in range(copies)]
             f = (n - 1) // 4
+            fd = (n - 3) // 4  # distance rules: Bulyan needs n >= 4f + 3
             out = torch.empty_like(inputs[0])
             copy_ms = time_ms(lambda X: out.copy_(X), inputs, args.repeats)
             del out
@@ -69,17 +72,31 @@ def main() -> int:
             if nbytes <= args.torch_median_max_bytes:
                 median_ms = time_ms(lambda X: torch.median(X, dim=0), inputs, max(3, args.repeats // 3))
             copy_gbs = 2 * nbytes / copy_ms / 1e6
+            cdist_ms = time_ms(lambda X: torch.cdist(X, X), inputs, max(3, args.repeats // 3))
+            center = torch.zeros(d, device="cuda")
             ops = {
                 "coordinate_median": lambda X: ra.coordinate_median(X),
                 "trimmed_mean": lambda X: ra.trimmed_mean(X, f),
                 "meamed": lambda X: ra.meamed(X, f),
                 "mean": lambda X: ra.mean(X),
+                "pairwise_sq_distances": lambda X: ra.pairwise_sq_distances(X),
+                "krum": lambda X: ra.krum(X, fd),
+                "multi_krum": lambda X: ra.multi_krum(X, fd),
+                "geometric_median": lambda X: ra.geometric_median(X),
+                "centered_clip(iters=3)": lambda X: ra.centered_clip(X, center, 1.0, 3),
+                "nnm": lambda X: ra.nnm(X, fd),
+                "bulyan": lambda X: ra.bulyan(X, fd),
             }
             for op, fn in ops.items():
                 ms = time_ms(fn, inputs, args.repeats)
-                # Bytes moved by the op: X read once, the (d,) result written.
+                # Bytes of one read of X and the (d,) result written (the distance
+                # rules read X twice: their % of copy is per single read).
                 gbs = (nbytes + d * 4) / ms / 1e6
-                vs = f"{median_ms / ms:.1f}x" if median_ms is not None and op == "coordinate_median" else ""
+                vs = ""
+                if median_ms is not None and op == "coordinate_median":
+                    vs = f"{median_ms / ms:.1f}x torch.median"
+                elif op == "pairwise_sq_distances":
+                    vs = f"{cdist_ms / ms:.1f}x torch.cdist (float32)"
                 row = dict(n=n, d=d, op=op, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs,
                            x_one_read=ms / read_ms, torch_median_ms=median_ms, device=name)
                 rows.append(row)

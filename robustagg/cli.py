@@ -2,9 +2,10 @@
 
 Subcommands:
 
-* ``bench``: time the coordinate-wise ops against one read of the input, the
-  plain-PyTorch way and byzfl (when installed); print a table, write JSON and
-  optionally a markdown table.
+* ``bench``: time the ops (coordinate-wise rules, distance rules,
+  pre-aggregators) against one read of the input, the plain-PyTorch way and
+  byzfl (when installed); print a table, write JSON and optionally a markdown
+  table.
 """
 
 from __future__ import annotations
@@ -21,20 +22,33 @@ import torch
 __all__ = ["main", "build_parser"]
 
 _BENCH_DESCRIPTION = """\
-Time robustagg's coordinate-wise ops on random (n, d) inputs.
+Time robustagg's ops on random standard-normal (n, d) inputs.
 
 For each op, n, d, dtype and device it reports the median time, the bytes of
 X read per second, the ratio to one read of X (X.sum(0), same run), the
 speed-up over the plain-PyTorch way (torch.median(X, 0); a torch.sort
-trimmed mean; a sort/argsort/gather MeaMed; X.mean(0)) and over byzfl's
-aggregators when `import byzfl` works, the share of the device-to-device copy
-bandwidth (CUDA), and the peak extra memory of one call (beyond its (d,)
-result) for the op and its torch baseline. trimmed_mean and meamed use
-f = floor((n-1)/4).
+trimmed mean; a sort/argsort/gather MeaMed; X.mean(0); torch.cdist-based
+Krum, Multi-Krum, Bulyan and NNM; Weiszfeld and centered-clipping loops in X
+space; ...) and over byzfl's aggregators when `import byzfl` works, the share
+of the device-to-device copy bandwidth (CUDA), and the peak extra memory of
+one call (beyond its result) for the op and its torch baseline.
 
-Default grids:
-  cpu:   n = 8 25 32 64 128, d = 4000000          (--quick: n = 8 25, d = 1000000)
-  cuda:  n = 8 25 64 128, d = 1M 16M 64M          (--quick: n = 8 25, d = 16M)
+Ops (--ops takes op names and groups, space- or comma-separated):
+  coordinate:      coordinate_median trimmed_mean meamed mean  (f = floor((n-1)/4))
+  distance:        pairwise_sq_distances krum multi_krum bulyan geometric_median
+                   centered_clip nnm bucketing clip arc  (f = floor((n-3)/4))
+  preaggregators:  nnm bucketing clip arc
+  all (default)
+Distance cases: krum m = 1, multi_krum m = n - f; geometric_median tol 1e-10,
+nu 1e-6, max_iter 200, and byzfl's GeometricMedian run for the first T in
+1, 2, 3, 5, ..., 200 that reaches robustagg's objective (found untimed per
+shape, reported in the notes); centered_clip tau 1, 3 iterations from 0;
+bucketing s = 2 (seeded); clip c = sqrt(d).
+
+Default grids (--n / --d replace both families' grids):
+  cpu, coordinate: n = 8 25 32 64 128, d = 4M      (--quick: n = 8 25, d = 1M)
+  cpu, distance:   n = 10 25 64, d = 1M 4M         (--quick: n = 25, d = 100k)
+  cuda:            n = 8 25 64 128, d = 1M 16M 64M (--quick: n = 8 25, d = 16M)
 Cases whose input does not fit the memory budget are skipped, and so is a
 baseline whose extra memory would not fit.
 
@@ -47,13 +61,15 @@ _BENCH_EPILOG = """\
 examples:
   robustagg bench --quick
   robustagg bench --markdown docs/results/cpu-bench.md
+  robustagg bench --ops distance --n 10,25,64 --d 1M,4M     # the distance ops' target grid
+  robustagg bench --ops krum,geometric_median --n 25 --d 100k --no-memory
   robustagg bench --device cuda --n 8 25 64 --d 16000000
   robustagg bench --ops coordinate_median --n 25 --d 1000000 --dtype float32 bfloat16 --repeats 20"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .bench import DTYPES, OPS
+    from .bench import DTYPES
 
     parser = argparse.ArgumentParser(
         prog="robustagg",
@@ -77,9 +93,15 @@ def build_parser() -> argparse.ArgumentParser:
         default="cpu",
         help="where to run: cpu (default), cuda, or all (cpu, then cuda when a GPU and the CUDA kernels exist)",
     )
-    b.add_argument("--ops", nargs="+", choices=list(OPS), default=list(OPS), metavar="OP", help=f"ops to time (default: all: {' '.join(OPS)})")
-    b.add_argument("--n", nargs="+", type=_positive_int, metavar="N", help="numbers of rows (workers); default: the device's grid")
-    b.add_argument("--d", nargs="+", type=_positive_int, metavar="D", help="numbers of columns (coordinates); default: the device's grid")
+    b.add_argument(
+        "--ops",
+        nargs="+",
+        type=_op_list,
+        metavar="OP",
+        help="ops or groups to time, space- or comma-separated: all (default), coordinate, distance, preaggregators, or op names",
+    )
+    b.add_argument("--n", nargs="+", type=_int_list, metavar="N", help="numbers of rows (workers), e.g. 10 25 64 or 10,25,64; default: the grids above")
+    b.add_argument("--d", nargs="+", type=_int_list, metavar="D", help="numbers of columns (coordinates), e.g. 1M 4M, 1M,4M or 100k; default: the grids above")
     b.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"], metavar="DTYPE", help=f"dtypes (default float32; of {' '.join(DTYPES)})")
     b.add_argument("--repeats", type=_positive_int, help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3")
     b.add_argument("--warmup", type=_positive_int, help="untimed calls first (default 2, --quick 1)")
@@ -102,6 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _op_list(text: str) -> list[str]:
+    from .bench import expand_ops
+
+    try:
+        return expand_ops([text])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+_SUFFIX = {"k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def _int_list(text: str) -> list[int]:
+    """Comma-separated positive integers, each optionally with a k / M / G (decimal) suffix."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        scale = _SUFFIX.get(part[-1].lower(), 1)
+        out.append(_positive_int(part[:-1] if scale > 1 else part) * scale)
+    if not out:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text.replace("_", ""))
@@ -114,7 +159,7 @@ def _positive_int(text: str) -> int:
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import ops
-    from .bench import SuiteConfig, default_suite, format_markdown, format_table, run_suite
+    from .bench import ALL_OPS, SuiteConfig, default_suite, format_markdown, format_table, op_family, run_suite
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +175,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = SuiteConfig(
         devices=devices,
-        ops=list(dict.fromkeys(args.ops)),
+        ops=list(dict.fromkeys(op for ops_ in args.ops or [ALL_OPS] for op in ops_)),
         dtypes=list(dict.fromkeys(args.dtype)),
         repeats=args.repeats or (5 if args.quick else 10),
         warmup=args.warmup or (1 if args.quick else 2),
@@ -143,10 +188,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         pin_malloc=not args.malloc_default,
         quick=args.quick,
     )
+    n_given = [n for ns in args.n or [] for n in ns]
+    d_given = [d for ds in args.d or [] for d in ds]
     for dev in devices:
         ns, ds = default_suite(dev, args.quick)
-        cfg.ns[dev] = args.n or ns
-        cfg.ds[dev] = args.d or ds
+        cfg.ns[dev] = n_given or ns
+        cfg.ds[dev] = d_given or ds
+        for family in dict.fromkeys(op_family(op) for op in cfg.ops):
+            ns, ds = default_suite(dev, args.quick, family)
+            cfg.family_grids.setdefault(family, {})[dev] = (n_given or ns, d_given or ds)
         if args.mem_budget_gb:
             cfg.mem_budget_bytes[dev] = int(args.mem_budget_gb * (1 << 30))
 

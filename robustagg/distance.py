@@ -106,11 +106,23 @@ def krum(X: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
     Needs ``n > 2f + 2`` and ``1 <= m <= n``. Two passes over X (the distances
     and the combination, which reads only the selected rows).
     """
-    f = _check_krum(X, f, "krum")
-    m = check_int(m, "m", "krum")
+    return _krum(X, f, m, "krum")
+
+
+def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
+    """Multi-Krum: :func:`krum` averaging the ``m`` best rows, ``m = n - f`` by default."""
+    if m is None:
+        f = _check_krum(X, f, "multi_krum")
+        m = X.shape[0] - f
+    return _krum(X, f, m, "multi_krum")
+
+
+def _krum(X: torch.Tensor, f: int, m: int, rule: str) -> torch.Tensor:
+    f = _check_krum(X, f, rule)
+    m = check_int(m, "m", rule)
     n = X.shape[0]
     if not 1 <= m <= n:
-        raise ValueError(f"krum: m must be in [1, n={n}], got m={m}")
+        raise ValueError(f"{rule}: m must be in [1, n={n}], got m={m}")
     D, finite = _geometry(X)
     chosen = _krum_order(D, finite, n - f - 2)[:m]
     chosen = chosen[finite[chosen]]
@@ -119,14 +131,6 @@ def krum(X: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
     c = torch.zeros(n, dtype=torch.float64)
     c[chosen] = 1.0 / chosen.numel()
     return _combine(c, X)
-
-
-def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
-    """Multi-Krum: :func:`krum` averaging the ``m`` best rows, ``m = n - f`` by default."""
-    _check_krum(X, f, "multi_krum")
-    if m is None:
-        m = X.shape[0] - check_int(f, "f", "multi_krum")
-    return krum(X, f, m)
 
 
 def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:

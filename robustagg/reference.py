@@ -52,3 +52,227 @@ def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     order = torch.sort(dist, dim=0, stable=True).indices[: n - f]
     kept = torch.sort(order, dim=0).values  # ascending sorted positions, summed in order
     return (torch.gather(S, 0, kept).sum(0) / (n - f)).to(X.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Distance rules and pre-aggregators (SPEC 3, 4)
+#
+# Written directly from the definitions, in float64, without the kernels'
+# method: squared distances are sums of (x_i - x_j)**2 over explicit row pairs
+# (no Gram matrix), and Weiszfeld / centered clipping iterate on vectors in X
+# space (not on mixing coefficients). Slow on purpose; small n only.
+
+
+def _rows64(X: torch.Tensor) -> tuple[torch.Tensor, list[bool]]:
+    X64 = X.to(torch.float64)
+    return X64, [bool(torch.isfinite(X64[i]).all()) for i in range(X64.shape[0])]
+
+
+def _mean_rows(X64: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    acc = torch.zeros(X64.shape[1], dtype=torch.float64)
+    for i in rows:
+        acc = acc + X64[i]
+    return acc / len(rows)
+
+
+def pairwise_sq_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
+    """(m, m) float64 D_ij = sum_k (x_ik - x_jk)**2, center as row n when given;
+    +inf to and from rows that are not row-finite, 0 on the diagonal."""
+    R = X.to(torch.float64)
+    if center is not None:
+        R = torch.cat([R, center.to(torch.float64).reshape(1, -1)])
+    m = R.shape[0]
+    finite = [bool(torch.isfinite(R[i]).all()) for i in range(m)]
+    D = torch.zeros(m, m, dtype=torch.float64)
+    for i in range(m):
+        for j in range(i + 1, m):
+            if finite[i] and finite[j]:
+                diff = R[i] - R[j]
+                v = float((diff * diff).sum())
+            else:
+                v = float("inf")
+            D[i, j] = D[j, i] = v
+    return D
+
+
+def _krum_order(D: torch.Tensor, finite: list[bool], rows: list[int], f: int) -> list[int]:
+    """rows ranked by (not finite, sum of the max(k - f - 2, 0) smallest D_ij to
+    the other rows of ``rows``, index), k = len(rows)."""
+    k = len(rows)
+    q = max(k - f - 2, 0)
+    keys = []
+    for i in rows:
+        dists = sorted(float(D[i, j]) for j in rows if j != i)
+        score = 0.0
+        for v in dists[:q]:
+            score += v
+        keys.append((not finite[i], score, i))
+    return [i for _, _, i in sorted(keys)]
+
+
+def krum(X: torch.Tensor, f: int, m: int = 1) -> torch.Tensor:
+    """Mean of the row-finite rows among the m best Krum scores (n - f - 2
+    nearest squared distances); m = 1 gives the winning row itself; all NaN if
+    no row is finite."""
+    X64, finite = _rows64(X)
+    n = X64.shape[0]
+    order = _krum_order(pairwise_sq_distances(X), finite, list(range(n)), f)
+    chosen = [i for i in order[:m] if finite[i]]
+    if not chosen:
+        return torch.full((X.shape[1],), float("nan"), dtype=X.dtype)
+    if m == 1:
+        return X[chosen[0]].clone()
+    return _mean_rows(X64, chosen).to(X.dtype)
+
+
+def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
+    """Krum with m = n - f by default."""
+    return krum(X, f, X.shape[0] - f if m is None else m)
+
+
+def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
+    """theta = n - 2f rows chosen by repeated Krum on the remaining rows, then
+    per coordinate the mean of the beta = theta - 2f selected values closest
+    to their median (ties: smaller value; NaN infinitely far)."""
+    X64, finite = _rows64(X)
+    n = X64.shape[0]
+    theta = n - 2 * f
+    beta = theta - 2 * f
+    D = pairwise_sq_distances(X)
+    remaining = list(range(n))
+    selected = []
+    for _ in range(theta):
+        best = _krum_order(D, finite, remaining, f)[0]
+        selected.append(best)
+        remaining.remove(best)
+    S = X64[selected]
+    d = S.shape[1]
+    out = torch.empty(d, dtype=torch.float64)
+    nan_last = lambda v: (v != v, v)  # NaN orders above +inf
+    for c in range(d):
+        vals = sorted((float(v) for v in S[:, c]), key=nan_last)
+        lo, hi = vals[(theta - 1) // 2], vals[theta // 2]
+        med = lo if theta % 2 else (lo + hi) / 2
+        def dist(v):
+            r = abs(v - med)
+            return float("inf") if r != r else r
+        keep = sorted(range(theta), key=lambda t: (dist(vals[t]), t))[:beta]
+        acc = 0.0
+        for t in sorted(keep):  # ascending value order
+            acc += vals[t]
+        out[c] = acc / beta
+    return out.to(X.dtype)
+
+
+def geometric_median(X: torch.Tensor, weights: torch.Tensor | None = None, nu: float = 1e-6,
+                     tol: float = 1e-10, max_iter: int = 200,
+                     trace: list | None = None) -> tuple[torch.Tensor, int, float]:
+    """Smoothed Weiszfeld in X space; returns (z in X's dtype, iterations, objective at z).
+    ``trace``, if given, receives the objective at the start and after each update."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    a = [1.0] * n if weights is None else [float(w) for w in weights.to(torch.float64)]
+    a = [a[i] if finite[i] else 0.0 for i in range(n)]
+    rows = [i for i in range(n) if finite[i]]
+
+    def combine(coef):
+        acc = torch.zeros(d, dtype=torch.float64)
+        for i in rows:
+            acc = acc + coef[i] * X64[i]
+        return acc / sum(coef[i] for i in rows)
+
+    def objective(z):
+        return sum(a[i] * float(torch.linalg.vector_norm(X64[i] - z)) for i in rows)
+
+    z = combine(a)
+    F = objective(z)
+    if trace is not None:
+        trace.append(F)
+    it = 0
+    while it < max_iter:
+        b = [0.0] * n
+        for i in rows:
+            b[i] = a[i] / max(nu, float(torch.linalg.vector_norm(X64[i] - z)))
+        z = combine(b)
+        F_new = objective(z)
+        if trace is not None:
+            trace.append(F_new)
+        it += 1
+        done = abs(F - F_new) <= tol * F
+        F = F_new
+        if done:
+            break
+    return z.to(X.dtype), it, F
+
+
+def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int = 1) -> torch.Tensor:
+    """v <- v + (1/n) sum_i (x_i - v) min(1, tau/||x_i - v||), iters times from v = center;
+    non-finite rows and rows at v contribute 0."""
+    X64, finite = _rows64(X)
+    n = X64.shape[0]
+    v = center.to(torch.float64).clone()
+    for _ in range(iters):
+        step = torch.zeros_like(v)
+        for i in range(n):
+            if not finite[i]:
+                continue
+            diff = X64[i] - v
+            r = float(torch.linalg.vector_norm(diff))
+            if r == 0.0:
+                continue
+            step = step + diff * min(1.0, tau / r)
+        v = v + step / n
+    return v.to(X.dtype)
+
+
+def bucketing(X: torch.Tensor, s: int, perm: torch.Tensor) -> torch.Tensor:
+    """(ceil(n/s), d): bucket b is the mean of rows perm[b*s:(b+1)*s]."""
+    X64 = X.to(torch.float64)
+    idx = [int(i) for i in perm]
+    buckets = [idx[k : k + s] for k in range(0, len(idx), s)]
+    return torch.stack([_mean_rows(X64, b) for b in buckets]).to(X.dtype)
+
+
+def nnm(X: torch.Tensor, f: int) -> torch.Tensor:
+    """Row i -> mean of x_i and its n - f - 1 nearest other rows by (D_ij, j)."""
+    X64 = X.to(torch.float64)
+    n = X64.shape[0]
+    D = pairwise_sq_distances(X)
+    out = []
+    for i in range(n):
+        others = sorted((j for j in range(n) if j != i), key=lambda j: (float(D[i, j]), j))
+        out.append(_mean_rows(X64, [i] + others[: n - f - 1]))
+    return torch.stack(out).reshape(n, X.shape[1]).to(X.dtype)
+
+
+def _norm(row: torch.Tensor) -> float:
+    return float(torch.sqrt((row * row).sum()))
+
+
+def clip(X: torch.Tensor, c: float) -> torch.Tensor:
+    """Row-finite rows scaled by min(1, c/||x_i||); other rows unchanged."""
+    X64, finite = _rows64(X)
+    out = X64.clone()
+    for i in range(X64.shape[0]):
+        r = _norm(X64[i])
+        if finite[i] and r > c:
+            out[i] = X64[i] * (c / r)
+    return out.to(X.dtype)
+
+
+def arc(X: torch.Tensor, f: int) -> torch.Tensor:
+    """k = (2f(n - f)) // n; the row-finite rows among the k largest norms
+    (non-finite = +inf, ties to the lower index) scaled to the (k+1)-th norm,
+    unless that row is not finite."""
+    X64, finite = _rows64(X)
+    n = X64.shape[0]
+    k = (2 * f * (n - f)) // n
+    norms = [_norm(X64[i]) if finite[i] else float("inf") for i in range(n)]
+    order = sorted(range(n), key=lambda i: (-norms[i], i))
+    out = X64.clone()
+    target = order[k]
+    if finite[target]:
+        for i in order[:k]:
+            if finite[i] and norms[i] > 0:
+                out[i] = X64[i] * (norms[target] / norms[i])
+    return out.to(X.dtype)

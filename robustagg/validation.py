@@ -21,7 +21,7 @@ def check_tensor(X: object, rule: str, name: str = "X") -> None:
     if X.device.type == "cuda" and not cuda_kernels_built():
         raise RuntimeError(
             f"{rule}: {name} is a CUDA tensor but robustagg was built without CUDA kernels; rebuild with a "
-            "CUDA build of torch and nvcc on PATH (pip install --no-build-isolation -e .) or move {name} to the CPU"
+            f"CUDA build of torch and nvcc on PATH (pip install --no-build-isolation -e .) or move {name} to the CPU"
         )
 
 

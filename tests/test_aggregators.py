@@ -19,11 +19,23 @@ def _aggregators():
         (robustagg.TrimmedMean(2), lambda X: robustagg.trimmed_mean(X, 2)),
         (robustagg.MeaMed(3), lambda X: robustagg.meamed(X, 3)),
         (robustagg.TrimmedMean(0), lambda X: robustagg.trimmed_mean(X, 0)),
+        (robustagg.Krum(2), lambda X: robustagg.krum(X, 2)),
+        (robustagg.Krum(1, m=3), lambda X: robustagg.krum(X, 1, 3)),
+        (robustagg.MultiKrum(1), lambda X: robustagg.multi_krum(X, 1)),
+        (robustagg.Bulyan(1), lambda X: robustagg.bulyan(X, 1)),
+        (robustagg.GeometricMedian(), robustagg.geometric_median),
+        (robustagg.GeometricMedian(weights=w, nu=1e-3, tol=1e-8, max_iter=20),
+         lambda X: robustagg.geometric_median(X, w, nu=1e-3, tol=1e-8, max_iter=20)),
+        (robustagg.NNM(2) >> robustagg.Krum(2), lambda X: robustagg.krum(robustagg.nnm(X, 2), 2)),
+        (robustagg.Clip(1.0) >> robustagg.Mean(), lambda X: robustagg.mean(robustagg.clip(X, 1.0))),
+        (robustagg.ARC(2) >> robustagg.TrimmedMean(2), lambda X: robustagg.trimmed_mean(robustagg.arc(X, 2), 2)),
     ]
 
 
 AGGS = _aggregators()
-IDS = ["Mean", "Mean-weights", "CoordinateMedian", "TrimmedMean2", "MeaMed3", "TrimmedMean0"]
+IDS = ["Mean", "Mean-weights", "CoordinateMedian", "TrimmedMean2", "MeaMed3", "TrimmedMean0", "Krum2", "Krum1-m3",
+       "MultiKrum1", "Bulyan1", "GeometricMedian", "GeometricMedian-weights", "NNM-Krum", "Clip-Mean",
+       "ARC-TrimmedMean"]
 N = 7
 
 
@@ -150,3 +162,82 @@ def test_base_class_is_abstract():
     with pytest.raises(NotImplementedError):
         robustagg.Aggregator()(torch.zeros(3, 2))
     assert isinstance(robustagg.MeaMed(1), robustagg.Aggregator)
+
+
+# ---------------------------------------------------------------------------
+# Distance rules: state and info
+
+
+def test_geometric_median_info():
+    agg = robustagg.GeometricMedian(tol=1e-12)
+    for seed in (5, 6):
+        X = make_matrix(MatrixSpec(N, 80, seed=seed, pattern="gaussian", nan_rows=1), torch.float64)
+        out = agg(X)
+        z, info = robustagg.geometric_median(X, tol=1e-12, return_info=True)
+        assert_bitwise(out, z, "GeometricMedian")
+        assert (agg.info.iterations, agg.info.objective, agg.info.converged) == (
+            info.iterations, info.objective, info.converged)
+        assert agg.info.converged and agg.info.iterations > 0
+
+
+def test_centered_clip_state():
+    X1 = make_matrix(MatrixSpec(N, 30, seed=7, pattern="gaussian"), torch.float64)
+    X2 = make_matrix(MatrixSpec(N, 30, seed=8, pattern="gaussian", nan_rows=1), torch.float64)
+    zeros = torch.zeros(30, dtype=torch.float64)
+    agg = robustagg.CenteredClip(tau=0.5, iters=2)
+    out1 = agg(X1)
+    assert_bitwise(out1, robustagg.centered_clip(X1, zeros, 0.5, 2), "first call starts at zeros")
+    out2 = agg(X2)
+    assert_bitwise(out2, robustagg.centered_clip(X2, out1, 0.5, 2), "second call starts at the first output")
+    out3 = agg(X2)
+    assert_bitwise(out3, robustagg.centered_clip(X2, out2, 0.5, 2), "third call")
+    assert not torch.equal(out3, out2)
+    agg.reset()
+    assert_bitwise(agg(X2), robustagg.centered_clip(X2, zeros, 0.5, 2), "after reset: zeros again")
+    # an initial center, then the previous output; reset goes back to zeros
+    v = torch.full((30,), 0.25, dtype=torch.float64)
+    agg = robustagg.CenteredClip(tau=0.5, center=v)
+    out1 = agg(X1)
+    assert_bitwise(out1, robustagg.centered_clip(X1, v, 0.5), "given center")
+    assert_bitwise(agg(X1), robustagg.centered_clip(X1, out1, 0.5), "then the previous output")
+    agg.reset()
+    assert_bitwise(agg(X1), robustagg.centered_clip(X1, zeros, 0.5), "reset")
+
+
+def test_centered_clip_state_on_structured_input():
+    X, params, shapes = _worker_params(seed=9, dtype=torch.float64)
+    X[~torch.isfinite(X)] = 0.0
+    params = [[p.nan_to_num(0.0, 0.0, 0.0) for p in ps] for ps in params]
+    agg = robustagg.CenteredClip(tau=1.0, iters=3)
+    first = agg(params)
+    zeros = torch.zeros(X.shape[1], dtype=torch.float64)
+    expected1 = robustagg.centered_clip(X, zeros, 1.0, 3)
+    assert_bitwise(torch.cat([t.reshape(-1) for t in first]), expected1, "parameter lists, first call")
+    second = agg(params)
+    assert_bitwise(torch.cat([t.reshape(-1) for t in second]), robustagg.centered_clip(X, expected1, 1.0, 3),
+                   "parameter lists, second call")
+
+
+def test_distance_rule_errors_pass_through():
+    with pytest.raises(ValueError, match=r"^krum: .*\bf\b"):
+        robustagg.Krum(3)(torch.zeros(8, 2))
+    with pytest.raises(ValueError, match=r"^bulyan: .*\bf\b"):
+        robustagg.Bulyan(2)([torch.zeros(3)] * 10)
+    with pytest.raises(ValueError, match=r"^geometric_median: .*\bnu\b"):
+        robustagg.GeometricMedian(nu=0.0)(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match=r"^centered_clip: .*\btau\b"):
+        robustagg.CenteredClip(tau=-1.0)(torch.zeros(5, 2))
+    with pytest.raises(ValueError, match=r"^nnm: .*\bf\b"):
+        (robustagg.NNM(5) >> robustagg.Mean())(torch.zeros(5, 2))
+    with pytest.raises(TypeError, match=r"^bucketing: .*\bs\b"):
+        (robustagg.Bucketing("2") >> robustagg.Mean())(torch.zeros(5, 2))
+    with pytest.raises(TypeError):
+        robustagg.NNM(1) >> 3
+
+
+def test_pre_aggregator_shapes():
+    X = make_matrix(MatrixSpec(N, 12, seed=10, pattern="gaussian"), torch.float32)
+    assert robustagg.Bucketing(3)(X).shape == (3, 12)
+    assert robustagg.NNM(1)(X).shape == (N, 12)
+    assert (robustagg.Bucketing(2) >> robustagg.NNM(1) >> robustagg.Clip(1.0))(X).shape == (4, 12)
+    assert isinstance(robustagg.NNM(1) >> robustagg.Krum(1), robustagg.Aggregator)

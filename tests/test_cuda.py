@@ -187,3 +187,118 @@ def test_too_many_rows_is_a_clear_error():
     X = torch.randn(20_000, 3, device="cuda")
     with pytest.raises(ValueError, match=r"n <= 16384 .* got n=20000; move X to the CPU"):
         robustagg.coordinate_median(X)
+
+
+# ---------------------------------------------------------------------------
+# Distance rules and pre-aggregators: CUDA against the reference and the CPU.
+# The float64 distance sums may be ordered differently on the two devices, so
+# results are compared within the reference tolerances, except Krum's m = 1
+# output, which is one of X's rows (compared by value).
+
+from test_distance import (  # noqa: E402
+    RowsSpec,
+    assert_d_close,
+    assert_vec_close,
+    bulyan_ambiguous,
+    check_geometric_median,
+    check_krum,
+    finite_scale,
+    make_rows,
+    rows_specs,
+)
+from test_preaggregators import check_rows, nnm_ambiguous_rows  # noqa: E402
+
+from robustagg import reference  # noqa: E402
+
+
+def _on(device, fn, X, *args, **kwargs):
+    out = fn(X.to(device), *args, **kwargs)
+    assert out.device.type == device
+    return out.cpu()
+
+
+def distance_parity(X: torch.Tensor, f: int, device: str = "cuda", what: str = "") -> None:
+    """Every distance rule and pre-aggregator on `device` against the reference and the CPU."""
+    n = X.shape[0]
+    R = reference.pairwise_sq_distances(X)
+    D = _on(device, robustagg.pairwise_sq_distances, X)
+    assert_d_close(D, R, X, what=f"pairwise {what}")
+    assert_d_close(D, robustagg.pairwise_sq_distances(X), X, what=f"pairwise vs CPU {what}")
+    if n > 2 * f + 2:
+        for m in (1, n - f):
+            check_krum(X, f, m, _on(device, robustagg.krum, X, f, m), f"{device} {what}")
+    if n >= 4 * f + 3 and not bulyan_ambiguous(X, f):
+        out = _on(device, robustagg.bulyan, X, f)
+        assert_vec_close(out, robustagg.bulyan(X, f), finite_scale(X), 1e-12, f"bulyan vs CPU {what}")
+    if torch.isfinite(X).all(1).any():
+        w = torch.linspace(0.5, 2.0, n, dtype=torch.float64)
+        check_geometric_median(X, what=f"{device} {what}", device=device)
+        check_geometric_median(X, w, tol=1e-6, max_iter=30, what=f"{device} weights {what}", device=device)
+    c = torch.zeros(X.shape[1], dtype=X.dtype)
+    out = robustagg.centered_clip(X.to(device), c.to(device), 1.0, 3)
+    assert out.device.type == device
+    assert_vec_close(out.cpu(), reference.centered_clip(X, c, 1.0, 3), finite_scale(X), 1e-9, f"centered_clip {what}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    out = _on(device, robustagg.bucketing, X, 3, generator=torch.Generator().manual_seed(n))
+    check_rows(out, reference.bucketing(X, 3, perm), X, f"bucketing {what}")
+    out = _on(device, robustagg.clip, X, 1.0)
+    check_rows(out, reference.clip(X, 1.0), X, f"clip {what}")
+    if n > 2 * f:
+        out = _on(device, robustagg.arc, X, f)
+        check_rows(out, reference.arc(X, f), X, f"arc {what}")
+    g = min(f, n - 1)
+    out, cpu = _on(device, robustagg.nnm, X, g), robustagg.nnm(X, g)
+    for i in sorted(set(range(n)) - nnm_ambiguous_rows(X, g)):
+        assert_vec_close(out[i], cpu[i], finite_scale(X), 1e-12, f"nnm row {i} vs CPU {what}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 3, 7, 8, 11, 16, 33])
+def test_distance_parity(n, dtype):
+    for pattern, layout in (("gaussian", "contiguous"), ("clustered", "transposed"), ("ties", "strided")):
+        spec = RowsSpec(n, 300, seed=n, pattern=pattern, dups=n // 4, nan_rows=n // 7, posinf_rows=n // 9,
+                        partial_rows=n // 5, layout=layout)
+        X = make_rows(spec, dtype)
+        for f in sorted({0, 1, (n - 3) // 4 if n >= 3 else 0}):
+            distance_parity(X, f, what=repr(spec))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spec=rows_specs(max_n=20, max_d=3000), f=st.integers(0, 4))
+def test_distance_parity_random(dtype, spec, f):
+    distance_parity(make_rows(spec, dtype), f, what=repr(spec))
+
+
+def test_distance_clustered_large_d():
+    """d = 1e6 float32 rows within 1e-4 of a unit vector: CUDA distances to 1e-6 relative."""
+    from test_distance import clustered
+
+    X = clustered(16, 1_000_000, torch.Generator().manual_seed(0)).float()
+    R = reference.pairwise_sq_distances(X)
+    D = robustagg.pairwise_sq_distances(X.cuda()).cpu()
+    off = ~torch.eye(16, dtype=torch.bool)
+    assert ((D - R).abs() / R)[off].max() <= 1e-6
+    assert torch.equal(robustagg.krum(X.cuda(), 3).cpu(), reference.krum(X, 3))
+
+
+def test_mix_rows_and_norms_parity():
+    g = torch.Generator().manual_seed(1)
+    for dtype in DTYPES:
+        X = torch.randn(9, 3001, generator=g).to(dtype)
+        X[4] = math.nan
+        c = torch.randn(3001, generator=g).to(dtype)
+        C = torch.randn(5, 10, generator=g, dtype=torch.float64)
+        C[:, 4] = 0.0
+        out = robustagg.ops.mix_rows(C.cuda(), X.cuda(), c.cuda()).cpu()
+        assert torch.isfinite(out).all()
+        assert_vec_close(out, robustagg.ops.mix_rows(C, X, c), finite_scale(X, c) * 10, 1e-14, f"mix_rows {dtype}")
+        N = robustagg.ops.row_sq_norms(X.cuda()).cpu()
+        torch.testing.assert_close(N, robustagg.ops.row_sq_norms(X), rtol=1e-12, atol=0, equal_nan=True)
+
+
+def test_distance_deterministic():
+    X = make_rows(RowsSpec(33, 20_000, 3, "clustered", nan_rows=2), torch.float32).cuda()
+    assert_bitwise(robustagg.pairwise_sq_distances(X).reshape(-1), robustagg.pairwise_sq_distances(X).reshape(-1),
+                   "pairwise twice on CUDA")
+    assert_bitwise(robustagg.geometric_median(X), robustagg.geometric_median(X), "geometric_median twice on CUDA")

@@ -216,7 +216,7 @@ def test_cuda_tensor_without_cuda_kernels(op, monkeypatch):
     except Exception as exc:  # pragma: no cover - depends on the torch build
         pytest.skip(f"cannot make a fake CUDA tensor here: {exc}")
     assert X.device.type == "cuda"
-    monkeypatch.setattr(robustagg.ops, "cuda_kernels_built", lambda: False)
+    monkeypatch.setattr(robustagg.validation, "cuda_kernels_built", lambda: False)
     with pytest.raises(RuntimeError, match=rf"^{op}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
         _call(op, X, 1)
     msg = str(info.value)
@@ -225,3 +225,202 @@ def test_cuda_tensor_without_cuda_kernels(op, monkeypatch):
 
 def test_cuda_kernels_built_is_bool():
     assert isinstance(robustagg.cuda_kernels_built(), bool)
+
+
+# ---------------------------------------------------------------------------
+# Distance rules and pre-aggregators (SPEC 3, 4). Messages are matched on the
+# rule's name and the argument's name.
+
+
+def _center_for(X):
+    d = X.shape[-1] if isinstance(X, torch.Tensor) and X.dim() >= 1 else 3
+    return torch.zeros(d)
+
+
+NEW_RULES = {
+    "pairwise_sq_distances": lambda X: robustagg.pairwise_sq_distances(X),
+    "krum": lambda X: robustagg.krum(X, 0),
+    "multi_krum": lambda X: robustagg.multi_krum(X, 0),
+    "bulyan": lambda X: robustagg.bulyan(X, 0),
+    "geometric_median": lambda X: robustagg.geometric_median(X),
+    "centered_clip": lambda X: robustagg.centered_clip(X, _center_for(X), 1.0),
+    "bucketing": lambda X: robustagg.bucketing(X, 2),
+    "nnm": lambda X: robustagg.nnm(X, 0),
+    "clip": lambda X: robustagg.clip(X, 1.0),
+    "arc": lambda X: robustagg.arc(X, 0),
+}
+
+
+def _raises(exc, rule, arg):
+    return pytest.raises(exc, match=rf"^{rule}: .*\b{arg}\b")
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("bad", [None, [[1.0, 2.0]], "X"], ids=["None", "list", "str"])
+def test_new_rules_x_not_a_tensor(rule, bad):
+    with pytest.raises(TypeError, match=rf"^{rule}: X"):
+        NEW_RULES[rule](bad)
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4)], ids=["0-D", "1-D", "3-D"])
+def test_new_rules_not_2d(rule, shape):
+    with pytest.raises(ValueError, match=rf"^{rule}: X"):
+        NEW_RULES[rule](torch.zeros(shape))
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+def test_new_rules_no_rows(rule):
+    with pytest.raises(ValueError, match=rf"^{rule}: X"):
+        NEW_RULES[rule](torch.empty(0, 3))
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64], ids=str)
+def test_new_rules_unsupported_dtype(rule, dtype):
+    with pytest.raises(TypeError, match=rf"^{rule}: X"):
+        NEW_RULES[rule](torch.zeros(7, 3, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_new_rules_no_columns(dtype):
+    n = 7
+    X = torch.empty(n, 0, dtype=dtype)
+    D = robustagg.pairwise_sq_distances(X)
+    assert D.shape == (n, n) and D.dtype == torch.float64 and (D == 0).all()
+    for out in (robustagg.krum(X, 1), robustagg.multi_krum(X, 2), robustagg.bulyan(X, 1),
+                robustagg.geometric_median(X), robustagg.centered_clip(X, torch.empty(0, dtype=dtype), 1.0)):
+        assert out.shape == (0,) and out.dtype == dtype
+    for out, rows in ((robustagg.bucketing(X, 3), 3), (robustagg.nnm(X, 2), n), (robustagg.clip(X, 1.0), n),
+                      (robustagg.arc(X, 3), n)):
+        assert out.shape == (rows, 0) and out.dtype == dtype
+    # argument checks still apply when d == 0
+    with _raises(ValueError, "krum", "f"):
+        robustagg.krum(X, 3)
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi_krum"])
+def test_krum_bad_f(rule):
+    fn = getattr(robustagg, rule)
+    X = torch.zeros(8, 3)
+    for f in (-1, 3, 4, 100):
+        with _raises(ValueError, rule, "f"):
+            fn(X, f)
+    fn(X, 2)  # n = 8 > 2*2 + 2
+    for f in (2.0, "1", True, None):
+        with _raises(TypeError, rule, "f"):
+            fn(X, f)
+
+
+def test_krum_message_as_documented():
+    with pytest.raises(ValueError) as info:
+        robustagg.krum(torch.zeros(8, 2), 3)
+    assert str(info.value).splitlines()[0] == "krum: f=3 needs n > 2*f + 2, got n=8"
+
+
+@pytest.mark.parametrize("rule", ["krum", "multi_krum"])
+def test_krum_bad_m(rule):
+    fn = getattr(robustagg, rule)
+    X = torch.zeros(8, 3)
+    for m in (0, -1, 9):
+        with _raises(ValueError, rule, "m"):
+            fn(X, 1, m)
+    assert fn(X, 1, 8).shape == (3,)
+    for m in (1.0, 2.5, "2"):
+        with _raises(TypeError, rule, "m"):
+            fn(X, 1, m)
+
+
+def test_bulyan_bad_f():
+    for n, f in ((6, 1), (10, 2), (2, 0), (7, -1)):
+        with _raises(ValueError, "bulyan", "f"):
+            robustagg.bulyan(torch.zeros(n, 3), f)
+    robustagg.bulyan(torch.zeros(11, 3), 2)  # n = 4*2 + 3
+    with _raises(TypeError, "bulyan", "f"):
+        robustagg.bulyan(torch.zeros(7, 3), 1.0)
+
+
+def test_geometric_median_bad_arguments():
+    X = torch.randn(5, 3)
+    gm = robustagg.geometric_median
+    for nu in (0.0, -1.0, math.nan, 0):
+        with _raises(ValueError, "geometric_median", "nu"):
+            gm(X, nu=nu)
+    for tol in (-1e-3, math.nan):
+        with _raises(ValueError, "geometric_median", "tol"):
+            gm(X, tol=tol)
+    with _raises(ValueError, "geometric_median", "max_iter"):
+        gm(X, max_iter=-1)
+    for max_iter in (2.0, "3", None):
+        with _raises(TypeError, "geometric_median", "max_iter"):
+            gm(X, max_iter=max_iter)
+    for w in (torch.ones(4), torch.ones(6), torch.ones(5, 1), torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0]),
+              torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0]), torch.zeros(5)):
+        with _raises(ValueError, "geometric_median", "weights"):
+            gm(X, w)
+    with _raises(TypeError, "geometric_median", "weights"):
+        gm(X, [1.0] * 5)
+    gm(X, torch.tensor([0.0, 0.0, 1.0, 0.0, 0.0]), nu=1.0, tol=0.0, max_iter=0)  # all valid
+
+
+@pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and robustagg built with CUDA kernels")
+def test_geometric_median_weights_on_another_device():
+    with _raises(ValueError, "geometric_median", "weights"):
+        robustagg.geometric_median(torch.randn(5, 3), torch.ones(5, device="cuda"))
+
+
+def test_centered_clip_bad_arguments():
+    X = torch.randn(5, 3)
+    cc = robustagg.centered_clip
+    for center in (torch.zeros(4), torch.zeros(1, 3), torch.zeros(()), torch.tensor([0.0, math.nan, 0.0]),
+                   torch.tensor([math.inf, 0.0, 0.0])):
+        with _raises(ValueError, "centered_clip", "center"):
+            cc(X, center, 1.0)
+    for tau in (0.0, -1.0, math.nan):
+        with _raises(ValueError, "centered_clip", "tau"):
+            cc(X, torch.zeros(3), tau)
+    with _raises(ValueError, "centered_clip", "iters"):
+        cc(X, torch.zeros(3), 1.0, -1)
+    for iters in (1.5, 2.0, "1"):
+        with _raises(TypeError, "centered_clip", "iters"):
+            cc(X, torch.zeros(3), 1.0, iters)
+    cc(X, torch.zeros(3), math.inf, 0)  # all valid
+
+
+def test_preaggregators_bad_arguments():
+    X = torch.randn(6, 3)
+    for s in (0, -2):
+        with _raises(ValueError, "bucketing", "s"):
+            robustagg.bucketing(X, s)
+    for s in ("2", 2.0, None):
+        with _raises(TypeError, "bucketing", "s"):
+            robustagg.bucketing(X, s)
+    for f in (-1, 6, 7):
+        with _raises(ValueError, "nnm", "f"):
+            robustagg.nnm(X, f)
+    with _raises(TypeError, "nnm", "f"):
+        robustagg.nnm(X, 1.5)
+    for c in (0.0, -1.0, math.nan):
+        with _raises(ValueError, "clip", "c"):
+            robustagg.clip(X, c)
+    for f in (-1, 3, 4):
+        with _raises(ValueError, "arc", "f"):
+            robustagg.arc(X, f)
+    with _raises(TypeError, "arc", "f"):
+        robustagg.arc(X, "1")
+    robustagg.arc(X, 2), robustagg.nnm(X, 5), robustagg.clip(X, math.inf), robustagg.bucketing(X, 7)  # all valid
+
+
+@pytest.mark.parametrize("rule", NEW_RULES)
+def test_new_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode():
+            X = torch.zeros(7, 3, device="cuda")
+    except Exception as exc:  # pragma: no cover - depends on the torch build
+        pytest.skip(f"cannot make a fake CUDA tensor here: {exc}")
+    monkeypatch.setattr(robustagg.validation, "cuda_kernels_built", lambda: False)
+    with pytest.raises(RuntimeError, match=rf"^{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
+        NEW_RULES[rule](X)
+    assert "move X to the CPU" in str(info.value)

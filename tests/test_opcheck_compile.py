@@ -93,3 +93,97 @@ def test_compile_fullgraph():
             assert_bitwise(a, b, f"compiled {name} n={n}")
         # the float32 combination may be fused differently by inductor: default float32 tolerance
         torch.testing.assert_close(got[4], want[4], equal_nan=True)
+
+
+# ---------------------------------------------------------------------------
+# Distance ops: pairwise_sq_distances (with or without a center row),
+# mix_rows, row_sq_norms
+
+
+def _distance_samples(device="cpu"):
+    out = []
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        for n, d in ((1, 3), (6, 17), (9, 40)):
+            X = make_matrix(MatrixSpec(n, d, seed=n * d, pattern="gaussian", posinf_rows=n // 5), dtype)
+            if n > 2:
+                X[1, 2] = float("nan")  # distances to it are +inf; a zero coefficient skips it
+            c = torch.randn(d, generator=g).to(dtype)
+            C = torch.randn(3, n + 1, generator=g, dtype=torch.float64)
+            C[:, ~torch.isfinite(torch.cat([X, c[None]]).double()).all(1)] = 0.0
+            X, c, C = X.to(device), c.to(device), C.to(device)
+            out.append((OPS.pairwise_sq_distances.default, (X, None)))
+            out.append((OPS.pairwise_sq_distances.default, (X, c)))
+            out.append((OPS.mix_rows.default, (C, X, c)))
+            out.append((OPS.mix_rows.default, (C[:, :n].contiguous(), X, None)))
+            # rows without the NaN: opcheck compares outputs without equal_nan
+            out.append((OPS.row_sq_norms.default, (X[::2, 1:],)))
+    Xt = torch.randn(30, 7, generator=g).t().to(device)  # non-contiguous (7, 30)
+    out += [(OPS.pairwise_sq_distances.default, (Xt, None)), (OPS.row_sq_norms.default, (Xt,)),
+            (OPS.mix_rows.default, (torch.rand(2, 7, generator=g, dtype=torch.float64).to(device), Xt, None))]
+    return out
+
+
+def _distance_id(sample):
+    op, args = sample
+    X = args[1] if op is OPS.mix_rows.default else args[0]
+    center = args[-1] is not None and op is not OPS.row_sq_norms.default
+    return (f"{op.name().split('::')[1]}-{str(X.dtype).split('.')[1]}-{X.shape[0]}x{X.shape[1]}"
+            f"{'-center' if center else ''}-{'contig' if X.is_contiguous() else 'strided'}")
+
+
+@pytest.mark.parametrize("sample", _distance_samples(), ids=_distance_id)
+def test_opcheck_distance_ops(sample):
+    op, args = sample
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), result
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and robustagg built with CUDA kernels")
+def test_opcheck_distance_ops_cuda():
+    for op, args in _distance_samples("cuda"):
+        result = torch.library.opcheck(op, args)
+        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
+def test_fake_tensor_shapes_distance_ops():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        X = torch.empty(7, 13, dtype=torch.bfloat16)
+        c = torch.empty(13, dtype=torch.bfloat16)
+        assert robustagg.ops.pairwise_sq_distances(X).shape == (7, 7)
+        D = robustagg.ops.pairwise_sq_distances(X, c)
+        assert D.shape == (8, 8) and D.dtype == torch.float64
+        M = robustagg.ops.mix_rows(torch.empty(4, 8, dtype=torch.float64), X, c)
+        assert M.shape == (4, 13) and M.dtype == torch.bfloat16
+        N = robustagg.ops.row_sq_norms(X)
+        assert N.shape == (7,) and N.dtype == torch.float64
+
+
+def _distance_pipeline(X, C, c):
+    y = X * 2 + 1
+    v = c * 2 + 1
+    D = robustagg.ops.pairwise_sq_distances(y, v)
+    N = robustagg.ops.row_sq_norms(y)
+    M = robustagg.ops.mix_rows(C, y, v)
+    return D, N, M, torch.softmax(-D[-1], 0) @ torch.cat([N, N[:1]]) + M.sum()
+
+
+def test_compile_fullgraph_distance_ops():
+    """The three distance ops inside one compiled function: no graph break,
+    the same results as eager, and a second shape runs too."""
+    torch._dynamo.reset()
+    compiled = torch.compile(_distance_pipeline, fullgraph=True)
+    for n, d, seed in ((9, 40, 0), (12, 33, 1)):
+        g = torch.Generator().manual_seed(seed)
+        X = make_matrix(MatrixSpec(n, d, seed=seed, pattern="gaussian", nan_rows=1), torch.float32)
+        c = torch.randn(d, generator=g)
+        C = torch.rand(2, n + 1, generator=g, dtype=torch.float64)
+        C[:, torch.cat([~torch.isfinite(X).all(1), torch.tensor([False])])] = 0.0  # the NaN row is not read
+        got = compiled(X, C, c)
+        want = _distance_pipeline(X, C, c)
+        for name, a, b in zip(("pairwise_sq_distances", "row_sq_norms", "mix_rows"), got[:3], want[:3]):
+            assert_bitwise(a.reshape(-1), b.reshape(-1), f"compiled {name} n={n}")
+        torch.testing.assert_close(got[3], want[3], equal_nan=True)

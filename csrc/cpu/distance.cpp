@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -63,17 +64,17 @@ Kernels kernels() {
   }
 }
 
-// A staging buffer aligned to kLaneBytes.
+// An uninitialised staging buffer aligned to kLaneBytes.
 class Scratch {
  public:
-  explicit Scratch(int64_t doubles) : storage_(static_cast<size_t>(doubles + kLaneBytes / 8)) {}
+  explicit Scratch(int64_t doubles) : storage_(new double[static_cast<size_t>(doubles + kLaneBytes / 8)]) {}
   double* data() {
-    const uintptr_t addr = reinterpret_cast<uintptr_t>(storage_.data());
+    const uintptr_t addr = reinterpret_cast<uintptr_t>(storage_.get());
     return reinterpret_cast<double*>((addr + kLaneBytes - 1) / kLaneBytes * kLaneBytes);
   }
 
  private:
-  std::vector<double> storage_;
+  std::unique_ptr<double[]> storage_;
 };
 
 // Column blocks [b * size, (b + 1) * size) of a reduction over d columns whose
@@ -177,17 +178,17 @@ at::Tensor mix_rows_cpu(const at::Tensor& C_in, const at::Tensor& X_in, const st
     std::vector<int64_t> begin{0};
     std::vector<int64_t> index;
     std::vector<double> value;
-    std::vector<uint8_t> used(static_cast<size_t>(m), 0);
+    std::vector<int64_t> uses(static_cast<size_t>(m), 0);
     for (int64_t r = 0; r < k; ++r) {
       for (int64_t i = 0; i < m; ++i) {
         if (c[r * m + i] == 0.0) continue;
         index.push_back(i);
         value.push_back(c[r * m + i]);
-        used[i] = 1;
+        ++uses[i];
       }
       begin.push_back(static_cast<int64_t>(index.size()));
     }
-    const MixTarget target{begin.data(), index.data(), value.data(), used.data(), k, out.mutable_data_ptr(), d};
+    const MixTarget target{begin.data(), index.data(), value.data(), uses.data(), k, out.mutable_data_ptr(), d};
     const Kernels kern = kernels();
     at::parallel_for(0, d, kMixColumnsPerTask, [&](int64_t col_begin, int64_t col_end) {
       Scratch scratch(m * kMixChunk);

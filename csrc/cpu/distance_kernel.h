@@ -33,13 +33,14 @@ void gram_kernel_avx512(const RowSource& src, double* gram);
 // out[r][c] = sum over the non-zero coefficients of output row r (rows
 // index[p], coefficients value[p], p in [begin[r], begin[r + 1]), in
 // increasing row order) of coefficient * row[c], in float64, for the column
-// range. Only rows with used[i] are read. out is float* (row stride
-// out_stride) for kF32 input, double* otherwise. scratch: m * chunk doubles.
+// range. Row i is read by uses[i] outputs (0: never read). out is float*
+// (row stride out_stride) for kF32 input, double* otherwise. scratch:
+// m * chunk doubles.
 struct MixTarget {
   const int64_t* begin;  // k + 1 offsets into index / value
   const int64_t* index;
   const double* value;
-  const uint8_t* used;   // m flags
+  const int64_t* uses;   // m counts
   int64_t k;
   void* out;
   int64_t out_stride;

@@ -128,22 +128,34 @@ void gram_columns(const RowSource& s, double* gram) {
   }
 }
 
+// Separate multiply and add (no FMA), as the CUDA kernel: the same bits on
+// every instruction set and on both devices.
 template <InputKind K>
-void mix_columns(const RowSource& s, const MixTarget& t) {
+__attribute__((optimize("fp-contract=off"))) void mix_columns(const RowSource& s, const MixTarget& t) {
   const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
   double* buf = s.scratch;
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, kD);
+    // Rows that several outputs read are converted once per chunk; a row read
+    // once is converted group by group into an L1-resident buffer.
     for (int64_t i = 0; i < m; ++i)
-      if (t.used[i]) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+      if (t.uses[i] > 1) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+    alignas(kLaneBytes) double once[kMixVecs * kD];
     for (int64_t r = 0; r < t.k; ++r) {
       for (int64_t g = 0; g < padded; g += kMixVecs * kD) {
-        F64v acc[kMixVecs] = {};
+        F64v acc[kMixVecs];
+        for (F64v& a : acc) a = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
         const int64_t nv = (padded - g) / kD < kMixVecs ? (padded - g) / kD : kMixVecs;
         for (int64_t p = t.begin[r]; p < t.begin[r + 1]; ++p) {
           const double coef = t.value[p];
-          const double* row = buf + t.index[p] * s.chunk + g;
+          const int64_t i = t.index[p];
+          const double* row = buf + i * s.chunk + g;
+          if (t.uses[i] == 1) {
+            const int64_t left = count - g < kMixVecs * kD ? count - g : kMixVecs * kD;
+            stage_row<K>(row_ptr<K>(s, i, c0 + g), left, nv * kD, once);
+            row = once;
+          }
 #pragma GCC unroll 8
           for (int q = 0; q < kMixVecs; ++q)
             if (q < nv) acc[q] += coef * load_vec(row + q * kD);

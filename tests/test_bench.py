@@ -1,0 +1,124 @@
+"""The benchmark's own pieces: the plain-torch baselines of the distance ops
+compute what robustagg computes, op selection from the command line, the
+geometric-median calibration, and a tiny run of the suite."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import robustagg
+from robustagg import bench as rb
+from robustagg.cli import build_parser
+
+# (n, rows scale): n = 40 takes torch.cdist's matrix-product path (more than 25 rows)
+SHAPES = [(5, 1.0), (10, 1.0), (25, 3.0), (40, 0.5)]
+
+
+def _rows(n: int, d: int, scale: float, seed: int) -> torch.Tensor:
+    """float64 rows of different norms around a common point: distinct distances, Krum scores and norms."""
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.logspace(-1, 1, n, dtype=torch.float64)[torch.randperm(n, generator=g)]
+    return 2.0 + scale * spread[:, None] * torch.randn(n, d, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("op", [op for op in rb.DISTANCE_OPS if op != "geometric_median"])
+@pytest.mark.parametrize(("n", "scale"), SHAPES)
+def test_torch_baseline_matches_robustagg(op: str, n: int, scale: float) -> None:
+    if n < rb.min_n(op):
+        pytest.skip(f"{op} needs n >= {rb.min_n(op)}")
+    X = _rows(n, 300, scale, seed=n)
+    got = rb.torch_baseline(op, n)[1](X)
+    want = rb.op_callable(op, n)(X)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize(("n", "scale"), SHAPES)
+def test_torch_weiszfeld_reaches_robustagg_objective(n: int, scale: float) -> None:
+    X = _rows(n, 300, scale, seed=n)
+    z_torch = rb.torch_baseline("geometric_median", n)[1](X)
+    z, info = robustagg.geometric_median(X, nu=rb.GM_NU, tol=rb.GM_TOL, return_info=True)
+    assert info.converged
+    F, F_torch = rb.gm_objective(X, z), rb.gm_objective(X, z_torch)
+    assert abs(F_torch - F) <= 1e-9 * F
+    torch.testing.assert_close(z_torch, z, rtol=1e-5, atol=1e-5)
+
+
+def test_gm_objective() -> None:
+    X = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    assert rb.gm_objective(X, torch.tensor([3.0, 4.0])) == pytest.approx(10.0, rel=1e-15)
+
+
+def test_calibrate_geometric_median() -> None:
+    X = _rows(12, 2000, 1.0, seed=1).float()
+    gm = rb.calibrate_geometric_median(X, torch_loop=True, byzfl_search=True)
+    assert gm["iterations"] >= 1 and gm["converged"]
+    assert abs(gm["torch_objective"] - gm["objective"]) <= 1e-9 * gm["objective"]
+    if rb.byzfl_status()[0] is None:
+        assert "byzfl_T" not in gm
+        return
+    assert gm["byzfl_T"] in rb.GM_TRIAL_T
+    assert gm["byzfl_reached"]
+    assert gm["byzfl_objective"] <= gm["objective"] * (1 + rb.GM_RTOL)
+    i = rb.GM_TRIAL_T.index(gm["byzfl_T"])
+    if i > 0:  # the T before it does not reach the objective
+        byzfl = rb.byzfl_status()[0]
+        z = byzfl.GeometricMedian(nu=rb.GM_NU, T=rb.GM_TRIAL_T[i - 1])(X)
+        assert rb.gm_objective(X, z) > gm["objective"] * (1 + rb.GM_RTOL)
+
+
+def test_expand_ops() -> None:
+    assert rb.expand_ops(["all"]) == list(rb.ALL_OPS)
+    assert rb.expand_ops(["coordinate"]) == list(rb.OPS)
+    assert rb.expand_ops(["krum,nnm", "distance"]) == ["krum", "nnm"] + [
+        op for op in rb.DISTANCE_OPS if op not in ("krum", "nnm")
+    ]
+    with pytest.raises(ValueError, match="unknown op or group 'kurm'"):
+        rb.expand_ops(["kurm"])
+
+
+def test_dist_f_admits_every_rule() -> None:
+    for n in range(3, 200):
+        f = rb.dist_f(n)
+        assert n >= 4 * f + 3 and n > 2 * f + 2 and f == (n - 3) // 4
+
+
+def test_cli_parses_op_groups_and_sizes() -> None:
+    args = build_parser().parse_args(["bench", "--ops", "distance", "mean", "--n", "10,25", "64", "--d", "1M,4M", "100k"])
+    assert [op for ops in args.ops for op in ops] == list(rb.DISTANCE_OPS) + ["mean"]
+    assert [n for ns in args.n for n in ns] == [10, 25, 64]
+    assert [d for ds in args.d for d in ds] == [1_000_000, 4_000_000, 100_000]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "--ops", "nope"])
+
+
+def test_tiny_suite() -> None:
+    """Every distance op, its check against the reference, baselines, notes; n = 2 skips the Krum family."""
+    cfg = rb.SuiteConfig(
+        ops=list(rb.DISTANCE_OPS) + ["mean"],
+        ns={"cpu": [2, 8]},
+        ds={"cpu": [2000]},
+        repeats=1,
+        warmup=1,
+        max_seconds=0.5,
+        memory=False,
+        pin_malloc=False,
+        mem_budget_bytes={"cpu": 64 << 20},
+    )
+    result = rb.run_suite(cfg, progress=lambda msg: None)
+    assert not result["failed"]
+    rows = {(r["op"], r["n"]): r for r in result["rows"]}
+    assert set(rows) == {(op, 8) for op in cfg.ops} | {(op, 2) for op in cfg.ops if rb.min_n(op) <= 2}
+    assert all(r["check"] == "ok" for r in result["rows"])
+    assert any("krum needs n >= 3" in s for s in result["skipped"])
+    gm = rows[("geometric_median", 8)]
+    assert gm["gm"]["iterations"] >= 1
+    assert "speedup" in gm["baselines"]["torch"]
+    md = rb.format_markdown(result)
+    assert "| multi_krum | 8 | 2k |" in md
+    assert "geometric_median n=8 d=2k float32 cpu: robustagg" in md
+    if rb.byzfl_status()[0] is not None:
+        assert f"byzfl.GeometricMedian(nu=1e-06, T={gm['gm']['byzfl_T']})" == gm["baselines"]["byzfl"]["name"]
+        assert f"byzfl T={gm['gm']['byzfl_T']}" in md
+    assert "pairwise_sq_distances:" in rb.format_table(result)
