@@ -29,7 +29,7 @@ constexpr int64_t kMaxBlocks = 256;
 constexpr int64_t kPartialBytes = int64_t{32} << 20;
 // Staging budget of one Gram task (L2-resident) and the mix chunk.
 constexpr int64_t kGramStageBytes = 512 * 1024;
-constexpr int64_t kMixChunk = 256;
+constexpr int64_t kMixChunk = 64;  // staged columns per row: L1-resident for m <= 64
 constexpr int64_t kMixColumnsPerTask = 4096;
 
 InputKind input_kind(at::ScalarType t) {

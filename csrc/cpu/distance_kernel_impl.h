@@ -101,8 +101,21 @@ void gram_columns(const RowSource& s, double* gram) {
         __builtin_memcpy(row + v * kD, &p, sizeof(p));
       }
     }
+    // While the tiles compute, prefetch the next chunk's rows a few cache
+    // lines per tile, so that memory and arithmetic overlap.
+    const int64_t next = c0 + s.chunk;
+    const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
+    const int64_t lines_per_row = next_count > 0 ? (next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) + 63) / 64 : 0;
+    const int64_t lines = lines_per_row * m;
+    const int64_t tiles = (mp / kTI) * (mp / kTJ + 1) / 2 + 1;
+    const int64_t per_tile = (lines + tiles - 1) / tiles;
+    int64_t line = 0;
     for (int64_t i0 = 0; i0 < m; i0 += kTI) {
       for (int64_t j0 = i0 / kTJ * kTJ; j0 < m; j0 += kTJ) {
+        for (int64_t e = 0; e < per_tile && line < lines; ++e, ++line) {
+          const char* p = reinterpret_cast<const char*>(row_ptr<K>(s, line / lines_per_row, next));
+          __builtin_prefetch(p + (line % lines_per_row) * 64, 0, 3);
+        }
         F64v acc[kTI][kTJ] = {};
         const double* a = buf + i0 * s.chunk;
         const double* b = buf + j0 * s.chunk;
@@ -134,37 +147,27 @@ template <InputKind K>
 __attribute__((optimize("fp-contract=off"))) void mix_columns(const RowSource& s, const MixTarget& t) {
   const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
   double* buf = s.scratch;
+  constexpr int64_t kGroup = kMixVecs * kD;  // columns of one group; divides s.chunk
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
-    const int64_t padded = round_up(count, kD);
-    // Rows that several outputs read are converted once per chunk; a row read
-    // once is converted group by group into an L1-resident buffer.
+    const int64_t padded = round_up(count, kGroup);  // zero columns complete the last group
     for (int64_t i = 0; i < m; ++i)
-      if (t.uses[i] > 1) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
-    alignas(kLaneBytes) double once[kMixVecs * kD];
-    for (int64_t r = 0; r < t.k; ++r) {
-      for (int64_t g = 0; g < padded; g += kMixVecs * kD) {
+      if (t.uses[i] > 0) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+    for (int64_t g = 0; g < padded; g += kGroup) {
+      const int64_t group_count = count - g < kGroup ? count - g : kGroup;
+      for (int64_t r = 0; r < t.k; ++r) {
         F64v acc[kMixVecs];
-        for (F64v& a : acc) a = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
-        const int64_t nv = (padded - g) / kD < kMixVecs ? (padded - g) / kD : kMixVecs;
+#pragma GCC unroll 8
+        for (int q = 0; q < kMixVecs; ++q) acc[q] = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
         for (int64_t p = t.begin[r]; p < t.begin[r + 1]; ++p) {
           const double coef = t.value[p];
-          const int64_t i = t.index[p];
-          const double* row = buf + i * s.chunk + g;
-          if (t.uses[i] == 1) {
-            const int64_t left = count - g < kMixVecs * kD ? count - g : kMixVecs * kD;
-            stage_row<K>(row_ptr<K>(s, i, c0 + g), left, nv * kD, once);
-            row = once;
-          }
+          const double* row = buf + t.index[p] * s.chunk + g;
 #pragma GCC unroll 8
-          for (int q = 0; q < kMixVecs; ++q)
-            if (q < nv) acc[q] += coef * load_vec(row + q * kD);
+          for (int q = 0; q < kMixVecs; ++q) acc[q] += coef * load_vec(row + q * kD);
         }
-        for (int q = 0; q < nv; ++q) {
+        for (int q = 0; q < kMixVecs && q * kD < group_count; ++q) {
           const int64_t col = c0 + g + q * kD;
-          const int64_t left = count - (g + q * kD);
-          const int64_t cnt = left < kD ? left : kD;
-          if (cnt <= 0) break;
+          const int64_t cnt = group_count - q * kD < kD ? group_count - q * kD : kD;
           if constexpr (K == InputKind::kF32) {
             const F32h f = __builtin_convertvector(acc[q], F32h);
             __builtin_memcpy(static_cast<float*>(t.out) + r * t.out_stride + col, &f,
