@@ -283,8 +283,6 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
         raise ValueError(f"centered_clip: center must have shape (d,) = ({d},), got {tuple(center.shape)}")
     if center.device != X.device:
         raise ValueError(f"centered_clip: center is on {center.device} but X is on {X.device}")
-    if not torch.isfinite(center).all():
-        raise ValueError("centered_clip: center must be finite, got NaN/inf entries")
     tau = check_positive(tau, "tau", "centered_clip", allow_inf=True)
     iters = check_int(iters, "iters", "centered_clip")
     if iters < 0:
@@ -292,7 +290,9 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     center = center.to(X.dtype)
 
     D_all, finite = _geometry(X, center)
-    idx = finite.nonzero().flatten()  # finite rows, then the center (index n, always finite)
+    if not finite[n]:
+        raise ValueError("centered_clip: center must be finite, got NaN/inf entries")
+    idx = finite.nonzero().flatten()  # finite rows, then the center (index n)
     D = D_all[idx][:, idx]
     c = torch.zeros(idx.numel(), dtype=torch.float64)
     c[-1] = 1.0

@@ -141,18 +141,51 @@ void gram_columns(const RowSource& s, double* gram) {
   }
 }
 
-// Separate multiply and add (no FMA), as the CUDA kernel: the same bits on
-// every instruction set and on both devices.
+// The value of a product, materialised so that it cannot be fused into the
+// following addition (this file is compiled with fp-contract=fast).
+RA_INLINE F64v unfused(F64v v) {
+  asm("" : "+v"(v));
+  return v;
+}
+
+// acc += coef * one group of a row's columns, converted from X on the fly
+// (columns past `count` read as 0).
 template <InputKind K>
-__attribute__((optimize("fp-contract=off"))) void mix_columns(const RowSource& s, const MixTarget& t) {
+RA_INLINE void add_direct(F64v (&acc)[kMixVecs], double coef, const typename Lanes<K>::In* p, int64_t count) {
+  using L = Lanes<K>;
+  using Dbl = typename L::Dbl;
+  constexpr int kParts = sizeof(Dbl) / sizeof(F64v);  // float64 vectors per block of W columns
+  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+#pragma GCC unroll 8
+  for (int b = 0; b < kMixVecs / kParts; ++b) {
+    const int64_t c = b * L::W;
+    Dbl v{};
+    if (c + L::W <= count) {
+      v = convert(p + c);
+    } else if (c < count) {
+      v = load_block<K>(p + c, count - c, convert);
+    }
+    F64v parts[kParts];
+    __builtin_memcpy(parts, &v, sizeof(v));
+#pragma GCC unroll 2
+    for (int h = 0; h < kParts; ++h) acc[b * kParts + h] += unfused(coef * parts[h]);
+  }
+}
+
+// The products are kept out of fused multiply-add (unfused), as in the CUDA
+// kernel: the same bits on every instruction set and on both devices.
+template <InputKind K>
+void mix_columns(const RowSource& s, const MixTarget& t) {
   const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
   double* buf = s.scratch;
   constexpr int64_t kGroup = kMixVecs * kD;  // columns of one group; divides s.chunk
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, kGroup);  // zero columns complete the last group
+    // Rows that several outputs read are converted once per chunk; a row read
+    // once goes straight from X into the accumulators.
     for (int64_t i = 0; i < m; ++i)
-      if (t.uses[i] > 0) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
+      if (t.uses[i] > 1) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
     for (int64_t g = 0; g < padded; g += kGroup) {
       const int64_t group_count = count - g < kGroup ? count - g : kGroup;
       for (int64_t r = 0; r < t.k; ++r) {
@@ -161,20 +194,34 @@ __attribute__((optimize("fp-contract=off"))) void mix_columns(const RowSource& s
         for (int q = 0; q < kMixVecs; ++q) acc[q] = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
         for (int64_t p = t.begin[r]; p < t.begin[r + 1]; ++p) {
           const double coef = t.value[p];
-          const double* row = buf + t.index[p] * s.chunk + g;
+          const int64_t i = t.index[p];
+          if (t.uses[i] == 1) {
+            add_direct<K>(acc, coef, row_ptr<K>(s, i, c0 + g), group_count);
+            continue;
+          }
+          const double* row = buf + i * s.chunk + g;
 #pragma GCC unroll 8
-          for (int q = 0; q < kMixVecs; ++q) acc[q] += coef * load_vec(row + q * kD);
+          for (int q = 0; q < kMixVecs; ++q) acc[q] += unfused(coef * load_vec(row + q * kD));
         }
         for (int q = 0; q < kMixVecs && q * kD < group_count; ++q) {
           const int64_t col = c0 + g + q * kD;
           const int64_t cnt = group_count - q * kD < kD ? group_count - q * kD : kD;
+          // Whole vectors with a fixed-size copy (a single store), the tail by length.
           if constexpr (K == InputKind::kF32) {
             const F32h f = __builtin_convertvector(acc[q], F32h);
-            __builtin_memcpy(static_cast<float*>(t.out) + r * t.out_stride + col, &f,
-                             static_cast<size_t>(cnt) * sizeof(float));
+            float* dst = static_cast<float*>(t.out) + r * t.out_stride + col;
+            if (cnt == kD) {
+              __builtin_memcpy(dst, &f, sizeof(f));
+            } else {
+              __builtin_memcpy(dst, &f, static_cast<size_t>(cnt) * sizeof(float));
+            }
           } else {
-            __builtin_memcpy(static_cast<double*>(t.out) + r * t.out_stride + col, &acc[q],
-                             static_cast<size_t>(cnt) * sizeof(double));
+            double* dst = static_cast<double*>(t.out) + r * t.out_stride + col;
+            if (cnt == kD) {
+              __builtin_memcpy(dst, &acc[q], sizeof(F64v));
+            } else {
+              __builtin_memcpy(dst, &acc[q], static_cast<size_t>(cnt) * sizeof(double));
+            }
           }
         }
       }
