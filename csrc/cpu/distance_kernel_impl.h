@@ -2,11 +2,12 @@
 // distance_isa_*.cpp with ROBUSTAGG_ISA_SUFFIX set. Internal linkage and
 // compiler builtins only (see coordinate_kernel.h).
 //
-// A chunk of columns of every row is staged as float64 in an L2-resident
-// buffer (each value converted once), then:
-//  * Gram: register tiles of TI x TJ row pairs, one float64 vector of columns
-//    per pair, accumulated over the chunk and summed across lanes in a fixed
-//    order. Products of float32 values are exact in float64.
+//  * Gram: a chunk of columns of every row is staged, shifted, as float64 in
+//    an L2-resident buffer (each value converted once). Rows go in blocks of
+//    4: the 10 pairs inside a block, then register tiles of kTI x 4 pairs
+//    against every later block; one float64 vector of columns per pair,
+//    accumulated over the chunk and summed across lanes in a fixed order.
+//    Products of float32 values are exact in float64.
 //  * mix: per output row, groups of 8 vectors of columns accumulate
 //    coef * row over the rows with a non-zero coefficient, in index order.
 #include <cstddef>
@@ -21,11 +22,11 @@ namespace robustagg::cpu {
 namespace {
 
 constexpr int kD = kLanes64;  // doubles per native vector
-// Gram register tile: TI x TJ accumulators plus TI + TJ operands must fit the
-// register file (32 vector registers with AVX-512, 16 otherwise).
+// Gram register tile: kTI x kTileRows accumulators plus kTI + kTileRows
+// operands must fit the register file (32 vector registers with AVX-512, 16
+// otherwise).
 constexpr int kTI = kVecBytes == 64 ? 4 : 2;
-constexpr int kTJ = 4;
-static_assert(kTileRows % kTI == 0 && kTileRows % kTJ == 0, "tiles must divide the row padding");
+static_assert(kTileRows == 4 && kTileRows % kTI == 0, "the triangle kernel is written for blocks of 4 rows");
 // Mix: vectors of columns accumulated at once per output row.
 constexpr int kMixVecs = 8;
 
@@ -69,73 +70,144 @@ RA_INLINE const typename Lanes<K>::In* row_ptr(const RowSource& s, int64_t i, in
 
 RA_INLINE F64v finite_or_zero(F64v v) { return (v - v) == 0.0 ? v : F64v{}; }
 
+// Median of three per lane, non-finite values read as 0: the shift r.
+RA_INLINE F64v shift_of(F64v a, F64v b, F64v e) {
+  a = finite_or_zero(a);
+  b = finite_or_zero(b);
+  e = finite_or_zero(e);
+  const F64v lo = a < b ? a : b;
+  const F64v hi = a < b ? b : a;
+  const F64v hi_e = hi < e ? hi : e;
+  return lo < hi_e ? hi_e : lo;
+}
+
+// Adds the lane sums of acc[ii][jj] (rows a0 + ii, b0 + jj) into the upper
+// triangle of gram.
+template <int TI, int TJ>
+RA_INLINE void flush(const F64v (&acc)[TI][TJ], int64_t a0, int64_t b0, int64_t m, double* gram) {
+  for (int ii = 0; ii < TI; ++ii)
+    for (int jj = 0; jj < TJ; ++jj) {
+      const int64_t i = a0 + ii;
+      const int64_t j = b0 + jj;
+      if (i <= j && j < m) gram[i * m + j] += lane_sum(acc[ii][jj]);
+    }
+}
+
+// Rows a..a+TI-1 against rows b..b+kTileRows-1 of the staged chunk.
+template <int TI>
+RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][kTileRows]) {
+  for (int64_t v = 0; v < vecs; ++v) {
+    F64v av[TI], bv[kTileRows];
+#pragma GCC unroll 4
+    for (int ii = 0; ii < TI; ++ii) av[ii] = load_vec(a + ii * stride + v * kD);
+#pragma GCC unroll 4
+    for (int jj = 0; jj < kTileRows; ++jj) bv[jj] = load_vec(b + jj * stride + v * kD);
+#pragma GCC unroll 4
+    for (int ii = 0; ii < TI; ++ii)
+#pragma GCC unroll 4
+      for (int jj = 0; jj < kTileRows; ++jj) acc[ii][jj] += av[ii] * bv[jj];
+  }
+}
+
+// The 10 pairs i <= j of one block of kTileRows rows.
+RA_INLINE void gram_triangle(const double* a, int64_t stride, int64_t vecs, F64v (&acc)[10]) {
+  for (int64_t v = 0; v < vecs; ++v) {
+    const F64v x0 = load_vec(a + v * kD);
+    const F64v x1 = load_vec(a + stride + v * kD);
+    const F64v x2 = load_vec(a + 2 * stride + v * kD);
+    const F64v x3 = load_vec(a + 3 * stride + v * kD);
+    acc[0] += x0 * x0;
+    acc[1] += x0 * x1;
+    acc[2] += x0 * x2;
+    acc[3] += x0 * x3;
+    acc[4] += x1 * x1;
+    acc[5] += x1 * x2;
+    acc[6] += x1 * x3;
+    acc[7] += x2 * x2;
+    acc[8] += x2 * x3;
+    acc[9] += x3 * x3;
+  }
+}
+
+// Writes the shifted values of one row: stage_row, minus the shift.
+template <InputKind K>
+RA_INLINE void stage_shifted(const typename Lanes<K>::In* p, int64_t count, int64_t padded, const double* shift,
+                             double* dst) {
+  using L = Lanes<K>;
+  using Dbl = typename L::Dbl;
+  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+  int64_t c = 0;
+  for (; c + L::W <= count; c += L::W) {
+    Dbl r;
+    __builtin_memcpy(&r, shift + c, sizeof(r));
+    const Dbl v = convert(p + c) - r;
+    __builtin_memcpy(dst + c, &v, sizeof(v));
+  }
+  if (c < count) {
+    const auto v = load_block<K>(p + c, count - c, convert);
+    __builtin_memcpy(dst + c, &v, static_cast<size_t>(count - c) * sizeof(double));
+    for (int64_t t = c; t < count; ++t) dst[t] -= shift[t];
+  }
+  for (int64_t t = count; t < padded; ++t) dst[t] = 0.0;
+}
+
 template <InputKind K>
 void gram_columns(const RowSource& s, double* gram) {
   const int64_t m = s.n + (s.center != nullptr ? 1 : 0);
   const int64_t mp = round_up(m, kTileRows);
   double* buf = s.scratch;
   double* shift = s.scratch + mp * s.chunk;
-  const int64_t h = (s.n - 1) / 2;
+  const int64_t source[3] = {0, (s.n - 1) / 2, s.n - 1};  // the rows the shift is the median of
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, kD);
     const int64_t vecs = padded / kD;
-    for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk);
-    for (int64_t i = m; i < mp; ++i)
-      for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
-    // Shift r: median of rows 0, (n-1)/2, n-1 with non-finite values read as 0.
+    // The three source rows raw, the shift from them, then every row shifted as it is staged.
+    for (int k = 0; k < 3; ++k) stage_row<K>(row_ptr<K>(s, source[k], c0), count, padded, buf + k * s.chunk);
     for (int64_t v = 0; v < vecs; ++v) {
-      const F64v a = finite_or_zero(load_vec(buf + v * kD));
-      const F64v b = finite_or_zero(load_vec(buf + h * s.chunk + v * kD));
-      const F64v e = finite_or_zero(load_vec(buf + (s.n - 1) * s.chunk + v * kD));
-      const F64v lo = a < b ? a : b;
-      const F64v hi = a < b ? b : a;
-      const F64v hi_e = hi < e ? hi : e;
-      const F64v r = lo < hi_e ? hi_e : lo;
+      const F64v r = shift_of(load_vec(buf + v * kD), load_vec(buf + s.chunk + v * kD),
+                              load_vec(buf + 2 * s.chunk + v * kD));
       __builtin_memcpy(shift + v * kD, &r, sizeof(r));
     }
-    for (int64_t i = 0; i < m; ++i) {
-      double* row = buf + i * s.chunk;
-      for (int64_t v = 0; v < vecs; ++v) {
-        const F64v p = load_vec(row + v * kD) - load_vec(shift + v * kD);
-        __builtin_memcpy(row + v * kD, &p, sizeof(p));
-      }
-    }
-    // While the tiles compute, prefetch the next chunk's rows a few cache
-    // lines per tile, so that memory and arithmetic overlap.
+    for (int64_t i = 0; i < m; ++i)
+      stage_shifted<K>(row_ptr<K>(s, i, c0), count, padded, shift, buf + i * s.chunk);
+    for (int64_t i = m; i < mp; ++i)
+      for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
+
+    // While the blocks compute, prefetch the next chunk's rows a few cache
+    // lines per block pair, so that memory and arithmetic overlap.
     const int64_t next = c0 + s.chunk;
     const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
-    const int64_t lines_per_row = next_count > 0 ? (next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) + 63) / 64 : 0;
+    const int64_t lines_per_row =
+        next_count > 0 ? (next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) + 63) / 64 : 0;
     const int64_t lines = lines_per_row * m;
-    const int64_t tiles = (mp / kTI) * (mp / kTJ + 1) / 2 + 1;
-    const int64_t per_tile = (lines + tiles - 1) / tiles;
+    const int64_t blocks = mp / kTileRows;
+    const int64_t per_pair = (lines + blocks * (blocks + 1) / 2 - 1) / (blocks * (blocks + 1) / 2);
     int64_t line = 0;
-    for (int64_t i0 = 0; i0 < m; i0 += kTI) {
-      for (int64_t j0 = i0 / kTJ * kTJ; j0 < m; j0 += kTJ) {
-        for (int64_t e = 0; e < per_tile && line < lines; ++e, ++line) {
-          const char* p = reinterpret_cast<const char*>(row_ptr<K>(s, line / lines_per_row, next));
-          __builtin_prefetch(p + (line % lines_per_row) * 64, 0, 3);
+    auto prefetch_some = [&] {
+      for (int64_t e = 0; e < per_pair && line < lines; ++e, ++line) {
+        const char* p = reinterpret_cast<const char*>(row_ptr<K>(s, line / lines_per_row, next));
+        __builtin_prefetch(p + (line % lines_per_row) * 64, 0, 3);
+      }
+    };
+    // Blocks of kTileRows rows: the triangle of each diagonal block (10
+    // pairs), then its pairs with every later block, kTI rows at a time.
+    for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+      prefetch_some();
+      const double* a = buf + i0 * s.chunk;
+      F64v tri[10] = {};
+      gram_triangle(a, s.chunk, vecs, tri);
+      int t = 0;
+      for (int ii = 0; ii < kTileRows; ++ii)
+        for (int jj = ii; jj < kTileRows; ++jj, ++t)
+          if (i0 + jj < m) gram[(i0 + ii) * m + i0 + jj] += lane_sum(tri[t]);
+      for (int64_t j0 = i0 + kTileRows; j0 < m; j0 += kTileRows) {
+        prefetch_some();
+        for (int64_t h = 0; h < kTileRows; h += kTI) {
+          F64v acc[kTI][kTileRows] = {};
+          gram_tile<kTI>(a + h * s.chunk, buf + j0 * s.chunk, s.chunk, vecs, acc);
+          flush(acc, i0 + h, j0, m, gram);
         }
-        F64v acc[kTI][kTJ] = {};
-        const double* a = buf + i0 * s.chunk;
-        const double* b = buf + j0 * s.chunk;
-        for (int64_t v = 0; v < vecs; ++v) {
-          F64v av[kTI], bv[kTJ];
-#pragma GCC unroll 4
-          for (int ii = 0; ii < kTI; ++ii) av[ii] = load_vec(a + ii * s.chunk + v * kD);
-#pragma GCC unroll 4
-          for (int jj = 0; jj < kTJ; ++jj) bv[jj] = load_vec(b + jj * s.chunk + v * kD);
-#pragma GCC unroll 4
-          for (int ii = 0; ii < kTI; ++ii)
-#pragma GCC unroll 4
-            for (int jj = 0; jj < kTJ; ++jj) acc[ii][jj] += av[ii] * bv[jj];
-        }
-        for (int ii = 0; ii < kTI; ++ii)
-          for (int jj = 0; jj < kTJ; ++jj) {
-            const int64_t i = i0 + ii;
-            const int64_t j = j0 + jj;
-            if (i <= j && j < m) gram[i * m + j] += lane_sum(acc[ii][jj]);
-          }
       }
     }
   }
