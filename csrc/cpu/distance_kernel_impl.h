@@ -81,6 +81,27 @@ RA_INLINE F64v shift_of(F64v a, F64v b, F64v e) {
   return lo < hi_e ? hi_e : lo;
 }
 
+// Walks the cache lines of the next chunk of every row, one line per step,
+// so that the reads of the next chunk overlap the arithmetic on this one.
+template <InputKind K>
+struct Prefetcher {
+  const RowSource& s;
+  int64_t col;        // first column of the next chunk
+  int64_t row_bytes;  // bytes of one row in the next chunk (0: no next chunk)
+  int64_t rows;
+  int64_t row = 0;
+  int64_t offset = 0;
+  inline __attribute__((always_inline)) void step() {
+    if (row >= rows) return;
+    __builtin_prefetch(reinterpret_cast<const char*>(row_ptr<K>(s, row, col)) + offset, 0, 3);
+    offset += 64;
+    if (offset >= row_bytes) {
+      offset = 0;
+      ++row;
+    }
+  }
+};
+
 // Adds the lane sums of acc[ii][jj] (rows a0 + ii, b0 + jj) into the upper
 // triangle of gram.
 template <int TI, int TJ>
@@ -94,9 +115,11 @@ RA_INLINE void flush(const F64v (&acc)[TI][TJ], int64_t a0, int64_t b0, int64_t 
 }
 
 // Rows a..a+TI-1 against rows b..b+kTileRows-1 of the staged chunk.
-template <int TI>
-RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][kTileRows]) {
+template <int TI, typename Prefetch>
+RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][kTileRows],
+                         Prefetch& prefetch) {
   for (int64_t v = 0; v < vecs; ++v) {
+    prefetch.step();
     F64v av[TI], bv[kTileRows];
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii) av[ii] = load_vec(a + ii * stride + v * kD);
@@ -110,8 +133,10 @@ RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64
 }
 
 // The 10 pairs i <= j of one block of kTileRows rows.
-RA_INLINE void gram_triangle(const double* a, int64_t stride, int64_t vecs, F64v (&acc)[10]) {
+template <typename Prefetch>
+RA_INLINE void gram_triangle(const double* a, int64_t stride, int64_t vecs, F64v (&acc)[10], Prefetch& prefetch) {
   for (int64_t v = 0; v < vecs; ++v) {
+    prefetch.step();
     const F64v x0 = load_vec(a + v * kD);
     const F64v x1 = load_vec(a + stride + v * kD);
     const F64v x2 = load_vec(a + 2 * stride + v * kD);
@@ -174,38 +199,24 @@ void gram_columns(const RowSource& s, double* gram) {
     for (int64_t i = m; i < mp; ++i)
       for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
 
-    // While the blocks compute, prefetch the next chunk's rows a few cache
-    // lines per block pair, so that memory and arithmetic overlap.
     const int64_t next = c0 + s.chunk;
     const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
-    const int64_t lines_per_row =
-        next_count > 0 ? (next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) + 63) / 64 : 0;
-    const int64_t lines = lines_per_row * m;
-    const int64_t blocks = mp / kTileRows;
-    const int64_t per_pair = (lines + blocks * (blocks + 1) / 2 - 1) / (blocks * (blocks + 1) / 2);
-    int64_t line = 0;
-    auto prefetch_some = [&] {
-      for (int64_t e = 0; e < per_pair && line < lines; ++e, ++line) {
-        const char* p = reinterpret_cast<const char*>(row_ptr<K>(s, line / lines_per_row, next));
-        __builtin_prefetch(p + (line % lines_per_row) * 64, 0, 3);
-      }
-    };
+    Prefetcher<K> prefetch{s, next, next_count > 0 ? next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) : 0,
+                           next_count > 0 ? m : 0};
     // Blocks of kTileRows rows: the triangle of each diagonal block (10
     // pairs), then its pairs with every later block, kTI rows at a time.
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
-      prefetch_some();
       const double* a = buf + i0 * s.chunk;
       F64v tri[10] = {};
-      gram_triangle(a, s.chunk, vecs, tri);
+      gram_triangle(a, s.chunk, vecs, tri, prefetch);
       int t = 0;
       for (int ii = 0; ii < kTileRows; ++ii)
         for (int jj = ii; jj < kTileRows; ++jj, ++t)
           if (i0 + jj < m) gram[(i0 + ii) * m + i0 + jj] += lane_sum(tri[t]);
       for (int64_t j0 = i0 + kTileRows; j0 < m; j0 += kTileRows) {
-        prefetch_some();
         for (int64_t h = 0; h < kTileRows; h += kTI) {
           F64v acc[kTI][kTileRows] = {};
-          gram_tile<kTI>(a + h * s.chunk, buf + j0 * s.chunk, s.chunk, vecs, acc);
+          gram_tile<kTI>(a + h * s.chunk, buf + j0 * s.chunk, s.chunk, vecs, acc, prefetch);
           flush(acc, i0 + h, j0, m, gram);
         }
       }
