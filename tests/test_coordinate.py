@@ -354,3 +354,46 @@ def test_more_than_2_31_elements_cpu():
         for s in stripes:
             assert_matches_reference(op, X[:, s], 1, out=out[s], what=f"n*d > 2**31, columns {s}")
         del out
+
+
+# mean_around_median(X, keep): the mean of the `keep` values closest to each
+# coordinate's median, for any 1 <= keep <= n (Bulyan keeps fewer than half,
+# where MeaMed's window has fewer positions than it may slide over). The
+# reference ranks by (distance, value), so meamed's oracle with f = n - keep
+# is its oracle too.
+
+
+@st.composite
+def spec_and_keep(draw, **kwargs):
+    spec = draw(matrix_specs(**kwargs))
+    return spec, draw(st.integers(1, max(1, spec.n)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=spec_and_keep(max_n=150, max_elements=40_000))
+def test_mean_around_median_matches_reference(dtype, case):
+    spec, keep = case
+    X = make_matrix(spec, dtype)
+    out = robustagg.ops.mean_around_median(X, keep)
+    assert_sum_close(out, reference.meamed(X, X.shape[0] - keep), X, f"mean_around_median(n={spec.n}, keep={keep})")
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("n", [3, 7, 8, 13, 64, 65, 100])
+def test_mean_around_median_every_keep_each_isa(isa, n, monkeypatch):
+    monkeypatch.setenv("ROBUSTAGG_CPU_ISA", isa)
+    g = torch.Generator().manual_seed(n)
+    X = torch.randint(-4, 5, (n, 131), generator=g).to(torch.float32)  # many ties
+    X[:, ::5] = torch.randn(n, 27, generator=g)
+    X[n // 2, ::3] = math.nan
+    X[0, 1::4] = math.inf
+    for keep in range(1, n + 1):
+        out = robustagg.ops.mean_around_median(X, keep)
+        assert_sum_close(out, reference.meamed(X, n - keep), X, f"{isa} n={n} keep={keep}")
+
+
+def test_mean_around_median_is_meamed():
+    X = torch.randn(9, 300, dtype=torch.float64)
+    for f in range(5):
+        assert_bitwise(robustagg.ops.mean_around_median(X, 9 - f), robustagg.meamed(X, f), f"f={f}")

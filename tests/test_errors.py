@@ -424,3 +424,14 @@ def test_new_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
     with pytest.raises(RuntimeError, match=rf"^{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
         NEW_RULES[rule](X)
     assert "move X to the CPU" in str(info.value)
+
+
+@pytest.mark.parametrize("keep", [0, -1, 6])
+def test_mean_around_median_bad_keep(keep):
+    with pytest.raises(ValueError, match=rf"^mean_around_median: keep must be in \[1, n=5\], got keep={keep}"):
+        robustagg.ops.mean_around_median(torch.zeros(5, 3), keep)
+
+
+def test_mean_around_median_keep_type():
+    with pytest.raises(TypeError, match=r"^mean_around_median: keep must be an int"):
+        robustagg.ops.mean_around_median(torch.zeros(5, 3), 2.0)

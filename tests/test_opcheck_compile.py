@@ -27,6 +27,8 @@ def _samples(device="cpu"):
             for f in sorted({0, (n - 1) // 2}):
                 out.append((OPS.trimmed_mean.default, (X, f)))
                 out.append((OPS.meamed.default, (X, f)))
+            for keep in sorted({1, max(1, n // 3), n}):
+                out.append((OPS.mean_around_median.default, (X, keep)))
     Xt = torch.randn(30, 7, generator=g).t().to(device)  # non-contiguous (7, 30)
     out += [(OPS.coordinate_median.default, (Xt,)), (OPS.trimmed_mean.default, (Xt, 2)), (OPS.mean.default, (Xt, None))]
     return out

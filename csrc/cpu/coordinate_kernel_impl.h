@@ -80,17 +80,25 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
 // to float64 once.
 
 // MeaMed when the window [k, k + w) is narrower than the f positions it may
-// slide over (f > w, as in Bulyan's last stage): k counts the slides, and the
-// sorted positions inside the window are added in ascending order.
+// slide over (f > w, as in Bulyan's last stage). Both values compared may now
+// lie on the same side of the median, where distances that round alike make
+// the slide decisions non-monotone; the window starts after the last
+// position t (< f) whose value is strictly farther (sign removed) than the
+// one w places to its right. The sorted positions inside the window are
+// added in ascending order.
 template <typename L, int P>
 RA_INLINE Wide<P> mean_of_window(const ColumnArgs& a, const typename L::Key* keys, const Wide<P>& median, int64_t w) {
   using V = Wide<P>;
+  auto magnitude = [](F64v v) { return v < 0.0 ? -v : v; };  // NaN stays NaN: never closer
   V start{};
   for (int64_t t = 0; t < a.f; ++t) {
     const V left = L::to_double(keys[t]);
     const V right = L::to_double(keys[t + w]);
-    for (int h = 0; h < P; ++h)
-      start.part[h] += (right.part[h] - median.part[h]) < (median.part[h] - left.part[h]) ? F64v{} + 1.0 : F64v{};
+    for (int h = 0; h < P; ++h) {
+      const F64v m = median.part[h];
+      const auto slide = magnitude(right.part[h] - m) < magnitude(m - left.part[h]);
+      start.part[h] = slide ? F64v{} + static_cast<double>(t + 1) : start.part[h];
+    }
   }
   V sum{};
   for (int64_t t = 0; t < a.n; ++t) {

@@ -108,9 +108,13 @@ __device__ __forceinline__ double meamed_of_sorted(Get get, int64_t n, int64_t f
   double sum = 0.0;
   if (f > w) {
     // The window is narrower than the f positions it may slide over (Bulyan's
-    // last stage): count the slides, then add the window.
+    // last stage): both values may lie on one side of the median, where equal
+    // rounded distances make the decisions non-monotone. The window starts
+    // after the last t whose value is strictly farther (sign removed) than the
+    // one w places to its right, as in the CPU kernel.
     int64_t start = 0;
-    for (int64_t t = 0; t < f; ++t) start += (get(t + w) - median) < (median - get(t)) ? 1 : 0;
+    for (int64_t t = 0; t < f; ++t)
+      if (fabs(get(t + w) - median) < fabs(median - get(t))) start = t + 1;
     for (int64_t t = start; t < start + w; ++t) sum += get(t);
     return sum / static_cast<double>(w);
   }
