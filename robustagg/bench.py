@@ -112,7 +112,7 @@ __all__ = [
     "default_suite",
 ]
 
-# The coordinate-wise rules (the name predates the distance ops; bench/test_bench_coordinate.py iterates it).
+# The coordinate-wise rules (the name predates the distance ops; bench/test_bench_ops.py iterates it).
 OPS: tuple[str, ...] = ("coordinate_median", "trimmed_mean", "meamed", "mean")
 PREAGGREGATOR_OPS: tuple[str, ...] = ("nnm", "bucketing", "clip", "arc")
 # The distance rules and the pre-aggregators: all work from row distances or row norms plus one mixing pass.

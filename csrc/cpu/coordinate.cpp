@@ -10,6 +10,7 @@
 
 #include "common.h"
 #include "cpu/coordinate_kernel.h"
+#include "cpu/input_kind.h"
 #include "cpu/isa.h"
 #include "cpu/sorting_network.h"
 
@@ -19,19 +20,6 @@ namespace {
 // Columns per parallel task: large enough to amortise the task, small enough
 // to balance the cores. A multiple of every lane count.
 constexpr int64_t kColumnsPerTask = 4096;
-
-InputKind input_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return InputKind::kF32;
-    case at::kDouble:
-      return InputKind::kF64;
-    case at::kHalf:
-      return InputKind::kF16;
-    default:
-      return InputKind::kBF16;
-  }
-}
 
 using ColumnKernel = void (*)(const ColumnArgs&);
 

@@ -17,6 +17,7 @@
 
 #include "common.h"
 #include "cpu/distance_kernel.h"
+#include "cpu/input_kind.h"
 #include "cpu/isa.h"
 
 namespace robustagg::cpu {
@@ -31,19 +32,6 @@ constexpr int64_t kPartialBytes = int64_t{32} << 20;
 constexpr int64_t kGramStageBytes = 512 * 1024;
 constexpr int64_t kMixChunk = 64;  // staged columns per row: L1-resident for m <= 64
 constexpr int64_t kMixColumnsPerTask = 4096;
-
-InputKind input_kind(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return InputKind::kF32;
-    case at::kDouble:
-      return InputKind::kF64;
-    case at::kHalf:
-      return InputKind::kF16;
-    default:
-      return InputKind::kBF16;
-  }
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 

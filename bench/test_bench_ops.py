@@ -1,17 +1,18 @@
-"""pytest-benchmark suite for the distance rules and pre-aggregators (the same cases as ``robustagg bench --ops distance``).
+"""pytest-benchmark suite: the cases of ``robustagg bench``, coordinate-wise and distance ops.
 
-    pytest bench/test_bench_distance.py --benchmark-only                  # CPU cases; CUDA ones too where a GPU exists
-    pytest bench/test_bench_distance.py --benchmark-only -m "not cuda"    # CPU only
-    pytest bench/test_bench_distance.py --benchmark-only --benchmark-group-by=group --benchmark-sort=mean
+    pytest bench/test_bench_ops.py --benchmark-only                  # CPU cases; CUDA ones too where a GPU exists
+    pytest bench/test_bench_ops.py --benchmark-only -m "not cuda"    # CPU only
+    pytest bench/test_bench_ops.py --benchmark-only -k distance --benchmark-group-by=group --benchmark-sort=mean
 
 Each group (device, n, d) holds robustagg's op, its plain-torch baseline,
 byzfl's aggregator (when ``import byzfl`` works and it has one) and one read
 of the input (``X.sum(0)``; on CUDA also a device-to-device copy), so
 pytest-benchmark's table compares them side by side. Calls rotate over copies
 of the input that together exceed the last-level cache (see
-``robustagg.bench.time_fn``). Parameters as in ``robustagg.bench``:
-f = floor((n - 3) / 4), Krum m = 1, Multi-Krum m = n - f, geometric median
-tol 1e-10, centered clipping tau 1 and 3 iterations from 0, bucketing s = 2,
+``robustagg.bench.time_fn``). Parameters as in ``robustagg.bench``: f =
+floor((n - 1) / 4) for the coordinate rules and floor((n - 3) / 4) for the
+distance rules, Krum m = 1, Multi-Krum m = n - f, geometric median tol
+1e-10, centered clipping tau 1 and 3 iterations from 0, bucketing s = 2,
 clip c = sqrt(d). byzfl's geometric median runs for the T that reaches
 robustagg's objective (found untimed once per shape; recorded in extra_info).
 A baseline whose memory estimate does not fit beside the inputs is skipped.
@@ -32,9 +33,12 @@ pytest.importorskip("pytest_benchmark")
 import robustagg  # noqa: E402
 from robustagg import bench as rb  # noqa: E402
 
-CPU_N = (10, 25, 64)
+# (family, ops, CPU n, CUDA n): the grids of `robustagg bench` at one d per device.
+FAMILIES = (
+    ("coordinate", rb.OPS, (8, 25, 64), (8, 25, 64)),
+    ("distance", rb.DISTANCE_OPS, (10, 25, 64), (10, 25, 64)),
+)
 CPU_D = 1_000_000
-CUDA_N = (10, 25, 64)
 CUDA_D = 16_000_000
 DTYPE = torch.float32
 
@@ -76,15 +80,16 @@ def _gm_calibration(device: str, n: int, d: int, X: torch.Tensor) -> dict:
 
 
 def _cases():
-    for device, ns, d in (("cpu", CPU_N, CPU_D), ("cuda", CUDA_N, CUDA_D)):
-        marks = [_cuda, _skip_no_cuda] if device == "cuda" else []
-        for n in ns:
-            impls = ["read"] + (["copy"] if device == "cuda" else [])
-            cases = [(impl, "-") for impl in impls]
-            cases += [(impl, op) for op in rb.DISTANCE_OPS for impl in ("robustagg", "torch", "byzfl")]
-            for impl, op in cases:
-                name = impl if op == "-" else f"{op}-{impl}"
-                yield pytest.param(device, n, d, impl, op, marks=marks, id=f"{device}-n{n}-{name}")
+    for family, ops, cpu_n, cuda_n in FAMILIES:
+        for device, ns, d in (("cpu", cpu_n, CPU_D), ("cuda", cuda_n, CUDA_D)):
+            marks = [_cuda, _skip_no_cuda] if device == "cuda" else []
+            for n in ns:
+                impls = ["read"] + (["copy"] if device == "cuda" else [])
+                cases = [(impl, "-") for impl in impls]
+                cases += [(impl, op) for op in ops for impl in ("robustagg", "torch", "byzfl")]
+                for impl, op in cases:
+                    name = impl if op == "-" else f"{op}-{impl}"
+                    yield pytest.param(device, n, d, impl, op, marks=marks, id=f"{family}-{device}-n{n}-{name}")
 
 
 def _function(impl: str, op: str, device: str, n: int, d: int, inputs: list[torch.Tensor]):
