@@ -245,12 +245,14 @@ def geometric_median(
     D = D_all[idx][:, idx]
     a = a_all[idx]
     c = a / a.sum()
-    objective = float(torch.dot(a, _distances_to(D, c)))
+    dist = _distances_to(D, c)
+    objective = float(torch.dot(a, dist))
     iterations, converged = 0, False
     while iterations < max_iter:
-        b = a / _distances_to(D, c).clamp_min(nu)
+        b = a / dist.clamp_min(nu)
         c = b / b.sum()
-        new = float(torch.dot(a, _distances_to(D, c)))
+        dist = _distances_to(D, c)  # serves the objective and the next update
+        new = float(torch.dot(a, dist))
         iterations += 1
         done = abs(objective - new) <= tol * objective
         objective = new

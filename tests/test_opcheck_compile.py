@@ -44,19 +44,21 @@ def _id(sample):
 # The default test_utils (test_schema, test_autograd_registration,
 # test_faketensor, test_aot_dispatch_dynamic) all apply: the samples do not
 # require grad, so test_autograd_registration has nothing to complain about.
+def _assert_opcheck(op, args):
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), (op, result)
+
+
 @pytest.mark.parametrize("sample", _samples(), ids=_id)
 def test_opcheck(sample):
-    op, args = sample
-    result = torch.library.opcheck(op, args)
-    assert all(v == "SUCCESS" for v in result.values()), result
+    _assert_opcheck(*sample)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and robustagg built with CUDA kernels")
 def test_opcheck_cuda():
     for op, args in _samples("cuda"):
-        result = torch.library.opcheck(op, args)
-        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+        _assert_opcheck(op, args)
 
 
 def test_fake_tensor_shapes():
@@ -136,17 +138,14 @@ def _distance_id(sample):
 
 @pytest.mark.parametrize("sample", _distance_samples(), ids=_distance_id)
 def test_opcheck_distance_ops(sample):
-    op, args = sample
-    result = torch.library.opcheck(op, args)
-    assert all(v == "SUCCESS" for v in result.values()), result
+    _assert_opcheck(*sample)
 
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not cuda_ready(), reason="needs a CUDA GPU and robustagg built with CUDA kernels")
 def test_opcheck_distance_ops_cuda():
     for op, args in _distance_samples("cuda"):
-        result = torch.library.opcheck(op, args)
-        assert all(v == "SUCCESS" for v in result.values()), (op, result)
+        _assert_opcheck(op, args)
 
 
 def test_fake_tensor_shapes_distance_ops():
