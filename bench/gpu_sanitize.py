@@ -7,7 +7,10 @@ with and without weights; the distance kernels (Gram tiles with and without
 a center, diagonal and off-diagonal tile pairs, split and grouped column
 chunks), mixing and row norms through the rules built on them. Selection
 rules and mixing must equal the CPU op bit for bit; float64 sums (distances,
-norms) may differ by rounding. Exits non-zero on a mismatch.
+norms) may differ by rounding. The fused momentum update (multi-tensor
+launches: a tensor spanning 2 chunks, 0-D, empty and strided tensors, mixed
+dtypes, more tensors than one launch holds) must equal the CPU op bit for
+bit. Exits non-zero on a mismatch.
 """
 
 import sys
@@ -56,6 +59,43 @@ def check_distance_ops(X: torch.Tensor, Xc: torch.Tensor, dtype: torch.dtype, n:
     return failures
 
 
+def same(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equal values, NaN where want has NaN."""
+    return torch.equal(got.isnan(), want.isnan()) and torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def check_momentum_update(device: str = "cuda") -> int:
+    """The multi-tensor momentum kernel through momentum_update_; counts mismatches with the CPU op."""
+    failures = 0
+    gen = torch.Generator().manual_seed(0)
+    chunk = 65536  # elements per block (csrc/cuda/multi_tensor.cuh)
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16, None):
+        dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+        # None: the pairs alternate dtypes (one launch sequence per dtype).
+        pick = (lambda i: dtypes[i % 4]) if dtype is None else (lambda i: dtype)
+        shapes = [(chunk + 17,), (5, 33), (), (0,), (3, 4, 7)]
+        ms = [torch.randn(s, generator=gen, dtype=torch.float64).to(pick(i)) for i, s in enumerate(shapes)]
+        gs = [torch.randn(s, generator=gen, dtype=torch.float64).to(pick(i)) for i, s in enumerate(shapes)]
+        ms[0][chunk - 1 : chunk + 1] = float("nan")  # NaN on both sides of the chunk boundary
+        gs[1][0, :2] = float("inf")
+        # A strided buffer and grad (updated through a contiguous copy written back).
+        ms.append(torch.randn(40, 30, generator=gen, dtype=torch.float64).to(pick(5)).t())
+        gs.append(torch.randn(30, 80, generator=gen, dtype=torch.float64).to(pick(5))[:, ::2])
+        # More tensors than one launch holds (36): 40 tiny pairs.
+        ms += [torch.randn(3, generator=gen, dtype=torch.float64).to(pick(6 + k)) for k in range(40)]
+        gs += [torch.randn(3, generator=gen, dtype=torch.float64).to(pick(6 + k)) for k in range(40)]
+        for beta in (0.9, 0.0):
+            want = [m.clone() for m in ms]
+            ra.ops.momentum_update_(want, gs, beta)
+            got = [m.to(device) for m in ms]
+            ra.ops.momentum_update_(got, [g.to(device) for g in gs], beta)
+            for i, (a, b) in enumerate(zip(got, want)):
+                if not same(a.cpu(), b):
+                    failures += 1
+                    print(f"MISMATCH momentum_update_ dtype={a.dtype} pair={i} beta={beta}", file=sys.stderr)
+    return failures
+
+
 def main() -> int:
     torch.manual_seed(0)
     failures = 0
@@ -80,6 +120,7 @@ def main() -> int:
                     failures += 1
                     print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
             failures += check_distance_ops(X, Xc, dtype, n)
+    failures += check_momentum_update()
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {failures} mismatches")
     return 1 if failures else 0

@@ -4,8 +4,13 @@ For each (n, d): the copy of X (bytes read + written, the bandwidth roof),
 one read of X (``X.sum(0)``), each robustagg op, ``torch.median(X, dim=0)``
 and ``torch.cdist`` (for the distances). The distance rules' "x one read"
 column is the figure of merit (target: <= 3 reads for the Gram-based rules).
-Median of repeats timed with CUDA events; inputs rotate so that no repeat
-finds X in L2. Prints a markdown table and writes it (and JSON) to --out.
+For each d also ``momentum_update_`` on a list of --momentum-tensors float32
+tensors totalling d elements, against ``torch._foreach_mul_`` +
+``torch._foreach_add_(alpha=1-beta)``: its GB/s counts 3 accesses per element
+(buffer read, grad read, buffer written), "x one read" is against one read
+of d elements, and "% of copy BW" against a copy of d elements. Median of
+repeats timed with CUDA events; inputs rotate so that no repeat finds X in
+L2. Prints a markdown table and writes it (and JSON) to --out.
 
     python bench/gpu_time.py --n 8 25 64 128 --d 16000000 64000000 --out bench/out/gpu
 """
@@ -38,12 +43,60 @@ def time_ms(fn, inputs: list[torch.Tensor], repeats: int) -> float:
     return statistics.median(times)
 
 
+def momentum_sizes(d: int, k: int) -> list[int]:
+    """k tensor sizes totalling d, unequal (from about half to one and a half
+    times d / k) so that chunks of different tensors share launches."""
+    weights = [1.0 + (i - (k - 1) / 2) / k for i in range(k)]
+    sizes = [int(d * w / sum(weights)) for w in weights]
+    sizes[-1] += d - sum(sizes)
+    return sizes
+
+
+def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float = 0.9) -> tuple[list[dict], list[str]]:
+    """momentum_update_ on k float32 tensors totalling d elements, and the
+    two-call torch foreach baseline; one table row."""
+    sizes = momentum_sizes(d, k)
+    nbytes = 3 * d * 4  # buffer read + grad read + buffer written
+    copies = max(1, min(4, (8 * l2) // (2 * d * 4) + 1))
+    if (3 * copies + 1) * d * 4 > torch.cuda.mem_get_info()[0]:
+        return [], []
+    gen = torch.Generator(device="cuda").manual_seed(d)
+    inputs = [([torch.randn(n, device="cuda", generator=gen) for n in sizes],
+               [torch.randn(n, device="cuda", generator=gen) for n in sizes]) for _ in range(copies)]
+    flat = [torch.randn(d, device="cuda", generator=gen) for _ in range(copies)]
+    out = torch.empty(d, device="cuda")
+    copy_ms = time_ms(lambda x: out.copy_(x), flat, repeats)
+    read_ms = time_ms(lambda x: x.sum(), flat, repeats)
+    copy_gbs = 2 * d * 4 / copy_ms / 1e6
+
+    def fused(bg):
+        ra.ops.momentum_update_(bg[0], bg[1], beta)
+
+    def foreach(bg):
+        torch._foreach_mul_(bg[0], beta)
+        torch._foreach_add_(bg[0], bg[1], alpha=1.0 - beta)
+
+    ms = time_ms(fused, inputs, repeats)
+    foreach_ms = time_ms(foreach, inputs, repeats)
+    gbs = nbytes / ms / 1e6
+    op = f"momentum_update_ ({k} tensors)"
+    row = dict(n=None, tensors=k, d=d, op=op, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs,
+               x_one_read=ms / read_ms, foreach_ms=foreach_ms, device=name)
+    line = (f"| - | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} (3 accesses/elem) | {row['pct_copy']:.0f}% | "
+            f"{ms / read_ms:.2f} | {foreach_ms / ms:.1f}x torch._foreach_mul_+_foreach_add_ |")
+    print(line, flush=True)
+    del inputs, flat, out
+    torch.cuda.empty_cache()
+    return [row], [line]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, nargs="+", default=[8, 25, 64, 128])
     p.add_argument("--d", type=int, nargs="+", default=[16_000_000, 64_000_000])
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--torch-median-max-bytes", type=float, default=4e9, help="skip torch.median above this input size")
+    p.add_argument("--momentum-tensors", type=int, default=25, help="tensors in the momentum_update_ list")
     p.add_argument("--out", default="bench/out/gpu")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -106,6 +159,9 @@ def main() -> int:
                 print(line, flush=True)
             del inputs
             torch.cuda.empty_cache()
+        more_rows, more_lines = momentum_case(d, args.momentum_tensors, args.repeats, l2, name)
+        rows += more_rows
+        lines += more_lines
     with open(os.path.join(args.out, "gpu-time.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "gpu-time.json"), "w") as fh:

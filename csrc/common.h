@@ -122,6 +122,30 @@ inline at::Tensor unit_column_stride(const at::Tensor& X) {
   return (X.stride(1) == 1 || X.size(1) <= 1) ? X : X.contiguous();
 }
 
+// Multi-tensor updates: two equally long lists whose i-th tensors match in
+// shape, dtype and device; every tensor floating point and on `device`.
+inline void check_tensor_pairs(at::TensorList a, at::TensorList b, const char* a_name, const char* b_name,
+                               const char* rule) {
+  TORCH_CHECK_VALUE(a.size() == b.size(), message(rule, ": ", a_name, " and ", b_name, " must be equally long lists, got ",
+                                                  static_cast<long long>(a.size()), " and ",
+                                                  static_cast<long long>(b.size()), " tensors"));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const long long k = static_cast<long long>(i);
+    TORCH_CHECK_TYPE(is_supported_float(a[i].scalar_type()),
+                     message(rule, ": ", a_name, "[", k, "] must be float32, float64, float16 or bfloat16, got ",
+                             a[i].scalar_type()));
+    TORCH_CHECK_TYPE(b[i].scalar_type() == a[i].scalar_type(),
+                     message(rule, ": ", b_name, "[", k, "] must have ", a_name, "[", k, "]'s dtype ",
+                             a[i].scalar_type(), ", got ", b[i].scalar_type()));
+    TORCH_CHECK_VALUE(b[i].sizes() == a[i].sizes(), message(rule, ": ", b_name, "[", k, "] must have ", a_name, "[",
+                                                            k, "]'s shape ", a[i].sizes(), ", got ", b[i].sizes()));
+    TORCH_CHECK_VALUE(a[i].device() == a[0].device() && b[i].device() == a[0].device(),
+                      message(rule, ": all tensors must be on one device; ", a_name, "[0] is on ", a[0].device(),
+                              ", ", a_name, "[", k, "] on ", a[i].device(), ", ", b_name, "[", k, "] on ",
+                              b[i].device()));
+  }
+}
+
 // The coordinate-wise rules, as the kernels number them.
 enum class ColumnRule : int { kMedian = 0, kTrimmedMean = 1, kMeaMed = 2, kMean = 3 };
 

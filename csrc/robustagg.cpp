@@ -32,6 +32,10 @@ TORCH_LIBRARY(robustagg, m) {
   m.def("mix_rows(Tensor C, Tensor X, Tensor? center=None) -> Tensor");
   // (n,) float64 squared Euclidean norms of the rows (clip, ARC).
   m.def("row_sq_norms(Tensor X) -> Tensor");
+  // Fused multi-tensor updates (SPEC 6), in place on the first list.
+  // buffers[i] <- beta * buffers[i] + (1 - beta) * grads[i]: worker momentum
+  // and the SGD-with-momentum statistic.
+  m.def("momentum_update_(Tensor(a!)[] buffers, Tensor[] grads, float beta) -> ()");
   // Which CPU instruction set the selection kernels run with on this machine.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(robustagg::cpu::isa_name(robustagg::cpu::active_isa())); });
 }

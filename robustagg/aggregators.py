@@ -86,6 +86,17 @@ def _unflatten(out: torch.Tensor, layout: object) -> torch.Tensor | list[torch.T
     return [part.reshape(s) for part, s in zip(torch.split(out, sizes), shape)]
 
 
+def _describe(obj: object) -> str:
+    """``Name(arg=value, ...)``: tensors of more than 8 values (a center) by shape; generators and ``info`` left out."""
+    args = []
+    for k, v in vars(obj).items():
+        if k == "info" or isinstance(v, torch.Generator):
+            continue
+        large = isinstance(v, torch.Tensor) and v.numel() > 8
+        args.append(f"{k}=tensor{tuple(v.shape)}" if large else f"{k}={v!r}")
+    return f"{type(obj).__name__}({', '.join(args)})"
+
+
 class Aggregator:
     """Base class: subclasses implement :meth:`aggregate` on an ``(n, d)`` matrix."""
 
@@ -97,8 +108,7 @@ class Aggregator:
         return _unflatten(self.aggregate(X), layout)
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
+        return _describe(self)
 
 
 class Mean(Aggregator):
@@ -238,8 +248,7 @@ class PreAggregator:
         return NotImplemented
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
+        return _describe(self)
 
 
 class _Chain(PreAggregator):

@@ -6,6 +6,8 @@ Subcommands:
   pre-aggregators) against one read of the input, the plain-PyTorch way and
   byzfl (when installed); print a table, write JSON and optionally a markdown
   table.
+* ``train byzantine``: Byzantine-robust training with worker momentum on the
+  built-in digits data, one run or the whole grid (``--grid``).
 """
 
 from __future__ import annotations
@@ -121,7 +123,165 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--mem-budget-gb", type=float, help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)")
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     b.set_defaults(func=_cmd_bench)
+
+    t = sub.add_parser("train", help="run a line of work on the built-in digits data (scikit-learn, no download)")
+    lines = t.add_subparsers(dest="line", metavar="<line>")
+    _add_byzantine_parser(lines)
+    t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
     return parser
+
+
+_BYZANTINE_DESCRIPTION = """\
+Byzantine-robust training (Karimireddy, He, Jaggi, ICML 2021) on scikit-learn's
+digits: n workers, the last f of them Byzantine, each honest worker sending its
+worker momentum m = beta m + (1 - beta) g of a fresh batch gradient every round;
+the server aggregates with the chosen rule (after optional bucketing) and takes
+an SGD step.
+
+Rules: mean, cm (coordinate median), tm (trimmed mean, f per side), meamed,
+krum, mkrum (Multi-Krum), bulyan, gm (geometric median), cc (centered clipping).
+Attacks: none, sign_flip, label_flip, ipm, alie, gaussian, nan, inf, mimic,
+optimal_alie, optimal_ipm.
+
+One run prints a progress bar and a summary, and writes the JSON result
+(accuracy per evaluation, per-round time of the gradients, momentum, attack
+and aggregation) and a PNG of test accuracy per round. --grid runs the grid
+of docs/results/byzantine.md (attacks x rules x momentum x f, and bucketing
+on a label-sorted split) and writes the table, figures and a JSON summary."""
+
+_BYZANTINE_EPILOG = """\
+examples:
+  robustagg train byzantine --agg cc --attack alie --workers 25 --byzantine 11 --momentum 0.9
+  robustagg train byzantine --agg cm --attack alie --byzantine 11 --momentum 0
+  robustagg train byzantine --agg krum --attack ipm --bucketing 2 --split sorted
+  robustagg train byzantine --agg gm --attack label_flip --split dirichlet:0.5 --rounds 500 --seed 3
+  robustagg train byzantine --grid                  # writes docs/results/byzantine.md
+  robustagg train byzantine --grid --seeds 1 --rounds 100 --out /tmp/grid"""
+
+
+def _add_byzantine_parser(lines: argparse._SubParsersAction) -> None:
+    from .attacks import ATTACKS
+    from .sim.byzantine import RULES, ByzantineConfig
+
+    d = ByzantineConfig()
+    p = lines.add_parser(
+        "byzantine",
+        help="Byzantine-robust training with worker momentum and attacks (one run or --grid)",
+        description=_BYZANTINE_DESCRIPTION,
+        epilog=_BYZANTINE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--agg", choices=list(RULES), default=d.agg, help=f"aggregation rule (default {d.agg})")
+    p.add_argument("--attack", choices=list(ATTACKS), default=d.attack, help=f"attack of the Byzantine workers (default {d.attack})")
+    p.add_argument("--workers", type=_positive_int, default=d.workers, help=f"n, all workers (default {d.workers})")
+    p.add_argument("--byzantine", type=int, default=d.byzantine, help=f"f, Byzantine workers among them (default {d.byzantine})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"worker momentum beta in [0, 1) (default {d.momentum})")
+    p.add_argument("--bucketing", type=int, default=d.bucketing, help="bucket size s >= 2 in front of the rule (default: none)")
+    p.add_argument("--split", default=d.split, help="iid, sorted (label-sorted) or dirichlet:ALPHA (default iid)")
+    p.add_argument("--model", choices=["mlp", "logreg"], default=d.model, help="model (default mlp, 64-hidden-10)")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"training rounds (default {d.rounds})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"examples per worker per round (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"server learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation, batches and attacks (default 0)")
+    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"rounds between evaluations (default {d.eval_every})")
+    p.add_argument("--rule-f", type=int, help="the f the rule assumes (default: --byzantine)")
+    p.add_argument("--cc-tau", type=float, default=d.cc_tau, help=f"centered clipping radius (default {d.cc_tau})")
+    p.add_argument("--cc-iters", type=_positive_int, default=d.cc_iters, help=f"centered clipping iterations (default {d.cc_iters})")
+    p.add_argument("--gm-iters", type=_positive_int, default=d.gm_iters, help=f"most Weiszfeld steps of gm (default {d.gm_iters})")
+    p.add_argument("--ipm-eps", type=float, default=d.ipm_eps, help=f"IPM scale (default {d.ipm_eps})")
+    p.add_argument("--alie-z", type=float, help="ALIE z (default: from n and f, SPEC 5)")
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
+    p.add_argument("--json", metavar="PATH", help="result JSON (default runs/byzantine-<agg>-<attack>-f<f>-m<beta>-s<seed>.json)")
+    p.add_argument("--plot", metavar="PATH", help="accuracy plot (default: the JSON path with .png)")
+    g = p.add_argument_group("grid")
+    g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
+    g.add_argument("--seeds", type=_positive_int, default=3, help="seeds per grid cell (default 3)")
+    g.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)")
+    g.add_argument("--out", default=os.path.join("docs", "results"), help="folder of the grid's byzantine.md, PNGs and JSON (default docs/results)")
+    p.set_defaults(func=_cmd_train_byzantine)
+
+
+def _cmd_train_byzantine(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .sim.byzantine import ByzantineConfig, run_byzantine
+    from .sim.report import Progress, plot_curves
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = ByzantineConfig(
+        agg=args.agg, attack=args.attack, workers=args.workers, byzantine=args.byzantine, momentum=args.momentum,
+        bucketing=args.bucketing, split=args.split, model=args.model, hidden=args.hidden, rounds=args.rounds,
+        batch=args.batch, lr=args.lr, seed=args.seed, eval_every=args.eval_every, rule_f=args.rule_f,
+        cc_tau=args.cc_tau, cc_iters=args.cc_iters, gm_iters=args.gm_iters, ipm_eps=args.ipm_eps, alie_z=args.alie_z,
+    )
+    try:
+        cfg.check()
+    except ValueError as exc:
+        print(f"robustagg train byzantine: {exc}", file=sys.stderr)
+        return 2
+    if args.grid:
+        return _byzantine_grid(args, cfg)
+
+    progress = Progress(cfg.rounds, f"{cfg.agg} vs {cfg.attack}")
+    result = run_byzantine(cfg, progress=lambda t, acc: progress.update(t, f"test acc {acc:.3f}"))
+    progress.close()
+    result["command"] = "robustagg " + " ".join(shlex.quote(a) for a in args.argv)
+    stem = os.path.join("runs", f"byzantine-{cfg.agg}-{cfg.attack}-f{cfg.byzantine}-m{cfg.momentum:g}-s{cfg.seed}")
+    json_path = args.json or stem + ".json"
+    plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
+    _write(json_path, json.dumps(result, indent=1) + "\n")
+    rounds = [p["round"] for p in result["curve"]]
+    title = (f"{result['rule']} vs {cfg.attack}: f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, "
+             f"{cfg.split}, seed {cfg.seed}")
+    plot_curves(plot_path, {"test accuracy": (rounds, [p["test_accuracy"] for p in result["curve"]])}, title, "test accuracy")
+    best = max(result["curve"], key=lambda p: p["test_accuracy"])
+    sec = {k: 1e3 * v for k, v in result["seconds_per_round"].items()}
+    print(f"rule {result['rule']}, attack {result['attack']}")
+    print(f"f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, split {cfg.split}, {cfg.model}, "
+          f"{cfg.rounds} rounds, seed {cfg.seed}")
+    print(f"test accuracy: final {result['final_test_accuracy']:.4f}, mean of the last 20% of rounds {result['tail_test_accuracy']:.4f} (best {best['test_accuracy']:.4f} at round {best['round']})")
+    print(f"per round: gradients {sec['gradients']:.2f} ms, momentum {sec['momentum']:.3f} ms, attack {sec['attack']:.2f} ms, "
+          f"aggregation {sec['aggregation']:.2f} ms ({result['aggregation_over_gradients']:.2f}x the gradients)")
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    return 0
+
+
+def _byzantine_grid(args: argparse.Namespace, base) -> int:
+    import platform
+    import time
+
+    from .sim.byzantine_grid import grid_configs, grid_markdown, grid_plots, run_grid
+    from .sim.report import Progress
+
+    configs = grid_configs(args.seeds, args.rounds, base)
+    print(f"byzantine grid: {len(configs)} runs of {args.rounds} rounds in {args.jobs} processes", file=sys.stderr)
+    progress = Progress(len(configs), "grid")
+    start = time.perf_counter()
+    results = run_grid(configs, args.jobs, lambda k, r: progress.update(
+        k, f"last: {r['config']['agg']} vs {r['config']['attack']} f={r['config']['byzantine']} -> {r['final_test_accuracy']:.3f}"))
+    progress.close()
+    wall = time.perf_counter() - start
+    command = "robustagg " + " ".join(shlex.quote(a) for a in args.argv)
+    machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
+    md_path = os.path.join(args.out, "byzantine.md")
+    text = grid_markdown(results, command, wall, args.jobs, machine)
+    if os.path.exists(md_path):
+        # Keep the hand-written reading of the results across regenerations.
+        old = open(md_path).read()
+        if "\n## Reading\n" in old:
+            text += "\n## Reading\n" + old.split("\n## Reading\n", 1)[1]
+    _write(md_path, text)
+    plots = grid_plots(results, args.out)
+    keys = ("config", "final_test_accuracy", "tail_test_accuracy", "seconds_per_round", "wall_seconds")
+    summary = [{k: r[k] for k in keys} for r in results]
+    json_path = os.path.join(args.out, "byzantine.json")
+    runs = ",\n".join(json.dumps(run) for run in summary)  # one run per line
+    _write(json_path, f'{{"command": {json.dumps(command)}, "wall_seconds": {wall:.1f}, "runs": [\n{runs}\n]}}\n')
+    print(f"{len(results)} runs in {wall / 60:.1f} min")
+    print(f"table: {md_path}\nplots: {', '.join(plots)}\nJSON: {json_path}")
+    return 0
 
 
 def _op_list(text: str) -> list[str]:

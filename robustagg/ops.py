@@ -7,6 +7,8 @@ kernels exist) and calls the native op, which validates shapes and values
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
@@ -23,6 +25,7 @@ __all__ = [
     "pairwise_sq_distances",
     "mix_rows",
     "row_sq_norms",
+    "momentum_update_",
     "cpu_kernel_isa",
     "cuda_kernels_built",
 ]
@@ -150,6 +153,35 @@ def row_sq_norms(X: torch.Tensor) -> torch.Tensor:
     return _NS.row_sq_norms(X)
 
 
+def momentum_update_(buffers: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], beta: float) -> None:
+    r"""In place, for every i: :math:`m_i \leftarrow \beta\, m_i + (1 - \beta)\, g_i` with ``m = buffers``, ``g = grads``.
+
+    One native multi-tensor call for the whole list (each element read and
+    written once); the momentum update of worker momentum (Karimireddy, He,
+    Jaggi, ICML 2021) and of SGD-with-momentum statistics. Pairs must match in
+    shape, dtype and device; all tensors on one device; ``0 <= beta <= 1``.
+    Computed in float32 (float64 for float64 tensors), each product and the
+    sum rounded once: the bits of ``beta * m + (1 - beta) * g`` evaluated
+    step by step in PyTorch.
+    """
+    for name, seq in (("buffers", buffers), ("grads", grads)):
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"momentum_update_: {name} must be a list of tensors, got {type(seq).__name__}")
+        for i, t in enumerate(seq):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"momentum_update_: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise TypeError(f"momentum_update_: beta must be a float, got {type(beta).__name__}")
+    if not buffers and not grads:
+        # No tensor to dispatch on: check beta here, as the kernels would, and do nothing.
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"momentum_update_: beta must be in [0, 1], got beta={float(beta):g}")
+        return
+    if buffers and buffers[0].is_cuda and not cuda_kernels_built():
+        _check_tensor(buffers[0], "momentum_update_", "buffers[0]")
+    _NS.momentum_update_(list(buffers), list(grads), float(beta))
+
+
 def _fake_rowwise(X: torch.Tensor) -> torch.Tensor:
     return X.new_empty((X.shape[1],))
 
@@ -193,3 +225,8 @@ def _(C, X, center=None):
 @torch.library.register_fake("robustagg::row_sq_norms")
 def _(X):
     return X.new_empty((X.shape[0],), dtype=torch.float64)
+
+
+@torch.library.register_fake("robustagg::momentum_update_")
+def _(buffers, grads, beta):
+    return None

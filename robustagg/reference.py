@@ -276,3 +276,15 @@ def arc(X: torch.Tensor, f: int) -> torch.Tensor:
             if finite[i] and norms[i] > 0:
                 out[i] = X64[i] * (norms[target] / norms[i])
     return out.to(X.dtype)
+
+
+# ---------------------------------------------------------------------------
+# Fused multi-tensor updates (SPEC 6)
+
+
+def momentum_update(buffers: list[torch.Tensor], grads: list[torch.Tensor], beta: float) -> list[torch.Tensor]:
+    """New float64 tensors beta * m_i + (1 - beta) * g_i, one per pair (m_i, g_i),
+    computed in float64 with beta and 1 - beta as Python floats; the inputs are
+    not modified. NaN/inf follow IEEE arithmetic term by term (0 * inf is NaN)."""
+    return [beta * m.to(torch.float64) + (1.0 - beta) * g.to(torch.float64)
+            for m, g in zip(buffers, grads, strict=True)]

@@ -1,0 +1,424 @@
+"""Byzantine attacks: what the f Byzantine workers send in one round (SPEC 5).
+
+An attack is called as ``attack(honest, byzantine)`` with the ``(h, d)`` rows
+the honest workers send and the ``(f, d)`` rows the Byzantine workers would
+send if they were honest, and returns the ``(f, d)`` rows they send instead,
+in ``honest``'s dtype and device; the inputs are never modified. With
+``mu = honest.mean(0)`` and ``sigma = honest.std(0)`` (ddof=1), both computed
+in float64. ``make_attack("alie", z=1.0)`` builds one by registry name.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from collections.abc import Callable
+from statistics import NormalDist
+
+import torch
+
+from .aggregators import Aggregator
+from .validation import _FLOAT_DTYPES, check_int, check_positive
+
+__all__ = [
+    "Attack", "NoAttack", "SignFlip", "IPM", "ALIE", "alie_z", "Gaussian", "NaNAttack", "InfAttack", "Mimic",
+    "LabelFlip", "OptimalALIE", "OptimalIPM", "ATTACKS", "make_attack",
+]
+
+AggregatorLike = Aggregator | Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_rows(X: object, arg: str, shape: str, attack: str) -> None:
+    if not isinstance(X, torch.Tensor):
+        raise TypeError(f"{attack}: {arg} must be a torch.Tensor, got {type(X).__name__}")
+    if X.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{attack}: {arg} must be float32, float64, float16 or bfloat16, got {X.dtype}")
+    if X.dim() != 2:
+        raise ValueError(f"{attack}: {arg} must be 2-D {shape}, got {X.dim()}-D with shape {list(X.shape)}")
+
+
+def _check_finite(value: object, name: str, attack: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{attack}: {name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{attack}: {name} must be finite, got {name}={value!r}")
+    return float(value)
+
+
+def _check_at_least(value: object, low: int, name: str, attack: str) -> int:
+    if check_int(value, name, attack) < low:
+        raise ValueError(f"{attack}: {name} must be >= {low}, got {name}={value}")
+    return value
+
+
+def _repeat(row: torch.Tensor, f: int, like: torch.Tensor) -> torch.Tensor:
+    """f copies of a float64 row, in like's dtype (a new tensor, not a view)."""
+    return row.to(like.dtype).unsqueeze(0).repeat(f, 1)
+
+
+def _normalise(v: torch.Tensor) -> torch.Tensor:
+    """v / ||v||, or v itself when it is zero."""
+    norm = torch.linalg.vector_norm(v)
+    return v / norm if norm > 0 else v
+
+
+class Attack:
+    """Produces the f Byzantine rows of one round.
+
+    ``__call__`` validates the inputs and handles f == 0 (an empty ``(0, d)``
+    result; state untouched); subclasses implement :meth:`_attack`.
+    ``min_honest`` is how many honest rows the attack needs, ``needs_for`` what for.
+    """
+
+    name: str = "attack"
+    flips_labels: bool = False  # data-level attack: the trainer gives Byzantine workers labels C-1-y
+    min_honest: int = 0
+    needs_for: str = ""
+
+    @torch.no_grad()
+    def __call__(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        H, B, name = honest, byzantine, self.name
+        _check_rows(H, "honest", "(h, d)", name)
+        _check_rows(B, "byzantine", "(f, d)", name)
+        if B.shape[1] != H.shape[1]:
+            raise ValueError(f"{name}: byzantine has d={B.shape[1]} columns, honest has d={H.shape[1]}")
+        if B.dtype != H.dtype:
+            raise TypeError(f"{name}: byzantine is {B.dtype}, honest is {H.dtype}; they must match")
+        if B.device != H.device:
+            raise ValueError(f"{name}: byzantine is on {B.device}, honest on {H.device}; they must match")
+        if B.shape[0] == 0:
+            return H.new_empty((0, H.shape[1]))
+        if H.shape[0] < self.min_honest:
+            rows = "rows" if self.min_honest > 1 else "row"
+            raise ValueError(
+                f"{name}: needs at least {self.min_honest} honest {rows} {self.needs_for}, got h={H.shape[0]}"
+            )
+        return self._attack(H, B)
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget state between runs (no-op unless the attack is stateful)."""
+
+    def __repr__(self) -> str:
+        """``Name(param=value, ...)`` over the constructor's parameters, generators left out."""
+        params = [p for p in inspect.signature(type(self).__init__).parameters if p != "self" and hasattr(self, p)]
+        args = [f"{p}={getattr(self, p)!r}" for p in params if not isinstance(getattr(self, p), torch.Generator)]
+        return f"{type(self).__name__}({', '.join(args)})"
+
+
+class NoAttack(Attack):
+    """The Byzantine workers behave honestly: their rows unchanged (a copy)."""
+
+    name = "none"
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return byzantine.clone()
+
+
+class SignFlip(Attack):
+    """Bit/sign flip: ``-byzantine`` (Allen-Zhu et al., ICLR 2021)."""
+
+    name = "sign_flip"
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return -byzantine
+
+
+class IPM(Attack):
+    """Inner-product manipulation: every row is ``-eps * mu``.
+
+    Xie, Koyejo, Gupta, "Fall of Empires: Breaking Byzantine-tolerant SGD by
+    Inner Product Manipulation", UAI 2019.
+    """
+
+    name = "ipm"
+    min_honest, needs_for = 1, "for the mean"
+
+    def __init__(self, eps: float = 0.1) -> None:
+        self.eps = check_positive(eps, "eps", self.name)
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return _repeat(-self.eps * honest.double().mean(0), byzantine.shape[0], honest)
+
+
+def alie_z(n: int, f: int) -> float:
+    """Default ALIE z: ``s = floor(n/2 + 1) - f``, ``z = Phi^{-1}((n - f - s) / (n - f))``.
+
+    Baruch, Baruch, Goldberg, "A Little Is Enough", NeurIPS 2019. Raises
+    ValueError when the ratio is not strictly inside (0, 1): f > n/2, or n <= 2.
+    """
+    check_int(n, "n", "alie")
+    _check_at_least(f, 0, "f", "alie")
+    s = n // 2 + 1 - f
+    ratio = (n - f - s) / (n - f) if n > f else math.nan
+    if not 0 < ratio < 1:
+        raise ValueError(
+            f"alie: default z needs 0 < (n - f - s) / (n - f) < 1 with s = floor(n/2 + 1) - f, "
+            f"got n={n}, f={f} (ratio {ratio:.4g}); use fewer Byzantine workers or pass z"
+        )
+    return NormalDist().inv_cdf(ratio)
+
+
+class ALIE(Attack):
+    """A little is enough: every row is ``mu - z * sigma`` (sigma: ddof=1).
+
+    ``z=None`` takes :func:`alie_z` of n = h + f and f at each call; an explicit z
+    may be any finite number (negative z moves the rows the other way).
+    Baruch, Baruch, Goldberg, NeurIPS 2019.
+    """
+
+    name = "alie"
+    min_honest, needs_for = 2, "for the standard deviation"
+
+    def __init__(self, z: float | None = None) -> None:
+        self.z = None if z is None else _check_finite(z, "z", self.name)
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        h, f = honest.shape[0], byzantine.shape[0]
+        z = alie_z(h + f, f) if self.z is None else self.z
+        H = honest.double()
+        return _repeat(H.mean(0) - z * H.std(0, correction=1), f, honest)
+
+
+class Gaussian(Attack):
+    """Rows of independent ``N(0, std^2)`` noise.
+
+    Centred at zero rather than at mu, as the Gaussian Byzantine workers of
+    Blanchard et al. (NeurIPS 2017): pure noise, no knowledge of the honest
+    rows. Drawn in float64 on ``generator``'s device (``honest``'s without
+    one), then cast and moved, so a seed gives the same values in every dtype.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, std: float = 1.0, generator: torch.Generator | None = None) -> None:
+        self.std = check_positive(std, "std", self.name)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"{self.name}: generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.generator = generator
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        device = honest.device if self.generator is None else self.generator.device
+        noise = torch.randn(byzantine.shape, generator=self.generator, dtype=torch.float64, device=device)
+        return (self.std * noise).to(device=honest.device, dtype=honest.dtype)
+
+
+class NaNAttack(Attack):
+    """Rows of NaN."""
+
+    name = "nan"
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(byzantine, math.nan)
+
+
+class InfAttack(Attack):
+    """Rows of +inf."""
+
+    name = "inf"
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(byzantine, math.inf)
+
+
+class Mimic(Attack):
+    """Every row copies one honest row (Karimireddy, He, Jaggi, ICLR 2022, bucketing paper).
+
+    With ``index``, always ``honest[index]``. Otherwise the row is chosen by a
+    direction z of large honest variance, learned over the first ``warmup``
+    calls. Call t = 0, 1, ... with deviations ``D = honest - mu`` (this
+    call's mu) and ``C = D^T D / h``:
+
+    - while z is None or 0: z = the row of D of largest norm, normalised;
+    - ``p = normalise(C z)`` (one power-iteration step; skipped if C z = 0);
+      ``z <- normalise(t/(t+1) * z + 1/(t+1) * p)``. As in the authors' code
+      p is normalised before the average, so the mix does not depend on the
+      rows' scale; unlike it, mu is this call's mean (not a running one) and
+      z starts deterministically (not at random);
+    - copy the honest row with the largest ``<x_i, z>`` (ties: lowest index).
+
+    From call ``warmup`` on, the last chosen index is frozen. State:
+    ``direction``, ``calls``, ``target`` (index copied last); :meth:`reset`
+    forgets it.
+    """
+
+    name = "mimic"
+    min_honest, needs_for = 1, "to copy"
+
+    def __init__(self, index: int | None = None, warmup: int = 20) -> None:
+        self.index = None if index is None else _check_at_least(index, 0, "index", self.name)
+        self.warmup = _check_at_least(warmup, 1, "warmup", self.name)
+        self.reset()
+
+    def reset(self) -> None:
+        self.direction: torch.Tensor | None = None
+        self.calls = 0
+        self.target: int | None = self.index
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        h = honest.shape[0]
+        if self.index is None and self.calls < self.warmup:
+            self._learn(honest.double())
+        if self.target >= h:
+            raise ValueError(f"{self.name}: index {self.target} is out of range for h={h} honest rows")
+        return honest[self.target].unsqueeze(0).repeat(byzantine.shape[0], 1)
+
+    def _learn(self, H: torch.Tensor) -> None:
+        z = self.direction
+        if z is not None and z.shape[0] != H.shape[1]:
+            raise ValueError(f"{self.name}: d={H.shape[1]} differs from d={z.shape[0]} of earlier calls; call reset()")
+        D = H - H.mean(0)
+        if z is None or not z.any():
+            z = _normalise(D[torch.argmax(torch.linalg.vector_norm(D, dim=1))])
+        t = self.calls
+        z = _normalise(t / (t + 1) * z + _normalise(D.T @ (D @ z) / H.shape[0]) / (t + 1))
+        self.direction, self.calls = z, t + 1
+        self.target = int(torch.argmax(H @ z))  # argmax returns the first maximum
+
+
+class LabelFlip(Attack):
+    """Data-level: Byzantine workers train on labels ``C - 1 - y``.
+
+    The trainer computes their rows on :meth:`flip_labels` of their batch;
+    ``__call__`` returns those rows unchanged (a copy).
+    """
+
+    name = "label_flip"
+    flips_labels = True
+
+    def __init__(self, num_classes: int = 10) -> None:
+        self.num_classes = _check_at_least(num_classes, 2, "num_classes", self.name)
+
+    def flip_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """``num_classes - 1 - y``; labels outside [0, num_classes) raise ValueError (one sync on GPU)."""
+        if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+            got = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+            raise TypeError(f"{self.name}: y must be an integer tensor of class labels, got {got}")
+        if y.numel() and not (0 <= int(y.min()) and int(y.max()) < self.num_classes):
+            raise ValueError(
+                f"{self.name}: labels must lie in [0, {self.num_classes}), got range [{int(y.min())}, {int(y.max())}]"
+            )
+        return self.num_classes - 1 - y
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        return byzantine.clone()
+
+
+class _LineSearch(Attack):
+    """Chooses the scale s in [0, upper] (``z_max``, ``eps_max``) maximising
+    ``||agg(vstack(honest, f rows(s))) - mu||`` for the aggregator under attack.
+
+    Search: ``steps`` evenly spaced scales on [0, upper]; then twice, with g
+    the spacing of the last grid and b the best scale so far, ``steps``
+    evenly spaced scales on ``[max(0, b - g), min(upper, b + g)]``: ``3 *
+    steps`` aggregator calls, final spacing at most ``4 * upper / (steps -
+    1)**3``. The best of all evaluated scales wins, ties to the smaller one;
+    a non-finite deviation counts as -inf. A peak narrower than the first
+    grid's spacing (Krum's deviation jumps as its choice changes) can be
+    missed. Default ``steps=11``: 33 aggregator calls per round, cheap next
+    to the workers' gradients, resolve the scale to 0.4 % of ``upper``.
+
+    An :class:`Aggregator` is evaluated on a deep copy per trial (a shallow
+    copy would share a :class:`Pipeline`'s rule and a ``Bucketing``
+    generator): its state (``CenteredClip.center``, generators) is the same
+    after the search, and every trial sees the state the real call will. A
+    plain callable ``(n, d) -> (d,)`` is called as is. ``last_scale`` is the
+    scale chosen by the last call.
+    """
+
+    min_honest, needs_for = 1, "for the mean"
+
+    def __init__(self, aggregator: AggregatorLike, steps: int) -> None:
+        if not callable(aggregator):
+            raise TypeError(f"{self.name}: aggregator must be callable (n, d) -> (d,), got {type(aggregator).__name__}")
+        self.aggregator = aggregator
+        self.steps = _check_at_least(steps, 2, "steps", self.name)
+        self.last_scale: float | None = None
+
+    def reset(self) -> None:
+        self.last_scale = None
+
+    def _family(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(base, step, upper): the float64 Byzantine row at scale s in [0, upper] is ``base + s * step``."""
+        raise NotImplementedError
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        H, f = honest.double(), byzantine.shape[0]
+        mu = H.mean(0)
+        base, step, upper = self._family(H)
+
+        def deviation(scale: float) -> float:
+            X = torch.cat([honest, _repeat(base + scale * step, f, honest)])
+            agg = copy.deepcopy(self.aggregator) if isinstance(self.aggregator, Aggregator) else self.aggregator
+            out = agg(X)
+            if not isinstance(out, torch.Tensor) or out.shape != mu.shape:
+                got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                raise ValueError(f"{self.name}: aggregator returned {got}, expected a tensor of shape {list(mu.shape)}")
+            value = float(torch.linalg.vector_norm(out.double() - mu))
+            return value if math.isfinite(value) else -math.inf
+
+        best, best_value = math.inf, -math.inf
+        lo, hi = 0.0, upper
+        for _ in range(3):
+            for k in range(self.steps):
+                scale = lo + (hi - lo) * k / (self.steps - 1)
+                value = deviation(scale)
+                if value > best_value or (value == best_value and scale < best):
+                    best, best_value = scale, value
+            gap = (hi - lo) / (self.steps - 1)
+            lo, hi = max(0.0, best - gap), min(upper, best + gap)
+        self.last_scale = best
+        return _repeat(base + best * step, f, honest)
+
+
+class OptimalALIE(_LineSearch):
+    """ALIE rows ``mu - z * sigma`` with z in [0, z_max] chosen against ``aggregator`` (SPEC 5).
+
+    z_max = 10 lies far beyond the default z (1.07 for n=25, f=11; below 3
+    for every f < n/2 up to n = 1000), where the rows are outliers that any
+    robust rule discards.
+    """
+
+    name = "optimal_alie"
+    min_honest, needs_for = 2, "for the standard deviation"
+
+    def __init__(self, aggregator: AggregatorLike, z_max: float = 10.0, steps: int = 11) -> None:
+        super().__init__(aggregator, steps)
+        self.z_max = check_positive(z_max, "z_max", self.name)
+
+    def _family(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return H.mean(0), -H.std(0, correction=1), self.z_max
+
+
+class OptimalIPM(_LineSearch):
+    """IPM rows ``-eps * mu`` with eps in [0, eps_max] chosen against ``aggregator`` (SPEC 5).
+
+    eps_max = 10: f rows at ``-eps * mu`` turn the mean of all n rows against
+    mu once ``eps > h / f``, which is at most 10 when f >= n / 11.
+    """
+
+    name = "optimal_ipm"
+
+    def __init__(self, aggregator: AggregatorLike, eps_max: float = 10.0, steps: int = 11) -> None:
+        super().__init__(aggregator, steps)
+        self.eps_max = check_positive(eps_max, "eps_max", self.name)
+
+    def _family(self, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+        return torch.zeros_like(H[0]), -H.mean(0), self.eps_max
+
+
+ATTACKS: dict[str, type[Attack]] = {
+    cls.name: cls
+    for cls in (NoAttack, SignFlip, IPM, ALIE, Gaussian, NaNAttack, InfAttack, Mimic, LabelFlip, OptimalALIE,
+                OptimalIPM)
+}
+
+
+def make_attack(name: str, **kwargs: object) -> Attack:
+    """The attack registered as ``name``, built with ``kwargs``."""
+    if name not in ATTACKS:
+        raise ValueError(f"make_attack: unknown attack {name!r}; valid names: {', '.join(sorted(ATTACKS))}")
+    return ATTACKS[name](**kwargs)

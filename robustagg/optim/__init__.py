@@ -1,0 +1,5 @@
+"""Optimizer layer of the lines of work, built on the native ops."""
+
+from .byzantine import RobustServer, WorkerMomentum
+
+__all__ = ["RobustServer", "WorkerMomentum"]

@@ -1,0 +1,1 @@
+"""Simulators of the lines of work on the built-in data (scikit-learn's digits)."""

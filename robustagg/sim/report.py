@@ -1,0 +1,107 @@
+"""Progress lines, plots and tables shared by the training commands."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+__all__ = ["Progress", "plot_curves", "plot_heatmaps", "mean_std", "write_text"]
+
+
+class Progress:
+    """A one-line progress bar on stderr; on a non-terminal (logs, CI) a line every 10%."""
+
+    def __init__(self, total: int, label: str, stream=None) -> None:
+        self.total = max(total, 1)
+        self.label = label
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.start = time.perf_counter()
+        self._last_decile = -1
+
+    def update(self, done: int, note: str = "") -> None:
+        frac = min(done / self.total, 1.0)
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
+        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
+        line = f"{self.label} [{bar}] {done}/{self.total} {elapsed:5.1f}s eta {eta:5.1f}s {note}"
+        if self.tty:
+            self.stream.write("\r" + line[:150].ljust(150))
+        elif int(10 * frac) > self._last_decile or done == self.total:
+            self._last_decile = int(10 * frac)
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, 0.0
+    return m, (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def write_text(path: str, text: str) -> None:
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(text)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_curves(path: str, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
+                styles: dict[str, str] | None = None) -> None:
+    """One line per label (x values, y values); ``styles`` maps a label to a matplotlib format string."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8.5 if len(curves) > 1 else 7, 4.2))
+    for label, (x, y) in curves.items():
+        ax.plot(x, y, (styles or {}).get(label, "-"), label=label, linewidth=1.4)
+    ax.set_xlabel("round")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[list[float]]]], suptitle: str) -> None:
+    """Annotated heatmaps side by side: (title, row labels, column labels, values in [0, 1])."""
+    plt = _pyplot()
+    cols = min(len(panels), 2)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 0.45 * len(panels[0][1]) * rows + 1.6 * rows), squeeze=False)
+    for ax, (title, row_labels, col_labels, values) in zip(axes.flat, panels):
+        im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
+        ax.set_yticks(range(len(row_labels)), row_labels, fontsize=8)
+        ax.set_title(title, fontsize=9)
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, shrink=0.6, label="test accuracy")
+    fig.suptitle(suptitle, fontsize=10)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
