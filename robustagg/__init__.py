@@ -1,10 +1,12 @@
 """robustagg: fast, exact robust aggregation for PyTorch.
 
 Native CPU and CUDA kernels registered as ``torch.ops.robustagg.*``, typed
-wrappers over them, robust rules and pre-aggregators built on them, and
-aggregator objects that any trainer can call.
+wrappers over them, robust rules and pre-aggregators built on them,
+aggregator objects that any trainer can call, Byzantine attacks
+(``robustagg.attacks``) and the optimizer layer (``robustagg.optim``).
 """
 
+from . import attacks, optim
 from .aggregators import (
     ARC,
     NNM,

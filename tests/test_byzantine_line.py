@@ -12,6 +12,9 @@ import torch
 
 import robustagg
 from robustagg.cli import main
+
+pytest.importorskip("sklearn", reason="the simulator's data set ships with scikit-learn (README set-up installs it)")
+pytest.importorskip("matplotlib", reason="the train command plots with matplotlib (README set-up installs it)")
 from robustagg.optim import RobustServer, WorkerMomentum
 from robustagg.sim.byzantine import ByzantineConfig, run_byzantine
 from robustagg.sim.data import load_digits, parse_split, split_workers
