@@ -13,10 +13,10 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
+#include <algorithm>
 #include <vector>
 
-#include "common.h"
+#include "fused_update.h"
 
 namespace robustagg::cpu {
 namespace {
@@ -33,16 +33,11 @@ void momentum_piece(T* m, const T* g, int64_t count, double beta) {
   using Acc = at::opmath_type<T>;
   const Acc keep = static_cast<Acc>(beta);
   const Acc take = static_cast<Acc>(1.0 - beta);
-  for (int64_t i = 0; i < count; ++i) {
-    m[i] = static_cast<T>(keep * static_cast<Acc>(m[i]) + take * static_cast<Acc>(g[i]));
-  }
+  for (int64_t i = 0; i < count; ++i) m[i] = momentum_value(m[i], g[i], keep, take);
 }
 
 void momentum_update_cpu(at::TensorList buffers, at::TensorList grads, double beta) {
-  constexpr const char* kRule = "momentum_update_";
-  check_tensor_pairs(buffers, grads, "buffers", "grads", kRule);
-  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0 && beta <= 1.0,
-                    message(kRule, ": beta must be in [0, 1], got beta=", beta));
+  check_momentum_update(buffers, grads, beta);
   // Strided buffers are updated in a contiguous copy that is written back.
   std::vector<at::Tensor> work(buffers.size()), source(grads.size());
   std::vector<Piece> pieces;

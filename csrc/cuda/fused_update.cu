@@ -11,37 +11,29 @@
 #include <torch/library.h>
 
 #include <array>
-#include <cmath>
 #include <vector>
 
-#include "common.h"
 #include "cuda/multi_tensor.cuh"
+#include "fused_update.h"
 
 namespace robustagg::cuda {
 namespace {
 
 constexpr int kThreads = 256;
 
-// buffers <- keep * buffers + take * grads, rounded after each product and
-// the sum (the build passes --fmad=false), as on the CPU.
+// buffers <- keep * buffers + take * grads (momentum_value; --fmad=false keeps the roundings).
 template <typename T>
 __global__ void momentum_update_kernel(ChunkList<2> list, at::opmath_type<T> keep, at::opmath_type<T> take) {
-  using Acc = at::opmath_type<T>;
   int tensor;
   int64_t begin, end;
   chunk_range(list, blockIdx.x, &tensor, &begin, &end);
   T* m = static_cast<T*>(list.ptr[0][tensor]);
   const T* g = static_cast<const T*>(list.ptr[1][tensor]);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    m[i] = static_cast<T>(keep * static_cast<Acc>(m[i]) + take * static_cast<Acc>(g[i]));
-  }
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) m[i] = momentum_value(m[i], g[i], keep, take);
 }
 
 void momentum_update_cuda(at::TensorList buffers, at::TensorList grads, double beta) {
-  constexpr const char* kRule = "momentum_update_";
-  check_tensor_pairs(buffers, grads, "buffers", "grads", kRule);
-  TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0 && beta <= 1.0,
-                    message(kRule, ": beta must be in [0, 1], got beta=", beta));
+  check_momentum_update(buffers, grads, beta);
   if (buffers.empty()) return;
   const c10::cuda::CUDAGuard guard(buffers[0].device());
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

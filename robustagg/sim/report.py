@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-__all__ = ["Progress", "plot_curves", "plot_heatmaps", "mean_std", "write_text"]
+__all__ = ["Progress", "plot_curves", "plot_heatmaps", "mean_std"]
 
 
 class Progress:
@@ -46,14 +46,6 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if len(values) < 2:
         return m, 0.0
     return m, (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-
-
-def write_text(path: str, text: str) -> None:
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    with open(path, "w") as fh:
-        fh.write(text)
 
 
 def _pyplot():
