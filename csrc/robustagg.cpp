@@ -36,6 +36,24 @@ TORCH_LIBRARY(robustagg, m) {
   // buffers[i] <- beta * buffers[i] + (1 - beta) * grads[i]: worker momentum
   // and the SGD-with-momentum statistic.
   m.def("momentum_update_(Tensor(a!)[] buffers, Tensor[] grads, float beta) -> ()");
+  // Client step of the federated algorithms, params written only:
+  // params <- params - lr * (((coef_grad * grads + coef_anchor * anchor_grads)
+  //                           + coef_control * control) + coef_momentum * momentum);
+  // absent lists are not read. Covers SGD / SGD with momentum / MVR client
+  // steps of Mime and MimeLite, FedAvg and SCAFFOLD.
+  m.def("client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
+        "Tensor[]? momentum, float lr, float coef_grad, float coef_anchor, float coef_control, "
+        "float coef_momentum) -> ()");
+  // Mime client step with base Adam: the Adam step from the frozen state
+  // (exp_avg, exp_avg_sq, step - 1 steps taken) with gradient
+  // (grads - anchor_grads) + control; params written only.
+  m.def("adam_client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
+        "Tensor[] exp_avg, Tensor[] exp_avg_sq, float lr, float beta1, float beta2, float eps, int step) -> ()");
+  // Adam's statistics: exp_avg <- b1 exp_avg + (1 - b1) g; exp_avg_sq <- b2 exp_avg_sq + (1 - b2) g^2.
+  m.def("adam_stats_update_(Tensor(a!)[] exp_avg, Tensor(b!)[] exp_avg_sq, Tensor[] grads, float beta1, "
+        "float beta2) -> ()");
+  // Momentum-based variance reduction: m <- a g + (1 - a) ((m + g) - prev_grads).
+  m.def("mvr_update_(Tensor(a!)[] momentum, Tensor[] grads, Tensor[] prev_grads, float a) -> ()");
   // Which CPU instruction set the selection kernels run with on this machine.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(robustagg::cpu::isa_name(robustagg::cpu::active_isa())); });
 }

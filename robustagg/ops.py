@@ -26,6 +26,10 @@ __all__ = [
     "mix_rows",
     "row_sq_norms",
     "momentum_update_",
+    "client_step_",
+    "adam_client_step_",
+    "adam_stats_update_",
+    "mvr_update_",
     "cpu_kernel_isa",
     "cuda_kernels_built",
 ]
@@ -153,6 +157,37 @@ def row_sq_norms(X: torch.Tensor) -> torch.Tensor:
     return _NS.row_sq_norms(X)
 
 
+def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], scalars: dict[str, object]) -> list:
+    """Check the Python types of a fused update's arguments; return the lists, ready to pass to the op.
+
+    When every list is empty there is no tensor to dispatch on, so each is
+    replaced by one empty CPU tensor: the op then checks its scalars as
+    usual and updates nothing.
+    """
+    out = []
+    for name, seq in lists.items():
+        if seq is None:
+            out.append(None)
+            continue
+        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
+            raise TypeError(f"{rule}: {name} must be a list of tensors, got {type(seq).__name__}")
+        for i, t in enumerate(seq):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{rule}: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
+        out.append(list(seq))
+    for name, value in scalars.items():
+        kind = int if name == "step" else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"{rule}: {name} must be {'an int' if kind is int else 'a float'}, got {type(value).__name__}")
+    present = [seq for seq in out if seq is not None]
+    if all(len(seq) == 0 for seq in present):
+        return [None if seq is None else [torch.empty(0)] for seq in out]
+    first = present[0]
+    if first and first[0].is_cuda and not cuda_kernels_built():
+        _check_tensor(first[0], rule, f"{next(iter(lists))}[0]")
+    return out
+
+
 def momentum_update_(buffers: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], beta: float) -> None:
     r"""In place, for every i: :math:`m_i \leftarrow \beta\, m_i + (1 - \beta)\, g_i` with ``m = buffers``, ``g = grads``.
 
@@ -164,22 +199,108 @@ def momentum_update_(buffers: Sequence[torch.Tensor], grads: Sequence[torch.Tens
     sum rounded once: the bits of ``beta * m + (1 - beta) * g`` evaluated
     step by step in PyTorch.
     """
-    for name, seq in (("buffers", buffers), ("grads", grads)):
-        if isinstance(seq, torch.Tensor) or not isinstance(seq, Sequence):
-            raise TypeError(f"momentum_update_: {name} must be a list of tensors, got {type(seq).__name__}")
-        for i, t in enumerate(seq):
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"momentum_update_: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"momentum_update_: beta must be a float, got {type(beta).__name__}")
-    if not buffers and not grads:
-        # No tensor to dispatch on: check beta here, as the kernels would, and do nothing.
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"momentum_update_: beta must be in [0, 1], got beta={float(beta):g}")
-        return
-    if buffers and buffers[0].is_cuda and not cuda_kernels_built():
-        _check_tensor(buffers[0], "momentum_update_", "buffers[0]")
-    _NS.momentum_update_(list(buffers), list(grads), float(beta))
+    m, g = _tensor_lists("momentum_update_", {"buffers": buffers, "grads": grads}, {"beta": beta})
+    _NS.momentum_update_(m, g, float(beta))
+
+
+def client_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    lr: float,
+    *,
+    anchor_grads: Sequence[torch.Tensor] | None = None,
+    control: Sequence[torch.Tensor] | None = None,
+    momentum: Sequence[torch.Tensor] | None = None,
+    coef_grad: float = 1.0,
+    coef_anchor: float = 0.0,
+    coef_control: float = 0.0,
+    coef_momentum: float = 0.0,
+) -> None:
+    r"""Fused client step, in place on ``params`` only:
+
+    .. math:: p \leftarrow p - \text{lr}\,\big(((k_g\, g + k_a\, a) + k_c\, c) + k_m\, m\big)
+
+    with ``g = grads``, ``a = anchor_grads``, ``c = control``, ``m = momentum``
+    (an absent list is not read). The coefficients give every client step of
+    the federated algorithms (Karimireddy et al., NeurIPS 2021, Mime):
+    SGD (``k_g = 1``); SGD with frozen momentum, MimeLite
+    (``k_g = 1 - beta, k_m = beta``) and Mime (also ``k_a = -(1 - beta),
+    k_c = 1 - beta`` with ``a`` the gradient at the server point on the same
+    batch and ``c`` the full-batch gradient); the MVR steps; SCAFFOLD
+    (``k_g = 1, k_a = -1`` with ``a`` the client's control variate, ``k_c = 1``
+    with the server's). Computed in float32 (float64 for float64 tensors),
+    each operation rounded once, in the order written.
+    """
+    lists = _tensor_lists(
+        "client_step_",
+        {"params": params, "grads": grads, "anchor_grads": anchor_grads, "control": control, "momentum": momentum},
+        {"lr": lr, "coef_grad": coef_grad, "coef_anchor": coef_anchor, "coef_control": coef_control,
+         "coef_momentum": coef_momentum},
+    )
+    _NS.client_step_(*lists, float(lr), float(coef_grad), float(coef_anchor), float(coef_control), float(coef_momentum))
+
+
+def adam_client_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    exp_avg: Sequence[torch.Tensor],
+    exp_avg_sq: Sequence[torch.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    *,
+    anchor_grads: Sequence[torch.Tensor] | None = None,
+    control: Sequence[torch.Tensor] | None = None,
+) -> None:
+    r"""Fused Mime client step with base Adam, in place on ``params`` only.
+
+    The step Adam would take from the frozen server state ``(m, v)`` after
+    ``step - 1`` steps, with the corrected gradient
+    :math:`\tilde g = (g - a) + c` (MimeLite: no ``a``, ``c``):
+
+    .. math::
+        m' = \beta_1 m + (1-\beta_1)\tilde g,\quad v' = \beta_2 v + (1-\beta_2)\tilde g^2,\quad
+        p \leftarrow p - \frac{\text{lr}}{1-\beta_1^{t}}\, \frac{m'}{\sqrt{v'}/\sqrt{1-\beta_2^{t}} + \epsilon}
+
+    (t = ``step``; the arrangement of :class:`torch.optim.Adam`). ``m`` and
+    ``v`` are read, never written (Karimireddy et al., NeurIPS 2021, Mime).
+    """
+    lists = _tensor_lists(
+        "adam_client_step_",
+        {"params": params, "grads": grads, "anchor_grads": anchor_grads, "control": control, "exp_avg": exp_avg,
+         "exp_avg_sq": exp_avg_sq},
+        {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "step": step},
+    )
+    _NS.adam_client_step_(*lists, float(lr), float(beta1), float(beta2), float(eps), int(step))
+
+
+def adam_stats_update_(
+    exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], beta1: float,
+    beta2: float,
+) -> None:
+    r"""Adam's statistics, in place: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`, :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`.
+
+    The server update ``s <- V(c, s)`` of Mime with base Adam (Kingma & Ba
+    2015; Karimireddy et al., NeurIPS 2021). One pass over the three lists.
+    """
+    lists = _tensor_lists("adam_stats_update_", {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grads": grads},
+                          {"beta1": beta1, "beta2": beta2})
+    _NS.adam_stats_update_(*lists, float(beta1), float(beta2))
+
+
+def mvr_update_(
+    momentum: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], prev_grads: Sequence[torch.Tensor], a: float
+) -> None:
+    r"""Momentum-based variance reduction, in place: :math:`m \leftarrow a\, g + (1 - a)\,((m + g) - g_{\text{prev}})`.
+
+    ``g`` and ``g_prev`` are gradients at the current and the previous point
+    on the same samples (Cutkosky & Orabona, NeurIPS 2019, STORM); the MVR
+    statistic of MimeMVR / MimeLiteMVR. ``0 <= a <= 1``.
+    """
+    lists = _tensor_lists("mvr_update_", {"momentum": momentum, "grads": grads, "prev_grads": prev_grads}, {"a": a})
+    _NS.mvr_update_(*lists, float(a))
 
 
 def _fake_rowwise(X: torch.Tensor) -> torch.Tensor:
@@ -229,4 +350,24 @@ def _(X):
 
 @torch.library.register_fake("robustagg::momentum_update_")
 def _(buffers, grads, beta):
+    return None
+
+
+@torch.library.register_fake("robustagg::client_step_")
+def _(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control, coef_momentum):
+    return None
+
+
+@torch.library.register_fake("robustagg::adam_client_step_")
+def _(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
+    return None
+
+
+@torch.library.register_fake("robustagg::adam_stats_update_")
+def _(exp_avg, exp_avg_sq, grads, beta1, beta2):
+    return None
+
+
+@torch.library.register_fake("robustagg::mvr_update_")
+def _(momentum, grads, prev_grads, a):
     return None

@@ -37,7 +37,8 @@ __device__ __forceinline__ void chunk_range(const ChunkList<Depth>& list, int bl
 
 // Calls launch(list, blocks) once per full ChunkList; a tensor whose chunks
 // do not fit one launch continues in slot 0 of the next. All tensors must be
-// contiguous and on one device; tensors[t][k] is tensor t of list k.
+// contiguous and on one device; tensors[t][k] is tensor t of list k, or an
+// undefined tensor (a null pointer) for an absent list.
 template <int Depth, typename Launch>
 void for_each_chunk_list(const std::vector<std::array<at::Tensor, Depth>>& tensors, Launch launch) {
   static_assert(sizeof(ChunkList<Depth>) <= 4096, "kernel arguments are limited to 4 KiB");
@@ -47,7 +48,7 @@ void for_each_chunk_list(const std::vector<std::array<at::Tensor, Depth>>& tenso
   for (const auto& group : tensors) {
     const int64_t numel = group[0].numel();
     if (numel == 0) continue;
-    for (int k = 0; k < Depth; ++k) list.ptr[k][slot] = group[k].data_ptr();
+    for (int k = 0; k < Depth; ++k) list.ptr[k][slot] = group[k].defined() ? group[k].data_ptr() : nullptr;
     list.numel[slot] = numel;
     const int64_t chunks = (numel + kChunk - 1) / kChunk;
     for (int64_t c = 0; c < chunks; ++c) {
