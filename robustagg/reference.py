@@ -288,3 +288,86 @@ def momentum_update(buffers: list[torch.Tensor], grads: list[torch.Tensor], beta
     not modified. NaN/inf follow IEEE arithmetic term by term (0 * inf is NaN)."""
     return [beta * m.to(torch.float64) + (1.0 - beta) * g.to(torch.float64)
             for m, g in zip(buffers, grads, strict=True)]
+
+
+def client_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, *,
+                anchor_grads: list[torch.Tensor] | None = None, control: list[torch.Tensor] | None = None,
+                momentum: list[torch.Tensor] | None = None, coef_grad: float = 1.0, coef_anchor: float = 0.0,
+                coef_control: float = 0.0, coef_momentum: float = 0.0) -> list[torch.Tensor]:
+    """New float64 tensors p - lr * (((k_g g + k_a a) + k_c c) + k_m m), one per tensor of params,
+    computed in float64 with the coefficients as Python floats; the inputs are not modified.
+
+    An absent list (None) contributes no term at all (not even 0 * x), so its
+    NaN/inf could not reach the result; a present list's term is added even
+    with a zero coefficient (0 * inf is NaN), as IEEE arithmetic has it.
+    """
+    n = len(params)
+    optional = [(coef_anchor, anchor_grads), (coef_control, control), (coef_momentum, momentum)]
+    for _, seq in optional:
+        if seq is not None and len(seq) != n:
+            raise ValueError("client_step: lists of different lengths")
+    out = []
+    for i, (p, g) in enumerate(zip(params, grads, strict=True)):
+        d = coef_grad * g.to(torch.float64)
+        for k, seq in optional:
+            if seq is not None:
+                d = d + k * seq[i].to(torch.float64)
+        out.append(p.to(torch.float64) - lr * d)
+    return out
+
+
+def adam_client_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
+                     exp_avg_sq: list[torch.Tensor], lr: float, beta1: float, beta2: float, eps: float, step: int, *,
+                     anchor_grads: list[torch.Tensor] | None = None,
+                     control: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+    """New float64 tensors: the parameters after the step torch.optim.Adam would take from the
+    frozen state (exp_avg m, exp_avg_sq v, ``step - 1`` steps taken) with the gradient
+    gt = (g - a) + c (absent a / c: no term):
+
+        m' = beta1 m + (1 - beta1) gt,   v' = beta2 v + (1 - beta2) gt^2,
+        p - (lr / (1 - beta1^step)) * m' / (sqrt(v') / sqrt(1 - beta2^step) + eps).
+
+    Computed in float64 (the bias corrections as Python floats); the inputs,
+    m and v included, are not modified.
+    """
+    n = len(params)
+    for seq in (anchor_grads, control):
+        if seq is not None and len(seq) != n:
+            raise ValueError("adam_client_step: lists of different lengths")
+    bc1 = 1.0 - beta1**step
+    bc2 = 1.0 - beta2**step
+    out = []
+    for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avg, exp_avg_sq, strict=True)):
+        gt = g.to(torch.float64)
+        if anchor_grads is not None:
+            gt = gt - anchor_grads[i].to(torch.float64)
+        if control is not None:
+            gt = gt + control[i].to(torch.float64)
+        m1 = beta1 * m.to(torch.float64) + (1.0 - beta1) * gt
+        v1 = beta2 * v.to(torch.float64) + (1.0 - beta2) * (gt * gt)
+        denom = v1.sqrt() / bc2**0.5 + eps
+        out.append(p.to(torch.float64) - (lr / bc1) * (m1 / denom))
+    return out
+
+
+def adam_stats_update(exp_avg: list[torch.Tensor], exp_avg_sq: list[torch.Tensor], grads: list[torch.Tensor],
+                      beta1: float, beta2: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """New float64 tensors (beta1 m + (1 - beta1) g, beta2 v + (1 - beta2) g^2) for every
+    (m, v, g) of (exp_avg, exp_avg_sq, grads): two lists; the inputs are not modified."""
+    ms, vs = [], []
+    for m, v, g in zip(exp_avg, exp_avg_sq, grads, strict=True):
+        g64 = g.to(torch.float64)
+        ms.append(beta1 * m.to(torch.float64) + (1.0 - beta1) * g64)
+        vs.append(beta2 * v.to(torch.float64) + (1.0 - beta2) * (g64 * g64))
+    return ms, vs
+
+
+def mvr_update(momentum: list[torch.Tensor], grads: list[torch.Tensor], prev_grads: list[torch.Tensor],
+               a: float) -> list[torch.Tensor]:
+    """New float64 tensors a g + (1 - a) ((m + g) - g_prev) for every (m, g, g_prev) of
+    (momentum, grads, prev_grads) (STORM / MVR), computed in float64; the inputs are not modified."""
+    out = []
+    for m, g, h in zip(momentum, grads, prev_grads, strict=True):
+        g64 = g.to(torch.float64)
+        out.append(a * g64 + (1.0 - a) * ((m.to(torch.float64) + g64) - h.to(torch.float64)))
+    return out

@@ -14,16 +14,14 @@ thread each); ``grid_markdown`` and ``grid_plots`` turn the results into
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
-import torch
-
 from .byzantine import ByzantineConfig, run_byzantine
 from .report import mean_std, plot_curves, plot_heatmaps
+from .runner import run_parallel
 
 __all__ = ["ATTACKS", "RULES", "grid_configs", "run_grid", "grid_markdown", "grid_plots"]
 
@@ -57,33 +55,9 @@ def grid_configs(seeds: int = 3, rounds: int = 300, base: ByzantineConfig | None
     return out
 
 
-def _run_quietly(cfg: ByzantineConfig) -> dict:
-    torch.set_num_threads(1)
-    return run_byzantine(cfg)
-
-
 def run_grid(configs: list[ByzantineConfig], jobs: int, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
-    """Run the configurations in ``jobs`` spawned processes; results in the configurations' order."""
-    results: list[dict | None] = [None] * len(configs)
-    if jobs <= 1:
-        torch.set_num_threads(1)
-        for i, cfg in enumerate(configs):
-            results[i] = run_byzantine(cfg)
-            if progress:
-                progress(i + 1, results[i])
-        return results  # type: ignore[return-value]
-    with multiprocessing.get_context("spawn").Pool(jobs) as pool:
-        done = 0
-        for i, res in pool.imap_unordered(_indexed, list(enumerate(configs))):
-            results[i] = res
-            done += 1
-            if progress:
-                progress(done, res)
-    return results  # type: ignore[return-value]
-
-
-def _indexed(item: tuple[int, ByzantineConfig]) -> tuple[int, dict]:
-    return item[0], _run_quietly(item[1])
+    """Run the configurations in ``jobs`` processes; results in the configurations' order."""
+    return run_parallel(run_byzantine, configs, jobs, progress)
 
 
 def _key(cfg: dict) -> tuple:

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-__all__ = ["Progress", "plot_curves", "plot_heatmaps", "mean_std"]
+__all__ = ["Progress", "plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std"]
 
 
 class Progress:
@@ -57,19 +57,34 @@ def _pyplot():
     return plt
 
 
-def plot_curves(path: str, curves: dict[str, tuple[Sequence[float], Sequence[float]]], title: str, ylabel: str,
-                styles: dict[str, str] | None = None) -> None:
+Curves = dict[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def plot_curves(path: str, curves: Curves, title: str, ylabel: str, styles: dict[str, str] | None = None) -> None:
     """One line per label (x values, y values); ``styles`` maps a label to a matplotlib format string."""
+    plot_curve_panels(path, [(title, curves, ylabel, False)], styles)
+
+
+def plot_curve_panels(path: str, panels: list[tuple[str, Curves, str, bool]], styles: dict[str, str] | None = None,
+                      columns: int | None = None) -> None:
+    """Panels in a grid of ``columns`` (default: one row), each (title, curves, y label, log y axis), x = round; one legend."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(8.5 if len(curves) > 1 else 7, 4.2))
-    for label, (x, y) in curves.items():
-        ax.plot(x, y, (styles or {}).get(label, "-"), label=label, linewidth=1.4)
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    if len(curves) > 1:
-        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    many = max(len(curves) for _, curves, _, _ in panels) > 1
+    cols = columns or len(panels)
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols + (1.8 if many else 0), 4.0 * rows), squeeze=False)
+    for ax, (title, curves, ylabel, logy) in zip(axes.flat, panels):
+        for label, (x, y) in curves.items():
+            ax.plot(x, y, (styles or {}).get(label, "-"), label=label, linewidth=1.4)
+        ax.set_xlabel("round")
+        ax.set_ylabel(ylabel)
+        if logy:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    if many:  # one legend per row, right of its last panel
+        for row in axes:
+            row[-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -1,0 +1,311 @@
+"""``robustagg train <line>``: the lines of work on the built-in digits data.
+
+Each line runs once (progress bar, summary, JSON, PNG) or, with ``--grid``,
+runs its experiment grid in parallel processes and writes
+``<out>/<line>.md`` (keeping a hand-written ``## Reading`` section already
+there), its figures and ``<out>/<line>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable
+
+import torch
+
+from ..cli import _positive_int, _write
+
+__all__ = ["add_train_parser"]
+
+
+def _command(args: argparse.Namespace) -> str:
+    return "robustagg " + " ".join(shlex.quote(a) for a in getattr(args, "argv", []))
+
+
+def add_train_parser(sub: argparse._SubParsersAction) -> None:
+    t = sub.add_parser("train", help="run a line of work on the built-in digits data (scikit-learn, no download)")
+    lines = t.add_subparsers(dest="line", metavar="<line>")
+    _add_byzantine(lines)
+    _add_federated(lines)
+    t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
+
+
+def _add_common(p: argparse.ArgumentParser, name: str, json_default: str) -> None:
+    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
+    p.add_argument("--json", metavar="PATH", help=f"result JSON (default {json_default})")
+    p.add_argument("--plot", metavar="PATH", help="plot (default: the JSON path with .png)")
+    g = p.add_argument_group("grid")
+    g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
+    g.add_argument("--seeds", type=_positive_int, default=3, help="seeds per grid cell (default 3)")
+    g.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)")
+    g.add_argument("--out", default=os.path.join("docs", "results"),
+                   help=f"folder of the grid's {name}.md, PNGs and JSON (default docs/results)")
+
+
+def _run_single(args, cfg, run: Callable, label: str, stem: str) -> tuple[dict, str, str]:
+    from .report import Progress
+
+    progress = Progress(cfg.rounds, label)
+    result = run(cfg, progress=lambda t, acc: progress.update(t, f"test acc {acc:.3f}"))
+    progress.close()
+    result["command"] = _command(args)
+    json_path = args.json or os.path.join("runs", stem + ".json")
+    plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
+    _write(json_path, json.dumps(result, indent=1) + "\n")
+    return result, json_path, plot_path
+
+
+def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[dict], str], keys: tuple[str, ...]) -> int:
+    from .report import Progress
+
+    print(f"{name} grid: {len(configs)} runs of {args.rounds} rounds in {args.jobs} processes", file=sys.stderr)
+    progress = Progress(len(configs), "grid")
+    start = time.perf_counter()
+    results = grid_module.run_grid(configs, args.jobs, lambda k, r: progress.update(k, "last: " + describe(r)))
+    progress.close()
+    wall = time.perf_counter() - start
+    command = _command(args)
+    machine = f"{os.cpu_count()} CPU cores ({platform.machine()}), torch {torch.__version__}"
+    md_path = os.path.join(args.out, f"{name}.md")
+    text = grid_module.grid_markdown(results, command, wall, args.jobs, machine)
+    if os.path.exists(md_path):
+        with open(md_path) as fh:
+            old = fh.read()
+        if "\n## Reading\n" in old:
+            text += "\n## Reading\n" + old.split("\n## Reading\n", 1)[1]
+    _write(md_path, text)
+    plots = grid_module.grid_plots(results, args.out)
+    json_path = os.path.join(args.out, f"{name}.json")
+    runs = ",\n".join(json.dumps({k: r[k] for k in keys}) for r in results)  # one run per line
+    _write(json_path, f'{{"command": {json.dumps(command)}, "wall_seconds": {wall:.1f}, "runs": [\n{runs}\n]}}\n')
+    print(f"{len(results)} runs in {wall / 60:.1f} min")
+    print(f"table: {md_path}\nplots: {', '.join(plots)}\nJSON: {json_path}")
+    return 0
+
+
+def _config(args, cls):
+    """The dataclass ``cls`` from the options of the same names (others keep their defaults); checked."""
+    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+    cfg.check()
+    return cfg
+
+
+def _fail(line: str, exc: Exception) -> int:
+    print(f"robustagg train {line}: {exc}", file=sys.stderr)
+    return 2
+
+
+# ---------------------------------------------------------------------------
+# byzantine
+
+_BYZANTINE_DESCRIPTION = """\
+Byzantine-robust training (Karimireddy, He, Jaggi, ICML 2021) on scikit-learn's
+digits: n workers, the last f of them Byzantine, each honest worker sending its
+worker momentum m = beta m + (1 - beta) g of a fresh batch gradient every round;
+the server aggregates with the chosen rule (after optional bucketing) and takes
+an SGD step.
+
+Rules: mean, cm (coordinate median), tm (trimmed mean, f per side), meamed,
+krum, mkrum (Multi-Krum), bulyan, gm (geometric median), cc (centered clipping).
+Attacks: none, sign_flip, label_flip, ipm, alie, gaussian, nan, inf, mimic,
+optimal_alie, optimal_ipm.
+
+One run prints a progress bar and a summary, and writes the JSON result
+(accuracy per evaluation, per-round time of the gradients, momentum, attack
+and aggregation) and a PNG of test accuracy per round. --grid runs the grid
+of docs/results/byzantine.md (attacks x rules x momentum x f, and bucketing
+on a label-sorted split) and writes the table, figures and a JSON summary."""
+
+_BYZANTINE_EPILOG = """\
+examples:
+  robustagg train byzantine --agg cc --attack alie --workers 25 --byzantine 11 --momentum 0.9
+  robustagg train byzantine --agg cm --attack alie --byzantine 11 --momentum 0
+  robustagg train byzantine --agg krum --attack ipm --bucketing 2 --split sorted
+  robustagg train byzantine --agg gm --attack label_flip --split dirichlet:0.5 --rounds 500 --seed 3
+  robustagg train byzantine --grid                  # writes docs/results/byzantine.md
+  robustagg train byzantine --grid --seeds 1 --rounds 100 --out /tmp/grid"""
+
+def _add_byzantine(lines: argparse._SubParsersAction) -> None:
+    from ..attacks import ATTACKS
+    from .byzantine import RULES, ByzantineConfig
+
+    d = ByzantineConfig()
+    p = lines.add_parser(
+        "byzantine",
+        help="Byzantine-robust training with worker momentum and attacks (one run or --grid)",
+        description=_BYZANTINE_DESCRIPTION,
+        epilog=_BYZANTINE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--agg", choices=list(RULES), default=d.agg, help=f"aggregation rule (default {d.agg})")
+    p.add_argument("--attack", choices=list(ATTACKS), default=d.attack, help=f"attack of the Byzantine workers (default {d.attack})")
+    p.add_argument("--workers", type=_positive_int, default=d.workers, help=f"n, all workers (default {d.workers})")
+    p.add_argument("--byzantine", type=int, default=d.byzantine, help=f"f, Byzantine workers among them (default {d.byzantine})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"worker momentum beta in [0, 1) (default {d.momentum})")
+    p.add_argument("--bucketing", type=int, default=d.bucketing, help="bucket size s >= 2 in front of the rule (default: none)")
+    p.add_argument("--split", default=d.split, help="iid, sorted (label-sorted) or dirichlet:ALPHA (default iid)")
+    p.add_argument("--model", choices=["mlp", "logreg"], default=d.model, help="model (default mlp, 64-hidden-10)")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"training rounds (default {d.rounds})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"examples per worker per round (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"server learning rate (default {d.lr})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation, batches and attacks (default 0)")
+    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"rounds between evaluations (default {d.eval_every})")
+    p.add_argument("--rule-f", type=int, help="the f the rule assumes (default: --byzantine)")
+    p.add_argument("--cc-tau", type=float, default=d.cc_tau, help=f"centered clipping radius (default {d.cc_tau})")
+    p.add_argument("--cc-iters", type=_positive_int, default=d.cc_iters, help=f"centered clipping iterations (default {d.cc_iters})")
+    p.add_argument("--gm-iters", type=_positive_int, default=d.gm_iters, help=f"most Weiszfeld steps of gm (default {d.gm_iters})")
+    p.add_argument("--ipm-eps", type=float, default=d.ipm_eps, help=f"IPM scale (default {d.ipm_eps})")
+    p.add_argument("--alie-z", type=float, help="ALIE z (default: from n and f, SPEC 5)")
+    _add_common(p, "byzantine", "runs/byzantine-<agg>-<attack>-f<f>-m<beta>-s<seed>.json")
+    p.set_defaults(func=_train_byzantine)
+
+
+def _train_byzantine(args: argparse.Namespace) -> int:
+    from . import byzantine_grid
+    from .byzantine import ByzantineConfig, run_byzantine
+    from .report import plot_curves
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = _config(args, ByzantineConfig)
+    except ValueError as exc:
+        return _fail("byzantine", exc)
+    if args.grid:
+        def describe(r: dict) -> str:
+            c = r["config"]
+            return f"{c['agg']} vs {c['attack']} f={c['byzantine']} -> {r['tail_test_accuracy']:.3f}"
+
+        keys = ("config", "final_test_accuracy", "tail_test_accuracy", "seconds_per_round", "wall_seconds")
+        return _run_grid(args, "byzantine", byzantine_grid.grid_configs(args.seeds, args.rounds, cfg), byzantine_grid,
+                         describe, keys)
+
+    stem = f"byzantine-{cfg.agg}-{cfg.attack}-f{cfg.byzantine}-m{cfg.momentum:g}-s{cfg.seed}"
+    result, json_path, plot_path = _run_single(args, cfg, run_byzantine, f"{cfg.agg} vs {cfg.attack}", stem)
+    rounds = [p["round"] for p in result["curve"]]
+    title = (f"{result['rule']} vs {cfg.attack}: f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, "
+             f"{cfg.split}, seed {cfg.seed}")
+    plot_curves(plot_path, {"test accuracy": (rounds, [p["test_accuracy"] for p in result["curve"]])}, title, "test accuracy")
+    best = max(result["curve"], key=lambda p: p["test_accuracy"])
+    sec = {k: 1e3 * v for k, v in result["seconds_per_round"].items()}
+    print(f"rule {result['rule']}, attack {result['attack']}")
+    print(f"f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, split {cfg.split}, {cfg.model}, "
+          f"{cfg.rounds} rounds, seed {cfg.seed}")
+    print(f"test accuracy: final {result['final_test_accuracy']:.4f}, mean of the last 20% of rounds "
+          f"{result['tail_test_accuracy']:.4f} (best {best['test_accuracy']:.4f} at round {best['round']})")
+    print(f"per round: gradients {sec['gradients']:.2f} ms, momentum {sec['momentum']:.3f} ms, attack {sec['attack']:.2f} ms, "
+          f"aggregation {sec['aggregation']:.2f} ms ({result['aggregation_over_gradients']:.2f}x the gradients)")
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# federated
+
+_FEDERATED_DESCRIPTION = """\
+Federated optimisation on scikit-learn's digits: clients from a Dirichlet(alpha)
+label split, a sample of them per round running local steps from the server
+point, the server averaging their points by example count.
+
+Algorithms: fedavg, fedavgm (server momentum), scaffold (option II), mimelite,
+mime (Karimireddy et al., NeurIPS 2021), mimelitemvr, mimemvr; base optimizer of
+the Mime family: sgd, sgdm (default), adam.
+
+One run prints a progress bar and a summary and writes the JSON result (test
+accuracy, test and training loss per round; rounds to 90% / 95% accuracy;
+per-round time of the gradients, the fused client steps and the server) and a
+PNG of test accuracy and training loss per round. --grid runs every algorithm
+at alpha 0.1 and 10 over several seeds and writes docs/results/federated.md."""
+
+_FEDERATED_EPILOG = """\
+examples:
+  robustagg train federated --algo mime --base sgdm --clients 100 --per-round 10 --alpha 0.1 --local-steps 10
+  robustagg train federated --algo scaffold --alpha 0.1 --rounds 300
+  robustagg train federated --algo mime --base adam --lr 0.005
+  robustagg train federated --algo fedavg --local-epochs 1
+  robustagg train federated --grid                  # writes docs/results/federated.md"""
+
+def _add_federated(lines: argparse._SubParsersAction) -> None:
+    from ..optim.mime import ALGORITHMS, BASES
+    from .federated import FederatedConfig
+
+    d = FederatedConfig()
+    p = lines.add_parser(
+        "federated",
+        help="federated optimisation: Mime, MimeLite, MVR variants, FedAvg, FedAvgM, SCAFFOLD (one run or --grid)",
+        description=_FEDERATED_DESCRIPTION,
+        epilog=_FEDERATED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--algo", choices=list(ALGORITHMS), default=d.algo, help=f"algorithm (default {d.algo})")
+    p.add_argument("--base", choices=list(BASES), default=d.base, help=f"base optimizer of the Mime family (default {d.base})")
+    p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"clients (default {d.clients})")
+    p.add_argument("--per-round", type=_positive_int, default=d.per_round, help=f"clients sampled per round (default {d.per_round})")
+    p.add_argument("--alpha", type=float, default=d.alpha, help=f"Dirichlet concentration of the label split (default {d.alpha})")
+    p.add_argument("--local-steps", type=_positive_int, default=d.local_steps, help=f"local steps per round (default {d.local_steps})")
+    p.add_argument("--local-epochs", type=float, default=d.local_epochs,
+                   help="local epochs instead of steps: ceil(epochs * n_i / batch) steps for client i (default: use --local-steps)")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"local batch size (default {d.batch})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"client learning rate (default {d.lr}; 0.005 suits base adam)")
+    p.add_argument("--server-lr", type=float, default=d.server_lr, help=f"server learning rate (default {d.server_lr})")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"momentum / Adam beta1 (default {d.beta})")
+    p.add_argument("--beta2", type=float, default=d.beta2, help=f"Adam beta2 (default {d.beta2})")
+    p.add_argument("--mvr-a", type=float, default=d.mvr_a, help=f"MVR weight a (default {d.mvr_a})")
+    p.add_argument("--server-momentum", type=float, default=d.server_momentum, help=f"FedAvgM server momentum (default {d.server_momentum})")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"rounds (default {d.rounds})")
+    p.add_argument("--model", choices=["mlp", "logreg"], default=d.model, help="model (default mlp, 64-hidden-10)")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation, sampling and batches (default 0)")
+    _add_common(p, "federated", "runs/federated-<algo>-<base>-a<alpha>-s<seed>.json")
+    p.set_defaults(func=_train_federated)
+
+
+def _train_federated(args: argparse.Namespace) -> int:
+    from . import federated_grid
+    from .federated import FederatedConfig, run_federated
+    from .report import plot_curve_panels
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = _config(args, FederatedConfig)
+    except ValueError as exc:
+        return _fail("federated", exc)
+    if args.grid:
+        def describe(r: dict) -> str:
+            c = r["config"]
+            return f"{c['algo']} ({c['base']}) alpha={c['alpha']:g} -> {r['final_test_accuracy']:.3f}"
+
+        keys = ("config", "final_test_accuracy", "tail_test_accuracy", "rounds_to_90", "rounds_to_95", "train_loss_at",
+                "seconds_per_round", "wall_seconds")
+        return _run_grid(args, "federated", federated_grid.grid_configs(args.seeds, args.rounds, cfg), federated_grid,
+                         describe, keys)
+
+    stem = f"federated-{cfg.algo}-{cfg.base}-a{cfg.alpha:g}-s{cfg.seed}"
+    result, json_path, plot_path = _run_single(args, cfg, run_federated, f"{cfg.algo} ({cfg.base})", stem)
+    rounds = [p["round"] for p in result["curve"]]
+    name = f"{cfg.algo} ({cfg.base})"
+    plot_curve_panels(plot_path, [
+        (f"{name}, alpha {cfg.alpha:g}: test accuracy", {name: (rounds, [p["test_accuracy"] for p in result["curve"]])},
+         "test accuracy", False),
+        (f"{name}, alpha {cfg.alpha:g}: training loss", {name: (rounds, [p["train_loss"] for p in result["curve"]])},
+         "training loss", True),
+    ])
+    sec = {k: 1e3 * v for k, v in result["seconds_per_round"].items()}
+    print(f"{name}: {cfg.clients} clients (Dirichlet alpha {cfg.alpha:g}), {cfg.per_round} per round, "
+          f"{cfg.local_steps if not cfg.local_epochs else f'{cfg.local_epochs:g} epochs of'} local steps, "
+          f"{cfg.rounds} rounds, seed {cfg.seed}")
+    print(f"test accuracy: final {result['final_test_accuracy']:.4f}, last 10% of rounds {result['tail_test_accuracy']:.4f}; "
+          f"rounds to 90%: {result['rounds_to_90']}, to 95%: {result['rounds_to_95']}")
+    print("training loss: " + ", ".join(f"{v:.4f} at round {k}" for k, v in result["train_loss_at"].items()))
+    print(f"per round: gradients {sec['gradients']:.2f} ms, client steps {sec['client_steps']:.2f} ms, server {sec['server']:.2f} ms")
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    return 0
