@@ -102,9 +102,12 @@ class FederatedServer:
             raise ValueError(f"FederatedServer: unknown algo={algo!r}; choose from {', '.join(ALGORITHMS)}")
         if base not in BASES:
             raise ValueError(f"FederatedServer: unknown base={base!r}; choose from {', '.join(BASES)}")
-        for name, value in (("beta", beta), ("beta2", beta2), ("mvr_a", mvr_a), ("server_momentum", server_momentum)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0 + (name == "mvr_a"):
-                raise ValueError(f"FederatedServer: {name} must be in [0, 1{']' if name == 'mvr_a' else ')'}, got {name}={value!r}")
+        for name, value in (("beta", beta), ("beta2", beta2), ("server_momentum", server_momentum), ("mvr_a", mvr_a)):
+            # a = 1 makes MVR plain SGD; a momentum of 1 would never take a gradient.
+            number = not isinstance(value, bool) and isinstance(value, (int, float))
+            if not number or not (0.0 <= value and (value <= 1.0 if name == "mvr_a" else value < 1.0)):
+                interval = "[0, 1]" if name == "mvr_a" else "[0, 1)"
+                raise ValueError(f"FederatedServer: {name} must be in {interval}, got {name}={value!r}")
         if algo == "scaffold" and (num_clients is None or num_clients < 1):
             raise ValueError("FederatedServer: scaffold needs num_clients (the N in c <- c + |S|/N mean(delta c_i))")
         self.params = list(params)
@@ -112,7 +115,8 @@ class FederatedServer:
             raise ValueError("FederatedServer: params is empty")
         self.algo, self.base = algo, base
         self.server_lr = check_positive(server_lr, "server_lr", "FederatedServer")
-        self.beta, self.beta2, self.eps, self.mvr_a = float(beta), float(beta2), check_positive(eps, "eps", "FederatedServer"), float(mvr_a)
+        self.beta, self.beta2, self.mvr_a = float(beta), float(beta2), float(mvr_a)
+        self.eps = check_positive(eps, "eps", "FederatedServer")
         self.server_momentum, self.num_clients = float(server_momentum), num_clients
         self.rounds = 0
         # Statistics of the Mime family, the server momentum of FedAvgM, SCAFFOLD's controls.
