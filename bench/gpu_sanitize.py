@@ -10,7 +10,10 @@ rules and mixing must equal the CPU op bit for bit; float64 sums (distances,
 norms) may differ by rounding. The fused momentum update (multi-tensor
 launches: a tensor spanning 2 chunks, 0-D, empty and strided tensors, mixed
 dtypes, more tensors than one launch holds) must equal the CPU op bit for
-bit. Exits non-zero on a mismatch.
+bit, and so must client_step_, adam_client_step_, adam_stats_update_ and
+mvr_update_ (the same cases, each optional list present and absent, several
+scalar sets), with their read-only lists unchanged. Exits non-zero on a
+mismatch.
 """
 
 import sys
@@ -96,6 +99,84 @@ def check_momentum_update(device: str = "cuda") -> int:
     return failures
 
 
+def same_bits(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Same dtype, shape and bits (signed zeros included); NaN where want has NaN (payloads aside)."""
+    if got.dtype != want.dtype or got.shape != want.shape:
+        return False
+    nan = want.isnan()
+    if not torch.equal(got.isnan(), nan):
+        return False
+    ints = {8: torch.int64, 4: torch.int32, 2: torch.int16}[want.element_size()]
+    return torch.equal(got.contiguous().view(ints)[~nan], want.contiguous().view(ints)[~nan])
+
+
+# Every list of each fused update (signature order), the lists it writes, its optional lists,
+# and scalar sets (every coefficient non-trivial; edge values too).
+FUSED_LISTS = {
+    "client_step_": ("params", "grads", "anchor_grads", "control", "momentum"),
+    "adam_client_step_": ("params", "grads", "anchor_grads", "control", "exp_avg", "exp_avg_sq"),
+    "adam_stats_update_": ("exp_avg", "exp_avg_sq", "grads"),
+    "mvr_update_": ("momentum", "grads", "prev_grads"),
+}
+FUSED_WRITTEN = {"client_step_": ("params",), "adam_client_step_": ("params",),
+                 "adam_stats_update_": ("exp_avg", "exp_avg_sq"), "mvr_update_": ("momentum",)}
+FUSED_OPTIONAL = {"client_step_": ("anchor_grads", "control", "momentum"),
+                  "adam_client_step_": ("anchor_grads", "control")}
+FUSED_SCALARS = {
+    "client_step_": [dict(lr=0.05, coef_grad=0.3, coef_anchor=-0.45, coef_control=0.7, coef_momentum=1.25),
+                     dict(lr=1.0, coef_grad=1.0, coef_anchor=0.0, coef_control=0.0, coef_momentum=0.0)],
+    "adam_client_step_": [dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-3, step=3),
+                          dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=1e-8, step=1)],
+    "adam_stats_update_": [dict(beta1=0.8, beta2=0.95), dict(beta1=0.0, beta2=1.0)],
+    "mvr_update_": [dict(a=0.2), dict(a=1.0), dict(a=0.0)],
+}
+
+
+def check_fused_updates(device: str = "cuda") -> int:
+    """client_step_, adam_client_step_, adam_stats_update_ and mvr_update_ (multi-tensor launches with
+    2 to 6 pointer lists, absent optional lists as null pointers): a tensor spanning 2 chunks, 0-D,
+    empty and strided tensors, more tensors than one launch holds, every dtype and mixed dtypes, each
+    optional list present and absent; the written lists must equal the CPU op bit for bit, the read
+    lists must be unchanged. Counts mismatches."""
+    failures = 0
+    gen = torch.Generator().manual_seed(1)
+    chunk = 65536  # elements per block (csrc/cuda/multi_tensor.cuh)
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+    for op, names in FUSED_LISTS.items():
+        optional = FUSED_OPTIONAL.get(op, ())
+        for dtype in (*dtypes, None):
+            pick = (lambda i: dtypes[i % 4]) if dtype is None else (lambda i, d=dtype: d)
+            shapes = [(chunk + 17,), (5, 33), (), (0,), (3, 4, 7)] + [(3,)] * 40  # 45 tensors > 36 per launch
+            lists = {}
+            for name in names:
+                xs = [torch.randn(s, generator=gen, dtype=torch.float64).to(pick(i)) for i, s in enumerate(shapes)]
+                if name == "exp_avg_sq":
+                    xs = [x.abs() for x in xs]
+                # A strided tensor (updated through a contiguous copy written back when written).
+                xs.append(torch.randn(40, 30, generator=gen, dtype=torch.float64).to(pick(len(shapes))).t())
+                lists[name] = xs
+            first = lists[names[0]][0]
+            first[chunk - 1 : chunk + 1] = float("nan")  # NaN on both sides of the chunk boundary
+            lists[names[1]][1][0, :2] = float("inf")
+            presences = [set(optional)] + ([set()] if optional else [])
+            for present in presences:
+                use = [n for n in names if n not in optional or n in present]
+                for scalars in FUSED_SCALARS[op]:
+                    want = {n: [x.clone() for x in lists[n]] for n in use}
+                    getattr(ra.ops, op)(**want, **scalars)
+                    got = {n: [x.to(device, copy=True) for x in lists[n]] for n in use}
+                    getattr(ra.ops, op)(**got, **scalars)
+                    for n in use:
+                        ref = want[n] if n in FUSED_WRITTEN[op] else lists[n]
+                        for i, (a, b) in enumerate(zip(got[n], ref)):
+                            if not same_bits(a.cpu(), b):
+                                failures += 1
+                                kind = "written" if n in FUSED_WRITTEN[op] else "read-only, changed"
+                                print(f"MISMATCH {op} {n}[{i}] ({kind}) dtype={a.dtype} lists={use} {scalars}",
+                                      file=sys.stderr)
+    return failures
+
+
 def main() -> int:
     torch.manual_seed(0)
     failures = 0
@@ -121,6 +202,7 @@ def main() -> int:
                     print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
             failures += check_distance_ops(X, Xc, dtype, n)
     failures += check_momentum_update()
+    failures += check_fused_updates()
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {failures} mismatches")
     return 1 if failures else 0

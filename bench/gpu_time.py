@@ -8,7 +8,13 @@ For each d also ``momentum_update_`` on a list of --momentum-tensors float32
 tensors totalling d elements, against ``torch._foreach_mul_`` +
 ``torch._foreach_add_(alpha=1-beta)``: its GB/s counts 3 accesses per element
 (buffer read, grad read, buffer written), "x one read" is against one read
-of d elements, and "% of copy BW" against a copy of d elements. Median of
+of d elements, and "% of copy BW" against a copy of d elements. Once, the
+client steps and statistics of bench/fused_updates.py (client_step_ for
+MimeLite-SGDm and Mime-SGDm, adam_client_step_ for Mime-Adam,
+adam_stats_update_, mvr_update_) on a ResNet-18 parameter list (62 float32
+tensors, 11.7M values): GB/s counts each op's streams (lists read + lists
+written) times one list's bytes, against a copy of one list, and the fastest
+torch._foreach_* composition of the same update. Median of
 repeats timed with CUDA events; inputs rotate so that no repeat finds X in
 L2. Prints a markdown table and writes it (and JSON) to --out.
 
@@ -19,12 +25,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
+import sys
 
 import torch
 
 import robustagg as ra
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/fused_updates.py for fused_update_cases
 
 
 def time_ms(fn, inputs: list[torch.Tensor], repeats: int) -> float:
@@ -88,6 +98,55 @@ def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float 
     del inputs, flat, out
     torch.cuda.empty_cache()
     return [row], [line]
+
+
+def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
+                       timer=None) -> tuple[list[dict], list[str]]:
+    """The client steps and statistics of bench/fused_updates.py on the ResNet-18 parameter list
+    (62 float32 tensors, 11.7M values): MimeLite-SGDm and Mime-SGDm client_step_, Mime-Adam
+    adam_client_step_, adam_stats_update_, mvr_update_. GB/s counts the op's streams (every list
+    read once, every written list written once) x one list's bytes; % of copy BW is against a
+    device-to-device copy of one list's bytes (read + written); "x one read" against one read of
+    one list; "vs torch" is the fastest of the torch._foreach_* compositions timed there."""
+    import fused_updates as fu  # bench/fused_updates.py: the same updates, foreach compositions and lists
+
+    timer = timer or time_ms
+    rows, lines = [], []
+    numel = sum(math.prod(s) for s in fu.RESNET18)
+    list_bytes = numel * 4
+    gen = torch.Generator().manual_seed(7)
+    flat = [torch.randn(numel, generator=gen).to(device) for _ in range(2)]
+    out = torch.empty(numel, device=device)
+    copy_ms = timer(lambda x: out.copy_(x), flat, repeats)
+    read_ms = timer(lambda x: x.sum(), flat, repeats)
+    copy_gbs = 2 * list_bytes / copy_ms / 1e6
+    del flat, out
+    for case in fu.CASES:
+        if case.shapes is not fu.RESNET18:
+            continue
+        set_bytes = len(case.lists) * list_bytes
+        copies = max(1, min(4, (8 * l2) // set_bytes + 1))
+        if device == "cuda" and (copies + 2) * set_bytes > torch.cuda.mem_get_info()[0]:
+            continue
+        sets = [fu._make_set(case, device, gen) for _ in range(copies)]
+        ms = timer(case.fused, sets, repeats)
+        foreach = {k: timer(fn, sets, repeats) for k, fn in case.foreach.items()}
+        best = min(foreach, key=foreach.get)
+        moved = case.streams * list_bytes
+        gbs = moved / ms / 1e6
+        op = f"{case.name}, {len(case.shapes)} tensors"
+        row = dict(n=None, tensors=len(case.shapes), d=numel, op=op, ms=ms, gbs=gbs, streams=case.streams,
+                   copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs, x_one_read=ms / read_ms,
+                   foreach_ms=foreach[best], foreach=best, device=name)
+        line = (f"| - | {numel:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} ({case.streams} accesses/elem) | "
+                f"{row['pct_copy']:.0f}% | {ms / read_ms:.2f} | {foreach[best] / ms:.1f}x torch foreach ({best}) |")
+        print(line, flush=True)
+        rows.append(row)
+        lines.append(line)
+        del sets
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return rows, lines
 
 
 def main() -> int:
@@ -162,6 +221,9 @@ def main() -> int:
         more_rows, more_lines = momentum_case(d, args.momentum_tensors, args.repeats, l2, name)
         rows += more_rows
         lines += more_lines
+    more_rows, more_lines = fused_update_cases(args.repeats, l2, name)
+    rows += more_rows
+    lines += more_lines
     with open(os.path.join(args.out, "gpu-time.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "gpu-time.json"), "w") as fh:

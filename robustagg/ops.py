@@ -179,7 +179,13 @@ def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], sc
         kind = int if name == "step" else (int, float)
         if isinstance(value, bool) or not isinstance(value, kind):
             raise TypeError(f"{rule}: {name} must be {'an int' if kind is int else 'a float'}, got {type(value).__name__}")
+    names = [name for name, seq in zip(lists, out) if seq is not None]
     present = [seq for seq in out if seq is not None]
+    for name, seq in zip(names[1:], present[1:]):
+        # Checked here too: with an empty first list the op would find no tensor to dispatch on.
+        if len(seq) != len(present[0]):
+            raise ValueError(f"{rule}: {names[0]} and {name} must be equally long lists, "
+                             f"got {len(present[0])} and {len(seq)} tensors")
     if all(len(seq) == 0 for seq in present):
         return [None if seq is None else [torch.empty(0)] for seq in out]
     first = present[0]
