@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <optional>
+#include <type_traits>
 
 #include "common.h"
 
@@ -105,15 +106,30 @@ struct ClientCoefs {
   Acc lr, grad, anchor, control, momentum;
 };
 
-template <typename T>
-C10_HOST_DEVICE inline T client_step_value(T p, T g, const T* a, const T* c, const T* m, int64_t i,
-                                           const ClientCoefs<at::opmath_type<T>>& k) {
+// The present terms are template flags, so that the CPU loops have no
+// branches and vectorise.
+template <bool A, bool C, bool M, typename T>
+C10_HOST_DEVICE inline T client_step_value(T p, T g, T a, T c, T m, const ClientCoefs<at::opmath_type<T>>& k) {
   using Acc = at::opmath_type<T>;
   Acc d = k.grad * static_cast<Acc>(g);
-  if (a != nullptr) d = d + k.anchor * static_cast<Acc>(a[i]);
-  if (c != nullptr) d = d + k.control * static_cast<Acc>(c[i]);
-  if (m != nullptr) d = d + k.momentum * static_cast<Acc>(m[i]);
+  if constexpr (A) d = d + k.anchor * static_cast<Acc>(a);
+  if constexpr (C) d = d + k.control * static_cast<Acc>(c);
+  if constexpr (M) d = d + k.momentum * static_cast<Acc>(m);
   return static_cast<T>(static_cast<Acc>(p) - k.lr * d);
+}
+
+// Calls f(std::bool_constant<flags>{}...) with each runtime flag as a compile-time constant.
+template <typename F>
+void with_flags(F&& f) {
+  f();
+}
+template <typename F, typename... Flags>
+void with_flags(F&& f, bool first, Flags... rest) {
+  if (first) {
+    with_flags([&](auto... done) { f(std::true_type{}, done...); }, rest...);
+  } else {
+    with_flags([&](auto... done) { f(std::false_type{}, done...); }, rest...);
+  }
 }
 
 // adam_client_step_: the step Adam would take from the frozen state (m, v)
@@ -143,13 +159,12 @@ inline AdamScalars adam_scalars(double lr, double beta1, double beta2, double ep
   return {lr / bc1, beta1, beta2, std::sqrt(bc2), eps};
 }
 
-template <typename T>
-C10_HOST_DEVICE inline T adam_client_value(T p, T g, const T* a, const T* c, T m, T v, int64_t i,
-                                           const AdamCoefs<at::opmath_type<T>>& k) {
+template <bool A, bool C, typename T>
+C10_HOST_DEVICE inline T adam_client_value(T p, T g, T a, T c, T m, T v, const AdamCoefs<at::opmath_type<T>>& k) {
   using Acc = at::opmath_type<T>;
   Acc gt = static_cast<Acc>(g);
-  if (a != nullptr) gt = gt - static_cast<Acc>(a[i]);
-  if (c != nullptr) gt = gt + static_cast<Acc>(c[i]);
+  if constexpr (A) gt = gt - static_cast<Acc>(a);
+  if constexpr (C) gt = gt + static_cast<Acc>(c);
   const Acc m1 = k.beta1 * static_cast<Acc>(m) + k.take1 * gt;
   const Acc v1 = k.beta2 * static_cast<Acc>(v) + k.take2 * (gt * gt);
   const Acc denom = std::sqrt(v1) / k.sqrt_bc2 + k.eps;

@@ -81,14 +81,22 @@ void client_step_cpu(at::TensorList params, at::TensorList grads, std::optional<
                      double coef_grad, double coef_anchor, double coef_control, double coef_momentum) {
   check_client_step(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control,
                     coef_momentum);
-  for_each_piece<5>({params, grads, anchor_grads, control, momentum}, 1, [&](auto ptr, int64_t n) {
-    using Acc = at::opmath_type<Elem<decltype(ptr)>>;
-    const ClientCoefs<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(coef_grad), static_cast<Acc>(coef_anchor),
-                             static_cast<Acc>(coef_control), static_cast<Acc>(coef_momentum)};
-    auto* p = ptr[0];
-    const auto* g = ptr[1];
-    for (int64_t i = 0; i < n; ++i) p[i] = client_step_value(p[i], g[i], ptr[2], ptr[3], ptr[4], i, k);
-  });
+  with_flags(
+      [&](auto A, auto C, auto M) {
+        for_each_piece<5>({params, grads, anchor_grads, control, momentum}, 1, [&](auto ptr, int64_t n) {
+          using T = Elem<decltype(ptr)>;
+          using Acc = at::opmath_type<T>;
+          constexpr bool kA = decltype(A)::value, kC = decltype(C)::value, kM = decltype(M)::value;
+          const ClientCoefs<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(coef_grad), static_cast<Acc>(coef_anchor),
+                                   static_cast<Acc>(coef_control), static_cast<Acc>(coef_momentum)};
+          auto* p = ptr[0];
+          const auto *g = ptr[1], *a = ptr[2], *c = ptr[3], *m = ptr[4];
+          for (int64_t i = 0; i < n; ++i) {
+            p[i] = client_step_value<kA, kC, kM>(p[i], g[i], kA ? a[i] : T(0), kC ? c[i] : T(0), kM ? m[i] : T(0), k);
+          }
+        });
+      },
+      anchor_grads.has_value(), control.has_value(), momentum.has_value());
 }
 
 void adam_client_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> anchor_grads,
@@ -96,13 +104,20 @@ void adam_client_step_cpu(at::TensorList params, at::TensorList grads, std::opti
                           double lr, double beta1, double beta2, double eps, int64_t step) {
   check_adam_client_step(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step);
   const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, step);
-  for_each_piece<6>({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1, [&](auto ptr, int64_t n) {
-    using Acc = at::opmath_type<Elem<decltype(ptr)>>;
-    const AdamCoefs<Acc> k = s.as<Acc>();
-    auto* p = ptr[0];
-    const auto *g = ptr[1], *m = ptr[4], *v = ptr[5];
-    for (int64_t i = 0; i < n; ++i) p[i] = adam_client_value(p[i], g[i], ptr[2], ptr[3], m[i], v[i], i, k);
-  });
+  with_flags(
+      [&](auto A, auto C) {
+        for_each_piece<6>({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1, [&](auto ptr, int64_t n) {
+          using T = Elem<decltype(ptr)>;
+          constexpr bool kA = decltype(A)::value, kC = decltype(C)::value;
+          const AdamCoefs<at::opmath_type<T>> k = s.as<at::opmath_type<T>>();
+          auto* p = ptr[0];
+          const auto *g = ptr[1], *a = ptr[2], *c = ptr[3], *m = ptr[4], *v = ptr[5];
+          for (int64_t i = 0; i < n; ++i) {
+            p[i] = adam_client_value<kA, kC>(p[i], g[i], kA ? a[i] : T(0), kC ? c[i] : T(0), m[i], v[i], k);
+          }
+        });
+      },
+      anchor_grads.has_value(), control.has_value());
 }
 
 void adam_stats_update_cpu(at::TensorList exp_avg, at::TensorList exp_avg_sq, at::TensorList grads, double beta1,

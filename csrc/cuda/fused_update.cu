@@ -83,7 +83,7 @@ __global__ void momentum_update_kernel(ChunkList<2> list, at::opmath_type<T> kee
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) m[i] = momentum_value(m[i], g[i], keep, take);
 }
 
-template <typename T>
+template <typename T, bool A, bool C, bool M>
 __global__ void client_step_kernel(ChunkList<5> list, ClientCoefs<at::opmath_type<T>> k) {
   ROBUSTAGG_CHUNK(5);
   T* p = list_ptr<T>(list.ptr[0][t]);
@@ -91,10 +91,12 @@ __global__ void client_step_kernel(ChunkList<5> list, ClientCoefs<at::opmath_typ
   const T* a = list_ptr<T>(list.ptr[2][t]);
   const T* c = list_ptr<T>(list.ptr[3][t]);
   const T* m = list_ptr<T>(list.ptr[4][t]);
-  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) p[i] = client_step_value(p[i], g[i], a, c, m, i, k);
+  for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
+    p[i] = client_step_value<A, C, M>(p[i], g[i], A ? a[i] : T(0), C ? c[i] : T(0), M ? m[i] : T(0), k);
+  }
 }
 
-template <typename T>
+template <typename T, bool A, bool C>
 __global__ void adam_client_step_kernel(ChunkList<6> list, AdamCoefs<at::opmath_type<T>> k) {
   ROBUSTAGG_CHUNK(6);
   T* p = list_ptr<T>(list.ptr[0][t]);
@@ -104,7 +106,7 @@ __global__ void adam_client_step_kernel(ChunkList<6> list, AdamCoefs<at::opmath_
   const T* m = list_ptr<T>(list.ptr[4][t]);
   const T* v = list_ptr<T>(list.ptr[5][t]);
   for (int64_t i = begin + threadIdx.x; i < end; i += kThreads) {
-    p[i] = adam_client_value(p[i], g[i], a, c, m[i], v[i], i, k);
+    p[i] = adam_client_value<A, C>(p[i], g[i], A ? a[i] : T(0), C ? c[i] : T(0), m[i], v[i], k);
   }
 }
 
@@ -142,13 +144,17 @@ void client_step_cuda(at::TensorList params, at::TensorList grads, std::optional
                       double coef_grad, double coef_anchor, double coef_control, double coef_momentum) {
   check_client_step(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control,
                     coef_momentum);
-  for_each_dtype_group<5>({params, grads, anchor_grads, control, momentum}, 1, [&](auto tag, const auto& group) {
-    using T = decltype(tag);
-    using Acc = at::opmath_type<T>;
-    const ClientCoefs<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(coef_grad), static_cast<Acc>(coef_anchor),
-                             static_cast<Acc>(coef_control), static_cast<Acc>(coef_momentum)};
-    launch_chunks<5>(group, client_step_kernel<T>, k);
-  });
+  with_flags(
+      [&](auto A, auto C, auto M) {
+        for_each_dtype_group<5>({params, grads, anchor_grads, control, momentum}, 1, [&](auto tag, const auto& group) {
+          using T = decltype(tag);
+          using Acc = at::opmath_type<T>;
+          const ClientCoefs<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(coef_grad), static_cast<Acc>(coef_anchor),
+                                   static_cast<Acc>(coef_control), static_cast<Acc>(coef_momentum)};
+          launch_chunks<5>(group, client_step_kernel<T, decltype(A)::value, decltype(C)::value, decltype(M)::value>, k);
+        });
+      },
+      anchor_grads.has_value(), control.has_value(), momentum.has_value());
 }
 
 void adam_client_step_cuda(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> anchor_grads,
@@ -156,11 +162,16 @@ void adam_client_step_cuda(at::TensorList params, at::TensorList grads, std::opt
                            double lr, double beta1, double beta2, double eps, int64_t step) {
   check_adam_client_step(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step);
   const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, step);
-  for_each_dtype_group<6>({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1,
-                          [&](auto tag, const auto& group) {
-                            using T = decltype(tag);
-                            launch_chunks<6>(group, adam_client_step_kernel<T>, s.as<at::opmath_type<T>>());
-                          });
+  with_flags(
+      [&](auto A, auto C) {
+        for_each_dtype_group<6>({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1,
+                                [&](auto tag, const auto& group) {
+                                  using T = decltype(tag);
+                                  launch_chunks<6>(group, adam_client_step_kernel<T, decltype(A)::value, decltype(C)::value>,
+                                                   s.as<at::opmath_type<T>>());
+                                });
+      },
+      anchor_grads.has_value(), control.has_value());
 }
 
 void adam_stats_update_cuda(at::TensorList exp_avg, at::TensorList exp_avg_sq, at::TensorList grads, double beta1,
