@@ -122,12 +122,6 @@ def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.
     }.get(cfg.attack, {})
 
 
-@torch.no_grad()
-def _evaluate(model, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    logits = model.logits(w, x)
-    return float((logits.argmax(1) == y).float().mean()), float(torch.nn.functional.cross_entropy(logits, y))
-
-
 def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] | None = None) -> dict:
     """Train, and return a JSON-ready dict: config, accuracy curve, final accuracy and timings.
 
@@ -185,8 +179,8 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
         server.step(sent)
         seconds["aggregation"] += server.last_seconds
         if t % cfg.eval_every == 0 or t == cfg.rounds:
-            acc, loss = _evaluate(model, w, data.x_test, data.y_test)
-            _, train_loss = _evaluate(model, w, data.x_train, data.y_train)
+            acc, loss = model.evaluate(w, data.x_test, data.y_test)
+            _, train_loss = model.evaluate(w, data.x_train, data.y_train)
             curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
             if progress is not None:
                 progress(t, acc)

@@ -71,12 +71,6 @@ class FederatedConfig:
         parse_split(f"dirichlet:{self.alpha}")
 
 
-@torch.no_grad()
-def _evaluate(model, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    logits = model.logits(w, x)
-    return float((logits.argmax(1) == y).float().mean()), float(torch.nn.functional.cross_entropy(logits, y))
-
-
 def _first_round_reaching(curve: list[dict], level: float) -> int | None:
     return next((p["round"] for p in curve if p["test_accuracy"] >= level), None)
 
@@ -144,8 +138,8 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
         server.end_round()
         seconds["server"] += time.perf_counter() - tick
 
-        acc, loss = _evaluate(model, w, data.x_test, data.y_test)
-        _, train_loss = _evaluate(model, w, data.x_train, data.y_train)
+        acc, loss = model.evaluate(w, data.x_test, data.y_test)
+        _, train_loss = model.evaluate(w, data.x_train, data.y_train)
         curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
         if progress is not None:
             progress(t, acc)

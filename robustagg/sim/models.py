@@ -48,6 +48,12 @@ class FlatModel:
         """Mean cross-entropy of the batch."""
         return F.cross_entropy(self.logits(w, x), y)
 
+    @torch.no_grad()
+    def evaluate(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the examples ``x``, ``y``."""
+        logits = self.logits(w, x)
+        return float((logits.argmax(1) == y).float().mean()), float(F.cross_entropy(logits, y))
+
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """PyTorch's ``nn.Linear`` initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
         parts = []
