@@ -90,16 +90,20 @@ def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[d
     return 0
 
 
-def _config(args, cls):
-    """The dataclass ``cls`` from the options of the same names (others keep their defaults); checked."""
-    cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
-    cfg.check()
-    return cfg
-
-
-def _fail(line: str, exc: Exception) -> int:
-    print(f"robustagg train {line}: {exc}", file=sys.stderr)
-    return 2
+def _train(args, line: str, cls, grid_module, describe: Callable[[dict], str], keys: tuple[str, ...],
+           run_one: Callable[[argparse.Namespace, object], int]) -> int:
+    """Threads, the config from the options of the same names (a bad one exits with status 2), then the grid or one run."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
+        cfg.check()
+    except ValueError as exc:
+        print(f"robustagg train {line}: {exc}", file=sys.stderr)
+        return 2
+    if args.grid:
+        return _run_grid(args, line, grid_module.grid_configs(args.seeds, args.rounds, cfg), grid_module, describe, keys)
+    return run_one(args, cfg)
 
 
 # ---------------------------------------------------------------------------
@@ -170,23 +174,19 @@ def _add_byzantine(lines: argparse._SubParsersAction) -> None:
 
 def _train_byzantine(args: argparse.Namespace) -> int:
     from . import byzantine_grid
-    from .byzantine import ByzantineConfig, run_byzantine
+    from .byzantine import ByzantineConfig
+
+    def describe(r: dict) -> str:
+        c = r["config"]
+        return f"{c['agg']} vs {c['attack']} f={c['byzantine']} -> {r['tail_test_accuracy']:.3f}"
+
+    keys = ("config", "final_test_accuracy", "tail_test_accuracy", "seconds_per_round", "wall_seconds")
+    return _train(args, "byzantine", ByzantineConfig, byzantine_grid, describe, keys, _byzantine_run)
+
+
+def _byzantine_run(args: argparse.Namespace, cfg) -> int:
+    from .byzantine import run_byzantine
     from .report import plot_curves
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = _config(args, ByzantineConfig)
-    except ValueError as exc:
-        return _fail("byzantine", exc)
-    if args.grid:
-        def describe(r: dict) -> str:
-            c = r["config"]
-            return f"{c['agg']} vs {c['attack']} f={c['byzantine']} -> {r['tail_test_accuracy']:.3f}"
-
-        keys = ("config", "final_test_accuracy", "tail_test_accuracy", "seconds_per_round", "wall_seconds")
-        return _run_grid(args, "byzantine", byzantine_grid.grid_configs(args.seeds, args.rounds, cfg), byzantine_grid,
-                         describe, keys)
 
     stem = f"byzantine-{cfg.agg}-{cfg.attack}-f{cfg.byzantine}-m{cfg.momentum:g}-s{cfg.seed}"
     result, json_path, plot_path = _run_single(args, cfg, run_byzantine, f"{cfg.agg} vs {cfg.attack}", stem)
@@ -270,29 +270,26 @@ def _add_federated(lines: argparse._SubParsersAction) -> None:
 
 def _train_federated(args: argparse.Namespace) -> int:
     from . import federated_grid
-    from .federated import FederatedConfig, run_federated
+    from .federated import FederatedConfig
+
+    def describe(r: dict) -> str:
+        c = r["config"]
+        return f"{c['algo']} ({c['base']}) alpha={c['alpha']:g} -> {r['final_test_accuracy']:.3f}"
+
+    keys = ("config", "final_test_accuracy", "tail_test_accuracy", "rounds_to_90", "rounds_to_95", "train_loss_at",
+            "seconds_per_round", "wall_seconds")
+    return _train(args, "federated", FederatedConfig, federated_grid, describe, keys, _federated_run)
+
+
+def _federated_run(args: argparse.Namespace, cfg) -> int:
+    from .federated import run_federated
     from .report import plot_curve_panels
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        cfg = _config(args, FederatedConfig)
-    except ValueError as exc:
-        return _fail("federated", exc)
-    if args.grid:
-        def describe(r: dict) -> str:
-            c = r["config"]
-            return f"{c['algo']} ({c['base']}) alpha={c['alpha']:g} -> {r['final_test_accuracy']:.3f}"
-
-        keys = ("config", "final_test_accuracy", "tail_test_accuracy", "rounds_to_90", "rounds_to_95", "train_loss_at",
-                "seconds_per_round", "wall_seconds")
-        return _run_grid(args, "federated", federated_grid.grid_configs(args.seeds, args.rounds, cfg), federated_grid,
-                         describe, keys)
-
     stem = f"federated-{cfg.algo}-{cfg.base}-a{cfg.alpha:g}-s{cfg.seed}"
-    result, json_path, plot_path = _run_single(args, cfg, run_federated, f"{cfg.algo} ({cfg.base})", stem)
+    # The base optimizer matters to Mime and MimeLite only.
+    name = f"{cfg.algo} ({cfg.base})" if cfg.algo in ("mime", "mimelite") else cfg.algo
+    result, json_path, plot_path = _run_single(args, cfg, run_federated, name, stem)
     rounds = [p["round"] for p in result["curve"]]
-    name = f"{cfg.algo} ({cfg.base})"
     plot_curve_panels(plot_path, [
         (f"{name}, alpha {cfg.alpha:g}: test accuracy", {name: (rounds, [p["test_accuracy"] for p in result["curve"]])},
          "test accuracy", False),
