@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 #include <type_traits>
 
 #include "common.h"
@@ -90,6 +91,84 @@ inline void check_mvr_update(at::TensorList momentum, at::TensorList grads, at::
   check_tensor_pairs(momentum, grads, "momentum", "grads", kRule);
   check_tensor_pairs(momentum, prev_grads, "momentum", "prev_grads", kRule);
   check_unit(a, "a", kRule);
+}
+
+// weighted_step_: grads holds the N + 1 users' lists one after the other,
+// corrections the N collaborators' lists (users 1..N), each list shaped like params.
+inline void check_weighted_step(at::TensorList params, at::TensorList grads,
+                                const std::optional<at::TensorList>& corrections, at::ArrayRef<double> weights,
+                                double lr, double beta) {
+  constexpr const char* kRule = "weighted_step_";
+  const size_t count = params.size();
+  const size_t users = weights.size();
+  TORCH_CHECK_VALUE(users >= 1, message(kRule, ": weights must hold N + 1 >= 1 numbers, got none"));
+  TORCH_CHECK_VALUE(grads.size() == users * count,
+                    message(kRule, ": grads must hold N + 1 = ", static_cast<long long>(users), " lists of ",
+                            static_cast<long long>(count), " tensors, got ", static_cast<long long>(grads.size()),
+                            " tensors"));
+  for (size_t u = 0; u < users; ++u) {
+    const std::string name = message("grads[", static_cast<long long>(u), "]");
+    TORCH_CHECK_VALUE(std::isfinite(weights[u]), message(kRule, ": weights must be finite, got weights[",
+                                                         static_cast<long long>(u), "]=", weights[u]));
+    check_tensor_pairs(params, grads.slice(u * count, count), "params", name.c_str(), kRule);
+  }
+  if (corrections.has_value()) {
+    TORCH_CHECK_VALUE(corrections->size() == (users - 1) * count,
+                      message(kRule, ": corrections must hold N = ", static_cast<long long>(users - 1), " lists of ",
+                              static_cast<long long>(count), " tensors, got ",
+                              static_cast<long long>(corrections->size()), " tensors"));
+    for (size_t u = 0; u + 1 < users; ++u) {
+      const std::string name = message("corrections[", static_cast<long long>(u), "]");
+      check_tensor_pairs(params, corrections->slice(u * count, count), "params", name.c_str(), kRule);
+    }
+  }
+  check_finite(lr, "lr", kRule);
+  check_unit(beta, "beta", kRule);
+}
+
+enum class MaskKind { kNone, kBool, kPacked };
+
+// masked_sgd_step_: masks[i] is a bool tensor shaped like params[i] or a
+// uint8 tensor of ceil(numel / 8) bytes (bit j of byte k: element 8k + j);
+// one kind for the whole call.
+inline MaskKind check_masked_sgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum,
+                                      const std::optional<at::TensorList>& masks, double lr, double mu,
+                                      double weight_decay) {
+  constexpr const char* kRule = "masked_sgd_step_";
+  check_tensor_pairs(params, grads, "params", "grads", kRule);
+  check_tensor_pairs(params, momentum, "params", "momentum_buffers", kRule);
+  check_finite(lr, "lr", kRule);
+  check_finite(mu, "momentum", kRule);
+  check_finite(weight_decay, "weight_decay", kRule);
+  if (!masks.has_value()) return MaskKind::kNone;
+  TORCH_CHECK_VALUE(masks->size() == params.size(),
+                    message(kRule, ": params and masks must be equally long lists, got ",
+                            static_cast<long long>(params.size()), " and ", static_cast<long long>(masks->size()),
+                            " tensors"));
+  if (params.empty()) return MaskKind::kBool;
+  const MaskKind kind = (*masks)[0].scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kPacked;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& m = (*masks)[i];
+    const long long k = static_cast<long long>(i);
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool || m.scalar_type() == at::kByte,
+                     message(kRule, ": masks[", k, "] must be bool or uint8 (packed bits), got ", m.scalar_type()));
+    TORCH_CHECK_TYPE((m.scalar_type() == at::kBool) == (kind == MaskKind::kBool),
+                     message(kRule, ": masks must be all bool or all uint8 (packed), masks[0] is ",
+                             (*masks)[0].scalar_type(), " and masks[", k, "] ", m.scalar_type()));
+    TORCH_CHECK_VALUE(m.device() == params[i].device(),
+                      message(kRule, ": masks[", k, "] is on ", m.device(), " but params[", k, "] on ",
+                              params[i].device()));
+    if (kind == MaskKind::kBool) {
+      TORCH_CHECK_VALUE(m.sizes() == params[i].sizes(), message(kRule, ": masks[", k, "] must have params[", k,
+                                                                "]'s shape ", params[i].sizes(), ", got ", m.sizes()));
+    } else {
+      const int64_t bytes = (params[i].numel() + 7) / 8;
+      TORCH_CHECK_VALUE(m.dim() == 1 && m.numel() == bytes,
+                        message(kRule, ": packed masks[", k, "] must be 1-D with ceil(numel / 8) = ", bytes,
+                                " bytes, got shape ", m.sizes()));
+    }
+  }
+  return kind;
 }
 
 // keep * m + take * g with keep = beta and take = 1 - beta (computed in
@@ -185,6 +264,41 @@ C10_HOST_DEVICE inline T mvr_value(T m, T g, T g_prev, at::opmath_type<T> a, at:
   using Acc = at::opmath_type<T>;
   const Acc gg = static_cast<Acc>(g);
   return static_cast<T>(a * gg + keep * ((static_cast<Acc>(m) + gg) - static_cast<Acc>(g_prev)));
+}
+
+// weighted_step_, one collaborator's term: u <- (u + a g) + c, then the
+// correction c <- keep c + take (a (g0 - g)), keep = 1 - beta, take = beta.
+template <typename T, typename Acc = at::opmath_type<T>>
+C10_HOST_DEVICE inline Acc collaborator_term(Acc u, T g, Acc a) {
+  return u + a * static_cast<Acc>(g);
+}
+
+template <typename T, typename Acc = at::opmath_type<T>>
+C10_HOST_DEVICE inline T correction_value(T c, T g0, T g, Acc a, Acc keep, Acc take) {
+  return static_cast<T>(keep * static_cast<Acc>(c) + take * (a * (static_cast<Acc>(g0) - static_cast<Acc>(g))));
+}
+
+template <typename T, typename Acc = at::opmath_type<T>>
+C10_HOST_DEVICE inline T descend(T p, Acc lr, Acc u) {
+  return static_cast<T>(static_cast<Acc>(p) - lr * u);
+}
+
+// masked_sgd_step_ on an active element, torch.optim.SGD's arrangement:
+// d = g (+ wd p), m <- mu m + d, p <- p - lr m with the stored (rounded) m.
+template <bool WD, typename T, typename Acc = at::opmath_type<T>>
+C10_HOST_DEVICE inline void sgd_momentum_value(T p, T m, T g, Acc lr, Acc mu, Acc wd, T& p_out, T& m_out) {
+  Acc d = static_cast<Acc>(g);
+  if constexpr (WD) d = d + wd * static_cast<Acc>(p);
+  m_out = static_cast<T>(mu * static_cast<Acc>(m) + d);
+  p_out = static_cast<T>(static_cast<Acc>(p) - lr * static_cast<Acc>(m_out));
+}
+
+// Whether element i of a mask is set: one byte per element, or bit i % 8 of byte i / 8.
+template <MaskKind Kind>
+C10_HOST_DEVICE inline bool mask_bit(const uint8_t* mask, int64_t i) {
+  if constexpr (Kind == MaskKind::kNone) return true;
+  if constexpr (Kind == MaskKind::kBool) return mask[i] != 0;
+  return ((mask[i >> 3] >> (i & 7)) & 1) != 0;
 }
 
 }  // namespace robustagg

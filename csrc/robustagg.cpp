@@ -54,6 +54,18 @@ TORCH_LIBRARY(robustagg, m) {
         "float beta2) -> ()");
   // Momentum-based variance reduction: m <- a g + (1 - a) ((m + g) - prev_grads).
   m.def("mvr_update_(Tensor(a!)[] momentum, Tensor[] grads, Tensor[] prev_grads, float a) -> ()");
+  // Weighted gradient averaging for user 0 with N collaborators, optionally
+  // bias-corrected (SPEC 6.3). grads: the N + 1 users' lists one after the
+  // other; corrections: the N collaborators' lists; weights: N + 1 numbers.
+  // u = a_0 g_0, then u = (u + a_i g_i) + c_i for i = 1..N; params -= lr * u;
+  // then c_i <- (1 - beta) c_i + beta * a_i (g_0 - g_i).
+  m.def("weighted_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[]? corrections, float[] weights, "
+        "float lr, float beta) -> ()");
+  // SGD with momentum where the mask is set (SPEC 6.4), in place on params and
+  // momentum_buffers: d = grads (+ weight_decay * params), m <- momentum * m + d,
+  // params -= lr * m. Masks: bool like params, or uint8 packed bits; absent: all set.
+  m.def("masked_sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[]? masks, "
+        "float lr, float momentum, float weight_decay) -> ()");
   // Which CPU instruction set the selection kernels run with on this machine.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(robustagg::cpu::isa_name(robustagg::cpu::active_isa())); });
 }

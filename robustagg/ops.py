@@ -30,6 +30,9 @@ __all__ = [
     "adam_client_step_",
     "adam_stats_update_",
     "mvr_update_",
+    "weighted_step_",
+    "masked_sgd_step_",
+    "pack_mask",
     "cpu_kernel_isa",
     "cuda_kernels_built",
 ]
@@ -309,6 +312,119 @@ def mvr_update_(
     _NS.mvr_update_(*lists, float(a))
 
 
+def weighted_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[Sequence[torch.Tensor]],
+    weights: Sequence[float],
+    lr: float,
+    *,
+    corrections: Sequence[Sequence[torch.Tensor]] | None = None,
+    beta: float = 0.0,
+) -> None:
+    r"""Fused (bias-corrected) weighted gradient averaging step, in place.
+
+    ``grads[i]`` is user i's gradient list (i = 0 is the user being trained,
+    1..N its collaborators), ``weights`` the N + 1 weights :math:`a_i`,
+    ``corrections[i - 1]`` collaborator i's correction list :math:`c_i`. For
+    every parameter p:
+
+    .. math::
+        u = a_0 g_0 + \sum_{i=1}^{N} (a_i g_i + c_i), \qquad p \leftarrow p - \text{lr}\, u,
+
+        c_i \leftarrow (1 - \beta)\, c_i + \beta\, a_i (g_0 - g_i)
+
+    (computed as ``u = a_0 g_0``, then ``u = (u + a_i g_i) + c_i`` for
+    i = 1..N, each operation rounded once; without ``corrections`` it is plain
+    WGA, :math:`p \leftarrow p - \text{lr} \sum_i a_i g_i`).
+    The step uses the corrections from before the update, so a correction
+    learned on this step's gradients applies from the next one. Every input
+    element is read once and params and corrections written once, in one
+    native call (Grimberg et al. 2021, "Optimal Model Averaging"; Chayti et
+    al. 2021, "Linear Speedup in Personalized Collaborative Learning").
+    """
+    rule = "weighted_step_"
+    if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
+        raise TypeError(f"{rule}: grads must be a non-empty list of N + 1 gradient lists, got {type(grads).__name__}")
+    users = len(grads)
+    if isinstance(weights, torch.Tensor):
+        weights = weights.tolist()
+    if not isinstance(weights, Sequence) or len(weights) != users:
+        raise ValueError(f"{rule}: weights must hold one number per gradient list ({users}), got {weights!r}")
+    if corrections is not None:
+        if isinstance(corrections, torch.Tensor) or not isinstance(corrections, Sequence):
+            raise TypeError(f"{rule}: corrections must be a list of N correction lists, got {type(corrections).__name__}")
+        if len(corrections) != users - 1:
+            raise ValueError(f"{rule}: corrections must hold N = {users - 1} lists (one per collaborator), "
+                             f"got {len(corrections)}")
+    lists = {"params": params}
+    lists.update({f"grads[{i}]": g for i, g in enumerate(grads)})
+    lists.update({f"corrections[{i}]": c for i, c in enumerate(corrections or [])})
+    scalars = {"lr": lr, "beta": beta}
+    scalars.update({f"weights[{i}]": w for i, w in enumerate(weights)})
+    checked = _tensor_lists(rule, lists, scalars)
+    p, g, c = checked[0], checked[1 : 1 + users], checked[1 + users :]
+    _NS.weighted_step_(p, [t for gl in g for t in gl], [t for cl in c for t in cl] if corrections is not None else None,
+                       [float(w) for w in weights], float(lr), float(beta))
+
+
+def pack_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean mask packed 8 elements per byte, as :func:`masked_sgd_step_` reads it.
+
+    Bit j of byte k is element 8 k + j of the mask in row-major order (the
+    order of ``numpy.packbits(..., bitorder="little")``); the last byte is
+    padded with zeros. Returns a 1-D uint8 tensor of ``ceil(numel / 8)`` bytes
+    on the mask's device.
+    """
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise TypeError(f"pack_mask: mask must be a bool tensor, got {getattr(mask, 'dtype', type(mask).__name__)}")
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    bits = torch.cat([flat, flat.new_zeros(pad)]).view(-1, 8).to(torch.uint8)
+    shifts = torch.arange(8, device=mask.device, dtype=torch.uint8)
+    return (bits << shifts).sum(1, dtype=torch.uint8)
+
+
+def masked_sgd_step_(
+    params: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    momentum_buffers: Sequence[torch.Tensor],
+    lr: float,
+    momentum: float,
+    *,
+    masks: Sequence[torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
+) -> None:
+    r"""Fused SGD-with-momentum step restricted to a mask, in place on params and momentum.
+
+    Where the mask is set:
+
+    .. math::
+        d = g + \lambda p, \qquad m \leftarrow \mu m + d, \qquad p \leftarrow p - \text{lr}\, m
+
+    (:math:`\lambda` = ``weight_decay``, term skipped when 0; :math:`\mu` =
+    ``momentum``; the rule of :class:`torch.optim.SGD` without dampening or
+    Nesterov, whose first step from a zero buffer is the same). Where it is
+    not set, the parameter and its momentum keep their bits: the core steps of
+    masked / partial training (Mohtashami, Jaggi, Stich, AISTATS 2022) and the
+    sparse phases of AC/DC (Peste et al., NeurIPS 2021). ``masks[i]`` is a bool
+    tensor shaped like ``params[i]`` or a uint8 tensor of ``ceil(numel / 8)``
+    bytes from :func:`pack_mask`; one kind per call. Without masks every
+    element is updated. One pass over every list.
+    """
+    rule = "masked_sgd_step_"
+    lists = _tensor_lists(
+        rule, {"params": params, "grads": grads, "momentum_buffers": momentum_buffers},
+        {"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
+    )
+    if masks is not None:
+        if isinstance(masks, torch.Tensor) or not isinstance(masks, Sequence):
+            raise TypeError(f"{rule}: masks must be a list of tensors, got {type(masks).__name__}")
+        if len(masks) != len(params):
+            raise ValueError(f"{rule}: params and masks must be equally long lists, got {len(params)} and {len(masks)} tensors")
+        masks = list(masks) if len(params) else [torch.empty(0, dtype=torch.bool)]
+    _NS.masked_sgd_step_(*lists, masks, float(lr), float(momentum), float(weight_decay))
+
+
 def _fake_rowwise(X: torch.Tensor) -> torch.Tensor:
     return X.new_empty((X.shape[1],))
 
@@ -376,4 +492,14 @@ def _(exp_avg, exp_avg_sq, grads, beta1, beta2):
 
 @torch.library.register_fake("robustagg::mvr_update_")
 def _(momentum, grads, prev_grads, a):
+    return None
+
+
+@torch.library.register_fake("robustagg::weighted_step_")
+def _(params, grads, corrections, weights, lr, beta):
+    return None
+
+
+@torch.library.register_fake("robustagg::masked_sgd_step_")
+def _(params, grads, momentum_buffers, masks, lr, momentum, weight_decay):
     return None

@@ -8,10 +8,10 @@
 // keep every thread busy, and the result does not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
 #include <optional>
 #include <vector>
 
@@ -21,37 +21,45 @@ namespace robustagg::cpu {
 namespace {
 
 constexpr int64_t kPiece = int64_t{1} << 14;
+// Ops that loop over many lists at once work through a piece in blocks of
+// kBlock elements, so that every list is read in one sequential pass while
+// the block's partial results stay in registers / L1.
+constexpr int64_t kBlock = 256;
 
-// Applies body(std::array<scalar_t*, K> pointers, count) to every piece of K
-// parallel lists; an absent list (nullopt) gives null pointers. The first
-// `writes` lists are written: a strided tensor is updated in a contiguous
-// copy that is written back.
-template <size_t K, typename Body>
-void for_each_piece(const std::array<std::optional<at::TensorList>, K>& lists, size_t writes, const Body& body) {
-  struct Piece {
-    size_t group;
-    int64_t begin, end;
-  };
+// Elements [begin, begin + size) of tensor `tensor` of the lists.
+struct Piece {
+  size_t tensor;
+  int64_t begin, size;
+};
+
+// Applies body(pointers, piece) to every piece of the parallel lists, where
+// pointers[k] points at the piece's first element in list k (null for an
+// absent list). The lists share the dtype of lists[0]; the first `writes`
+// lists are written: a strided tensor is updated in a contiguous copy that is
+// written back.
+template <typename Body>
+void for_each_piece(const std::vector<std::optional<at::TensorList>>& lists, size_t writes, const Body& body) {
+  const size_t depth = lists.size();
   const size_t count = lists[0]->size();
-  std::vector<std::array<at::Tensor, K>> work(count);
+  std::vector<std::vector<at::Tensor>> work(count, std::vector<at::Tensor>(depth));
   std::vector<Piece> pieces;
   for (size_t i = 0; i < count; ++i) {
-    for (size_t k = 0; k < K; ++k) {
+    for (size_t k = 0; k < depth; ++k) {
       if (lists[k].has_value()) work[i][k] = (*lists[k])[i].contiguous();
     }
     const int64_t numel = work[i][0].numel();
-    for (int64_t b = 0; b < numel; b += kPiece) pieces.push_back({i, b, std::min(b + kPiece, numel)});
+    for (int64_t b = 0; b < numel; b += kPiece) pieces.push_back({i, b, std::min(kPiece, numel - b)});
   }
   at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const Piece& piece = pieces[p];
-      const auto& group = work[piece.group];
+      const auto& group = work[piece.tensor];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, group[0].scalar_type(), "fused_update", [&] {
-        std::array<scalar_t*, K> ptr;
-        for (size_t k = 0; k < K; ++k) {
-          ptr[k] = group[k].defined() ? group[k].template data_ptr<scalar_t>() + piece.begin : nullptr;
+        c10::SmallVector<scalar_t*, 8> ptr(depth, nullptr);
+        for (size_t k = 0; k < depth; ++k) {
+          if (group[k].defined()) ptr[k] = group[k].template data_ptr<scalar_t>() + piece.begin;
         }
-        body(ptr, piece.end - piece.begin);
+        body(ptr, piece);
       });
     }
   });
@@ -63,11 +71,12 @@ void for_each_piece(const std::array<std::optional<at::TensorList>, K>& lists, s
 }
 
 template <typename Ptr>
-using Elem = std::remove_pointer_t<typename Ptr::value_type>;
+using Elem = std::remove_pointer_t<typename std::remove_reference_t<Ptr>::value_type>;
 
 void momentum_update_cpu(at::TensorList buffers, at::TensorList grads, double beta) {
   check_momentum_update(buffers, grads, beta);
-  for_each_piece<2>({buffers, grads}, 1, [&](auto ptr, int64_t n) {
+  for_each_piece({buffers, grads}, 1, [&](auto& ptr, const Piece& piece) {
+    const int64_t n = piece.size;
     using Acc = at::opmath_type<Elem<decltype(ptr)>>;
     const Acc keep = static_cast<Acc>(beta), take = static_cast<Acc>(1.0 - beta);
     auto* m = ptr[0];
@@ -83,7 +92,8 @@ void client_step_cpu(at::TensorList params, at::TensorList grads, std::optional<
                     coef_momentum);
   with_flags(
       [&](auto A, auto C, auto M) {
-        for_each_piece<5>({params, grads, anchor_grads, control, momentum}, 1, [&](auto ptr, int64_t n) {
+        for_each_piece({params, grads, anchor_grads, control, momentum}, 1, [&](auto& ptr, const Piece& piece) {
+    const int64_t n = piece.size;
           using T = Elem<decltype(ptr)>;
           using Acc = at::opmath_type<T>;
           constexpr bool kA = decltype(A)::value, kC = decltype(C)::value, kM = decltype(M)::value;
@@ -106,7 +116,8 @@ void adam_client_step_cpu(at::TensorList params, at::TensorList grads, std::opti
   const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, step);
   with_flags(
       [&](auto A, auto C) {
-        for_each_piece<6>({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1, [&](auto ptr, int64_t n) {
+        for_each_piece({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1, [&](auto& ptr, const Piece& piece) {
+    const int64_t n = piece.size;
           using T = Elem<decltype(ptr)>;
           constexpr bool kA = decltype(A)::value, kC = decltype(C)::value;
           const AdamCoefs<at::opmath_type<T>> k = s.as<at::opmath_type<T>>();
@@ -123,7 +134,8 @@ void adam_client_step_cpu(at::TensorList params, at::TensorList grads, std::opti
 void adam_stats_update_cpu(at::TensorList exp_avg, at::TensorList exp_avg_sq, at::TensorList grads, double beta1,
                            double beta2) {
   check_adam_stats_update(exp_avg, exp_avg_sq, grads, beta1, beta2);
-  for_each_piece<3>({exp_avg, exp_avg_sq, grads}, 2, [&](auto ptr, int64_t n) {
+  for_each_piece({exp_avg, exp_avg_sq, grads}, 2, [&](auto& ptr, const Piece& piece) {
+    const int64_t n = piece.size;
     using Acc = at::opmath_type<Elem<decltype(ptr)>>;
     const Acc b1 = static_cast<Acc>(beta1), t1 = static_cast<Acc>(1.0 - beta1);
     const Acc b2 = static_cast<Acc>(beta2), t2 = static_cast<Acc>(1.0 - beta2);
@@ -135,13 +147,106 @@ void adam_stats_update_cpu(at::TensorList exp_avg, at::TensorList exp_avg_sq, at
 
 void mvr_update_cpu(at::TensorList momentum, at::TensorList grads, at::TensorList prev_grads, double a) {
   check_mvr_update(momentum, grads, prev_grads, a);
-  for_each_piece<3>({momentum, grads, prev_grads}, 1, [&](auto ptr, int64_t n) {
+  for_each_piece({momentum, grads, prev_grads}, 1, [&](auto& ptr, const Piece& piece) {
+    const int64_t n = piece.size;
     using Acc = at::opmath_type<Elem<decltype(ptr)>>;
     const Acc take = static_cast<Acc>(a), keep = static_cast<Acc>(1.0 - a);
     auto* m = ptr[0];
     const auto *g = ptr[1], *h = ptr[2];
     for (int64_t i = 0; i < n; ++i) m[i] = mvr_value(m[i], g[i], h[i], take, keep);
   });
+}
+
+void weighted_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> corrections,
+                       at::ArrayRef<double> weights, double lr, double beta) {
+  check_weighted_step(params, grads, corrections, weights, lr, beta);
+  const size_t count = params.size();
+  const size_t collaborators = weights.size() - 1;
+  // Lists: params, then (when present) the N corrections, then the N + 1 users' grads.
+  std::vector<std::optional<at::TensorList>> lists{params};
+  if (corrections.has_value()) {
+    for (size_t u = 0; u < collaborators; ++u) lists.emplace_back(corrections->slice(u * count, count));
+  }
+  for (size_t u = 0; u <= collaborators; ++u) lists.emplace_back(grads.slice(u * count, count));
+  const size_t writes = corrections.has_value() ? 1 + collaborators : 1;
+  with_flags(
+      [&](auto corrected) {
+        constexpr bool kCorrected = decltype(corrected)::value;
+        for_each_piece(lists, writes, [&](auto& ptr, const Piece& piece) {
+          using T = Elem<decltype(ptr)>;
+          using Acc = at::opmath_type<T>;
+          const Acc step = static_cast<Acc>(lr), keep = static_cast<Acc>(1.0 - beta), take = static_cast<Acc>(beta);
+          T* p = ptr[0];
+          T* const* c = ptr.data() + 1;
+          const T* const* g = ptr.data() + (kCorrected ? 1 + collaborators : 1);
+          const Acc a0 = static_cast<Acc>(weights[0]);
+          for (int64_t b = 0; b < piece.size; b += kBlock) {
+            const int64_t m = std::min(kBlock, piece.size - b);
+            const T* g0 = g[0] + b;
+            Acc u[kBlock];
+            for (int64_t j = 0; j < m; ++j) u[j] = a0 * static_cast<Acc>(g0[j]);
+            for (size_t i = 1; i <= collaborators; ++i) {
+              const Acc a = static_cast<Acc>(weights[i]);
+              const T* gi = g[i] + b;
+              if constexpr (kCorrected) {
+                T* ci = c[i - 1] + b;
+                for (int64_t j = 0; j < m; ++j) {
+                  const T cij = ci[j];
+                  u[j] = collaborator_term(u[j], gi[j], a) + static_cast<Acc>(cij);
+                  ci[j] = correction_value(cij, g0[j], gi[j], a, keep, take);
+                }
+              } else {
+                for (int64_t j = 0; j < m; ++j) u[j] = collaborator_term(u[j], gi[j], a);
+              }
+            }
+            for (int64_t j = 0; j < m; ++j) p[b + j] = descend(p[b + j], step, u[j]);
+          }
+        });
+      },
+      corrections.has_value());
+}
+
+void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum,
+                         std::optional<at::TensorList> masks, double lr, double mu, double weight_decay) {
+  const MaskKind kind = check_masked_sgd_step(params, grads, momentum, masks, lr, mu, weight_decay);
+  std::vector<at::Tensor> mask_bytes;
+  if (masks.has_value()) {
+    for (const at::Tensor& mask : *masks) mask_bytes.push_back(mask.contiguous());
+  }
+  const auto run = [&](auto wd_flag, auto kind_tag) {
+    constexpr bool kWD = decltype(wd_flag)::value;
+    constexpr MaskKind kKind = decltype(kind_tag)::value;
+    for_each_piece({params, momentum, grads}, 2, [&](auto& ptr, const Piece& piece) {
+      using T = Elem<decltype(ptr)>;
+      using Acc = at::opmath_type<T>;
+      const Acc step = static_cast<Acc>(lr), keep = static_cast<Acc>(mu), wd = static_cast<Acc>(weight_decay);
+      T *p = ptr[0], *m = ptr[1];
+      const T* g = ptr[2];
+      // Pieces start at multiples of 8 elements, so a packed piece starts at a whole byte.
+      const uint8_t* mask = nullptr;
+      if constexpr (kKind != MaskKind::kNone) {
+        const auto* bytes = static_cast<const uint8_t*>(mask_bytes[piece.tensor].data_ptr());
+        mask = bytes + (kKind == MaskKind::kPacked ? piece.begin / 8 : piece.begin);
+      }
+      for (int64_t i = 0; i < piece.size; ++i) {
+        T p1, m1;
+        sgd_momentum_value<kWD>(p[i], m[i], g[i], step, keep, wd, p1, m1);
+        // Inactive elements are stored back unchanged, which keeps the loop branch-free.
+        const bool on = mask_bit<kKind>(mask, i);
+        p[i] = on ? p1 : p[i];
+        m[i] = on ? m1 : m[i];
+      }
+    });
+  };
+  const bool decay = weight_decay != 0.0;
+  switch (kind) {
+    case MaskKind::kNone:
+      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kNone>{}); }, decay);
+    case MaskKind::kBool:
+      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kBool>{}); }, decay);
+    case MaskKind::kPacked:
+      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kPacked>{}); }, decay);
+  }
 }
 
 }  // namespace
@@ -152,6 +257,8 @@ TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
   m.impl("adam_client_step_", &adam_client_step_cpu);
   m.impl("adam_stats_update_", &adam_stats_update_cpu);
   m.impl("mvr_update_", &mvr_update_cpu);
+  m.impl("weighted_step_", &weighted_step_cpu);
+  m.impl("masked_sgd_step_", &masked_sgd_step_cpu);
 }
 
 }  // namespace robustagg::cpu
