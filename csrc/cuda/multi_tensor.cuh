@@ -8,7 +8,6 @@
 
 #include <ATen/ATen.h>
 
-#include <array>
 #include <cstdint>
 #include <vector>
 
@@ -38,9 +37,10 @@ __device__ __forceinline__ void chunk_range(const ChunkList<Depth>& list, int bl
 // Calls launch(list, blocks) once per full ChunkList; a tensor whose chunks
 // do not fit one launch continues in slot 0 of the next. All tensors must be
 // contiguous and on one device; tensors[t][k] is tensor t of list k, or an
-// undefined tensor (a null pointer) for an absent list.
-template <int Depth, typename Launch>
-void for_each_chunk_list(const std::vector<std::array<at::Tensor, Depth>>& tensors, Launch launch) {
+// undefined tensor (a null pointer) for an absent list; tensors[t] may hold
+// more lists than the Depth passed.
+template <int Depth, typename Groups, typename Launch>
+void for_each_chunk_list(const Groups& tensors, Launch launch) {
   static_assert(sizeof(ChunkList<Depth>) <= 4096, "kernel arguments are limited to 4 KiB");
   ChunkList<Depth> list;
   int slot = 0;
