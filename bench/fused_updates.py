@@ -15,7 +15,15 @@ Cases are tensor lists shaped like real uses:
   MimeLite with SGDm (``client_step_`` on params, grads, momentum), Mime with
   SGDm (params, grads, anchor grads, control, momentum), Mime with Adam
   (``adam_client_step_`` with anchor grads and control), and the server
-  statistics ``adam_stats_update_`` and ``mvr_update_`` on the same list.
+  statistics ``adam_stats_update_`` and ``mvr_update_`` on the same list;
+* the personalized steps on the same list with N = 8 collaborators
+  (``weighted_step_``: plain WGA, and bias-corrected WGA which also reads and
+  writes the 8 corrections), and the masked SGD-momentum step
+  (``masked_sgd_step_`` with a bool or a bit-packed mask of density 1/4, and
+  without a mask, against torch.optim.SGD's foreach code and ``torch._fused_sgd_``).
+  The foreach compositions of the masked step take the mask as a float 0/1
+  list (foreach ops have no select); a mask's bytes count as a fraction of a
+  stream (1/4 for bool, 1/32 for packed bits).
 
 Each case is timed for the fused op, for the fastest of a few compositions
 of ``torch._foreach_*`` ops that compute the same update (named under the
@@ -55,14 +63,21 @@ from robustagg.ops import (  # noqa: E402
     adam_client_step_,
     adam_stats_update_,
     client_step_,
+    masked_sgd_step_,
     momentum_update_,
     mvr_update_,
+    pack_mask,
+    weighted_step_,
 )
 
 BETA = 0.9  # momentum_update_ and the SGDm client steps
 LR = 0.05
 ADAM = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=10)
 MVR_A = 0.1
+COLLABORATORS = 8  # the personalized steps: user 0 and N collaborators, uniform weights
+WEIGHTS = [1.0 / (COLLABORATORS + 1)] * (COLLABORATORS + 1)
+WGA_BETA = 0.002
+CORE_DENSITY = 0.25  # the masked steps: fraction of elements in the mask
 
 
 def resnet18_shapes(num_classes: int = 1000) -> list[tuple[int, ...]]:
@@ -232,6 +247,119 @@ def _mvr_loop(t):
         m.add_(g).sub_(h).mul_(1 - MVR_A).add_(g, alpha=MVR_A)
 
 
+# Personalized steps (N collaborators): u = a0 g0 + sum_i (a_i g_i + c_i); p <- p - lr u;
+# c_i <- (1 - beta) c_i + beta a_i (g0 - g_i).
+_USERS = range(COLLABORATORS + 1)
+
+
+def _wga_fused(t):
+    weighted_step_(t["p"], [t[f"g{i}"] for i in _USERS], WEIGHTS, LR)
+
+
+def _wga_foreach(t):
+    u = torch._foreach_mul(t["g0"], WEIGHTS[0])
+    for i in _USERS[1:]:
+        torch._foreach_add_(u, t[f"g{i}"], alpha=WEIGHTS[i])
+    torch._foreach_add_(t["p"], u, alpha=-LR)
+
+
+def _wga_loop(t):
+    for j, p in enumerate(t["p"]):
+        u = t["g0"][j] * WEIGHTS[0]
+        for i in _USERS[1:]:
+            u.add_(t[f"g{i}"][j], alpha=WEIGHTS[i])
+        p.add_(u, alpha=-LR)
+
+
+def _bc_fused(t):
+    weighted_step_(t["p"], [t[f"g{i}"] for i in _USERS], WEIGHTS, LR,
+                   corrections=[t[f"c{i}"] for i in _USERS[1:]], beta=WGA_BETA)
+
+
+def _bc_foreach_lerp(t):
+    u = torch._foreach_mul(t["g0"], WEIGHTS[0])
+    for i in _USERS[1:]:
+        torch._foreach_add_(u, t[f"g{i}"], alpha=WEIGHTS[i])
+        torch._foreach_add_(u, t[f"c{i}"])
+        d = torch._foreach_sub(t["g0"], t[f"g{i}"])
+        torch._foreach_mul_(d, WEIGHTS[i])
+        torch._foreach_lerp_(t[f"c{i}"], d, WGA_BETA)  # (1 - beta) c + beta a (g0 - g)
+    torch._foreach_add_(t["p"], u, alpha=-LR)
+
+
+def _bc_foreach_add_chain(t):
+    """No temporaries besides u: the correction as three scaled adds."""
+    u = torch._foreach_mul(t["g0"], WEIGHTS[0])
+    for i in _USERS[1:]:
+        torch._foreach_add_(u, t[f"g{i}"], alpha=WEIGHTS[i])
+        torch._foreach_add_(u, t[f"c{i}"])
+        torch._foreach_mul_(t[f"c{i}"], 1 - WGA_BETA)
+        torch._foreach_add_(t[f"c{i}"], t["g0"], alpha=WGA_BETA * WEIGHTS[i])
+        torch._foreach_add_(t[f"c{i}"], t[f"g{i}"], alpha=-WGA_BETA * WEIGHTS[i])
+    torch._foreach_add_(t["p"], u, alpha=-LR)
+
+
+def _bc_loop(t):
+    for j, p in enumerate(t["p"]):
+        g0 = t["g0"][j]
+        u = g0 * WEIGHTS[0]
+        for i in _USERS[1:]:
+            g, c = t[f"g{i}"][j], t[f"c{i}"][j]
+            u.add_(g, alpha=WEIGHTS[i]).add_(c)
+            c.lerp_((g0 - g).mul_(WEIGHTS[i]), WGA_BETA)
+        p.add_(u, alpha=-LR)
+
+
+# Masked SGD with momentum: where the mask is set, m <- mu m + g, p <- p - lr m; elsewhere unchanged.
+def _masked_fused(t):
+    masked_sgd_step_(t["p"], t["g"], t["m"], LR, BETA, masks=t["mask"])
+
+
+def _masked_foreach(t):
+    """m + f (mu m + g - m), p - lr f m with f the float 0/1 mask."""
+    new = torch._foreach_mul(t["m"], BETA)
+    torch._foreach_add_(new, t["g"])
+    torch._foreach_sub_(new, t["m"])
+    torch._foreach_addcmul_(t["m"], new, t["fmask"])
+    torch._foreach_addcmul_(t["p"], t["m"], t["fmask"], value=-LR)
+
+
+def _masked_foreach_lerp(t):
+    """lerp_ with the float mask as its weight: m + f ((mu m + g) - m)."""
+    new = torch._foreach_mul(t["m"], BETA)
+    torch._foreach_add_(new, t["g"])
+    torch._foreach_lerp_(t["m"], new, t["fmask"])
+    torch._foreach_addcmul_(t["p"], t["m"], t["fmask"], value=-LR)
+
+
+def _masked_loop(t):
+    for p, g, m, mask in zip(t["p"], t["g"], t["m"], t["bmask"]):
+        m.copy_(torch.where(mask, m * BETA + g, m))
+        p.copy_(torch.where(mask, p - LR * m, p))
+
+
+def _sgd_fused(t):
+    masked_sgd_step_(t["p"], t["g"], t["m"], LR, BETA)
+
+
+def _sgd_foreach(t):
+    """torch.optim.SGD(foreach=True)'s step with momentum (buffers exist, no dampening)."""
+    torch._foreach_mul_(t["m"], BETA)
+    torch._foreach_add_(t["m"], t["g"])
+    torch._foreach_add_(t["p"], t["m"], alpha=-LR)
+
+
+def _sgd_torch_fused(t):
+    torch._fused_sgd_(t["p"], t["g"], t["m"], weight_decay=0.0, momentum=BETA, lr=LR, dampening=0.0,
+                      nesterov=False, maximize=False, is_first_step=False)
+
+
+def _sgd_loop(t):
+    for p, g, m in zip(t["p"], t["g"], t["m"]):
+        m.mul_(BETA).add_(g)
+        p.add_(m, alpha=-LR)
+
+
 BLOCK_BYTES = 2 << 20  # the blocked foreach variants: groups of consecutive tensors of at most 2 MB per list
 
 
@@ -269,7 +397,7 @@ def with_blocked(candidates: dict) -> dict:
     return out
 
 
-SINGLE_PASS = {"lerp_"}
+SINGLE_PASS = {"lerp_", "torch._fused_sgd_"}
 
 
 @dataclass
@@ -282,10 +410,15 @@ class Case:
     foreach: dict  # name -> candidate composition
     loop: Callable
     non_negative: tuple = field(default_factory=tuple)  # Adam's second moment
+    mask: str = ""  # "bool" or "packed": the case also reads a mask of that kind
 
     @property
-    def streams(self) -> int:
-        return len(self.lists) + len(self.written)
+    def mask_streams(self) -> float:
+        return {"": 0.0, "bool": 0.25, "packed": 1 / 32}[self.mask]
+
+    @property
+    def streams(self) -> float:
+        return len(self.lists) + len(self.written) + self.mask_streams
 
 
 _MOMENTUM_FOREACH = with_blocked({"mul_ + add_(alpha)": _momentum_foreach_mul_add, "lerp_": _momentum_foreach_lerp})
@@ -315,6 +448,21 @@ CASES = [
          with_blocked({"lerp_, mul_, addcmul_": _stats_foreach}), _stats_loop, ("v",)),
     Case("mvr_update_ (ResNet-18)", RESNET18, ("m", "g", "h"), ("m",), _mvr_fused,
          with_blocked({"add_, sub_, lerp_": _mvr_foreach}), _mvr_loop),
+    Case(f"WGA step, N = {COLLABORATORS} (ResNet-18)", RESNET18, ("p", *(f"g{i}" for i in _USERS)), ("p",),
+         _wga_fused, with_blocked({"mul, N x add_(alpha), add_(alpha)": _wga_foreach}), _wga_loop),
+    Case(f"bias-corrected WGA step, N = {COLLABORATORS} (ResNet-18)", RESNET18,
+         ("p", *(f"g{i}" for i in _USERS), *(f"c{i}" for i in _USERS[1:])), ("p", *(f"c{i}" for i in _USERS[1:])),
+         _bc_fused, with_blocked({"sub, mul_, lerp_ per collaborator": _bc_foreach_lerp,
+                                  "mul_ + 2 x add_(alpha) per collaborator": _bc_foreach_add_chain}), _bc_loop),
+    Case("masked SGD-momentum step, bool mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _masked_fused,
+         with_blocked({"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}),
+         _masked_loop, mask="bool"),
+    Case("masked SGD-momentum step, packed mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _masked_fused,
+         with_blocked({"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}),
+         _masked_loop, mask="packed"),
+    Case("SGD-momentum step, no mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _sgd_fused,
+         with_blocked({"torch.optim.SGD foreach (mul_, add_, add_)": _sgd_foreach, "torch._fused_sgd_": _sgd_torch_fused}),
+         _sgd_loop),
 ]
 
 
@@ -327,6 +475,11 @@ def _make_set(case: Case, device, gen) -> dict:
         if name in case.non_negative:
             xs = [m.square() + 0.01 * x.square_() for m, x in zip(out["m"], xs)]
         out[name] = [x.to(device) for x in xs]
+    if case.mask:
+        bmask = [torch.rand(s, generator=gen) < CORE_DENSITY for s in case.shapes]
+        out["bmask"] = [b.to(device) for b in bmask]
+        out["fmask"] = [b.float().to(device) for b in bmask]
+        out["mask"] = out["bmask"] if case.mask == "bool" else [pack_mask(b).to(device) for b in bmask]
     return out
 
 
@@ -359,16 +512,16 @@ def copy_streams(device: torch.device) -> int:
     return 2 if device.type == "cuda" else 3
 
 
-def run(device: str, repeats: int) -> list[dict]:
+def run(device: str, repeats: int, only: str = "") -> list[dict]:
     dev = torch.device(device)
     if dev.type == "cpu":
         rb.pin_malloc()
     gen = torch.Generator().manual_seed(0)
     rows = []
-    for case in CASES:
+    for case in [c for c in CASES if only in c.name]:
         numel = sum(math.prod(s) for s in case.shapes)
         list_bytes = numel * 4
-        copies = rb.rotation_count((len(case.lists) + 2) * list_bytes, dev, 2 << 30)
+        copies = rb.rotation_count(int((len(case.lists) + 2 + (1.3 if case.mask else 0)) * list_bytes), dev, 2 << 30)
         # Each copy: the case's lists, and two flat buffers of one list's size for the copy
         # (zeros, not empty: the destination is paged in before it is timed).
         sets = [(_make_set(case, device, gen), (torch.zeros(numel, device=device),
@@ -390,7 +543,8 @@ def run(device: str, repeats: int) -> list[dict]:
             "tensors": len(case.shapes),
             "MB": list_bytes / 1e6,
             "streams": case.streams,
-            "streams_desc": f"{len(case.lists)} read + {len(case.written)} written",
+            "streams_desc": f"{len(case.lists)} read + {len(case.written)} written"
+                            + (f" + {case.mask} mask" if case.mask else ""),
             "ms": fused_ms,
             "GB/s": moved / fused_ms / 1e6,
             "copy_GB/s": copy_gbs,
@@ -435,7 +589,7 @@ def markdown(rows: list[dict], device: str, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['tensors']} | {r['MB']:.1f} | {r['streams']} ({r['streams_desc']}) | "
+        lines.append(f"| {r['case']} | {r['tensors']} | {r['MB']:.1f} | {r['streams']:g} ({r['streams_desc']}) | "
                      f"{r['ms']:.3f} | {r['GB/s']:.1f} | {r['x_floor']:.2f} | {r['speedup_vs_foreach']:.2f} | "
                      f"{r['speedup_vs_loop']:.2f} |")
     lines += ["", "Foreach compositions (ms; the fastest is the one compared) and the copy bandwidth:", ""]
@@ -451,11 +605,12 @@ def main() -> int:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--only", default="", metavar="TEXT", help="only the cases whose name contains TEXT")
     args = p.parse_args()
     if args.device == "cuda" and not (torch.cuda.is_available() and robustagg.cuda_kernels_built()):
         print("fused_updates: no CUDA GPU or no CUDA kernels", file=sys.stderr)
         return 2
-    rows = run(args.device, args.repeats)
+    rows = run(args.device, args.repeats, args.only)
     text = markdown(rows, args.device, "python " + " ".join(sys.argv))
     print(text)
     if args.markdown:

@@ -371,3 +371,49 @@ def mvr_update(momentum: list[torch.Tensor], grads: list[torch.Tensor], prev_gra
         g64 = g.to(torch.float64)
         out.append(a * g64 + (1.0 - a) * ((m.to(torch.float64) + g64) - h.to(torch.float64)))
     return out
+
+
+def weighted_step(params: list[torch.Tensor], grads: list[list[torch.Tensor]], weights: list[float], lr: float, *,
+                  corrections: list[list[torch.Tensor]] | None = None, beta: float = 0.0
+                  ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
+    """(new params, new corrections) of the (bias-corrected) weighted averaging step, float64.
+
+    ``u = a_0 g_0 + sum_{i>=1} (a_i g_i + c_i)``, ``p - lr * u``, and
+    ``c_i <- (1 - beta) c_i + beta * a_i (g_0 - g_i)`` from the old corrections
+    (SPEC 6.3); without corrections the c terms are absent. The inputs are not modified.
+    """
+    f64 = [[t.to(torch.float64) for t in user] for user in grads]
+    new_params, new_corr = [], None if corrections is None else [[] for _ in corrections]
+    for j, p in enumerate(params):
+        u = weights[0] * f64[0][j]
+        for i in range(1, len(grads)):
+            u = u + weights[i] * f64[i][j]
+            if corrections is not None:
+                c = corrections[i - 1][j].to(torch.float64)
+                u = u + c
+                new_corr[i - 1].append((1.0 - beta) * c + beta * (weights[i] * (f64[0][j] - f64[i][j])))
+        new_params.append(p.to(torch.float64) - lr * u)
+    return new_params, new_corr
+
+
+def masked_sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffers: list[torch.Tensor],
+                    lr: float, momentum: float, *, masks: list[torch.Tensor] | None = None, weight_decay: float = 0.0
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(new params, new momentum) of SGD with momentum where the bool mask is set, float64.
+
+    ``d = g + wd p`` (no term when wd = 0), ``m' = mu m + d``, ``p' = p - lr m'``
+    where the mask is set; elsewhere p and m unchanged (SPEC 6.4). Masks are
+    bool tensors shaped like the params (unpack packed masks first).
+    """
+    new_p, new_m = [], []
+    for i, (p, g, m) in enumerate(zip(params, grads, momentum_buffers, strict=True)):
+        p64, g64, m64 = p.to(torch.float64), g.to(torch.float64), m.to(torch.float64)
+        d = g64 + weight_decay * p64 if weight_decay != 0.0 else g64
+        m1 = momentum * m64 + d
+        p1 = p64 - lr * m1
+        if masks is not None:
+            m1 = torch.where(masks[i], m1, m64)
+            p1 = torch.where(masks[i], p1, p64)
+        new_p.append(p1)
+        new_m.append(m1)
+    return new_p, new_m

@@ -2,10 +2,28 @@
 
 * :mod:`robustagg.optim.byzantine`: worker momentum and the robust server step;
 * :mod:`robustagg.optim.mime`: federated server and client optimizer (FedAvg,
-  FedAvgM, SCAFFOLD, MimeLite, Mime, MVR variants).
+  FedAvgM, SCAFFOLD, MimeLite, Mime, MVR variants);
+* :mod:`robustagg.optim.personalized`: weighted gradient averaging, with and
+  without bias correction, and the weights of optimal model averaging;
+* :mod:`robustagg.optim.masked`: masked / partial training of a core
+  sub-network, AC/DC, and the masked SGD-momentum optimizer.
 """
 
 from .byzantine import RobustServer, WorkerMomentum
+from .masked import ACDCSchedule, ACDCTrainer, AlternatingSchedule, MaskedSGD, PartialTrainer
 from .mime import ClientOptimizer, FederatedServer
+from .personalized import BiasCorrectedWGA, WeightedGradientAveraging
 
-__all__ = ["ClientOptimizer", "FederatedServer", "RobustServer", "WorkerMomentum"]
+__all__ = [
+    "ACDCSchedule",
+    "ACDCTrainer",
+    "AlternatingSchedule",
+    "BiasCorrectedWGA",
+    "ClientOptimizer",
+    "FederatedServer",
+    "MaskedSGD",
+    "PartialTrainer",
+    "RobustServer",
+    "WeightedGradientAveraging",
+    "WorkerMomentum",
+]

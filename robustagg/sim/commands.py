@@ -34,26 +34,30 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     lines = t.add_subparsers(dest="line", metavar="<line>")
     _add_byzantine(lines)
     _add_federated(lines)
+    _add_personalized(lines)
+    _add_masked(lines)
     t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
 
 
-def _add_common(p: argparse.ArgumentParser, name: str, json_default: str) -> None:
+def _add_common(p: argparse.ArgumentParser, name: str, json_default: str, seeds: int = 3) -> None:
     p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
     p.add_argument("--json", metavar="PATH", help=f"result JSON (default {json_default})")
     p.add_argument("--plot", metavar="PATH", help="plot (default: the JSON path with .png)")
     g = p.add_argument_group("grid")
     g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
-    g.add_argument("--seeds", type=_positive_int, default=3, help="seeds per grid cell (default 3)")
+    g.add_argument("--seeds", type=_positive_int, default=seeds, help=f"seeds per grid cell (default {seeds})")
     g.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)")
     g.add_argument("--out", default=os.path.join("docs", "results"),
                    help=f"folder of the grid's {name}.md, PNGs and JSON (default docs/results)")
 
 
-def _run_single(args, cfg, run: Callable, label: str, stem: str) -> tuple[dict, str, str]:
+def _run_single(args, cfg, run: Callable, label: str, stem: str, rounds: int | None = None,
+                metric: str = "test acc") -> tuple[dict, str, str]:
+    """One run with a progress bar (``rounds`` steps, default ``cfg.rounds``; ``metric`` names the reported value)."""
     from .report import Progress
 
-    progress = Progress(cfg.rounds, label)
-    result = run(cfg, progress=lambda t, acc: progress.update(t, f"test acc {acc:.3f}"))
+    progress = Progress(rounds or cfg.rounds, label)
+    result = run(cfg, progress=lambda t, value: progress.update(t, f"{metric} {value:.4g}"))
     progress.close()
     result["command"] = _command(args)
     json_path = args.json or os.path.join("runs", stem + ".json")
@@ -65,7 +69,8 @@ def _run_single(args, cfg, run: Callable, label: str, stem: str) -> tuple[dict, 
 def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[dict], str], keys: tuple[str, ...]) -> int:
     from .report import Progress
 
-    print(f"{name} grid: {len(configs)} runs of {args.rounds} rounds in {args.jobs} processes", file=sys.stderr)
+    length = f" of {args.rounds} rounds" if args.rounds else ""
+    print(f"{name} grid: {len(configs)} runs{length} in {args.jobs} processes", file=sys.stderr)
     progress = Progress(len(configs), "grid")
     start = time.perf_counter()
     results = grid_module.run_grid(configs, args.jobs, lambda k, r: progress.update(k, "last: " + describe(r)))
@@ -83,7 +88,7 @@ def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[d
     _write(md_path, text)
     plots = grid_module.grid_plots(results, args.out)
     json_path = os.path.join(args.out, f"{name}.json")
-    runs = ",\n".join(json.dumps({k: r[k] for k in keys}) for r in results)  # one run per line
+    runs = ",\n".join(json.dumps({k: r[k] for k in keys if k in r}) for r in results)  # one run per line
     _write(json_path, f'{{"command": {json.dumps(command)}, "wall_seconds": {wall:.1f}, "runs": [\n{runs}\n]}}\n')
     print(f"{len(results)} runs in {wall / 60:.1f} min")
     print(f"table: {md_path}\nplots: {', '.join(plots)}\nJSON: {json_path}")
@@ -304,5 +309,196 @@ def _federated_run(args: argparse.Namespace, cfg) -> int:
           f"rounds to 90%: {result['rounds_to_90']}, to 95%: {result['rounds_to_95']}")
     print("training loss: " + ", ".join(f"{v:.4f} at round {k}" for k, v in result["train_loss_at"].items()))
     print(f"per round: gradients {sec['gradients']:.2f} ms, client steps {sec['client_steps']:.2f} ms, server {sec['server']:.2f} ms")
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# personalized
+
+_PERSONALIZED_DESCRIPTION = """\
+Personalized collaborative learning: user 0 trains on its own objective and
+borrows the gradients of N collaborators whose objectives differ from its own
+(Grimberg et al. 2021; Chayti et al. 2021). Each step every user draws one
+stochastic gradient at user 0's model; the step is one fused native call.
+
+Tasks: quadratic (d-dimensional least squares, collaborators' optima shifted by
+one common vector), hessian (the same with collaborators' Hessians perturbed by
++-0.5 on the diagonal), digits (logistic regression; users differ in their
+label priors). Methods: local (user 0 alone), wga (uniform weights 1/(N+1)),
+optimal (weights minimising variance + bias^2), bias_corrected (uniform WGA
+plus an EMA of each collaborator's gradient difference, constant beta),
+bias_corrected_decay (beta_t = max(1/(t+1), beta_floor)).
+
+One run prints a progress bar and a summary and writes the JSON result (user
+0's error per evaluation, the mean over the last 1000 steps) and a PNG.
+--grid runs every task x N in {0, 1, 2, 4, 8, 16, 32} x method and writes
+docs/results/personalized.md."""
+
+_PERSONALIZED_EPILOG = """\
+examples:
+  robustagg train personalized --task quadratic --method bias_corrected --collaborators 16
+  robustagg train personalized --task hessian --method wga --collaborators 8
+  robustagg train personalized --task digits --method optimal --collaborators 4
+  robustagg train personalized --grid                  # writes docs/results/personalized.md"""
+
+
+def _add_personalized(lines: argparse._SubParsersAction) -> None:
+    from .personalized import METHODS, TASKS, PersonalizedConfig
+
+    d = PersonalizedConfig()
+    p = lines.add_parser(
+        "personalized",
+        help="personalized collaborative learning: local SGD, WGA, optimal weights, bias correction (one run or --grid)",
+        description=_PERSONALIZED_DESCRIPTION,
+        epilog=_PERSONALIZED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--task", choices=list(TASKS), default=d.task, help=f"objective of the users (default {d.task})")
+    p.add_argument("--method", choices=list(METHODS), default=d.method, help=f"update rule (default {d.method})")
+    p.add_argument("--collaborators", type=int, default=d.collaborators, help=f"N collaborators (default {d.collaborators})")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help="steps (default: the task's, 6000 for the quadratic tasks)")
+    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: the task's)")
+    p.add_argument("--beta", type=float, default=d.beta, help=f"EMA rate of the bias correction (default {d.beta})")
+    p.add_argument("--beta-floor", type=float, default=d.beta_floor,
+                   help=f"floor of the decaying rate max(1/(t+1), floor) (default {d.beta_floor})")
+    p.add_argument("--dim", type=_positive_int, default=d.dim, help=f"dimension of the quadratic tasks (default {d.dim})")
+    p.add_argument("--shift", type=float, default=d.shift, help=f"norm of the collaborators' common shift (default {d.shift})")
+    p.add_argument("--noise", type=float, default=d.noise, help=f"gradient noise std per coordinate (default {d.noise})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"examples per user per step, digits (default {d.batch})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the problem, initialisation and noise (default 0)")
+    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"steps between recorded errors (default {d.eval_every})")
+    _add_common(p, "personalized", "runs/personalized-<task>-<method>-N<N>-s<seed>.json", seeds=2)
+    p.set_defaults(func=_train_personalized)
+
+
+def _train_personalized(args: argparse.Namespace) -> int:
+    from . import personalized_grid
+    from .personalized import PersonalizedConfig
+
+    def describe(r: dict) -> str:
+        c = r["config"]
+        return f"{c['task']} {c['method']} N={c['collaborators']} -> {r['tail_error']:.4g}"
+
+    keys = ("config", "tail_error", "final_error", "weights", "seconds_per_step", "wall_seconds")
+    return _train(args, "personalized", PersonalizedConfig, personalized_grid, describe, keys, _personalized_run)
+
+
+def _personalized_run(args: argparse.Namespace, cfg) -> int:
+    from .personalized import run_personalized
+    from .report import plot_curve_panels
+
+    cfg = cfg.resolved()
+    stem = f"personalized-{cfg.task}-{cfg.method}-N{cfg.collaborators}-s{cfg.seed}"
+    result, json_path, plot_path = _run_single(args, cfg, run_personalized, f"{cfg.method} N={cfg.collaborators}",
+                                               stem, metric="error")
+    rounds = [p["round"] for p in result["curve"]]
+    name = f"{cfg.method}, N = {cfg.collaborators}"
+    panels = [(f"{cfg.task}: user 0's error", {name: (rounds, [p["error"] for p in result["curve"]])}, "error", True)]
+    if cfg.task == "digits":
+        panels.append((f"{cfg.task}: user 0's accuracy", {name: (rounds, [p["accuracy"] for p in result["curve"]])},
+                       "accuracy", False))
+    plot_curve_panels(plot_path, panels)
+    sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
+    weights = ", ".join(f"{w:.3g}" for w in result["weights"][:6]) + (", ..." if len(result["weights"]) > 6 else "")
+    print(f"{cfg.task}, {cfg.method}: N = {cfg.collaborators} collaborators, {cfg.rounds} steps, lr {cfg.lr:g}, seed {cfg.seed}")
+    print(f"weights: {weights}")
+    print(f"user 0's error: final {result['final_error']:.4g}, mean over the last steps {result['tail_error']:.4g}")
+    print(f"per step: gradients {sec['gradients']:.3f} ms, fused step {sec['step']:.3f} ms")
+    print(f"JSON: {json_path}\nplot: {plot_path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# masked
+
+_MASKED_DESCRIPTION = """\
+Masked / partial training (Mohtashami, Jaggi, Stich, AISTATS 2022) of an MLP on
+scikit-learn's digits: a core sub-network (the first core_fraction of the
+hidden units) is trained alternately with the full network. On a core step the
+forward pass uses only the core and only core parameters and their momentum
+change (one fused masked SGD-momentum call); on a full step everything does.
+AC/DC (Peste et al., NeurIPS 2021) alternates dense phases with sparse phases
+that keep the global top-density weights by magnitude.
+
+Trainings: full (full steps only), core (core steps only), alternating
+(period, core_steps, warmup), acdc (density).
+
+One run prints a progress bar and a summary and writes the JSON result
+(test accuracy of the full model and of the extracted core per evaluation)
+and a PNG. --grid writes docs/results/masked.md."""
+
+_MASKED_EPILOG = """\
+examples:
+  robustagg train masked --training alternating --core-fraction 0.25
+  robustagg train masked --training alternating --period 4 --core-steps 3 --warmup 500
+  robustagg train masked --training full
+  robustagg train masked --training acdc --density 0.1
+  robustagg train masked --grid                  # writes docs/results/masked.md"""
+
+
+def _add_masked(lines: argparse._SubParsersAction) -> None:
+    from .masked import TRAININGS, MaskedConfig
+
+    d = MaskedConfig()
+    p = lines.add_parser(
+        "masked",
+        help="masked / partial training of a core sub-network with the full network, and AC/DC (one run or --grid)",
+        description=_MASKED_DESCRIPTION,
+        epilog=_MASKED_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--training", choices=list(TRAININGS), default=d.training, help=f"schedule (default {d.training})")
+    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--core-fraction", type=float, default=d.core_fraction,
+                   help=f"fraction of the hidden units in the core (default {d.core_fraction})")
+    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"steps (default {d.rounds})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--period", type=_positive_int, default=d.period, help=f"steps per alternation period (default {d.period})")
+    p.add_argument("--core-steps", type=int, default=d.core_steps, help=f"core steps per period (default {d.core_steps})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"full steps before alternating (default {d.warmup})")
+    p.add_argument("--density", type=float, default=d.density, help=f"AC/DC: fraction of weights kept in sparse phases (default {d.density})")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and batches (default 0)")
+    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"steps between evaluations (default {d.eval_every})")
+    _add_common(p, "masked", "runs/masked-<training>-s<seed>.json")
+    p.set_defaults(func=_train_masked)
+
+
+def _train_masked(args: argparse.Namespace) -> int:
+    from . import masked_grid
+    from .masked import MaskedConfig
+
+    def describe(r: dict) -> str:
+        full = r["final_full_accuracy"]
+        return f"{r['config']['training']} -> full {'–' if full is None else f'{full:.3f}'}, core {r['final_core_accuracy']:.3f}"
+
+    keys = ("config", "final_full_accuracy", "final_core_accuracy", "final_sparse_accuracy", "seconds_per_step",
+            "wall_seconds")
+    return _train(args, "masked", MaskedConfig, masked_grid, describe, keys, _masked_run)
+
+
+def _masked_run(args: argparse.Namespace, cfg) -> int:
+    from .masked import run_masked
+    from .report import plot_curves
+
+    stem = f"masked-{cfg.training}-s{cfg.seed}"
+    result, json_path, plot_path = _run_single(args, cfg, run_masked, cfg.training, stem)
+    rounds = [p["round"] for p in result["curve"]]
+    curves = {}
+    for key, label in (("full_accuracy", "full model"), ("core_accuracy", "core"), ("sparse_accuracy", "sparse model")):
+        values = [p.get(key) for p in result["curve"]]
+        if any(v is not None for v in values):
+            curves[label] = (rounds, [float("nan") if v is None else v for v in values])
+    plot_curves(plot_path, curves, f"{cfg.training}: MLP 64-{cfg.hidden}-10, core {cfg.core_fraction:g}, seed {cfg.seed}",
+                "test accuracy")
+    sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
+    full = result["final_full_accuracy"]
+    print(f"{cfg.training}: MLP 64-{cfg.hidden}-10, core = {cfg.core_fraction:g} of the hidden units, {cfg.rounds} steps, "
+          f"seed {cfg.seed}")
+    print(f"test accuracy: full model {'–' if full is None else f'{full:.4f}'}, core {result['final_core_accuracy']:.4f}"
+          + (f", sparse model {result['final_sparse_accuracy']:.4f}" if result.get("final_sparse_accuracy") is not None else ""))
+    print(f"per step: forward and backward {sec['forward_backward']:.3f} ms, optimizer step {sec['step']:.3f} ms")
     print(f"JSON: {json_path}\nplot: {plot_path}")
     return 0
