@@ -12,8 +12,11 @@ launches: a tensor spanning 2 chunks, 0-D, empty and strided tensors, mixed
 dtypes, more tensors than one launch holds) must equal the CPU op bit for
 bit, and so must client_step_, adam_client_step_, adam_stats_update_ and
 mvr_update_ (the same cases, each optional list present and absent, several
-scalar sets), with their read-only lists unchanged. Exits non-zero on a
-mismatch.
+scalar sets), with their read-only lists unchanged; so must weighted_step_
+(device address table: a tensor spanning 3 chunks of 8192, N = 0, 1, 3 and
+33, corrections present and absent) and masked_sgd_step_ (no mask, bool and
+packed masks, with and without weight decay, more tensors than one launch
+holds). Exits non-zero on a mismatch.
 """
 
 import sys
@@ -177,6 +180,71 @@ def check_fused_updates(device: str = "cuda") -> int:
     return failures
 
 
+def check_weighted_masked(device: str = "cuda") -> int:
+    """weighted_step_ (the table kernel: shared-memory addresses and weights, chunks of 8192, 2N + 2
+    lists) and masked_sgd_step_ (ChunkList<4>, masks as bytes or packed bits): every dtype and
+    mixed dtypes, 0-D, empty and strided tensors, NaN on a chunk boundary; the written lists must
+    equal the CPU op bit for bit, the read lists must be unchanged. Counts mismatches."""
+    failures = 0
+    gen = torch.Generator().manual_seed(2)
+    table_chunk, chunk = 8192, 65536  # elements per block (csrc/cuda/fused_update.cu, multi_tensor.cuh)
+    dtypes = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+    def make(shapes, pick):
+        xs = [torch.randn(s, generator=gen, dtype=torch.float64).to(pick(i)) for i, s in enumerate(shapes)]
+        xs.append(torch.randn(40, 30, generator=gen, dtype=torch.float64).to(pick(len(shapes))).t())
+        return xs
+
+    for dtype in (*dtypes, None):
+        pick = (lambda i: dtypes[i % 4]) if dtype is None else (lambda i, d=dtype: d)
+        # weighted_step_
+        for n in (0, 1, 3, 33):
+            shapes = [(2 * table_chunk + 5,), (5, 33), (), (0,)] if n < 33 else [(7,), (), (0,)]
+            params = make(shapes, pick)
+            params[0][table_chunk - 1 : table_chunk + 1] = float("nan")  # both sides of a chunk boundary
+            grads = [make(shapes, pick) for _ in range(n + 1)]
+            corr = [make(shapes, pick) for _ in range(n)]
+            weights = [0.5 - 0.01 * i for i in range(n + 1)]
+            for corrected in (True, False):
+                want_p = [x.clone() for x in params]
+                want_c = [[x.clone() for x in cl] for cl in corr] if corrected else None
+                ra.ops.weighted_step_(want_p, grads, weights, 0.1, corrections=want_c, beta=0.3)
+                got_p = [x.to(device, copy=True) for x in params]
+                got_g = [[x.to(device, copy=True) for x in gl] for gl in grads]
+                got_c = [[x.to(device, copy=True) for x in cl] for cl in corr] if corrected else None
+                ra.ops.weighted_step_(got_p, got_g, weights, 0.1, corrections=got_c, beta=0.3)
+                pairs = [("params", got_p, want_p)] + [(f"grads[{u}]", got_g[u], grads[u]) for u in range(n + 1)]
+                if corrected:
+                    pairs += [(f"corrections[{i}]", got_c[i], want_c[i]) for i in range(n)]
+                for name, got, want in pairs:
+                    for i, (a, b) in enumerate(zip(got, want)):
+                        if not same_bits(a.cpu(), b):
+                            failures += 1
+                            print(f"MISMATCH weighted_step_ {name}[{i}] dtype={a.dtype} N={n} corrected={corrected}",
+                                  file=sys.stderr)
+        # masked_sgd_step_: 45 tensors > 36 per launch
+        shapes = [(chunk + 17,), (5, 33), (), (0,), (3, 4, 7)] + [(3,)] * 40
+        ps, ms, gs = make(shapes, pick), make(shapes, pick), make(shapes, pick)
+        ps[0][chunk - 1 : chunk + 1] = float("nan")
+        bools = [torch.rand(s, generator=gen) < 0.5 for s in shapes] + [torch.rand(30, 40, generator=gen) < 0.5]
+        for kind in (None, "bool", "packed"):
+            masks = None if kind is None else bools if kind == "bool" else [ra.ops.pack_mask(b) for b in bools]
+            for wd in (0.0, 0.01):
+                want_p, want_m = [x.clone() for x in ps], [x.clone() for x in ms]
+                ra.ops.masked_sgd_step_(want_p, gs, want_m, 0.1, 0.9, masks=masks, weight_decay=wd)
+                got_p, got_m = [x.to(device, copy=True) for x in ps], [x.to(device, copy=True) for x in ms]
+                got_g = [x.to(device, copy=True) for x in gs]
+                got_masks = None if masks is None else [x.to(device, copy=True) for x in masks]
+                ra.ops.masked_sgd_step_(got_p, got_g, got_m, 0.1, 0.9, masks=got_masks, weight_decay=wd)
+                for name, got, want in (("params", got_p, want_p), ("momentum", got_m, want_m), ("grads", got_g, gs)):
+                    for i, (a, b) in enumerate(zip(got, want)):
+                        if not same_bits(a.cpu(), b):
+                            failures += 1
+                            print(f"MISMATCH masked_sgd_step_ {name}[{i}] dtype={a.dtype} masks={kind} wd={wd}",
+                                  file=sys.stderr)
+    return failures
+
+
 def main() -> int:
     torch.manual_seed(0)
     failures = 0
@@ -203,6 +271,7 @@ def main() -> int:
             failures += check_distance_ops(X, Xc, dtype, n)
     failures += check_momentum_update()
     failures += check_fused_updates()
+    failures += check_weighted_masked()
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {failures} mismatches")
     return 1 if failures else 0

@@ -346,7 +346,7 @@ def weighted_step_(
     if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence) or len(grads) == 0:
         raise TypeError(f"{rule}: grads must be a non-empty list of N + 1 gradient lists, got {type(grads).__name__}")
     users = len(grads)
-    if isinstance(weights, torch.Tensor):
+    if hasattr(weights, "tolist"):  # a tensor or numpy array
         weights = weights.tolist()
     if not isinstance(weights, Sequence) or len(weights) != users:
         raise ValueError(f"{rule}: weights must hold one number per gradient list ({users}), got {weights!r}")
@@ -419,6 +419,9 @@ def masked_sgd_step_(
     if masks is not None:
         if isinstance(masks, torch.Tensor) or not isinstance(masks, Sequence):
             raise TypeError(f"{rule}: masks must be a list of tensors, got {type(masks).__name__}")
+        for i, mask in enumerate(masks):
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"{rule}: masks[{i}] must be a torch.Tensor, got {type(mask).__name__}")
         if len(masks) != len(params):
             raise ValueError(f"{rule}: params and masks must be equally long lists, got {len(params)} and {len(masks)} tensors")
         masks = list(masks) if len(params) else [torch.empty(0, dtype=torch.bool)]
