@@ -104,7 +104,8 @@ def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
                        timer=None) -> tuple[list[dict], list[str]]:
     """The client steps and statistics of bench/fused_updates.py on the ResNet-18 parameter list
     (62 float32 tensors, 11.7M values): MimeLite-SGDm and Mime-SGDm client_step_, Mime-Adam
-    adam_client_step_, adam_stats_update_, mvr_update_. GB/s counts the op's streams (every list
+    adam_client_step_, adam_stats_update_, mvr_update_, weighted_step_ (WGA and bias-corrected
+    WGA with 8 collaborators) and masked_sgd_step_ (bool, packed and no mask). GB/s counts the op's streams (every list
     read once, every written list written once) x one list's bytes; % of copy BW is against a
     device-to-device copy of one list's bytes (read + written); "x one read" against one read of
     one list; "vs torch" is the fastest of the torch._foreach_* compositions timed there."""
