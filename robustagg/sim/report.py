@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-__all__ = ["Progress", "plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std"]
+__all__ = ["Progress", "plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std", "pyplot"]
 
 
 class Progress:
@@ -48,7 +48,8 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return m, (sum((v - m) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -68,7 +69,7 @@ def plot_curves(path: str, curves: Curves, title: str, ylabel: str, styles: dict
 def plot_curve_panels(path: str, panels: list[tuple[str, Curves, str, bool]], styles: dict[str, str] | None = None,
                       columns: int | None = None) -> None:
     """Panels in a grid of ``columns`` (default: one row), each (title, curves, y label, log y axis), x = round; one legend."""
-    plt = _pyplot()
+    plt = pyplot()
     many = max(len(curves) for _, curves, _, _ in panels) > 1
     cols = columns or len(panels)
     rows = -(-len(panels) // cols)
@@ -93,7 +94,7 @@ def plot_curve_panels(path: str, panels: list[tuple[str, Curves, str, bool]], st
 
 def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[list[float]]]], suptitle: str) -> None:
     """Annotated heatmaps side by side: (title, row labels, column labels, values in [0, 1])."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 0.45 * len(panels[0][1]) * rows + 1.6 * rows), squeeze=False)
