@@ -19,7 +19,7 @@ Pre-aggregators (:class:`Bucketing`, :class:`NNM`, :class:`Clip`,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -44,6 +44,9 @@ __all__ = [
     "NNM",
     "Clip",
     "ARC",
+    "RULES",
+    "RULES_WITH_F",
+    "make_aggregator",
 ]
 
 
@@ -319,3 +322,45 @@ class ARC(PreAggregator):
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return preaggregators.arc(X, self.f)
+
+
+#: Rule names of :func:`make_aggregator` (and of ``robustagg train byzantine --agg``, the Flower
+#: strategies and the DDP hook), with what each builds.
+RULES: dict[str, str] = {
+    "mean": "mean",
+    "cm": "coordinate median",
+    "tm": "trimmed mean (f per side)",
+    "meamed": "mean around the median (n - f values)",
+    "krum": "Krum (f)",
+    "mkrum": "Multi-Krum (f, m = n - f)",
+    "bulyan": "Bulyan (f)",
+    "gm": "geometric median (smoothed Weiszfeld)",
+    "cc": "centered clipping (tau, iterations; center = previous aggregate)",
+}
+
+_NEEDS_F = {"tm": TrimmedMean, "meamed": MeaMed, "krum": Krum, "mkrum": MultiKrum, "bulyan": Bulyan}
+#: The rules of :data:`RULES` that take f.
+RULES_WITH_F = frozenset(_NEEDS_F)
+_NO_F = {"mean": Mean, "cm": CoordinateMedian, "gm": GeometricMedian, "cc": CenteredClip}
+
+
+def make_aggregator(name: str, f: int | None = None, **options: Any) -> Aggregator:
+    """The aggregator object of a rule name in :data:`RULES`.
+
+    ``f`` (the number of Byzantine rows the rule tolerates) is required by
+    ``tm``, ``meamed``, ``krum``, ``mkrum`` and ``bulyan`` and refused by the
+    others; ``cc`` requires ``tau``. Other ``options`` go to the class (``m``
+    for Krum, ``max_iter`` for the geometric median, ``iters`` for centered
+    clipping, ...).
+    """
+    if not isinstance(name, str) or name not in RULES:
+        raise ValueError(f"make_aggregator: unknown rule {name!r}; choose from {', '.join(RULES)}")
+    if name in _NEEDS_F:
+        if f is None:
+            raise ValueError(f"make_aggregator: rule {name!r} needs f (the number of Byzantine rows)")
+        return _NEEDS_F[name](f, **options)
+    if f is not None:
+        raise ValueError(f"make_aggregator: rule {name!r} takes no f, got f={f}")
+    if name == "cc" and "tau" not in options:
+        raise ValueError("make_aggregator: rule 'cc' needs tau (the clipping radius)")
+    return _NO_F[name](**options)

@@ -241,3 +241,21 @@ def test_pre_aggregator_shapes():
     assert robustagg.NNM(1)(X).shape == (N, 12)
     assert (robustagg.Bucketing(2) >> robustagg.NNM(1) >> robustagg.Clip(1.0))(X).shape == (4, 12)
     assert isinstance(robustagg.NNM(1) >> robustagg.Krum(1), robustagg.Aggregator)
+
+
+def test_make_aggregator_builds_every_named_rule() -> None:
+    X = torch.randn(9, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in robustagg.aggregators.RULES:
+        f = 1 if name in robustagg.aggregators.RULES_WITH_F else None
+        options = {"tau": 1.0} if name == "cc" else {}
+        out = robustagg.aggregators.make_aggregator(name, f, **options)(X)
+        assert out.shape == (5,) and torch.isfinite(out).all(), name
+    assert isinstance(robustagg.aggregators.make_aggregator("krum", 2, m=3), robustagg.Krum)
+    with pytest.raises(ValueError, match="unknown rule 'median'"):
+        robustagg.aggregators.make_aggregator("median")
+    with pytest.raises(ValueError, match="rule 'tm' needs f"):
+        robustagg.aggregators.make_aggregator("tm")
+    with pytest.raises(ValueError, match="rule 'cm' takes no f"):
+        robustagg.aggregators.make_aggregator("cm", 1)
+    with pytest.raises(ValueError, match="rule 'cc' needs tau"):
+        robustagg.aggregators.make_aggregator("cc")

@@ -32,17 +32,7 @@ __all__ = ["ByzantineConfig", "RULES", "TAIL_START", "make_rule", "run_byzantine
 # are compared by the mean over the evaluations after this fraction of the rounds.
 TAIL_START = 0.8
 
-RULES = {
-    "mean": "mean",
-    "cm": "coordinate median",
-    "tm": "trimmed mean (f per side)",
-    "meamed": "mean around the median (n - f values)",
-    "krum": "Krum (f)",
-    "mkrum": "Multi-Krum (f, m = n - f)",
-    "bulyan": "Bulyan (f)",
-    "gm": "geometric median (smoothed Weiszfeld)",
-    "cc": "centered clipping (tau, iterations; center = previous aggregate)",
-}
+RULES = agg.RULES
 
 
 @dataclass(frozen=True)
@@ -95,17 +85,9 @@ def make_rule(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggregato
     f = cfg.byzantine if cfg.rule_f is None else cfg.rule_f
     n_rows = cfg.workers if cfg.bucketing < 2 else -(-cfg.workers // cfg.bucketing)
     f_rows = f if cfg.bucketing < 2 else min(f, n_rows)
-    rule: agg.Aggregator = {
-        "mean": lambda: agg.Mean(),
-        "cm": lambda: agg.CoordinateMedian(),
-        "tm": lambda: agg.TrimmedMean(f_rows),
-        "meamed": lambda: agg.MeaMed(f_rows),
-        "krum": lambda: agg.Krum(f_rows),
-        "mkrum": lambda: agg.MultiKrum(f_rows),
-        "bulyan": lambda: agg.Bulyan(f_rows),
-        "gm": lambda: agg.GeometricMedian(max_iter=cfg.gm_iters),
-        "cc": lambda: agg.CenteredClip(cfg.cc_tau, cfg.cc_iters),
-    }[cfg.agg]()
+    options = {"gm": {"max_iter": cfg.gm_iters}, "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters}}.get(cfg.agg, {})
+    rule = agg.make_aggregator(cfg.agg, f_rows if cfg.agg in agg.RULES_WITH_F else None,
+                               **options)
     if cfg.bucketing >= 2:
         return agg.Bucketing(cfg.bucketing, generator) >> rule
     return rule
