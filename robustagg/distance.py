@@ -12,6 +12,12 @@ centered clipping) run in coefficient space in between: an iterate
 an O(m^2) computation, whatever the dimension. The coefficient work is done
 in float64 on the CPU (m is small); only the two passes touch X's device.
 
+Each rule's coefficient work is one function of ``(D, finite)`` alone
+(``_krum_coefficients``, ``_gm_coefficients``, ``_cc_coefficients``), shared
+by the public functions and by :mod:`robustagg.distributed`, which sums ``D``
+over gradient buckets (squared distances add over blocks of coordinates) and
+so gets the same coefficients as one call on the whole model.
+
 Rows holding NaN or inf are infinitely far from every other row (SPEC 1):
 never selected by Krum, weight 0 in the geometric median, no contribution in
 centered clipping.
@@ -118,19 +124,30 @@ def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
 
 
 def _krum(X: torch.Tensor, f: int, m: int, rule: str) -> torch.Tensor:
+    f, m = _check_krum_m(X, f, m, rule)
+    c = _krum_coefficients(*_geometry(X), f, m)
+    return _nan_row(X) if c is None else _combine(c, X)
+
+
+def _check_krum_m(X: torch.Tensor, f: int, m: int, rule: str) -> tuple[int, int]:
     f = _check_krum(X, f, rule)
     m = check_int(m, "m", rule)
     n = X.shape[0]
     if not 1 <= m <= n:
         raise ValueError(f"{rule}: m must be in [1, n={n}], got m={m}")
-    D, finite = _geometry(X)
+    return f, m
+
+
+def _krum_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, m: int) -> torch.Tensor | None:
+    """Krum / Multi-Krum as row coefficients: 1/k on the k <= m best finite rows; None when no row is finite."""
+    n = D.shape[0]
     chosen = _krum_order(D, finite, n - f - 2)[:m]
     chosen = chosen[finite[chosen]]
     if chosen.numel() == 0:
-        return _nan_row(X)
+        return None
     c = torch.zeros(n, dtype=torch.float64)
     c[chosen] = 1.0 / chosen.numel()
-    return _combine(c, X)
+    return c
 
 
 def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
@@ -237,11 +254,21 @@ def geometric_median(
         raise ValueError(f"geometric_median: max_iter must be >= 0, got max_iter={max_iter}")
     a_all = _check_weights(weights, X, "geometric_median")
 
-    D_all, finite = _geometry(X)
+    c, info = _gm_coefficients(*_geometry(X), a_all, nu, tol, max_iter)
+    z = _nan_row(X) if c is None else _combine(c, X)
+    return (z, info) if return_info else z
+
+
+def _gm_coefficients(
+    D_all: torch.Tensor, finite: torch.Tensor, a_all: torch.Tensor, nu: float, tol: float, max_iter: int
+) -> tuple[torch.Tensor | None, GeometricMedianInfo]:
+    """Smoothed Weiszfeld in coefficient space: the row coefficients of z and how it ended.
+
+    The coefficients are None when no row with positive weight is finite (z is all NaN).
+    """
     idx = (finite & (a_all > 0)).nonzero().flatten()
     if idx.numel() == 0:
-        z, info = _nan_row(X), GeometricMedianInfo(0, math.nan, False)
-        return (z, info) if return_info else z
+        return None, GeometricMedianInfo(0, math.nan, False)
     D = D_all[idx][:, idx]
     a = a_all[idx]
     c = a / a.sum()
@@ -259,10 +286,9 @@ def geometric_median(
         if done:
             converged = True
             break
-    full = torch.zeros(X.shape[0], dtype=torch.float64)
+    full = torch.zeros(D_all.shape[0], dtype=torch.float64)
     full[idx] = c
-    z = _combine(full, X)
-    return (z, GeometricMedianInfo(iterations, objective, converged)) if return_info else z
+    return full, GeometricMedianInfo(iterations, objective, converged)
 
 
 def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int = 1) -> torch.Tensor:
@@ -291,7 +317,12 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
         raise ValueError(f"centered_clip: iters must be >= 0, got iters={iters}")
     center = center.to(X.dtype)
 
-    D_all, finite = _geometry(X, center)
+    return _combine(_cc_coefficients(*_geometry(X, center), tau, iters), X, center)
+
+
+def _cc_coefficients(D_all: torch.Tensor, finite: torch.Tensor, tau: float, iters: int) -> torch.Tensor:
+    """Centered clipping in coefficient space over the n rows and the center (point n): ``(n + 1,)`` coefficients."""
+    n = D_all.shape[0] - 1
     if not finite[n]:
         raise ValueError("centered_clip: center must be finite, got NaN/inf entries")
     idx = finite.nonzero().flatten()  # finite rows, then the center (index n)
@@ -305,4 +336,4 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
         c[:-1] += w
     full = torch.zeros(n + 1, dtype=torch.float64)
     full[idx] = c
-    return _combine(full, X, center)
+    return full

@@ -36,6 +36,7 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     _add_federated(lines)
     _add_personalized(lines)
     _add_masked(lines)
+    _add_ddp(lines)
     t.set_defaults(func=lambda args: (t.print_help(), 2)[1])
 
 
@@ -502,3 +503,25 @@ def _masked_run(args: argparse.Namespace, cfg) -> int:
     print(f"per step: forward and backward {sec['forward_backward']:.3f} ms, optimizer step {sec['step']:.3f} ms")
     print(f"JSON: {json_path}\nplot: {plot_path}")
     return 0
+
+
+# ---------------------------------------------------------------------------
+# ddp
+
+def _add_ddp(lines: argparse._SubParsersAction) -> None:
+    from ..examples import ddp_train
+
+    p = lines.add_parser(
+        "ddp",
+        help="Byzantine-robust DistributedDataParallel training: the robust comm hook over gloo processes",
+        description=ddp_train.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ddp_train.add_arguments(p)
+    p.set_defaults(func=_train_ddp)
+
+
+def _train_ddp(args: argparse.Namespace) -> int:
+    from ..examples import ddp_train
+
+    return ddp_train.main(args.argv[2:])

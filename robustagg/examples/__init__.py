@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m robustagg.examples.ddp_train`` (DDP with the robust communication hook)."""

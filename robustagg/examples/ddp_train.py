@@ -1,0 +1,239 @@
+"""Byzantine-robust data-parallel training with DDP and :func:`robustagg.distributed.robust_hook`.
+
+Each rank holds an iid shard of the 1400 digits training examples, trains
+the 64-hidden-10 MLP of :mod:`robustagg.sim.models` with
+``DistributedDataParallel`` and plain SGD, and the hook replaces DDP's
+gradient average by a robust rule over the ranks' worker momenta
+(Karimireddy, He, Jaggi, ICML 2021). The ranks in ``--byzantine-ranks``
+send what ``--attack`` makes of the honest vectors (a simulation device).
+The example runs on the CPU with gloo; the hook itself also runs on NCCL.
+Rank 0 prints progress and a summary (test accuracy; time per step split
+into communication, aggregation and the rest) and writes JSON with ``--json``.
+
+Under torchrun (one process per rank)::
+
+    torchrun --nproc_per_node 4 -m robustagg.examples.ddp_train --agg cc --byzantine-ranks 1 --attack alie
+
+Without torchrun it starts ``--nproc`` processes itself (gloo on 127.0.0.1)::
+
+    python -m robustagg.examples.ddp_train --nproc 4 --agg cc --byzantine-ranks 1 --attack alie
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..distributed import RULE_NAMES, RobustHookState, make_rule, robust_hook
+from ..sim.data import load_digits, split_workers
+
+__all__ = ["ATTACKS", "add_arguments", "main", "run", "spawn"]
+
+# Attacks that work bucket by bucket (robustagg.distributed); label_flip acts on the data.
+ATTACKS = ["none", "sign_flip", "ipm", "alie", "gaussian", "nan", "inf", "label_flip"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The trainer's options (also used by ``robustagg train ddp``)."""
+    parser.add_argument("--nproc", type=int, default=4, help="processes to start when not under torchrun (default 4)")
+    parser.add_argument("--agg", choices=list(RULE_NAMES), default="cc", help="aggregation rule (default cc)")
+    parser.add_argument("--f", type=int, help="the f the rule assumes (default: the number of Byzantine ranks)")
+    parser.add_argument("--byzantine-ranks", type=int, nargs="*", default=[], metavar="RANK",
+                        help="ranks that send the attack's vectors (default: none)")
+    parser.add_argument("--attack", choices=ATTACKS, default="none", help="what the Byzantine ranks send (default none)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="worker momentum beta in [0, 1) (default 0.9)")
+    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
+    parser.add_argument("--batch", type=int, default=32, help="examples per rank per step (default 32)")
+    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
+    parser.add_argument("--hidden", type=int, default=64, help="hidden units of the MLP (default 64)")
+    parser.add_argument("--cc-tau", type=float, default=1.0, help="centered clipping radius (default 1.0)")
+    parser.add_argument("--cc-iters", type=int, default=3, help="centered clipping iterations (default 3)")
+    parser.add_argument("--ipm-eps", type=float, default=0.1, help="IPM scale (default 0.1)")
+    parser.add_argument("--alie-z", type=float, help="ALIE z (default: from n and f, SPEC 5)")
+    parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket size in MB (default 25)")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations on rank 0 (default 50)")
+    parser.add_argument("--timeout", type=float, default=60.0,
+                        help="process group timeout in seconds: a dead or hung rank fails the job after it (default 60)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the shards, initialisation and batches (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
+    parser.add_argument("--json", metavar="PATH", help="write the result JSON here (rank 0)")
+
+
+def _attack_kwargs(args: argparse.Namespace) -> dict:
+    if args.attack == "ipm":
+        return {"eps": args.ipm_eps}
+    if args.attack == "alie":
+        return {"z": args.alie_z}
+    if args.attack == "gaussian":  # the same seed on every Byzantine rank (robustagg.distributed)
+        return {"generator": torch.Generator().manual_seed(args.seed + 2)}
+    return {}
+
+
+def _train(args: argparse.Namespace) -> dict | None:
+    """One rank's training, in an initialised process group; rank 0 returns the result."""
+    from ..attacks import make_attack
+
+    torch.set_num_threads(args.threads)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    data = load_digits()
+    share = split_workers(data.y_train, world, "iid", np.random.default_rng(args.seed))[rank]
+    x, y = data.x_train[share], data.y_train[share]
+    byzantine = rank in args.byzantine_ranks
+    attack = make_attack(args.attack, **_attack_kwargs(args)) if byzantine else None
+    if attack is not None and attack.flips_labels:
+        y = attack.flip_labels(y)
+
+    torch.manual_seed(args.seed)  # DDP broadcasts rank 0's parameters anyway
+    model = torch.nn.Sequential(torch.nn.Linear(data.num_features, args.hidden), torch.nn.ReLU(),
+                                torch.nn.Linear(args.hidden, data.num_classes))
+    ddp = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
+    f = len(args.byzantine_ranks) if args.f is None else args.f
+    state = RobustHookState(make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters), momentum=args.momentum,
+                            attack=attack, byzantine_ranks=args.byzantine_ranks)
+    ddp.register_comm_hook(state, robust_hook)
+    opt = torch.optim.SGD(ddp.parameters(), lr=args.lr)
+    gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
+
+    curve = []
+    step_seconds = 0.0
+    for step in range(1, args.steps + 1):
+        tick = time.perf_counter()
+        idx = torch.randint(len(share), (args.batch,), generator=gen)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(ddp(x[idx]), y[idx]).backward()
+        opt.step()
+        step_seconds += time.perf_counter() - tick
+        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
+            with torch.no_grad():
+                logits = model(data.x_test)
+                acc = float((logits.argmax(1) == data.y_test).float().mean())
+                loss = float(torch.nn.functional.cross_entropy(logits, data.y_test))
+            curve.append({"step": step, "test_accuracy": acc, "test_loss": loss})
+            print(f"step {step:5d}  test accuracy {acc:.3f}  test loss {loss:.3f}", flush=True)
+    if rank != 0:
+        return None
+    steps = max(state.steps, 1)
+    per_step = step_seconds / args.steps
+    comm, agg, local = (state.total.communication / steps, state.total.aggregation / steps, state.total.local / steps)
+    return {
+        "world_size": world,
+        "backend": dist.get_backend(),
+        "rule": repr(state.aggregator),
+        "attack": args.attack,
+        "byzantine_ranks": list(state.byzantine_ranks),
+        "momentum": args.momentum,
+        "steps": args.steps,
+        "dim": sum(p.numel() for p in model.parameters()),
+        "final_test_accuracy": curve[-1]["test_accuracy"],
+        "curve": curve,
+        "seconds_per_step": {"total": per_step, "communication": comm, "aggregation": agg, "local": local,
+                             "other": per_step - comm - agg - local},
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _report(args: argparse.Namespace, result: dict) -> None:
+    t = result["seconds_per_step"]
+    print(f"{result['rule']} over {result['world_size']} ranks, Byzantine {result['byzantine_ranks']} "
+          f"({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}")
+    print(f"per step {1e3 * t['total']:.2f} ms: communication {1e3 * t['communication']:.2f} ms, "
+          f"aggregation {1e3 * t['aggregation']:.2f} ms, momentum/attack {1e3 * t['local']:.2f} ms, "
+          f"forward/backward/step {1e3 * t['other']:.2f} ms")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        with open(args.json, "w") as fh:
+            json.dump({"command": " ".join(sys.argv), **result}, fh, indent=2)
+        print(f"wrote {args.json}")
+
+
+def _check(args: argparse.Namespace, world: int) -> None:
+    for name in ("steps", "batch", "hidden", "eval_every", "cc_iters", "threads"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"ddp_train: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if world < 1:
+        raise ValueError(f"ddp_train: --nproc must be >= 1, got {world}")
+    if not args.timeout > 0:
+        raise ValueError(f"ddp_train: --timeout must be > 0, got {args.timeout}")
+    if any(not 0 <= r < world for r in args.byzantine_ranks):
+        raise ValueError(f"ddp_train: --byzantine-ranks must lie in [0, {world}), got {args.byzantine_ranks}")
+    if args.byzantine_ranks and args.attack == "none":
+        print("ddp_train: Byzantine ranks with --attack none behave honestly", file=sys.stderr)
+
+
+def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
+    """Entry point of a process started by :func:`spawn`."""
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=args.timeout))
+    try:
+        result = _train(args)
+        if result is not None:
+            _report(args, result)
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def spawn(nproc: int, args: argparse.Namespace | Sequence[str]) -> int:
+    """Train in ``nproc`` new processes (gloo, 127.0.0.1, a free port); 0 on success.
+
+    ``args`` is a parsed namespace or the command-line arguments. A rank that
+    fails makes the others stop (torch.multiprocessing terminates them) and
+    the error is raised here.
+    """
+    if not isinstance(args, argparse.Namespace):
+        parser = argparse.ArgumentParser()
+        add_arguments(parser)
+        args = parser.parse_args(list(args))
+    _check(args, nproc)
+    mp.start_processes(_rank_main, args=(nproc, _free_port(), args), nprocs=nproc, join=True, start_method="spawn")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train under torchrun when its environment is set (``RANK``, ``WORLD_SIZE``), else :func:`spawn` ``args.nproc``."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        _check(args, int(os.environ["WORLD_SIZE"]))
+        dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
+        try:
+            result = _train(args)
+            if result is not None:
+                _report(args, result)
+        finally:
+            dist.destroy_process_group()
+        return 0
+    return spawn(args.nproc, args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m robustagg.examples.ddp_train",
+                                     description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run(args)
+    except (ValueError, mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
+        print(f"ddp_train: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
