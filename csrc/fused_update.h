@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "common.h"
 
@@ -169,6 +170,39 @@ inline MaskKind check_masked_sgd_step(at::TensorList params, at::TensorList grad
     }
   }
   return kind;
+}
+
+// weighted_step_'s lists in the kernels' order: params, then the N corrections
+// (when present), then the N + 1 users' grads; the first `writes` are written.
+struct WeightedLists {
+  std::vector<std::optional<at::TensorList>> lists;
+  size_t writes;
+};
+
+inline WeightedLists weighted_step_lists(at::TensorList params, at::TensorList grads,
+                                         const std::optional<at::TensorList>& corrections, int64_t collaborators) {
+  const size_t count = params.size();
+  WeightedLists out{{params}, 1};
+  if (corrections.has_value()) {
+    for (int64_t u = 0; u < collaborators; ++u) out.lists.emplace_back(corrections->slice(u * count, count));
+    out.writes += collaborators;
+  }
+  for (int64_t u = 0; u <= collaborators; ++u) out.lists.emplace_back(grads.slice(u * count, count));
+  return out;
+}
+
+// Calls f(std::integral_constant<MaskKind, kind>{}) and f(std::bool_constant<decay>{}) as compile-time flags.
+template <typename F>
+void with_mask_kind(MaskKind kind, bool decay, F&& f) {
+  const auto run = [&](auto kind_tag) { with_flags([&](auto wd) { f(wd, kind_tag); }, decay); };
+  switch (kind) {
+    case MaskKind::kNone:
+      return run(std::integral_constant<MaskKind, MaskKind::kNone>{});
+    case MaskKind::kBool:
+      return run(std::integral_constant<MaskKind, MaskKind::kBool>{});
+    case MaskKind::kPacked:
+      return run(std::integral_constant<MaskKind, MaskKind::kPacked>{});
+  }
 }
 
 // keep * m + take * g with keep = beta and take = 1 - beta (computed in

@@ -196,19 +196,12 @@ void add_terms(Acc* __restrict__ u, const T* __restrict__ g0, const T* __restric
 void weighted_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> corrections,
                        at::ArrayRef<double> weights, double lr, double beta) {
   check_weighted_step(params, grads, corrections, weights, lr, beta);
-  const size_t count = params.size();
   const int64_t collaborators = static_cast<int64_t>(weights.size()) - 1;
-  // Lists: params, then (when present) the N corrections, then the N + 1 users' grads.
-  std::vector<std::optional<at::TensorList>> lists{params};
-  if (corrections.has_value()) {
-    for (int64_t u = 0; u < collaborators; ++u) lists.emplace_back(corrections->slice(u * count, count));
-  }
-  for (int64_t u = 0; u <= collaborators; ++u) lists.emplace_back(grads.slice(u * count, count));
-  const size_t writes = corrections.has_value() ? 1 + collaborators : 1;
+  const WeightedLists work = weighted_step_lists(params, grads, corrections, collaborators);
   with_flags(
       [&](auto corrected) {
         constexpr bool kCorrected = decltype(corrected)::value;
-        for_each_piece(lists, writes, [&](auto& ptr, const Piece& piece) {
+        for_each_piece(work.lists, work.writes, [&](auto& ptr, const Piece& piece) {
           using T = Elem<decltype(ptr)>;
           using Acc = at::opmath_type<T>;
           const Acc step = static_cast<Acc>(lr), keep = static_cast<Acc>(1.0 - beta), take = static_cast<Acc>(beta);
@@ -271,7 +264,7 @@ void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
   if (masks.has_value()) {
     for (const at::Tensor& mask : *masks) mask_bytes.push_back(mask.contiguous());
   }
-  const auto run = [&](auto wd_flag, auto kind_tag) {
+  with_mask_kind(kind, weight_decay != 0.0, [&](auto wd_flag, auto kind_tag) {
     constexpr bool kWD = decltype(wd_flag)::value;
     constexpr MaskKind kKind = decltype(kind_tag)::value;
     for_each_piece({params, momentum, grads}, 2, [&](auto& ptr, const Piece& piece) {
@@ -305,16 +298,7 @@ void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
         }
       }
     });
-  };
-  const bool decay = weight_decay != 0.0;
-  switch (kind) {
-    case MaskKind::kNone:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kNone>{}); }, decay);
-    case MaskKind::kBool:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kBool>{}); }, decay);
-    case MaskKind::kPacked:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kPacked>{}); }, decay);
-  }
+  });
 }
 
 }  // namespace

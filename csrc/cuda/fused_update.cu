@@ -266,42 +266,27 @@ void mvr_update_cuda(at::TensorList momentum, at::TensorList grads, at::TensorLi
 void masked_sgd_step_cuda(at::TensorList params, at::TensorList grads, at::TensorList momentum,
                           std::optional<at::TensorList> masks, double lr, double mu, double weight_decay) {
   const MaskKind kind = check_masked_sgd_step(params, grads, momentum, masks, lr, mu, weight_decay);
-  const auto run = [&](auto wd_flag, auto kind_tag) {
+  with_mask_kind(kind, weight_decay != 0.0, [&](auto wd_flag, auto kind_tag) {
     for_each_dtype_group({params, momentum, grads, masks}, 2, [&](auto tag, const auto& group) {
       using T = decltype(tag);
       using Acc = at::opmath_type<T>;
       launch_chunks<4>(group, masked_sgd_step_kernel<T, decltype(wd_flag)::value, decltype(kind_tag)::value>,
                        static_cast<Acc>(lr), static_cast<Acc>(mu), static_cast<Acc>(weight_decay));
     });
-  };
-  const bool decay = weight_decay != 0.0;
-  switch (kind) {
-    case MaskKind::kNone:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kNone>{}); }, decay);
-    case MaskKind::kBool:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kBool>{}); }, decay);
-    case MaskKind::kPacked:
-      return with_flags([&](auto wd) { run(wd, std::integral_constant<MaskKind, MaskKind::kPacked>{}); }, decay);
-  }
+  });
 }
 
 void weighted_step_cuda(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> corrections,
                         at::ArrayRef<double> weights, double lr, double beta) {
   check_weighted_step(params, grads, corrections, weights, lr, beta);
-  const size_t count = params.size();
   const int collaborators = static_cast<int>(weights.size()) - 1;
-  std::vector<std::optional<at::TensorList>> lists{params};
-  if (corrections.has_value()) {
-    for (int u = 0; u < collaborators; ++u) lists.emplace_back(corrections->slice(u * count, count));
-  }
-  for (int u = 0; u <= collaborators; ++u) lists.emplace_back(grads.slice(u * count, count));
-  const size_t writes = corrections.has_value() ? 1 + collaborators : 1;
+  const WeightedLists work = weighted_step_lists(params, grads, corrections, collaborators);
   with_flags(
       [&](auto corrected) {
-        for_each_dtype_group(lists, writes, [&](auto tag, const auto& group) {
+        for_each_dtype_group(work.lists, work.writes, [&](auto tag, const auto& group) {
           using T = decltype(tag);
           using Acc = at::opmath_type<T>;
-          const int64_t depth = static_cast<int64_t>(lists.size());
+          const int64_t depth = static_cast<int64_t>(work.lists.size());
           const int64_t tensors = static_cast<int64_t>(group.size());
           std::vector<int64_t> host(tensors * depth + tensors);
           std::vector<int64_t> chunks;
