@@ -84,6 +84,7 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, command: s
     if rank == 0:
         params = sum(p.numel() for p in _model().parameters())
         _write(args, rows, params, world, command)
+    dist.barrier()  # leave together: a rank tearing gloo down early can abort rank 0 at exit
     dist.destroy_process_group()
 
 

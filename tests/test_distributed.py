@@ -193,6 +193,7 @@ def _pool_rank(rank: int, world: int, port: int, tasks, results) -> None:
             results.put((rank, True, globals()[name](rank, world, **kwargs)))
         except BaseException:  # noqa: BLE001  (reported to the parent, which fails the test)
             results.put((rank, False, traceback.format_exc()))
+    dist.barrier()  # leave together: a rank tearing gloo down early can abort another at exit
     dist.destroy_process_group()
 
 

@@ -172,17 +172,24 @@ def _check(args: argparse.Namespace, world: int) -> None:
         print("ddp_train: Byzantine ranks with --attack none behave honestly", file=sys.stderr)
 
 
+def _train_and_report(args: argparse.Namespace) -> None:
+    """Train in the initialised group, rank 0 reports, then all ranks leave the group together."""
+    try:
+        result = _train(args)
+        if result is not None:
+            _report(args, result)
+        # Ranks that tear gloo down while rank 0 is still reporting can abort it at exit.
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
 def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     """Entry point of a process started by :func:`spawn`."""
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=args.timeout))
-    try:
-        result = _train(args)
-        if result is not None:
-            _report(args, result)
-    finally:
-        dist.destroy_process_group()
+    _train_and_report(args)
 
 
 def _free_port() -> int:
@@ -212,12 +219,7 @@ def run(args: argparse.Namespace) -> int:
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         _check(args, int(os.environ["WORLD_SIZE"]))
         dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
-        try:
-            result = _train(args)
-            if result is not None:
-                _report(args, result)
-        finally:
-            dist.destroy_process_group()
+        _train_and_report(args)
         return 0
     return spawn(args.nproc, args)
 
