@@ -227,7 +227,7 @@ class _RobustMixin:
         )
         return out, time.perf_counter() - start
 
-    def _describe(self) -> str:
+    def __repr__(self) -> str:
         name = type(self).__name__
         return f"{name}(aggregator={self.aggregator!r}, on_updates={self.on_updates}, weighted={self.weighted})"
 
@@ -272,9 +272,6 @@ if _LEGACY_ERROR is None:
             self._setup(aggregator, f, on_updates, weighted, dtype, rule_options)
             if self.initial_parameters is not None:
                 self._remember(self.initial_parameters)
-
-        def __repr__(self) -> str:
-            return self._describe()
 
         def _remember(self, parameters: Parameters) -> None:
             self._reference = parameters_to_ndarrays(parameters)
@@ -337,9 +334,6 @@ if _MESSAGE_ERROR is None:
         ) -> None:
             super().__init__(**fedavg_options)
             self._setup(aggregator, f, on_updates, weighted, dtype, rule_options)
-
-        def __repr__(self) -> str:
-            return self._describe()
 
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -9,6 +9,7 @@ drawing the description keeps examples cheap and shrinkable.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 from hypothesis import strategies as st
 
 import robustagg
+import robustagg.ops
 from robustagg import reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -271,6 +273,20 @@ def assert_bitwise(a: torch.Tensor, b: torch.Tensor, what: str = "") -> None:
             f"{what}: {int(bad.sum())} of {bad.numel()} results differ in their bits; first at column {j}: "
             f"{a[j].item()!r} vs {b[j].item()!r}"
         )
+
+
+def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
+    """Same dtype, shape and bits (-0.0 != +0.0) in every element; NaN where want has NaN (payloads aside)."""
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    assert_bitwise(got.reshape(-1), want.reshape(-1), what)
+
+
+def native_args(op: str, kwargs: dict) -> list:
+    """A robustagg.ops wrapper's keywords as the native op's positional arguments (schema order)."""
+    bound = inspect.signature(getattr(robustagg.ops, op)).bind(**kwargs)
+    bound.apply_defaults()
+    return [bound.arguments[a.name] for a in getattr(torch.ops.robustagg, op).default._schema.arguments]
 
 
 def assert_sum_close(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor, what: str = "") -> None:

@@ -217,6 +217,15 @@ def _proxy_class():
     return Proxy
 
 
+def test_strategy_repr_names_the_rule():
+    pytest.importorskip("flwr")
+    from robustagg.flower import RobustMessageStrategy, RobustStrategy
+
+    assert repr(RobustStrategy("cm")) == "RobustStrategy(aggregator=CoordinateMedian(), on_updates=False, weighted=True)"
+    assert repr(RobustMessageStrategy("cm", on_updates=True, weighted=False)) == (
+        "RobustMessageStrategy(aggregator=CoordinateMedian(), on_updates=True, weighted=False)")
+
+
 def test_strategy_aggregate_fit_matches_rules():
     pytest.importorskip("flwr")
     from flwr.common import parameters_to_ndarrays

@@ -19,7 +19,6 @@ without a GPU and the CUDA kernels, as in test_cuda.py.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DTYPES, MatrixSpec, assert_bitwise, cuda_ready, make_matrix
+from conftest import DTYPES, MatrixSpec, assert_same_bits, cuda_ready, make_matrix, native_args
 from robustagg import reference
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -57,15 +56,6 @@ def step_by_step(m: torch.Tensor, g: torch.Tensor, beta: float) -> torch.Tensor:
     acc = acc_dtype(m.dtype)
     keep = torch.tensor(beta, dtype=torch.float64).to(acc).item()
     return ((m.to(acc) * keep) + (g.to(acc) * (1.0 - beta))).to(m.dtype)
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
-    """Same dtype, shape and bits (stronger than torch.equal: -0.0 != +0.0); NaN where want has NaN."""
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert_bitwise(got.reshape(-1), want.reshape(-1), what)
-    if not want.isnan().any():
-        assert torch.equal(got, want), what
 
 
 def assert_close_to_oracle(got: torch.Tensor, m: torch.Tensor, g: torch.Tensor, beta: float, what: str = "") -> None:
@@ -1285,15 +1275,6 @@ def _valid(op: str) -> dict:
     return {**{n: [_f(3), _f(2, 2)] for n in OP_LISTS[op]}, **SCALARS[op]}
 
 
-def _native_args(op: str, kwargs: dict) -> list:
-    """The wrapper's keywords as the native op's positional arguments (schema order)."""
-    sig = inspect.signature(getattr(robustagg.ops, op))
-    bound = sig.bind(**kwargs)
-    bound.apply_defaults()
-    schema = getattr(torch.ops.robustagg, op).default._schema
-    return [bound.arguments[a.name] for a in schema.arguments]
-
-
 _int = dict(dtype=torch.int64)
 _LIST_MSG = "must be equally long lists, got 2 and "
 # id: (op, overrides of the valid arguments, exception, message, also raised by the native op)
@@ -1446,7 +1427,7 @@ def test_new_ops_errors(case):
 def test_new_ops_errors_native_op(case):
     """The native op itself raises the same errors (the wrapper only adds type checks)."""
     op, overrides, exc, message, _ = NEW_ERRORS[case]
-    args = _native_args(op, {**_valid(op), **overrides})
+    args = native_args(op, {**_valid(op), **overrides})
     with pytest.raises(exc, match=re.escape(message)):
         getattr(torch.ops.robustagg, op)(*args)
 
@@ -1479,7 +1460,7 @@ OPCHECK_CASES = [("client_step_", ()), ("client_step_", ("anchor_grads", "contro
 def _opcheck_args(op: str, present, device="cpu") -> tuple:
     lists = _opcheck_lists(op, device)
     kwargs = {**{n: x for n, x in lists.items() if n not in OPTIONAL[op] or n in present}, **SCALARS[op]}
-    return tuple(_native_args(op, kwargs))
+    return tuple(native_args(op, kwargs))
 
 
 @pytest.mark.parametrize("case", OPCHECK_CASES, ids=lambda c: f"{c[0]}-{'+'.join(c[1]) or 'required'}")

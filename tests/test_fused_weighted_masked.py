@@ -34,7 +34,6 @@ tests are marked ``cuda`` and skipped without a GPU and the CUDA kernels.
 
 from __future__ import annotations
 
-import inspect
 import math
 import re
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DTYPES, MatrixSpec, assert_bitwise, cuda_ready, make_matrix
+from conftest import DTYPES, MatrixSpec, assert_same_bits, cuda_ready, make_matrix, native_args
 from robustagg import reference
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -130,13 +129,6 @@ def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------
 # Comparisons
-
-
-def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
-    """Same dtype, shape and bits (-0.0 != +0.0); NaN where want has NaN (payloads aside)."""
-    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert_bitwise(got.reshape(-1), want.reshape(-1), what)
 
 
 def raw_bits(x: torch.Tensor) -> torch.Tensor:
@@ -975,19 +967,14 @@ def _sgd_valid() -> dict:
 
 
 def _native_args(op: str, kwargs: dict) -> list:
-    """The wrapper's keywords as the native op's positional arguments (schema order); the
-    weighted step's gradient and correction lists flattened user-major."""
+    """native_args, with the weighted step's gradient and correction lists flattened user-major."""
     if op == "weighted_step_":
-        k = dict(kwargs)
-        k["grads"] = [t for gl in k["grads"] for t in gl]
-        if k.get("corrections") is not None:
-            k["corrections"] = [t for cl in k["corrections"] for t in cl]
-        k["weights"] = [float(w) for w in k["weights"]]
-        return [k.get(a.name) for a in torch.ops.robustagg.weighted_step_.default._schema.arguments]
-    sig = inspect.signature(robustagg.ops.masked_sgd_step_)
-    bound = sig.bind(**kwargs)
-    bound.apply_defaults()
-    return [bound.arguments[a.name] for a in torch.ops.robustagg.masked_sgd_step_.default._schema.arguments]
+        kwargs = dict(kwargs)
+        kwargs["grads"] = [t for gl in kwargs["grads"] for t in gl]
+        if kwargs.get("corrections") is not None:
+            kwargs["corrections"] = [t for cl in kwargs["corrections"] for t in cl]
+        kwargs["weights"] = [float(w) for w in kwargs["weights"]]
+    return native_args(op, kwargs)
 
 
 W, S = "weighted_step_: ", "masked_sgd_step_: "
