@@ -54,7 +54,7 @@ are not separable over buckets (``mimic``, ``optimal_alie``, ``optimal_ipm``).
 import copy
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import torch
 import torch.distributed as dist
@@ -308,9 +308,7 @@ class RobustHookState:
 
     def _end_step(self) -> None:
         self.last = self._now
-        self.total = HookTimes(*(a + b for a, b in zip(
-            (self.total.communication, self.total.aggregation, self.total.local),
-            (self._now.communication, self._now.aggregation, self._now.local))))
+        self.total = HookTimes(*(a + b for a, b in zip(astuple(self.total), astuple(self._now))))
         self.steps += 1
 
     def _worker_vector(self, g: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
