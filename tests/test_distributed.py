@@ -1,11 +1,8 @@
-"""The DDP communication hook (robustagg.distributed) on CPU with gloo.
+"""The DDP communication hook (robustagg.distributed) on CPU with gloo, in both modes.
 
-Most checks run in one pool of 4 spawned ranks that share a process group
-and take tasks through queues: spawning and importing torch costs seconds
-per process on a small machine, a task a fraction of one. The failure tests
-(a rank that exits, a rank that hangs) break their group, so each starts
-its own 2 ranks. Every wait on a child has a deadline, after which the
-children are killed and the test fails: nothing here can hang.
+The checks run in one pool of 5 spawned ranks (tests/rank_pool.py) with
+process groups of 2, 3, 4 and 5 ranks. The failure tests (a rank that exits,
+a rank that hangs) break their group, so each starts its own 2 ranks.
 """
 
 from __future__ import annotations
@@ -14,10 +11,7 @@ import copy
 import json
 import os
 import queue
-import socket
 import time
-import traceback
-from datetime import timedelta
 
 import pytest
 import torch
@@ -30,43 +24,40 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import robustagg
+from robustagg.attacks import make_attack
 from robustagg.distributed import RobustHookState, make_rule, robust_hook
 
-WORLD = 4
-DEADLINE = 60.0  # seconds for any task of the pool
-BUCKET_MB = 0.0005  # ~125 float32 values per bucket: the test model spans several buckets
+import rank_pool
+from rank_pool import DEADLINE, Pool, free_port, group, init
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _init(rank: int, world: int, port: int, timeout_s: float) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
+WORLD = 5
+BUCKET_MB = 0.0005  # ~62 float64 values per bucket: the test model spans many buckets of odd sizes
+HERE = __name__
+COORDINATE_RULES = ["mean", "cm", "tm", "meamed"]
+DISTANCE_RULES = ["krum", "mkrum", "gm", "cc"]
 
 
 # ---------------------------------------------------------------------------
 # Helpers run inside the ranks
 
 
-def _model(seed: int = 0) -> torch.nn.Module:
+ODD_WIDTHS = (16, 31, 29, 23, 19, 4)  # many parameters of odd sizes: buckets that n does not divide
+
+
+def _model(seed: int = 0, dtype: torch.dtype = torch.float64, widths: tuple[int, ...] = ODD_WIDTHS) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)
-    )
+    layers: list[torch.nn.Module] = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    return torch.nn.Sequential(*layers[:-1]).to(dtype)
 
 
-def _batch(rank: int, step: int, n: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+def _batch(rank: int, step: int, n: int = 16, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-specific data from a shared teacher: the ranks' gradients differ."""
     g = torch.Generator().manual_seed(1000 * rank + step)
     teacher = torch.Generator().manual_seed(7)
-    W = torch.randn(16, 4, generator=teacher)
-    x = torch.randn(n, 16, generator=g) + 0.3 * rank
+    W = torch.randn(16, 4, generator=teacher, dtype=dtype)
+    x = torch.randn(n, 16, generator=g, dtype=dtype) + 0.3 * rank
     return x, (x @ W).argmax(1)
 
 
@@ -78,98 +69,134 @@ def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
 
 
-def _gather_rows(x: torch.Tensor) -> torch.Tensor:
+def _gather_rows(x: torch.Tensor, pg) -> torch.Tensor:
     """(world, d): every rank's x, through a collective of its own (not the hook)."""
-    rows = [torch.empty_like(x) for _ in range(dist.get_world_size())]
-    dist.all_gather(rows, x)
+    rows = [torch.empty_like(x) for _ in range(dist.get_world_size(pg))]
+    dist.all_gather(rows, x, group=pg)
     return torch.stack(rows)
 
 
+def rule_f(rule: str, n: int) -> int:
+    """The largest f the rule takes at n ranks (so trimming rules trim)."""
+    if rule in ("tm", "meamed"):
+        return (n - 1) // 2
+    if rule in ("krum", "mkrum"):
+        return (n - 3) // 2
+    return 0
+
+
 def _counting(hook):
-    """The hook, also recording the number of buckets of the last backward."""
-    seen = {"buckets": 0}
+    """The hook, also recording the number of buckets of the last backward and their sizes."""
+    seen = {"buckets": 0, "sizes": []}
 
     def wrapped(state, bucket):
+        if bucket.index() == 0:
+            seen["sizes"] = []
         seen["buckets"] = bucket.index() + 1
+        seen["sizes"].append(bucket.buffer().numel())
         return hook(state, bucket)
 
     return wrapped, seen
 
 
 # ---------------------------------------------------------------------------
-# Tasks: run on every rank of the pool, return picklable results
+# Tasks: run on every rank of the pool, return picklable results (None outside the group)
 
 
-def task_mean_equals_allreduce(rank: int, world: int) -> float:
-    plain, hooked = DDP(_model(), bucket_cap_mb=BUCKET_MB), DDP(_model(), bucket_cap_mb=BUCKET_MB)
-    hooked.register_comm_hook(RobustHookState("mean"), robust_hook)
-    worst = 0.0
-    for step in range(3):  # DDP rebuilds its buckets after the first backward
-        x, y = _batch(rank, step)
-        for m in (plain, hooked):
-            m.zero_grad()
-            _loss(m, x, y).backward()
-        worst = max(worst, float((_flat_grad(plain) - _flat_grad(hooked)).abs().max()))
-    return worst
+def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", beta: float = 0.0,
+                                   attack: str | None = None, steps: int = 3) -> dict | None:
+    """Hooked DDP gradients vs the rule on the stacked per-rank whole-model vectors, over SGD steps.
 
-
-def task_rule_matches_single_process(rank: int, world: int, rule: str, beta: float = 0.0) -> dict:
-    """Hooked DDP gradients vs robustagg on the gathered per-rank vectors, over 3 SGD steps."""
-    state = RobustHookState(rule, momentum=beta, f=0)
-    reference = make_rule(rule, 0)
-    model = DDP(_model(), bucket_cap_mb=BUCKET_MB)
+    The reference gathers the ranks' local gradients with a collective of its
+    own, applies worker momentum and the attack to the stacked rows as the
+    single-process line does, and calls a fresh copy of the rule object, which
+    keeps centered clipping's center (the previous aggregate) across steps.
+    """
+    pg = group(size)
+    if pg is None:
+        return None
+    rank = dist.get_rank(pg)
+    f = rule_f(rule, size)
+    byzantine = [size - 1] if attack else []
+    state = RobustHookState(make_rule(rule, f), process_group=pg, momentum=beta, mode=mode,
+                            attack=make_attack(attack) if attack else None, byzantine_ranks=byzantine)
+    reference = make_rule(rule, f)
+    threat = make_attack(attack) if attack else None
+    model = DDP(_model(), bucket_cap_mb=BUCKET_MB, process_group=pg)
     hook, seen = _counting(robust_hook)
     model.register_comm_hook(state, hook)
     local = copy.deepcopy(model.module)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     momentum = robustagg.optim.WorkerMomentum(beta)
-    out = {"max_error": 0.0, "ranks_differ": False, "buckets": []}
-    for step in range(3):
+    out = {"errors": [], "bits_equal": [], "ranks_differ": False, "buckets": [], "sizes": [], "bytes": [],
+           "dim": sum(p.numel() for p in local.parameters()), "finite": True}
+    for step in range(steps):
         x, y = _batch(rank, step)
         local.load_state_dict(model.module.state_dict())
         local.zero_grad()
         _loss(local, x, y).backward()
-        rows = _gather_rows(_flat_grad(local))
+        rows = _gather_rows(_flat_grad(local), pg)
         sent = momentum(rows) if beta > 0 else rows
+        if threat is not None:
+            honest = [r for r in range(size) if r not in byzantine]
+            sent = sent.clone()
+            sent[byzantine] = threat(sent[honest], sent[byzantine])
         want = reference(sent.clone())
         model.zero_grad()
         _loss(model, x, y).backward()
         got = _flat_grad(model)
-        scale = float(want.abs().max())
-        out["max_error"] = max(out["max_error"], float((got - want).abs().max()) / scale)
-        out["ranks_differ"] |= not bool((_gather_rows(got) == got).all())
+        out["finite"] &= bool(torch.isfinite(got).all())
+        out["bits_equal"].append(bool(torch.equal(got, want)))
+        out["errors"].append(float((got - want).abs().max() / want.abs().max()))
+        out["ranks_differ"] |= not bool((_gather_rows(got, pg) == got).all())
         out["buckets"].append(seen["buckets"])
+        out["sizes"].append(list(seen["sizes"]))
+        out["bytes"].append(state.last.sent_bytes)
         opt.step()
-    out["steps"], out["timers"] = state.steps, state.total.communication > 0 and state.total.aggregation > 0
+    out["steps"] = state.steps
+    out["stats"] = state.total.aggregation > 0 and state.total.communication > 0
     return out
 
 
-def task_byzantine_training(rank: int, world: int, rule: str, attack: str, steps: int = 60) -> dict:
-    state = RobustHookState(make_rule(rule, 1, tau=1.0, iters=3), attack=attack, byzantine_ranks=[world - 1],
-                            momentum=0.5)
-    model = DDP(_model(), bucket_cap_mb=BUCKET_MB)
+def task_cc_second_step_center(size: int, mode: str) -> dict | None:
+    """Centered clipping's second step starts from the first step's aggregate (not from zeros)."""
+    pg = group(size)
+    if pg is None:
+        return None
+    rank = dist.get_rank(pg)
+    tau = 0.01  # small enough that the rows are clipped and the center matters
+    state = RobustHookState(robustagg.CenteredClip(tau, iters=3), process_group=pg, mode=mode)
+    model = DDP(_model(), bucket_cap_mb=BUCKET_MB, process_group=pg)
     model.register_comm_hook(state, robust_hook)
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
-    held_out = _batch(0, 10_000, n=256)  # the same honest evaluation data on every rank
-    with torch.no_grad():
-        before = float(_loss(model.module, *held_out))
-    for step in range(steps):
+    local = copy.deepcopy(model.module)
+    grads = []
+    for step in range(2):
+        x, y = _batch(rank, step)
+        local.zero_grad()
+        _loss(local, x, y).backward()
+        grads.append(_gather_rows(_flat_grad(local), pg))
         model.zero_grad()
-        _loss(model, *_batch(rank, step)).backward()
-        opt.step()
-    with torch.no_grad():
-        after = float(_loss(model.module, *held_out))
-    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
-    return {"before": before, "after": after, "finite": finite}
+        _loss(model, x, y).backward()  # no optimizer step: both steps see the same parameters
+        if step == 0:
+            first = _flat_grad(model).clone()
+    second = _flat_grad(model)
+    from_first = robustagg.centered_clip(grads[1], first, tau, 3)
+    from_zero = robustagg.centered_clip(grads[1], torch.zeros_like(first), tau, 3)
+    return {"from_first": float((second - from_first).abs().max() / from_first.abs().max()),
+            "from_zero": float((second - from_zero).abs().max() / from_zero.abs().max())}
 
 
-def task_hook_error_fails_backward(rank: int, world: int) -> str:
+def task_hook_error_fails_backward(size: int, mode: str) -> str | None:
     """A rule error at the last bucket fails the pending futures: backward raises, nothing waits forever."""
-    state = RobustHookState("gm")
-    model = DDP(_model(), bucket_cap_mb=BUCKET_MB)
+    pg = group(size)
+    if pg is None:
+        return None
+    rank = dist.get_rank(pg)
+    state = RobustHookState("gm", process_group=pg, mode=mode)
+    model = DDP(_model(), bucket_cap_mb=BUCKET_MB, process_group=pg)
     model.register_comm_hook(state, robust_hook)
     _loss(model, *_batch(rank, 0)).backward()
-    state.aggregator.weights = torch.ones(world + 1)  # checked when the coefficients are computed
+    state.aggregator.weights = torch.ones(size + 1)  # checked when the coefficients are computed
     model.zero_grad()
     try:
         _loss(model, *_batch(rank, 1)).backward()
@@ -178,123 +205,190 @@ def task_hook_error_fails_backward(rank: int, world: int) -> str:
     return "no error"
 
 
-# ---------------------------------------------------------------------------
-# The pool
+def task_mismatch(size: int, what: str) -> str | None:
+    """Ranks that disagree: another model (DDP's own check at construction) or other hook arguments (the
+    hook's check on the first step)."""
+    pg = group(size)
+    if pg is None:
+        return None
+    rank = dist.get_rank(pg)
+    odd = rank == size - 1
+    widths = (16, 8, 4) if what == "model" and odd else ODD_WIDTHS
+    rule = "mean" if what == "rule" and odd else "cm"
+    mode = "replicated" if what == "mode" and odd else "sharded"
+    try:
+        model = DDP(_model(widths=widths), bucket_cap_mb=BUCKET_MB, process_group=pg)
+        model.register_comm_hook(RobustHookState(rule, process_group=pg, mode=mode), robust_hook)
+        _loss(model, *_batch(rank, 0)).backward()
+    except Exception as exc:  # noqa: BLE001  (the message is what the test checks)
+        return str(exc)
+    return "no error"
 
 
-def _pool_rank(rank: int, world: int, port: int, tasks, results) -> None:
-    _init(rank, world, port, timeout_s=30)
-    while True:
-        item = tasks.get()
-        if item is None:
-            break
-        name, kwargs = item
-        try:
-            results.put((rank, True, globals()[name](rank, world, **kwargs)))
-        except BaseException:  # noqa: BLE001  (reported to the parent, which fails the test)
-            results.put((rank, False, traceback.format_exc()))
-    dist.barrier()  # leave together: a rank tearing gloo down early can abort another at exit
-    dist.destroy_process_group()
+def task_attack_only_on_byzantine_ranks(size: int, mode: str) -> str | None:
+    """The attack given to the Byzantine rank only, as replicated mode allows."""
+    pg = group(size)
+    if pg is None:
+        return None
+    byzantine = dist.get_rank(pg) == size - 1
+    try:
+        RobustHookState("cm", process_group=pg, mode=mode, byzantine_ranks=[size - 1],
+                        attack="alie" if byzantine else None)
+    except ValueError as exc:
+        return str(exc)
+    return "no error"
 
 
-class _Pool:
-    def __init__(self, world: int) -> None:
-        ctx = mp.get_context("spawn")
-        port = _free_port()
-        self.tasks = [ctx.Queue() for _ in range(world)]
-        self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_pool_rank, args=(r, world, port, self.tasks[r], self.results), daemon=True)
-                      for r in range(world)]
-        for p in self.procs:
-            p.start()
-
-    def run(self, name: str, **kwargs: object) -> list:
-        for q in self.tasks:
-            q.put((name, kwargs))
-        out: dict[int, object] = {}
-        deadline = time.monotonic() + DEADLINE
-        while len(out) < len(self.tasks):
-            try:
-                rank, ok, value = self.results.get(timeout=max(deadline - time.monotonic(), 0.1))
-            except queue.Empty:
-                self.close()
-                pytest.fail(f"{name}: ranks {sorted(set(range(len(self.tasks))) - set(out))} gave no result "
-                            f"within {DEADLINE} s")
-            if not ok:
-                self.close()
-                pytest.fail(f"{name} failed on rank {rank}:\n{value}")
-            out[rank] = value
-        return [out[r] for r in range(len(self.tasks))]
-
-    def close(self) -> None:
-        for q in self.tasks:
-            q.put(None)
-        for p in self.procs:
-            p.join(timeout=10)
-            if p.is_alive():
-                p.kill()
-                p.join()
-
-
-@pytest.fixture(scope="module")
-def pool():
-    p = _Pool(WORLD)
-    yield p
-    p.close()
+def task_byzantine_training(size: int, rule: str, attack: str, mode: str, steps: int = 60) -> dict | None:
+    pg = group(size)
+    if pg is None:
+        return None
+    rank = dist.get_rank(pg)
+    state = RobustHookState(make_rule(rule, 1, tau=1.0, iters=3), process_group=pg, attack=attack,
+                            byzantine_ranks=[size - 1], momentum=0.5, mode=mode)
+    model = DDP(_model(dtype=torch.float32, widths=(16, 32, 32, 4)), bucket_cap_mb=BUCKET_MB, process_group=pg)
+    model.register_comm_hook(state, robust_hook)
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    held_out = _batch(0, 10_000, n=256, dtype=torch.float32)  # the same honest evaluation data on every rank
+    with torch.no_grad():
+        before = float(_loss(model.module, *held_out))
+    for step in range(steps):
+        model.zero_grad()
+        _loss(model, *_batch(rank, step, dtype=torch.float32)).backward()
+        opt.step()
+    with torch.no_grad():
+        after = float(_loss(model.module, *held_out))
+    finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    return {"before": before, "after": after, "finite": finite}
 
 
 # ---------------------------------------------------------------------------
 # Tests on the pool
 
 
-def test_mean_rule_gives_plain_ddp_gradient(pool: _Pool) -> None:
-    for worst in pool.run("task_mean_equals_allreduce"):
-        assert worst < 1e-6
+@pytest.fixture(scope="module")
+def pool():
+    p = Pool(WORLD)
+    yield p
+    p.close()
 
 
-@pytest.mark.parametrize("rule", ["cm", "krum", "cc"])
-def test_rule_matches_single_process_on_gathered_gradients(pool: _Pool, rule: str) -> None:
-    results = pool.run("task_rule_matches_single_process", rule=rule)
-    for r in results:
-        assert not r["ranks_differ"], "ranks hold different aggregated gradients"
-        assert r["max_error"] < 1e-6, r
-        assert min(r["buckets"][1:]) >= 3, f"the model should span >= 3 buckets, got {r['buckets']}"
-        assert r["steps"] == 3 and r["timers"]
+def _rules_at(n: int) -> list[str]:
+    return [r for r in COORDINATE_RULES + DISTANCE_RULES if not (r in ("krum", "mkrum") and n < 3)]
 
 
-@pytest.mark.parametrize("rule", ["mean", "cc"])
-def test_worker_momentum_follows_the_recursion(pool: _Pool, rule: str) -> None:
-    for r in pool.run("task_rule_matches_single_process", rule=rule, beta=0.9):
+@pytest.mark.parametrize("size", [2, 3, 4, 5])
+def test_sharded_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, size: int) -> None:
+    """Every rule, many buckets of sizes not divisible by n: bit for bit (coordinate) or to 1e-12 (distance)."""
+    for rule in _rules_at(size):
+        results = pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=size, rule=rule)
+        for r in results:
+            assert not r["ranks_differ"], (rule, "ranks hold different aggregated gradients")
+            if rule in COORDINATE_RULES:
+                assert all(r["bits_equal"]), (rule, r["errors"])
+            else:
+                assert max(r["errors"]) < 1e-12, (rule, r["errors"])
+            assert min(r["buckets"][1:]) >= 5, (rule, r["buckets"], r["sizes"])
+            assert any(s % size for s in r["sizes"][-1]), (rule, "no bucket size indivisible by n", r["sizes"])
+            assert r["steps"] == 3 and r["stats"], rule
+
+
+@pytest.mark.parametrize("size", [3, 4])
+def test_sharded_hook_sends_what_an_all_reduce_sends(pool: Pool, size: int) -> None:
+    """Counted bytes per step: the all-to-all and the gather, 2(n-1)/n of the gradient plus padding."""
+    for rule in ("cm", "krum", "cc"):
+        r = pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=size, rule=rule)[0]
+        sizes, sent = r["sizes"][-1], r["bytes"][-1]
+        padded = sum(2 * (size - 1) * -(-s // size) * 8 for s in sizes)  # float64 values
+        m = size + (rule == "cc")
+        extra = 2 * (size - 1) * (m * m + m) * 8 // size if rule != "cm" else 0
+        assert sent == padded + extra, (rule, sent, padded, extra)
+        all_reduce = 2 * (size - 1) / size * 8 * r["dim"]
+        assert sent <= 1.1 * all_reduce, (rule, sent / all_reduce)
+
+
+@pytest.mark.parametrize("rule", ["mean", "cm", "krum", "gm", "cc"])
+def test_replicated_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, rule: str) -> None:
+    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated"):
         assert not r["ranks_differ"]
-        assert r["max_error"] < 1e-6, r
+        if rule in COORDINATE_RULES:
+            assert all(r["bits_equal"]), r["errors"]
+        else:
+            assert max(r["errors"]) < 1e-12, r["errors"]
 
 
-@pytest.mark.parametrize("rule,attack", [("cm", "nan"), ("cc", "nan"), ("cm", "alie"), ("cc", "alie")])
-def test_byzantine_rank_does_not_poison_the_model(pool: _Pool, rule: str, attack: str) -> None:
-    for r in pool.run("task_byzantine_training", rule=rule, attack=attack):
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+@pytest.mark.parametrize("rule", ["mean", "cc"])
+def test_worker_momentum_follows_the_recursion(pool: Pool, rule: str, mode: str) -> None:
+    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, beta=0.9, mode=mode):
+        assert not r["ranks_differ"]
+        assert max(r["errors"]) < 1e-12, r["errors"]
+
+
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+def test_centered_clipping_second_step_starts_from_the_first_aggregate(pool: Pool, mode: str) -> None:
+    for r in pool.run(f"{HERE}:task_cc_second_step_center", size=3, mode=mode):
+        assert r["from_first"] < 1e-12, r
+        assert r["from_zero"] > 1e-3, r  # the check can tell the two centers apart
+
+
+@pytest.mark.parametrize("rule,attack", [("cm", "nan"), ("tm", "inf"), ("krum", "nan"), ("gm", "inf"),
+                                         ("cc", "nan"), ("cm", "alie"), ("cc", "ipm"), ("mkrum", "sign_flip")])
+def test_sharded_attack_simulation_is_the_attack_on_the_stacked_rows(pool: Pool, rule: str, attack: str) -> None:
+    """A shard owner's attack on its shard equals the attack on the whole vectors (NaN/inf rows included)."""
+    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack, beta=0.5):
+        assert r["finite"]
+        assert not r["ranks_differ"]
+        if rule in COORDINATE_RULES:
+            assert all(r["bits_equal"]), r["errors"]
+        else:
+            assert max(r["errors"]) < 1e-12, r["errors"]
+
+
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+@pytest.mark.parametrize("rule,attack", [("cm", "nan"), ("cc", "alie")])
+def test_byzantine_rank_does_not_poison_the_model(pool: Pool, rule: str, attack: str, mode: str) -> None:
+    for r in pool.run(f"{HERE}:task_byzantine_training", size=4, rule=rule, attack=attack, mode=mode):
         assert r["finite"]
         assert r["after"] < 0.5 * r["before"], r
 
 
-def test_mean_rule_is_poisoned_by_a_nan_rank(pool: _Pool) -> None:
+def test_mean_rule_is_poisoned_by_a_nan_rank(pool: Pool) -> None:
     """The control: the same attack defeats the plain mean."""
-    for r in pool.run("task_byzantine_training", rule="mean", attack="nan", steps=2):
+    for r in pool.run(f"{HERE}:task_byzantine_training", size=4, rule="mean", attack="nan", mode="sharded", steps=2):
         assert not r["finite"]
 
 
-def test_rule_error_fails_backward_instead_of_waiting(pool: _Pool) -> None:
-    for message in pool.run("task_hook_error_fails_backward"):
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+def test_rule_error_fails_backward_instead_of_waiting(pool: Pool, mode: str) -> None:
+    for message in pool.run(f"{HERE}:task_hook_error_fails_backward", size=3, mode=mode):
         assert "geometric_median: weights must have shape" in message, message
+
+
+@pytest.mark.parametrize("what,match", [("rule", "other RobustHookState arguments"),
+                                        ("mode", "other RobustHookState arguments"),
+                                        ("model", "DDP expects same model across all ranks")])
+def test_ranks_that_disagree_get_a_clear_error(pool: Pool, what: str, match: str) -> None:
+    for message in pool.run(f"{HERE}:task_mismatch", size=3, what=what):
+        assert match in message, message
+
+
+def test_sharded_mode_needs_the_attack_on_every_rank(pool: Pool) -> None:
+    """In sharded mode an honest rank owns a shard of the Byzantine rows, so it simulates the attack too."""
+    sharded = pool.run(f"{HERE}:task_attack_only_on_byzantine_ranks", size=3, mode="sharded")
+    assert all("in sharded mode every rank needs the attack" in m for m in sharded[:2]), sharded
+    assert sharded[2] == "no error"
+    assert pool.run(f"{HERE}:task_attack_only_on_byzantine_ranks", size=3, mode="replicated") == ["no error"] * 3
 
 
 # ---------------------------------------------------------------------------
 # A rank that exits or hangs: the others fail within the process group's timeout
 
 
-def _fault_rank(rank: int, world: int, port: int, fault: str, results) -> None:
-    _init(rank, world, port, timeout_s=4)
+def _fault_rank(rank: int, world: int, port: int, fault: str, mode: str, results) -> None:
+    init(rank, world, port, timeout_s=4)
     model = DDP(_model(), bucket_cap_mb=BUCKET_MB)
-    model.register_comm_hook(RobustHookState("cm"), robust_hook)
+    model.register_comm_hook(RobustHookState("cm", mode=mode), robust_hook)
     for step in range(2):  # the second forward rebuilds the buckets, itself a collective
         _loss(model, *_batch(rank, step)).backward()
     if rank == world - 1:
@@ -312,13 +406,15 @@ def _fault_rank(rank: int, world: int, port: int, fault: str, results) -> None:
     os._exit(0)  # the group is broken: skip its teardown
 
 
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
 @pytest.mark.parametrize("fault", ["exit", "hang"])
-def test_dead_or_hung_rank_makes_the_others_fail(fault: str) -> None:
+def test_dead_or_hung_rank_makes_the_others_fail(fault: str, mode: str) -> None:
     world = 2
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    port = _free_port()
-    procs = [ctx.Process(target=_fault_rank, args=(r, world, port, fault, results), daemon=True) for r in range(world)]
+    port = free_port()
+    procs = [ctx.Process(target=_fault_rank, args=(r, world, port, fault, mode, results), daemon=True)
+             for r in range(world)]
     for p in procs:
         p.start()
     try:
@@ -332,7 +428,7 @@ def test_dead_or_hung_rank_makes_the_others_fail(fault: str) -> None:
                 p.kill()
                 p.join()
     assert rank == 0
-    assert "robust_hook: rank 0 could not gather bucket" in message, message
+    assert "robust_hook: rank 0 could not" in message and "bucket" in message, message
     assert seconds < 4 + 5, f"failed after {seconds:.1f} s, the timeout is 4 s"
 
 
@@ -373,10 +469,13 @@ def test_bad_arguments_raise(one_rank_group) -> None:
         (dict(aggregator="mean", byzantine_ranks="0"), TypeError, "byzantine_ranks must be a sequence"),
         (dict(aggregator="mean", byzantine=True), ValueError, "disagrees with byzantine_ranks"),
         (dict(aggregator="mean", byzantine=1), TypeError, "byzantine must be a bool"),
-        (dict(aggregator="mean", attack="mimic"), ValueError, "not separable"),
+        (dict(aggregator="mean", attack="mimic"), ValueError, "needs the whole vector"),
+        (dict(aggregator="mean", attack=robustagg.attacks.OptimalALIE(robustagg.Mean())), ValueError,
+         "needs the whole vector"),
         (dict(aggregator="mean", attack="nope"), ValueError, "unknown attack"),
         (dict(aggregator="mean", attack=3), TypeError, "attack must be"),
         (dict(aggregator="mean", process_group="world"), TypeError, "process_group"),
+        (dict(aggregator="mean", mode="ring"), ValueError, "mode must be one of sharded, replicated"),
     ]
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
@@ -384,22 +483,24 @@ def test_bad_arguments_raise(one_rank_group) -> None:
     with pytest.raises(TypeError, match="state must be a RobustHookState"):
         robust_hook(None, None)  # type: ignore[arg-type]
     state = RobustHookState("cc")  # a valid state: f, the world and the rule agree
-    assert state.world_size == 1 and not state.byzantine and state.is_distance_rule
+    assert state.world_size == 1 and not state.byzantine and state.is_distance_rule and state.mode == "sharded"
 
 
 # ---------------------------------------------------------------------------
 # The example trainer
 
 
-def test_example_trains_with_a_byzantine_rank(tmp_path) -> None:
+@pytest.mark.parametrize("mode", ["sharded", "replicated"])
+def test_example_trains_with_a_byzantine_rank(tmp_path, mode: str) -> None:
     pytest.importorskip("sklearn", reason="the example's data set ships with scikit-learn")
     from robustagg.cli import main
 
     out = tmp_path / "run.json"  # through the command line: robustagg train ddp -> robustagg.examples.ddp_train
     code = main(["train", "ddp", "--nproc", "3", "--agg", "cc", "--byzantine-ranks", "2", "--attack", "alie",
-                           "--steps", "60", "--eval-every", "30", "--json", str(out), "--timeout", "60"])
+                 "--mode", mode, "--steps", "60", "--eval-every", "30", "--json", str(out), "--timeout", "60"])
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["world_size"] == 3 and result["byzantine_ranks"] == [2]
+    assert result["world_size"] == 3 and result["byzantine_ranks"] == [2] and result["mode"] == mode
     assert result["final_test_accuracy"] > 0.5
     assert result["seconds_per_step"]["communication"] > 0
+    assert result["sent_bytes_per_step"] > 0

@@ -4,15 +4,21 @@ Each rank holds an iid shard of the 1400 digits training examples, trains
 the 64-hidden-10 MLP of :mod:`robustagg.sim.models` with
 ``DistributedDataParallel`` and plain SGD, and the hook replaces DDP's
 gradient average by a robust rule over the ranks' worker momenta
-(Karimireddy, He, Jaggi, ICML 2021). The ranks in ``--byzantine-ranks``
-send what ``--attack`` makes of the honest vectors (a simulation device).
-The example runs on the CPU with gloo; the hook itself also runs on NCCL.
-Rank 0 prints progress and a summary (test accuracy; time per step split
-into communication, aggregation and the rest) and writes JSON with ``--json``.
+(Karimireddy, He, Jaggi, ICML 2021). ``--mode sharded`` (the default)
+aggregates shard r on rank r for the bytes of an all-reduce; ``--mode
+replicated`` gathers every vector on every rank. The ranks in
+``--byzantine-ranks`` send what ``--attack`` makes of the honest vectors (a
+simulation device). ``--fsdp`` trains with FSDP2 (``fully_shard`` per layer)
+and :class:`robustagg.distributed.RobustReduceScatter` instead (no worker
+momentum; data-level attacks only; distance rules per layer). The example
+runs on the CPU with gloo. Rank 0 prints progress and a summary (test
+accuracy; time per step split into communication, aggregation and the
+rest; bytes sent per step) and writes JSON with ``--json``.
 
 Under torchrun (one process per rank)::
 
     torchrun --nproc_per_node 4 -m robustagg.examples.ddp_train --agg cc --byzantine-ranks 1 --attack alie
+    torchrun --nproc_per_node 4 -m robustagg.examples.ddp_train --fsdp --agg cm --byzantine-ranks 1 --attack label_flip
 
 Without torchrun it starts ``--nproc`` processes itself (gloo on 127.0.0.1)::
 
@@ -36,7 +42,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..distributed import RULE_NAMES, RobustHookState, make_rule, robust_hook
+from ..distributed import MODES, RULE_NAMES, RobustHookState, make_rule, robust_hook, use_robust_reduce_scatter
 from ..sim.data import load_digits, split_workers
 
 __all__ = ["ATTACKS", "add_arguments", "main", "run", "spawn"]
@@ -53,7 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--byzantine-ranks", type=int, nargs="*", default=[], metavar="RANK",
                         help="ranks that send the attack's vectors (default: none)")
     parser.add_argument("--attack", choices=ATTACKS, default="none", help="what the Byzantine ranks send (default none)")
-    parser.add_argument("--momentum", type=float, default=0.9, help="worker momentum beta in [0, 1) (default 0.9)")
+    parser.add_argument("--mode", choices=MODES, default="sharded",
+                        help="hook mode: sharded (all-reduce bytes) or replicated (default sharded)")
+    parser.add_argument("--fsdp", action="store_true",
+                        help="train with FSDP2 and the robust reduce-scatter instead of DDP and the hook")
+    parser.add_argument("--momentum", type=float,
+                        help="worker momentum beta in [0, 1) (default 0.9; 0 with --fsdp, which has none)")
     parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
     parser.add_argument("--batch", type=int, default=32, help="examples per rank per step (default 32)")
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
@@ -71,13 +82,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="write the result JSON here (rank 0)")
 
 
-def _attack_kwargs(args: argparse.Namespace) -> dict:
+def _attack_kwargs(args: argparse.Namespace, rank: int) -> dict:
     if args.attack == "ipm":
         return {"eps": args.ipm_eps}
     if args.attack == "alie":
         return {"z": args.alie_z}
-    if args.attack == "gaussian":  # the same seed on every Byzantine rank (robustagg.distributed)
-        return {"generator": torch.Generator().manual_seed(args.seed + 2)}
+    if args.attack == "gaussian":
+        # Replicated: the same seed on every Byzantine rank; sharded: each rank draws its own shard's noise.
+        return {"generator": torch.Generator().manual_seed(args.seed + 2 + (rank if args.mode == "sharded" else 0))}
     return {}
 
 
@@ -90,20 +102,32 @@ def _train(args: argparse.Namespace) -> dict | None:
     data = load_digits()
     share = split_workers(data.y_train, world, "iid", np.random.default_rng(args.seed))[rank]
     x, y = data.x_train[share], data.y_train[share]
-    byzantine = rank in args.byzantine_ranks
-    attack = make_attack(args.attack, **_attack_kwargs(args)) if byzantine else None
-    if attack is not None and attack.flips_labels:
+    # Sharded mode: every rank simulates the attack on the shard it owns.
+    simulates = rank in args.byzantine_ranks or (args.mode == "sharded" and bool(args.byzantine_ranks))
+    attack = make_attack(args.attack, **_attack_kwargs(args, rank)) if simulates else None
+    if attack is not None and attack.flips_labels and rank in args.byzantine_ranks:
         y = attack.flip_labels(y)
 
     torch.manual_seed(args.seed)  # DDP broadcasts rank 0's parameters anyway
     model = torch.nn.Sequential(torch.nn.Linear(data.num_features, args.hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(args.hidden, data.num_classes))
-    ddp = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
     f = len(args.byzantine_ranks) if args.f is None else args.f
-    state = RobustHookState(make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters), momentum=args.momentum,
-                            attack=attack, byzantine_ranks=args.byzantine_ranks)
-    ddp.register_comm_hook(state, robust_hook)
-    opt = torch.optim.SGD(ddp.parameters(), lr=args.lr)
+    rule = make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters)
+    state, comms = None, {}
+    if args.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model:
+            if isinstance(layer, torch.nn.Linear):
+                fully_shard(layer)
+        trained = fully_shard(model)
+        comms = use_robust_reduce_scatter(model, rule, layerwise=True)
+    else:
+        trained = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
+        state = RobustHookState(rule, momentum=args.momentum, attack=attack, byzantine_ranks=args.byzantine_ranks,
+                                mode=args.mode)
+        trained.register_comm_hook(state, robust_hook)
+    opt = torch.optim.SGD(trained.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
 
     curve = []
@@ -112,27 +136,36 @@ def _train(args: argparse.Namespace) -> dict | None:
         tick = time.perf_counter()
         idx = torch.randint(len(share), (args.batch,), generator=gen)
         opt.zero_grad()
-        torch.nn.functional.cross_entropy(ddp(x[idx]), y[idx]).backward()
+        torch.nn.functional.cross_entropy(trained(x[idx]), y[idx]).backward()
         opt.step()
         step_seconds += time.perf_counter() - tick
-        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-            with torch.no_grad():
-                logits = model(data.x_test)
-                acc = float((logits.argmax(1) == data.y_test).float().mean())
-                loss = float(torch.nn.functional.cross_entropy(logits, data.y_test))
-            curve.append({"step": step, "test_accuracy": acc, "test_loss": loss})
-            print(f"step {step:5d}  test accuracy {acc:.3f}  test loss {loss:.3f}", flush=True)
+        if step % args.eval_every == 0 or step == args.steps:
+            if rank == 0 or args.fsdp:  # an FSDP forward is a collective: every rank evaluates
+                with torch.no_grad():
+                    logits = trained(data.x_test) if args.fsdp else model(data.x_test)
+                    acc = float((logits.argmax(1) == data.y_test).float().mean())
+                    loss = float(torch.nn.functional.cross_entropy(logits, data.y_test))
+                curve.append({"step": step, "test_accuracy": acc, "test_loss": loss})
+                if rank == 0:
+                    print(f"step {step:5d}  test accuracy {acc:.3f}  test loss {loss:.3f}", flush=True)
     if rank != 0:
         return None
-    steps = max(state.steps, 1)
     per_step = step_seconds / args.steps
-    comm, agg, local = (state.total.communication / steps, state.total.aggregation / steps, state.total.local / steps)
+    if state is not None:
+        steps = max(state.steps, 1)
+        comm, agg, local = (state.total.communication / steps, state.total.aggregation / steps,
+                            state.total.local / steps)
+        sent = state.total.sent_bytes / steps
+    else:  # FSDP: bytes of the robust reduce-scatters only (FSDP's parameter all-gathers come on top)
+        comm = agg = local = 0.0
+        sent = sum(c.sent_bytes for c in comms.values()) / args.steps
     return {
         "world_size": world,
         "backend": dist.get_backend(),
-        "rule": repr(state.aggregator),
+        "mode": "fsdp" if args.fsdp else args.mode,
+        "rule": repr(rule),
         "attack": args.attack,
-        "byzantine_ranks": list(state.byzantine_ranks),
+        "byzantine_ranks": sorted(args.byzantine_ranks),
         "momentum": args.momentum,
         "steps": args.steps,
         "dim": sum(p.numel() for p in model.parameters()),
@@ -140,17 +173,23 @@ def _train(args: argparse.Namespace) -> dict | None:
         "curve": curve,
         "seconds_per_step": {"total": per_step, "communication": comm, "aggregation": agg, "local": local,
                              "other": per_step - comm - agg - local},
+        "sent_bytes_per_step": sent,
         "threads": torch.get_num_threads(),
     }
 
 
 def _report(args: argparse.Namespace, result: dict) -> None:
     t = result["seconds_per_step"]
-    print(f"{result['rule']} over {result['world_size']} ranks, Byzantine {result['byzantine_ranks']} "
-          f"({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}")
-    print(f"per step {1e3 * t['total']:.2f} ms: communication {1e3 * t['communication']:.2f} ms, "
-          f"aggregation {1e3 * t['aggregation']:.2f} ms, momentum/attack {1e3 * t['local']:.2f} ms, "
-          f"forward/backward/step {1e3 * t['other']:.2f} ms")
+    print(f"{result['rule']} over {result['world_size']} ranks ({result['mode']}), Byzantine "
+          f"{result['byzantine_ranks']} ({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}")
+    if result["mode"] == "fsdp":
+        print(f"per step {1e3 * t['total']:.2f} ms; the robust reduce-scatters sent "
+              f"{result['sent_bytes_per_step'] / 1e3:.1f} kB per rank")
+    else:
+        print(f"per step {1e3 * t['total']:.2f} ms: hook waiting for communication {1e3 * t['communication']:.2f} ms, "
+              f"aggregation {1e3 * t['aggregation']:.2f} ms, momentum/attack {1e3 * t['local']:.2f} ms, "
+              f"forward/backward/step {1e3 * t['other']:.2f} ms; sent {result['sent_bytes_per_step'] / 1e3:.1f} kB "
+              "per rank")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
@@ -159,6 +198,12 @@ def _report(args: argparse.Namespace, result: dict) -> None:
 
 
 def _check(args: argparse.Namespace, world: int) -> None:
+    if args.momentum is None:
+        args.momentum = 0.0 if args.fsdp else 0.9
+    if args.fsdp and args.momentum != 0:
+        raise ValueError(f"ddp_train: --fsdp has no worker momentum, got --momentum {args.momentum}")
+    if args.fsdp and args.byzantine_ranks and args.attack not in ("none", "label_flip"):
+        raise ValueError(f"ddp_train: --fsdp simulates data-level attacks only (label_flip), got --attack {args.attack}")
     for name in ("steps", "batch", "hidden", "eval_every", "cc_iters", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"ddp_train: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

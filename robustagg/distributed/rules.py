@@ -1,0 +1,95 @@
+"""The rules the distributed paths take, and their whole-model coefficients from summed distances.
+
+Every path (the DDP hook in both modes, the FSDP2 reduce-scatter) checks its
+rule with :func:`check_rule` and, for a distance rule, turns the summed
+float64 squared distances into row coefficients with :func:`coefficients`,
+the same functions :mod:`robustagg.distance` runs on one matrix: squared
+distances add over blocks of coordinates, so summing the blocks' distances
+gives the whole vector's coefficients.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .. import distance
+from ..aggregators import (
+    RULES,
+    RULES_WITH_F,
+    Aggregator,
+    Bulyan,
+    CenteredClip,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    Mean,
+    MeaMed,
+    MultiKrum,
+    Pipeline,
+    TrimmedMean,
+    make_aggregator,
+)
+
+#: The rule names the distributed paths take: those of :func:`robustagg.aggregators.make_aggregator` but Bulyan.
+RULE_NAMES = {name: text for name, text in RULES.items() if name != "bulyan"}
+
+COORDINATE = (Mean, CoordinateMedian, TrimmedMean, MeaMed)
+DISTANCE = (Krum, MultiKrum, GeometricMedian, CenteredClip)
+
+
+def make_rule(name: str, f: int = 0, tau: float = 1.0, iters: int = 3) -> Aggregator:
+    """The aggregator of a rule name in :data:`RULE_NAMES`: ``f`` for the rules that take it, ``tau`` and
+    ``iters`` for centered clipping (:func:`robustagg.aggregators.make_aggregator` with these defaults)."""
+    if name == "bulyan":
+        raise ValueError("make_rule: bulyan is not supported by robust_hook; choose from " + ", ".join(RULE_NAMES))
+    options = {"tau": tau, "iters": iters} if name == "cc" else {}
+    return make_aggregator(name, f if name in RULES_WITH_F else None, **options)
+
+
+def check_rule(aggregator: Aggregator | str, f: int, n: int, owner: str) -> Aggregator:
+    """The rule object for ``aggregator`` (a name is built with ``f``), checked for ``n`` rows; errors name ``owner``."""
+    if isinstance(aggregator, str):
+        aggregator = make_rule(aggregator, f)
+    if isinstance(aggregator, Bulyan):
+        raise ValueError(f"{owner}: Bulyan is not supported (it needs the selected rows of the whole model "
+                         "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip")
+    if isinstance(aggregator, Pipeline):
+        raise ValueError(f"{owner}: pre-aggregator pipelines are not supported")
+    if not isinstance(aggregator, COORDINATE + DISTANCE):
+        raise TypeError(f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
+                        f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}")
+    if isinstance(aggregator, CenteredClip) and aggregator.center is not None:
+        raise ValueError(f"{owner}: CenteredClip must have no preset center; the previous aggregate is the "
+                         "center, starting at zeros")
+    # The rule's own argument checks, on a one-column probe with n rows.
+    weights = getattr(aggregator, "weights", None)
+    device = weights.device if isinstance(weights, torch.Tensor) else "cpu"
+    copy.deepcopy(aggregator).aggregate(torch.zeros(n, 1, dtype=torch.float64, device=device))
+    return aggregator
+
+
+def coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+    """Row coefficients of a distance rule from the whole vector's squared distances (CPU float64).
+
+    ``D`` and ``finite`` cover the n rows, plus the center as point n for
+    centered clipping; ``like`` is any tensor with the rows' device and n rows
+    (for the weights' checks). ``None`` means no usable row: the result is all NaN.
+    Sets ``rule.info`` for the geometric median.
+    """
+    n = D.shape[0] - (1 if isinstance(rule, CenteredClip) else 0)
+    if isinstance(rule, (Krum, MultiKrum)):
+        return distance._krum_coefficients(D, finite, rule.f, n - rule.f if rule.m is None else rule.m)
+    if isinstance(rule, GeometricMedian):
+        a = distance._check_weights(rule.weights, like, "geometric_median")
+        c, rule.info = distance._gm_coefficients(D, finite, a, rule.nu, rule.tol, rule.max_iter)
+        return c
+    return distance._cc_coefficients(D, finite, rule.tau, rule.iters)
+
+
+def combine(c: torch.Tensor | None, X: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
+    """``sum_i c_i p_i`` over the rows of X (and the center), or all NaN when ``c`` is None."""
+    if c is None:
+        return torch.full((X.shape[1],), float("nan"), dtype=X.dtype, device=X.device)
+    return distance._combine(c, X, center)
