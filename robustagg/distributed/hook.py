@@ -80,7 +80,6 @@ class _Shard:
     center: torch.Tensor | None = None
     D: torch.Tensor | None = None
     finite: torch.Tensor | None = None
-    out: torch.Tensor | None = None  # (s,): the rule's result on this shard, zero padded
     future: torch.futures.Future = field(default_factory=torch.futures.Future)
 
 
@@ -435,10 +434,11 @@ class RobustHookState:
         X = self._attacked(shard.recv.view(self.world_size, shard.width)[:, :shard.valid])
         tick = time.perf_counter()
         if not self.is_distance_rule:
-            shard.out = X.new_zeros(shard.width)
-            shard.out[:shard.valid] = self.aggregator.aggregate(X)
+            out = X.new_zeros(shard.width)
+            out[:shard.valid] = self.aggregator.aggregate(X)
             shard.recv = None
-            self._gather_shards([shard], shard.out)
+            del X
+            self._gather_shard(shard, out)
         else:
             if isinstance(self.aggregator, CenteredClip):
                 lo = self.rank * shard.width
@@ -447,7 +447,7 @@ class RobustHookState:
         self._now.aggregation += time.perf_counter() - tick
 
     def _resolve_sharded(self) -> None:
-        """At the last bucket: all-reduce the summed distances, combine every shard, one gather for all buckets."""
+        """At the last bucket: all-reduce the summed distances, then combine and gather every bucket's shard."""
         shards = self._shards
         tick = time.perf_counter()
         D, bad = shards[0].D.clone(), (~shards[0].finite).double()
@@ -460,51 +460,43 @@ class RobustHookState:
         tick = time.perf_counter()
         k = D.shape[0]
         packed = packed.cpu()
-        like = shards[0].recv.view(self.world_size, -1)
+        like = shards[0].recv.new_empty(self.world_size, 0)  # n rows on the shards' device, for the weights' checks
         c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
-        mixed = like.new_empty(sum(s.width for s in shards))
-        offset = 0
-        for s in shards:
-            X = s.recv.view(self.world_size, s.width)[:, :s.valid]
-            mixed[offset + s.valid:offset + s.width] = 0
-            mixed[offset:offset + s.valid] = combine(c, X, s.center)
-            s.recv = s.D = s.center = None  # free the shards before the gather allocates the result
-            offset += s.width
+        for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
+            out = s.recv.new_zeros(s.width)
+            out[:s.valid] = combine(c, s.recv.view(self.world_size, s.width)[:, :s.valid], s.center)
+            s.recv = s.D = s.center = None
+            self._gather_shard(s, out)
         self._now.aggregation += time.perf_counter() - tick
-        self._gather_shards(shards, mixed)
 
-    def _gather_shards(self, shards: list[_Shard], mixed: torch.Tensor) -> None:
-        """All-gather this rank's results of ``shards`` (concatenated in ``mixed``); resolve their futures."""
+    def _gather_shard(self, shard: _Shard, out: torch.Tensor) -> None:
+        """All-gather the ranks' results ``out`` for this bucket into its buffer; resolve its future then."""
         n = self.world_size
-        index = shards[0].index if len(shards) == 1 else "s " + ", ".join(str(s.index) for s in shards)
-        direct = len(shards) == 1 and shards[0].size == mixed.numel() * n and shards[0].buf.is_contiguous()
-        gathered = shards[0].buf.view(-1) if direct else mixed.new_empty(n * mixed.numel())
-        work = self._issue("all_gather", index, _all_gather, gathered, mixed)
+        flat = shard.buf.view(-1)  # DDP's bucket buffer is one flat contiguous tensor
+        direct = shard.size == n * shard.width  # no padding: gather in place
+        gathered = flat if direct else out.new_empty(n * shard.width)
+        work = self._issue("all_gather", shard.index, _all_gather, gathered, out)
 
         def done(fut: torch.futures.Future) -> None:
             try:
                 fut.wait()
-                rows = gathered.view(n, -1)
-                offset = 0
-                for s in shards:
-                    if not direct:
-                        s.buf.view(-1).copy_(rows[:, offset:offset + s.width].reshape(-1)[:s.size])
-                    offset += s.width
-                    if isinstance(self.aggregator, CenteredClip):
-                        self._keep_center(s.params, s.buf.view(-1))
-            except BaseException as exc:  # noqa: BLE001  (handed to the waiting futures)
-                error = self._comm_error("all_gather", index, exc)
-                for s in shards:
-                    if not s.future.done():
-                        s.future.set_exception(error)
+                if not direct:  # row by row: no temporary of the bucket's size
+                    rows = gathered.view(n, shard.width)
+                    for j in range(n):
+                        lo, hi = j * shard.width, min((j + 1) * shard.width, shard.size)
+                        if lo < hi:
+                            flat[lo:hi] = rows[j, :hi - lo]
+                if isinstance(self.aggregator, CenteredClip):
+                    self._keep_center(shard.params, flat)
+            except BaseException as exc:  # noqa: BLE001  (handed to the waiting future)
+                shard.future.set_exception(self._comm_error("all_gather", shard.index, exc))
                 return
             with self._lock:
-                self._unresolved -= len(shards)
+                self._unresolved -= 1
                 if self._unresolved == 0 and self._returned is not None:
                     self._now.exposed = time.perf_counter() - self._returned
                     self._end_step()
-            for s in shards:
-                s.future.set_result(s.buf)
+            shard.future.set_result(shard.buf)
 
         work.get_future().add_done_callback(done)
 
