@@ -9,17 +9,17 @@ that average with a robustagg rule::
     ddp_model.register_comm_hook(state, rd.robust_hook)
 
 **Sharded mode** (``mode="sharded"``, the default). For a bucket of ``S``
-values on ``n`` ranks, padded to ``n * s`` with ``s = ceil(S / n)`` (the
-padding never reaches the gradient):
+values on ``n`` ranks, with shard j the values ``[j s, (j+1) s)`` that exist
+(``s = ceil(S / n)``; the last shards are shorter or empty):
 
-1. ``all_to_all_single``: rank r receives shard r (values ``[r s, (r+1) s)``)
-   of every rank's bucket, an ``(n, s)`` matrix;
+1. ``all_to_all_single``: rank r receives shard r of every rank's bucket,
+   an ``(n, ~S/n)`` matrix;
 2. rank r applies the rule to its shard;
-3. ``all_gather_into_tensor`` of the ``n`` results rebuilds the aggregate on
-   every rank.
+3. ``all_gather_into_tensor`` of the ``n`` results (padded to ``s``; the
+   padding never reaches the gradient) rebuilds the aggregate on every rank.
 
-A rank sends :math:`2 (n - 1) s \approx 2 (n-1)/n \cdot S` values per bucket,
-what a ring all-reduce sends, and holds O(S) extra values, not ``n S``. The
+A rank sends at most :math:`2 (n - 1) s \approx 2 (n-1)/n \cdot S` values per
+bucket, what a ring all-reduce sends, and holds O(S) extra values, not ``n S``. The
 collectives are asynchronous: the all-to-all of bucket b is in flight while
 backward computes bucket b + 1; at that bucket's hook call rank r aggregates
 shard b and starts its gather. Every rank issues the collectives in the same

@@ -72,9 +72,9 @@ class _Shard:
     buf: torch.Tensor
     params: list
     size: int  # S, the bucket's values
-    width: int  # s = ceil(S / n), the padded shard
-    valid: int  # values of shard `rank` inside the bucket (< s for the last shards)
-    recv: torch.Tensor  # (n * s,): row i is shard `rank` of rank i's vector
+    width: int  # s = ceil(S / n), the shard width (the gather pads the last shards to it)
+    valid: int  # values of shard `rank` (< s for the last shards: the bucket is not padded)
+    recv: torch.Tensor  # (n * valid,): row i is shard `rank` of rank i's vector
     work: object
     send: torch.Tensor | None = None  # kept alive until the all-to-all is done
     center: torch.Tensor | None = None
@@ -290,7 +290,7 @@ class RobustHookState:
         mine = torch.tensor([buf.numel(), _DTYPE_CODE.get(buf.dtype, -1), self._fingerprint()],
                             dtype=torch.int64, device=buf.device)
         every = mine.new_empty(self.world_size * 3)
-        self._wait(self._issue("all_gather", index, _all_gather, every, mine), "all_gather", index)
+        self._wait(self._issue("all_gather", index, every, mine), "all_gather", index)
         every = every.view(self.world_size, 3).cpu()
         for r, row in enumerate(every.tolist()):
             if row[:2] != every[self.rank, :2].tolist():
@@ -325,15 +325,25 @@ class RobustHookState:
         for p, part in zip(params, torch.split(out, [p.numel() for p in params])):
             self._center[id(p)] = part.clone()
 
-    def _issue(self, name: str, index: int, collective, output: torch.Tensor, input: torch.Tensor):
-        """Start one collective asynchronously and count what this rank sends."""
-        n, size = self.world_size, input.numel() * input.element_size()
-        self._now.sent_bytes += {"all_to_all": size * (n - 1) // n, "all_gather": size * (n - 1),
-                                 "all_reduce": 2 * size * (n - 1) // n}[name]
+    def _issue(self, name: str, index: int | str, output: torch.Tensor, input: torch.Tensor,
+               splits: list[int] | None = None):
+        """Start one collective asynchronously and count what this rank sends.
+
+        ``all_to_all`` sends ``input`` split by ``splits`` (values for each
+        rank; its own part stays), ``all_gather`` sends ``input`` to the n - 1
+        others (ring), ``all_reduce`` sends ``2 (n-1)/n`` of it (ring).
+        """
+        n, group, element = self.world_size, self.process_group, input.element_size()
         try:
-            if name == "all_reduce":
-                return dist.all_reduce(output, group=self.process_group, async_op=True)
-            return collective(output, input, group=self.process_group, async_op=True)
+            if name == "all_to_all":
+                self._now.sent_bytes += (input.numel() - splits[self.rank]) * element
+                return dist.all_to_all_single(output, input, [splits[self.rank]] * n, splits, group=group,
+                                              async_op=True)
+            if name == "all_gather":
+                self._now.sent_bytes += (n - 1) * input.numel() * element
+                return _all_gather(output, input, group=group, async_op=True)  # gloo: flat output only
+            self._now.sent_bytes += 2 * (n - 1) * input.numel() * element // n
+            return dist.all_reduce(output, group=group, async_op=True)
         except RuntimeError as exc:
             raise self._comm_error(name, index, exc) from exc
 
@@ -364,7 +374,7 @@ class RobustHookState:
 
     def _gather(self, x: torch.Tensor, index: int) -> torch.Tensor:
         X = x.new_empty((self.world_size, x.numel()))
-        work = self._issue("all_gather", index, _all_gather, X.view(-1), x.contiguous())  # gloo: flat output only
+        work = self._issue("all_gather", index, X.view(-1), x.contiguous())
         self._wait(work, "all_gather", index)
         return X
 
@@ -411,11 +421,11 @@ class RobustHookState:
     def _sharded_bucket(self, buf, params, x, index: int, last: bool) -> torch.futures.Future:
         n, r = self.world_size, self.rank
         size = x.numel()
-        width = -(-size // n)
-        send = x if size == n * width else torch.cat([x, x.new_zeros(n * width - size)])
-        recv = x.new_empty(n * width)
-        work = self._issue("all_to_all", index, dist.all_to_all_single, recv, send)
-        shard = _Shard(index, buf, params, size, width, max(0, min(width, size - r * width)), recv, work, send=send)
+        width = -(-size // n)  # shard j holds values [j * width, (j+1) * width) that exist
+        splits = [max(0, min(width, size - j * width)) for j in range(n)]
+        recv = x.new_empty(n * splits[r])
+        work = self._issue("all_to_all", index, recv, x.contiguous(), splits)
+        shard = _Shard(index, buf, params, size, width, splits[r], recv, work, send=x)
         self._shards.append(shard)
         self._unresolved += 1
         # One bucket behind: the shard that arrived while backward computed this bucket is aggregated now, so
@@ -431,7 +441,7 @@ class RobustHookState:
         """Wait for the shard's all-to-all, apply the attack and the rule (or its distances), gather it."""
         self._wait(shard.work, "all_to_all", shard.index)
         shard.work = shard.send = None
-        X = self._attacked(shard.recv.view(self.world_size, shard.width)[:, :shard.valid])
+        X = self._attacked(shard.recv.view(self.world_size, shard.valid))
         tick = time.perf_counter()
         if not self.is_distance_rule:
             out = X.new_zeros(shard.width)
@@ -456,7 +466,7 @@ class RobustHookState:
             bad += ~s.finite
         packed = torch.cat([D.reshape(-1), bad])  # one all-reduce: distances and counts of non-finite shards
         self._now.aggregation += time.perf_counter() - tick
-        self._wait(self._issue("all_reduce", "distances", None, packed, packed), "all_reduce", "distances")
+        self._wait(self._issue("all_reduce", "distances", packed, packed), "all_reduce", "distances")
         tick = time.perf_counter()
         k = D.shape[0]
         packed = packed.cpu()
@@ -464,7 +474,7 @@ class RobustHookState:
         c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
         for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
             out = s.recv.new_zeros(s.width)
-            out[:s.valid] = combine(c, s.recv.view(self.world_size, s.width)[:, :s.valid], s.center)
+            out[:s.valid] = combine(c, s.recv.view(self.world_size, s.valid), s.center)
             s.recv = s.D = s.center = None
             self._gather_shard(s, out)
         self._now.aggregation += time.perf_counter() - tick
@@ -475,7 +485,7 @@ class RobustHookState:
         flat = shard.buf.view(-1)  # DDP's bucket buffer is one flat contiguous tensor
         direct = shard.size == n * shard.width  # no padding: gather in place
         gathered = flat if direct else out.new_empty(n * shard.width)
-        work = self._issue("all_gather", shard.index, _all_gather, gathered, out)
+        work = self._issue("all_gather", shard.index, gathered, out)
 
         def done(fut: torch.futures.Future) -> None:
             try:
