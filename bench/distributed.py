@@ -193,7 +193,6 @@ def _run_config(args, label: str, rule: str | None, mode: str | None, gen: torch
                    exposed_s=med(s.exposed for s in stats))
     elif rule is None:
         row["sent_bytes"] = 2 * (n - 1) * grad_bytes / n  # ring all-reduce of every bucket
-    del model, opt
     return row
 
 

@@ -27,7 +27,6 @@ import robustagg
 from robustagg.attacks import make_attack
 from robustagg.distributed import RobustHookState, make_rule, robust_hook
 
-import rank_pool
 from rank_pool import DEADLINE, Pool, free_port, group, init
 
 WORLD = 5

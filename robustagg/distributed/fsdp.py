@@ -18,8 +18,11 @@ rank's unit gradient, an ``(n, s)`` matrix), the rule on it, and this rank's
 reduce-scatter sends.
 
 * Coordinate-wise rules (mean, coordinate median, trimmed mean, MeaMed) are
-  the whole-model rule, bit for bit: FSDP's padding columns are zeros on
-  every rank and never reach a parameter.
+  the whole-model rule: FSDP's padding columns are zeros on every rank and
+  never reach a parameter. Bit for bit under ``AVG`` (float32 and bfloat16,
+  FSDP's default) and under ``SUM`` when FSDP's division of the output
+  (``post`` below) is by a power of two (n = 2, 4, 8, ...); otherwise that
+  division rounds once more, within 1 ulp.
 * Distance rules (Krum, Multi-Krum, geometric median, centered clipping) run
   once per FSDP unit: one extra ``all_reduce`` of the unit's ``(n, n)``
   float64 distances (``(n+1)^2`` for centered clipping, plus the non-finite
@@ -40,8 +43,9 @@ custom ``set_gradient_divide_factor(factor)``, as with the mean), never
   has divided the input by ``pre`` and divides the output by ``post``, with
   ``pre * post = factor``; the input is multiplied back by ``pre`` (a power
   of two: exact) and the result scaled by ``n / pre``. ``factor`` is the
-  ``gradient_divide_factor`` given here (default ``n``), the same one given
-  to FSDP.
+  ``gradient_divide_factor`` given here (default ``n``);
+  :func:`use_robust_reduce_scatter` gives FSDP the same one, on every unit
+  (FSDP's ``set_gradient_divide_factor`` acts on one unit only).
 
 Not supported: HSDP (a replicate dimension), asynchronous calls
 (``async_op=True``), the Byzantine simulation and worker momentum (use the
@@ -116,6 +120,7 @@ class RobustReduceScatter(_ReduceScatter):
         self.calls = 0
         self.sent_bytes = 0
         self._center: torch.Tensor | None = None
+        self._checked_n: int | None = None  # the group size the rule was checked for
 
     def allocate(self, size: Sequence[int], *, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """A plain tensor for FSDP's reduce-scatter input and output."""
@@ -143,6 +148,9 @@ class RobustReduceScatter(_ReduceScatter):
         if input_tensor.numel() != n * width:
             raise ValueError(f"RobustReduceScatter: input holds {input_tensor.numel()} values, not n * output "
                              f"= {n} * {width}")
+        if n != self._checked_n:  # e.g. Krum needs n > 2f + 2: refuse before any communication
+            check_rule(self.aggregator, 0, n, "RobustReduceScatter")
+            self._checked_n = n
         pre, mult = self._scales(op, n, input_tensor.dtype)
         recv = torch.empty_like(input_tensor)
         element = input_tensor.element_size()
@@ -190,16 +198,21 @@ def use_robust_reduce_scatter(module: torch.nn.Module, aggregator: Aggregator | 
                               gradient_divide_factor: float | None = None) -> dict[str, RobustReduceScatter]:
     """Give every FSDP unit in ``module`` its own :class:`RobustReduceScatter` (a deep copy of the rule).
 
-    Call after ``fully_shard``. Returns the comm objects by module name
-    (``""`` for ``module`` itself), for their statistics.
+    Call after ``fully_shard``. A ``gradient_divide_factor`` is also set on
+    every unit (``set_gradient_divide_factor``), so that FSDP and the comms
+    agree. Returns the comm objects by module name (``""`` for ``module``
+    itself), for their statistics.
     """
     from torch.distributed.fsdp import FSDPModule
 
+    template = RobustReduceScatter(aggregator, f, layerwise, gradient_divide_factor)  # checks the arguments
     comms: dict[str, RobustReduceScatter] = {}
     for name, sub in module.named_modules():
         if isinstance(sub, FSDPModule):
-            comms[name] = RobustReduceScatter(copy.deepcopy(aggregator), f, layerwise, gradient_divide_factor)
+            comms[name] = copy.deepcopy(template)
             sub.set_custom_reduce_scatter(comms[name])
+            if gradient_divide_factor is not None:
+                sub.set_gradient_divide_factor(gradient_divide_factor)
     if not comms:
         raise ValueError("use_robust_reduce_scatter: no FSDP unit in the module; call fully_shard first")
     return comms

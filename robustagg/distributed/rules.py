@@ -43,7 +43,7 @@ def make_rule(name: str, f: int = 0, tau: float = 1.0, iters: int = 3) -> Aggreg
     """The aggregator of a rule name in :data:`RULE_NAMES`: ``f`` for the rules that take it, ``tau`` and
     ``iters`` for centered clipping (:func:`robustagg.aggregators.make_aggregator` with these defaults)."""
     if name == "bulyan":
-        raise ValueError("make_rule: bulyan is not supported by robust_hook; choose from " + ", ".join(RULE_NAMES))
+        raise ValueError("make_rule: bulyan is not supported by robustagg.distributed; choose from " + ", ".join(RULE_NAMES))
     options = {"tau": tau, "iters": iters} if name == "cc" else {}
     return make_aggregator(name, f if name in RULES_WITH_F else None, **options)
 
