@@ -59,6 +59,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from robustagg.distributed import RobustHookState, make_rule, robust_hook
 
 LAYERS = (512, 1024, 1024, 256, 10)
+# Older PyTorch names the stacked all-gather all_gather_into_tensor.
+_all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 RULES = ("mean", "cm", "tm", "krum", "gm", "cc")
 MODES = ("sharded", "replicated")
 
@@ -132,10 +134,10 @@ def _comm_alone(kind: str, sizes: list[int], n: int, reps: int = 5) -> float:
                 recv = torch.empty_like(padded)
                 dist.all_to_all_single(recv, padded)
                 out = b.new_empty(n * width)
-                dist.all_gather_into_tensor(out, recv[:width].clone())
+                _all_gather(out, recv[:width].clone())
             elif kind == "replicated":
                 out = b.new_empty(n * b.numel())
-                dist.all_gather_into_tensor(out, b)
+                _all_gather(out, b)
         elapsed.append(time.perf_counter() - tick)
     return statistics.median(elapsed)
 
@@ -181,11 +183,10 @@ def _run_config(args, label: str, rule: str | None, mode: str | None, gen: torch
     dist.all_reduce(extra, op=dist.ReduceOp.MAX)
     grad_bytes = 4 * sum(p.numel() for p in model.parameters())
     med = statistics.median
-    kind = {None: "plain", "local": None}.get(rule, mode)
     row = {
         "label": label, "rule": rule, "mode": mode, "step_s": med(times),
         "extra_memory_bytes": float(extra), "lo_bytes_per_rank_step": lo_bytes / n / args.steps,
-        "buckets": list(sizes), "comm_alone_s": None if kind is None else _comm_alone(kind, sizes, n),
+        "buckets": list(sizes),
     }
     if state is not None:
         row.update(sent_bytes=med(s.sent_bytes for s in stats), wait_s=med(s.communication for s in stats),
@@ -208,6 +209,9 @@ def _rank(rank: int, world: int, port: int, args: argparse.Namespace, results) -
     for label, rule, mode in configs:
         row = _run_config(args, label, rule, mode, gen, world)
         if row is not None:
+            if rule != "local":  # plain DDP has the compute-only run's buckets (the same bucket cap)
+                row["buckets"] = row["buckets"] or rows[0]["buckets"]
+                row["comm_alone_s"] = _comm_alone(mode or "plain", row["buckets"], world)
             rows.append(row)
             if rank == 0:
                 print(f"n={world} {label}: step {1e3 * row['step_s']:.1f} ms", file=sys.stderr, flush=True)
@@ -237,7 +241,7 @@ def _derive(rows: list[dict]) -> None:
         if "sent_bytes" in r:
             r["bytes_vs_plain"] = r["sent_bytes"] / base["sent_bytes"]
             r["lo_vs_counted"] = r["lo_bytes_per_rank_step"] / r["sent_bytes"]
-        if r["comm_alone_s"]:
+        if r.get("comm_alone_s"):
             shown = r["step_s"] - floor["step_s"] - r.get("aggregation_s", 0.0) - r.get("local_s", 0.0)
             r["hidden"] = 1.0 - shown / r["comm_alone_s"]
 
@@ -256,7 +260,7 @@ def _table(rows: list[dict], n: int, grad_bytes: int) -> list[str]:
         mb = r["extra_memory_bytes"] / 2**20
         lines.append(
             f"| {r['label']} | {ms(r['step_s'])} | {r['step_vs_plain']:.2f} | {ms(r.get('wait_s'))} "
-            f"| {ms(r.get('aggregation_s'))} | {ms(r.get('exposed_s'))} | {ms(r['comm_alone_s'])} "
+            f"| {ms(r.get('aggregation_s'))} | {ms(r.get('exposed_s'))} | {ms(r.get('comm_alone_s'))} "
             f"| {_pct(r.get('hidden'))} | {_mib(r.get('sent_bytes'))} | {_ratio(r.get('bytes_vs_plain'))} "
             f"| {_ratio(r.get('lo_vs_counted'))} | {mb:.1f} | {mb * 2**20 / grad_bytes:.2f} |"
         )

@@ -323,7 +323,11 @@ class RobustHookState:
 
     def _keep_center(self, params: list[torch.Tensor], out: torch.Tensor) -> None:
         for p, part in zip(params, torch.split(out, [p.numel() for p in params])):
-            self._center[id(p)] = part.clone()
+            kept = self._center.get(id(p))
+            if kept is None or kept.shape != part.shape or kept.dtype != part.dtype:
+                self._center[id(p)] = part.clone()
+            else:  # in place: no second copy of the center while it is replaced
+                kept.copy_(part)
 
     def _issue(self, name: str, index: int | str, output: torch.Tensor, input: torch.Tensor,
                splits: list[int] | None = None):
@@ -444,16 +448,16 @@ class RobustHookState:
         X = self._attacked(shard.recv.view(self.world_size, shard.valid))
         tick = time.perf_counter()
         if not self.is_distance_rule:
-            out = X.new_zeros(shard.width)
-            out[:shard.valid] = self.aggregator.aggregate(X)
+            out = _padded(self.aggregator.aggregate(X), shard.width)
             shard.recv = None
             del X
             self._gather_shard(shard, out)
         else:
+            center = None
             if isinstance(self.aggregator, CenteredClip):
                 lo = self.rank * shard.width
-                shard.center = self._params_slice(shard.params, lo, lo + shard.valid, X)
-            shard.D, shard.finite = ops.distances_and_finite(X, shard.center)
+                center = self._params_slice(shard.params, lo, lo + shard.valid, X)
+            shard.D, shard.finite = ops.distances_and_finite(X, center)
         self._now.aggregation += time.perf_counter() - tick
 
     def _resolve_sharded(self) -> None:
@@ -473,8 +477,10 @@ class RobustHookState:
         like = shards[0].recv.new_empty(self.world_size, 0)  # n rows on the shards' device, for the weights' checks
         c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
         for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
-            out = s.recv.new_zeros(s.width)
-            out[:s.valid] = combine(c, s.recv.view(self.world_size, s.valid), s.center)
+            if isinstance(self.aggregator, CenteredClip):  # taken again: not held from the distances to here
+                lo = self.rank * s.width
+                s.center = self._params_slice(s.params, lo, lo + s.valid, s.recv)
+            out = _padded(combine(c, s.recv.view(self.world_size, s.valid), s.center), s.width)
             s.recv = s.D = s.center = None
             self._gather_shard(s, out)
         self._now.aggregation += time.perf_counter() - tick
@@ -524,6 +530,11 @@ _DTYPE_CODE = {dtype: code for code, dtype in enumerate(
 
 # Older PyTorch names the stacked all-gather all_gather_into_tensor.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+def _padded(values: torch.Tensor, width: int) -> torch.Tensor:
+    """``values`` with zeros appended up to ``width`` (the tensor itself when it is that long)."""
+    return values if values.numel() == width else torch.cat([values, values.new_zeros(width - values.numel())])
 
 
 def _completed(value: torch.Tensor) -> torch.futures.Future:
