@@ -1,6 +1,6 @@
 """DDP with robustagg's communication hook, sharded and replicated, against plain DDP: bytes, memory, time.
 
-    python bench/distributed.py                       # n = 2, 4, 8; writes docs/results/distributed.{md,json}
+    python bench/distributed.py                       # n = 2, 4, 8; writes docs/results/distributed.{md,json,png}
     python bench/distributed.py --nproc 4 --steps 5 --rules cm,cc --markdown PATH
 
 CPU processes with gloo over 127.0.0.1. The model is an MLP of 1.8M float32
@@ -318,7 +318,50 @@ def _write(args: argparse.Namespace, by_n: dict[int, list[dict]], command: str) 
         with open(path, "w") as fh:
             fh.write(text)
         print(f"wrote {path}", file=sys.stderr)
+    plot(by_n, os.path.splitext(args.markdown)[0] + ".png")
     print("\n".join(lines))
+
+
+def plot(by_n: dict, path: str) -> None:
+    """Bytes, extra memory and step time against n, as ratios, for plain DDP and both hook modes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ns = sorted(int(n) for n in by_n)
+    panels = [("bytes_vs_plain", "bytes per rank / plain DDP's"),
+              ("extra_memory_bytes", "peak extra memory / gradient size"),
+              ("step_vs_plain", "step time / plain DDP's")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    grad_bytes = 4 * sum(p.numel() for p in _model().parameters())
+    styles = {"sharded": ("tab:blue", "-"), "replicated": ("tab:red", "--"), None: ("black", ":")}
+    for ax, (key, title) in zip(axes, panels):
+        lines: dict[str, list[tuple[int, float]]] = {}
+        for n in ns:
+            for r in by_n[n] if n in by_n else by_n[str(n)]:
+                if r["rule"] == "local" or (r["rule"] is not None and r["rule"] not in ("cm", "cc")):
+                    continue
+                value = r.get(key)
+                if value is None:
+                    continue
+                value = value / grad_bytes if key == "extra_memory_bytes" else value
+                lines.setdefault(r["label"], []).append((n, value))
+        for label, points in lines.items():
+            mode = "sharded" if label.startswith("sharded") else "replicated" if label.startswith("replicated") else None
+            color, dash = styles[mode]
+            marker = "s" if label.endswith("cc") else "o"
+            ax.plot(*zip(*points), color=color, linestyle=dash, marker=marker, label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ns, [str(n) for n in ns])
+        ax.set_xlabel("ranks n")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -319,6 +319,8 @@ class RobustHookState:
                 c = self._center.get(id(p))
                 parts.append(like.new_zeros(b - a) if c is None else c[a - start:b - start])
             start = end
+        if len(parts) == 1:  # inside one parameter: a view, no copy
+            return parts[0]
         return torch.cat(parts) if parts else like.new_zeros(0)
 
     def _keep_center(self, params: list[torch.Tensor], out: torch.Tensor) -> None:
