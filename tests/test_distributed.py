@@ -272,6 +272,15 @@ def pool():
     p.close()
 
 
+def _assert_is_the_rule(rule: str, r: dict) -> None:
+    """Bit for bit for the coordinate-wise rules, to 1e-12 relative for the distance rules; replicas agree."""
+    assert not r["ranks_differ"], (rule, "ranks hold different aggregated gradients")
+    if rule in COORDINATE_RULES:
+        assert all(r["bits_equal"]), (rule, r["errors"])
+    else:
+        assert max(r["errors"]) < 1e-12, (rule, r["errors"])
+
+
 def _rules_at(n: int) -> list[str]:
     return [r for r in COORDINATE_RULES + DISTANCE_RULES if not (r in ("krum", "mkrum") and n < 3)]
 
@@ -282,11 +291,7 @@ def test_sharded_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, size: int
     for rule in _rules_at(size):
         results = pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=size, rule=rule)
         for r in results:
-            assert not r["ranks_differ"], (rule, "ranks hold different aggregated gradients")
-            if rule in COORDINATE_RULES:
-                assert all(r["bits_equal"]), (rule, r["errors"])
-            else:
-                assert max(r["errors"]) < 1e-12, (rule, r["errors"])
+            _assert_is_the_rule(rule, r)
             assert min(r["buckets"][1:]) >= 5, (rule, r["buckets"], r["sizes"])
             assert any(s % size for s in r["sizes"][-1]), (rule, "no bucket size indivisible by n", r["sizes"])
             assert r["steps"] == 3 and r["stats"], rule
@@ -310,19 +315,14 @@ def test_sharded_hook_sends_what_an_all_reduce_sends(pool: Pool, size: int) -> N
 @pytest.mark.parametrize("rule", ["mean", "cm", "krum", "gm", "cc"])
 def test_replicated_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, rule: str) -> None:
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated"):
-        assert not r["ranks_differ"]
-        if rule in COORDINATE_RULES:
-            assert all(r["bits_equal"]), r["errors"]
-        else:
-            assert max(r["errors"]) < 1e-12, r["errors"]
+        _assert_is_the_rule(rule, r)
 
 
 @pytest.mark.parametrize("mode", ["sharded", "replicated"])
 @pytest.mark.parametrize("rule", ["mean", "cc"])
 def test_worker_momentum_follows_the_recursion(pool: Pool, rule: str, mode: str) -> None:
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, beta=0.9, mode=mode):
-        assert not r["ranks_differ"]
-        assert max(r["errors"]) < 1e-12, r["errors"]
+        _assert_is_the_rule(rule, r)
 
 
 @pytest.mark.parametrize("mode", ["sharded", "replicated"])
@@ -338,11 +338,7 @@ def test_sharded_attack_simulation_is_the_attack_on_the_stacked_rows(pool: Pool,
     """A shard owner's attack on its shard equals the attack on the whole vectors (NaN/inf rows included)."""
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack, beta=0.5):
         assert r["finite"]
-        assert not r["ranks_differ"]
-        if rule in COORDINATE_RULES:
-            assert all(r["bits_equal"]), r["errors"]
-        else:
-            assert max(r["errors"]) < 1e-12, r["errors"]
+        _assert_is_the_rule(rule, r)
 
 
 @pytest.mark.parametrize("mode", ["sharded", "replicated"])

@@ -77,7 +77,6 @@ class _Shard:
     recv: torch.Tensor  # (n * valid,): row i is shard `rank` of rank i's vector
     work: object
     send: torch.Tensor | None = None  # kept alive until the all-to-all is done
-    center: torch.Tensor | None = None
     D: torch.Tensor | None = None
     finite: torch.Tensor | None = None
     future: torch.futures.Future = field(default_factory=torch.futures.Future)
@@ -455,12 +454,15 @@ class RobustHookState:
             del X
             self._gather_shard(shard, out)
         else:
-            center = None
-            if isinstance(self.aggregator, CenteredClip):
-                lo = self.rank * shard.width
-                center = self._params_slice(shard.params, lo, lo + shard.valid, X)
-            shard.D, shard.finite = ops.distances_and_finite(X, center)
+            shard.D, shard.finite = ops.distances_and_finite(X, self._center_shard(shard))
         self._now.aggregation += time.perf_counter() - tick
+
+    def _center_shard(self, shard: _Shard) -> torch.Tensor | None:
+        """Centered clipping: this rank's shard of the bucket's center (the previous aggregate); else None."""
+        if not isinstance(self.aggregator, CenteredClip):
+            return None
+        lo = self.rank * shard.width
+        return self._params_slice(shard.params, lo, lo + shard.valid, shard.recv)
 
     def _resolve_sharded(self) -> None:
         """At the last bucket: all-reduce the summed distances, then combine and gather every bucket's shard."""
@@ -479,11 +481,8 @@ class RobustHookState:
         like = shards[0].recv.new_empty(self.world_size, 0)  # n rows on the shards' device, for the weights' checks
         c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
         for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
-            if isinstance(self.aggregator, CenteredClip):  # taken again: not held from the distances to here
-                lo = self.rank * s.width
-                s.center = self._params_slice(s.params, lo, lo + s.valid, s.recv)
-            out = _padded(combine(c, s.recv.view(self.world_size, s.valid), s.center), s.width)
-            s.recv = s.D = s.center = None
+            out = _padded(combine(c, s.recv.view(self.world_size, s.valid), self._center_shard(s)), s.width)
+            s.recv = s.D = None
             self._gather_shard(s, out)
         self._now.aggregation += time.perf_counter() - tick
 
