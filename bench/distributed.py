@@ -31,7 +31,8 @@ Per configuration, rank 0 reports the median over the timed steps of:
   forced to ``mmap`` (``MALLOC_MMAP_THRESHOLD_``) so that freed buffers leave
   the resident set at once;
 * overlap: ``comm alone`` times the configuration's collectives for the same
-  buckets, one after the other with nothing else running; ``hidden`` is the
+  buckets (without the distance rules' small all-reduce), one after the
+  other with nothing else running; ``hidden`` is the
   part of it that does not show in the step, ``1 - (step - compute only -
   aggregation - local) / comm alone``; ``exposed`` is the hook's time from the
   end of backward's own work to the last aggregate.
@@ -56,13 +57,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from robustagg.distributed import RobustHookState, make_rule, robust_hook
+from robustagg.distributed import MODES, RobustHookState, make_rule, robust_hook
 
 LAYERS = (512, 1024, 1024, 256, 10)
 # Older PyTorch names the stacked all-gather all_gather_into_tensor.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 RULES = ("mean", "cm", "tm", "krum", "gm", "cc")
-MODES = ("sharded", "replicated")
 
 
 def _model() -> torch.nn.Module:
@@ -120,7 +120,7 @@ def _recording(hook, sizes: list[int]):
 
 def _comm_alone(kind: str, sizes: list[int], n: int, reps: int = 5) -> float:
     """Seconds of the configuration's collectives for these bucket sizes, synchronous, nothing else running."""
-    elapsed = []
+    elapsed, rank = [], dist.get_rank()
     for _ in range(reps):
         bufs = [torch.randn(s) for s in sizes]
         dist.barrier()
@@ -128,13 +128,13 @@ def _comm_alone(kind: str, sizes: list[int], n: int, reps: int = 5) -> float:
         for b in bufs:
             if kind == "plain":
                 dist.all_reduce(b)
-            elif kind == "sharded":
+            elif kind == "sharded":  # the hook's uneven all-to-all, then the gather of padded shards
                 width = -(-b.numel() // n)
-                padded = torch.cat([b, b.new_zeros(n * width - b.numel())])
-                recv = torch.empty_like(padded)
-                dist.all_to_all_single(recv, padded)
+                splits = [max(0, min(width, b.numel() - j * width)) for j in range(n)]
+                recv = b.new_empty(n * splits[rank])
+                dist.all_to_all_single(recv, b, [splits[rank]] * n, splits)
                 out = b.new_empty(n * width)
-                _all_gather(out, recv[:width].clone())
+                _all_gather(out, b.new_zeros(width))
             elif kind == "replicated":
                 out = b.new_empty(n * b.numel())
                 _all_gather(out, b)

@@ -71,6 +71,7 @@ class Pool:
         ctx = mp.get_context("spawn")
         port = free_port()
         self.world = world
+        self.closed = False
         self.tasks = [ctx.Queue() for _ in range(world)]
         self.results = ctx.Queue()
         self.procs = [ctx.Process(target=_pool_rank, args=(r, world, port, self.tasks[r], self.results), daemon=True)
@@ -81,6 +82,8 @@ class Pool:
     def run(self, target: str, size: int | None = None, **kwargs: object) -> list:
         """Run ``module:function(size=..., **kwargs)`` on every rank; the results of ranks 0..size-1."""
         size = self.world if size is None else size
+        if self.closed:
+            pytest.fail(f"{target}: the pool was closed by an earlier failure")
         for q in self.tasks:
             q.put((target, {"size": size, **kwargs}))
         out: dict[int, object] = {}
@@ -99,6 +102,7 @@ class Pool:
         return [out[r] for r in range(size)]
 
     def close(self) -> None:
+        self.closed = True
         for q in self.tasks:
             q.put(None)
         for p in self.procs:

@@ -65,7 +65,7 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def _flat_grad(model: torch.nn.Module) -> torch.Tensor:
-    return torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    return torch.cat([p.grad.reshape(-1) for p in model.parameters() if p.requires_grad])
 
 
 def _gather_rows(x: torch.Tensor, pg) -> torch.Tensor:
@@ -103,7 +103,8 @@ def _counting(hook):
 
 
 def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", beta: float = 0.0,
-                                   attack: str | None = None, steps: int = 3) -> dict | None:
+                                   attack: str | None = None, steps: int = 3,
+                                   widths: tuple[int, ...] = ODD_WIDTHS, biases_only: bool = False) -> dict | None:
     """Hooked DDP gradients vs the rule on the stacked per-rank whole-model vectors, over SGD steps.
 
     The reference gathers the ranks' local gradients with a collective of its
@@ -121,7 +122,12 @@ def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", 
                             attack=make_attack(attack) if attack else None, byzantine_ranks=byzantine)
     reference = make_rule(rule, f)
     threat = make_attack(attack) if attack else None
-    model = DDP(_model(), bucket_cap_mb=BUCKET_MB, process_group=pg)
+    module = _model(widths=widths)
+    if biases_only:  # frozen weights are not in DDP's buckets: tiny buckets
+        for layer in module:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.requires_grad_(False)
+    model = DDP(module, bucket_cap_mb=BUCKET_MB, process_group=pg)
     hook, seen = _counting(robust_hook)
     model.register_comm_hook(state, hook)
     local = copy.deepcopy(model.module)
@@ -151,6 +157,7 @@ def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", 
         out["buckets"].append(seen["buckets"])
         out["sizes"].append(list(seen["sizes"]))
         out["bytes"].append(state.last.sent_bytes)
+        out["exposed"] = state.last.exposed
         opt.step()
     out["steps"] = state.steps
     out["stats"] = state.total.aggregation > 0 and state.total.communication > 0
@@ -213,7 +220,8 @@ def task_mismatch(size: int, what: str) -> str | None:
     rank = dist.get_rank(pg)
     odd = rank == size - 1
     widths = (16, 8, 4) if what == "model" and odd else ODD_WIDTHS
-    rule = "mean" if what == "rule" and odd else "cm"
+    tol = 1e-3 if what == "option" and odd else 1e-10  # an option of the rule that differs
+    rule = "mean" if what == "rule" and odd else robustagg.GeometricMedian(tol=tol)
     mode = "replicated" if what == "mode" and odd else "sharded"
     try:
         model = DDP(_model(widths=widths), bucket_cap_mb=BUCKET_MB, process_group=pg)
@@ -292,9 +300,21 @@ def test_sharded_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, size: int
         results = pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=size, rule=rule)
         for r in results:
             _assert_is_the_rule(rule, r)
+            assert r["exposed"] >= 0.0
             assert min(r["buckets"][1:]) >= 5, (rule, r["buckets"], r["sizes"])
             assert any(s % size for s in r["sizes"][-1]), (rule, "no bucket size indivisible by n", r["sizes"])
             assert r["steps"] == 3 and r["stats"], rule
+
+
+@pytest.mark.parametrize("rule,attack", [("cm", None), ("tm", "nan"), ("krum", "nan"), ("cc", "inf"), ("gm", None)])
+def test_sharded_hook_with_empty_shards(pool: Pool, rule: str, attack: str | None) -> None:
+    """A bucket smaller than n (a 16-4 linear layer whose weight is frozen: 4 values on 5 ranks): rank 4's
+    shard is empty."""
+    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack,
+                      widths=(16, 4), biases_only=True):
+        assert r["sizes"][-1] == [4], r["sizes"]
+        assert r["finite"]
+        _assert_is_the_rule(rule, r)
 
 
 @pytest.mark.parametrize("size", [3, 4])
@@ -315,6 +335,10 @@ def test_sharded_hook_sends_what_an_all_reduce_sends(pool: Pool, size: int) -> N
 @pytest.mark.parametrize("rule", ["mean", "cm", "krum", "gm", "cc"])
 def test_replicated_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, rule: str) -> None:
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated"):
+        _assert_is_the_rule(rule, r)
+        assert r["exposed"] == 0.0  # replicated mode finishes inside the hook
+    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated",
+                      attack="alie"):  # the two-gather path of the Byzantine simulation
         _assert_is_the_rule(rule, r)
 
 
@@ -362,6 +386,7 @@ def test_rule_error_fails_backward_instead_of_waiting(pool: Pool, mode: str) -> 
 
 
 @pytest.mark.parametrize("what,match", [("rule", "other RobustHookState arguments"),
+                                        ("option", "other RobustHookState arguments"),
                                         ("mode", "other RobustHookState arguments"),
                                         ("model", "DDP expects same model across all ranks")])
 def test_ranks_that_disagree_get_a_clear_error(pool: Pool, what: str, match: str) -> None:

@@ -337,6 +337,14 @@ def test_root_unit_holds_no_parameters(pool: Pool) -> None:
         assert all(got["stats"][name]["calls"] == 1 for name in got["units"]), got["stats"]
 
 
+def test_rule_objects_are_checked_at_the_group_size_not_before() -> None:
+    """Rule objects with their own f or weights build without a group: their checks need the real n."""
+    RobustReduceScatter(robustagg.Krum(1), layerwise=True)  # needs n >= 5
+    RobustReduceScatter(robustagg.TrimmedMean(2))  # needs n >= 5
+    RobustReduceScatter(robustagg.GeometricMedian(weights=torch.ones(6)), layerwise=True)
+    RobustReduceScatter(robustagg.Mean(weights=torch.ones(6)))
+
+
 def test_distance_rule_needs_layerwise() -> None:
     """A distance rule per unit is a different (layer-wise) rule: it must be asked for explicitly."""
     for agg in (robustagg.Krum(0), robustagg.GeometricMedian(), robustagg.CenteredClip(1.0), "mkrum", "gm", "cc"):

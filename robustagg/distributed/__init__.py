@@ -38,8 +38,8 @@ order, so they pair up.
   shard of the center as point n); at the last bucket one ``all_reduce`` of
   that matrix (and of the non-finite counts) gives every rank the whole
   model's distances, every rank computes the same coefficients
-  (:mod:`robustagg.distance`'s code), combines its shards, and one gather
-  completes all buckets. Extra traffic: :math:`(m^2 + m) \cdot 8` bytes
+  (:mod:`robustagg.distance`'s code), combines its shards, and each
+  bucket's results are gathered as above. Extra traffic: :math:`(m^2 + m) \cdot 8` bytes
   all-reduced per step, with ``m = n`` (``n + 1`` for centered clipping).
 
 **Replicated mode** (``mode="replicated"``): every rank all-gathers each
@@ -57,7 +57,9 @@ in what they trust the ranks to *compute*:
 
 * sharded mode trusts each rank to aggregate its own shard honestly and to
   send the same result to every rank. A rank whose aggregation code is
-  hostile can corrupt its ``1/n`` of the aggregate. Use it when the ranks
+  hostile can corrupt its ``1/n`` of the aggregate under a coordinate-wise
+  rule, and the whole aggregate under a distance rule (its share of the
+  all-reduced distances sets every rank's coefficients). Use it when the ranks
   run your code on your machines and the threat is the gradients: the
   common case, at the cost of an all-reduce.
 * replicated mode has every rank aggregate everything itself from the

@@ -31,6 +31,8 @@ reduce-scatter sends.
   (the unit's rows are selected or weighted by the unit's distances only),
   so it must be asked for with ``layerwise=True``. Centered clipping's
   center is the unit's previous aggregate shard, kept by the comm object.
+  Each rank's share of the all-reduced distances is trusted: a hostile
+  rank can set the unit's coefficients (see the threat model).
 
 FSDP's reduce op and divide factors are honoured so that the gradient FSDP
 hands the optimizer is the rule's aggregate (times ``n / factor`` for a
@@ -74,8 +76,9 @@ __all__ = ["RobustReduceScatter", "use_robust_reduce_scatter"]
 
 
 def _fsdp_sum_factors(factor: float, dtype: torch.dtype) -> tuple[float, float]:
-    """FSDP2's (pre, post) division of a SUM reduce-scatter: float32/bfloat16 post-divide only; other
-    dtypes pre-divide by the largest power of two p with p^2 < factor that divides factor."""
+    """FSDP2's (pre, post) division of a SUM reduce-scatter, as FSDP computes it: float32/bfloat16 divide the
+    output only; other dtypes double p from 1 while p divides factor and p < factor / p, divide the input by
+    that p (2 for factors 2 to 4, 4 for 8) and the output by factor / p."""
     if dtype in (torch.float32, torch.bfloat16):
         return 1.0, factor
     pre = 1
@@ -106,7 +109,7 @@ class RobustReduceScatter(_ReduceScatter):
                  gradient_divide_factor: float | None = None) -> None:
         if isinstance(f, bool) or not isinstance(f, int) or f < 0:
             raise ValueError(f"RobustReduceScatter: f must be an int >= 0, got f={f!r}")
-        self.aggregator = check_rule(aggregator, f, max(2 * f + 3, 1), "RobustReduceScatter")
+        self.aggregator = check_rule(aggregator, f, None, "RobustReduceScatter")  # n is checked at the first call
         if isinstance(self.aggregator, DISTANCE) and layerwise is not True:
             raise ValueError(f"RobustReduceScatter: {type(self.aggregator).__name__} is a distance rule and runs "
                              "per FSDP unit, a layer-wise rule unlike the whole-model one; pass layerwise=True")
@@ -115,7 +118,6 @@ class RobustReduceScatter(_ReduceScatter):
                 or not gradient_divide_factor > 0):
             raise ValueError(f"RobustReduceScatter: gradient_divide_factor must be a number > 0 or None, "
                              f"got {gradient_divide_factor!r}")
-        self.layerwise = bool(layerwise)
         self.gradient_divide_factor = gradient_divide_factor
         self.calls = 0
         self.sent_bytes = 0
@@ -183,7 +185,11 @@ class RobustReduceScatter(_ReduceScatter):
         D, finite = ops.distances_and_finite(X, center)
         k = D.shape[0]
         packed = torch.cat([D.reshape(-1), (~finite).double()])
-        dist.all_reduce(packed, group=group)
+        try:
+            dist.all_reduce(packed, group=group)
+        except RuntimeError as exc:
+            raise RuntimeError(f"RobustReduceScatter: rank {dist.get_rank(group)} could not all-reduce the unit's "
+                               f"distances over the {group.size()} ranks: {exc}") from exc
         self.sent_bytes += 2 * (group.size() - 1) * packed.numel() * 8 // group.size()
         packed = packed.cpu()
         c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, X)

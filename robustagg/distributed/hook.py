@@ -38,12 +38,14 @@ class HookStats:
         aggregation: seconds in the rule (distances, coefficients, combinations).
         local: seconds of local work: worker momentum, the simulated attack.
         exposed: sharded mode: seconds from the return of the last bucket's
-            hook call (the end of backward's own work) to the last aggregate,
-            the communication that backward could not hide. Replicated mode
-            finishes inside the hook: 0.
+            hook call to the last aggregate, the communication left when
+            backward has nothing else to do. Replicated mode finishes inside
+            the hook: 0.
         sent_bytes: bytes this rank sent, as the collectives' algorithms send
-            them: ``(n-1)/n`` of an all-to-all's input, ``n-1`` times an
-            all-gather's input (ring), ``2(n-1)/n`` of an all-reduce's (ring).
+            them: an all-to-all's input but this rank's own part, ``n-1``
+            times an all-gather's input (ring), ``2(n-1)/n`` of an
+            all-reduce's (ring). The first step also counts the ranks'
+            agreement check (one small all-gather per bucket).
 
     Host wall-clock time; on CUDA, waits order the streams and do not
     synchronise the host.
@@ -76,7 +78,6 @@ class _Shard:
     valid: int  # values of shard `rank` (< s for the last shards: the bucket is not padded)
     recv: torch.Tensor  # (n * valid,): row i is shard `rank` of rank i's vector
     work: object
-    send: torch.Tensor | None = None  # kept alive until the all-to-all is done
     D: torch.Tensor | None = None
     finite: torch.Tensor | None = None
     future: torch.futures.Future = field(default_factory=torch.futures.Future)
@@ -124,7 +125,9 @@ class RobustHookState:
     true vectors, then what is sent); every Byzantine rank computes the same
     rows and sends its own. Sharded mode needs no extra traffic: the owner of
     each shard replaces the Byzantine rows of its shard, which is exact for
-    attacks that act coordinate by coordinate (all the names above). Seed a
+    attacks that act coordinate by coordinate (sign flip, IPM, ALIE, NaN,
+    inf, label flip; Gaussian noise has the same distribution, drawn shard
+    by shard). Seed a
     ``gaussian`` attack's generator identically on the Byzantine ranks in
     replicated mode, and differently on every rank in sharded mode (each
     rank draws the noise of its own shard).
@@ -203,12 +206,14 @@ class RobustHookState:
         self._pending: list[tuple[torch.Tensor, torch.Tensor | None, torch.futures.Future, list[torch.Tensor]]] = []
         self._D: torch.Tensor | None = None
         self._finite: torch.Tensor | None = None
-        # Sharded mode: buckets whose all-to-all was issued and whose shard is not aggregated yet
-        # (`_waiting`), buckets of this step (`_shards`), and how many of them are still unresolved.
-        self._waiting: list[_Shard] = []
+        # Sharded mode: the bucket whose all-to-all was issued and whose shard is not aggregated yet
+        # (`_waiting`), the buckets of this step (`_shards`), and how many of them are still unresolved.
+        self._waiting: _Shard | None = None
         self._shards: list[_Shard] = []
         self._unresolved = 0
         self._returned: float | None = None  # when the last bucket's hook call returned
+        self._epoch = 0  # bumped when a step fails: callbacks of its gathers then leave everything alone
+        self._agreed = False  # the ranks' buckets and arguments were compared (first backward)
 
     def _check_attack(self, attack: Attack | str | None) -> Attack | None:
         if isinstance(attack, str):
@@ -233,16 +238,20 @@ class RobustHookState:
         return isinstance(self.aggregator, DISTANCE)
 
     def reset(self) -> None:
-        """Forget worker momentum, the centered-clipping center and the stats."""
+        """Forget worker momentum, the centered-clipping center and the stats; call it on every rank."""
         self._momentum.clear()
         self._center.clear()
         self.last, self.total, self.steps = HookStats(), HookStats(), 0
 
     def _fingerprint(self) -> int:
-        """The arguments every rank must share, as a number that is the same in every process."""
-        rule = self.aggregator
-        text = repr((self.mode, type(rule).__name__, getattr(rule, "f", None), getattr(rule, "m", None),
-                     getattr(rule, "tau", None), getattr(rule, "iters", None), self.momentum, self.byzantine_ranks))
+        """The arguments every rank must share (the rule's, the attack's, the hook's), as a number that is the
+        same in every process."""
+        def plain(value: object) -> object:
+            return value.tolist() if isinstance(value, torch.Tensor) else value
+
+        rule = {k: plain(v) for k, v in sorted(vars(self.aggregator).items()) if k != "info"}
+        attack = repr(self.attack) if self.mode == "sharded" else None
+        text = repr((self.mode, type(self.aggregator).__name__, rule, attack, self.momentum, self.byzantine_ranks))
         return zlib.crc32(text.encode())
 
     # -- one bucket ---------------------------------------------------------
@@ -257,8 +266,8 @@ class RobustHookState:
         if sum(p.numel() for p in params) != buf.numel():
             raise RuntimeError(f"robust_hook: bucket {index} holds {buf.numel()} values, "
                                "not its parameters' concatenated gradients")
-        if self.steps == 0:
-            self._check_agreement(buf, index)
+        if not self._agreed:
+            self._check_agreement(buf, index, bucket.is_last())
         tick = time.perf_counter()
         x = self._worker_vector(buf.reshape(-1), params)
         self._now.local += time.perf_counter() - tick
@@ -284,20 +293,23 @@ class RobustHookState:
         self.total = self.total + self._now
         self.steps += 1
 
-    def _check_agreement(self, buf: torch.Tensor, index: int) -> None:
-        """First step only: every rank has this bucket's size and dtype and the same hook arguments."""
-        mine = torch.tensor([buf.numel(), _DTYPE_CODE.get(buf.dtype, -1), self._fingerprint()],
-                            dtype=torch.int64, device=buf.device)
-        every = mine.new_empty(self.world_size * 3)
-        self._wait(self._issue("all_gather", index, every, mine), "all_gather", index)
-        every = every.view(self.world_size, 3).cpu()
-        for r, row in enumerate(every.tolist()):
-            if row[:2] != every[self.rank, :2].tolist():
-                raise RuntimeError(f"robust_hook: bucket {index} holds {row[0]} values of dtype code {row[1]} on rank "
-                                   f"{r} but {buf.numel()} of {buf.dtype} on rank {self.rank}: the ranks run different models")
-            if row[2] != every[self.rank, 2]:
-                raise RuntimeError(f"robust_hook: rank {r} was built with other RobustHookState arguments (mode, rule, "
-                                   f"momentum or byzantine_ranks) than rank {self.rank}; pass the same to every rank")
+    def _check_agreement(self, buf: torch.Tensor, index: int, last: bool) -> None:
+        """First backward only: every rank has this bucket (size, dtype, whether it is the last) and the same
+        hook arguments."""
+        mine = [buf.numel(), _DTYPE_CODE.get(buf.dtype, -1), int(last), self._fingerprint()]
+        every = torch.empty(self.world_size * len(mine), dtype=torch.int64, device=buf.device)
+        self._wait(self._issue("all_gather", index, every, torch.tensor(mine, device=buf.device)), "all_gather", index)
+        for r, row in enumerate(every.view(self.world_size, -1).tolist()):
+            if row[:3] != mine[:3]:
+                raise RuntimeError(f"robust_hook: bucket {index} holds {row[0]} values of dtype code {row[1]} "
+                                   f"(last: {bool(row[2])}) on rank {r} but {buf.numel()} of {buf.dtype} (last: "
+                                   f"{last}) on rank {self.rank}: the ranks run different models or bucket sizes")
+            if row[3] != mine[3]:
+                raise RuntimeError(f"robust_hook: rank {r} was built with other RobustHookState arguments (mode, "
+                                   f"rule and its options, attack, momentum or byzantine_ranks) than rank "
+                                   f"{self.rank}; pass the same to every rank")
+        if last:
+            self._agreed = True
 
     def _worker_vector(self, g: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:
         """The vector this rank would send honestly: the gradient, or its worker momentum."""
@@ -429,15 +441,18 @@ class RobustHookState:
         width = -(-size // n)  # shard j holds values [j * width, (j+1) * width) that exist
         splits = [max(0, min(width, size - j * width)) for j in range(n)]
         recv = x.new_empty(n * splits[r])
-        work = self._issue("all_to_all", index, recv, x.contiguous(), splits)
-        shard = _Shard(index, buf, params, size, width, splits[r], recv, work, send=x)
+        work = self._issue("all_to_all", index, recv, x, splits)  # x is contiguous; the work keeps it alive
+        shard = _Shard(index, buf, params, size, width, splits[r], recv, work)
         self._shards.append(shard)
-        self._unresolved += 1
+        with self._lock:
+            self._unresolved += 1
         # One bucket behind: the shard that arrived while backward computed this bucket is aggregated now, so
         # every rank issues its collectives in the same order (all-to-all b, then the gather of b - 1).
-        self._waiting.append(shard)
-        while len(self._waiting) > (0 if last else 1):
-            self._aggregate_shard(self._waiting.pop(0))
+        if self._waiting is not None:
+            self._aggregate_shard(self._waiting)
+        self._waiting = None if last else shard
+        if last:
+            self._aggregate_shard(shard)
         if last and self.is_distance_rule:
             self._resolve_sharded()
         return shard.future
@@ -445,7 +460,7 @@ class RobustHookState:
     def _aggregate_shard(self, shard: _Shard) -> None:
         """Wait for the shard's all-to-all, apply the attack and the rule (or its distances), gather it."""
         self._wait(shard.work, "all_to_all", shard.index)
-        shard.work = shard.send = None
+        shard.work = None
         X = self._attacked(shard.recv.view(self.world_size, shard.valid))
         tick = time.perf_counter()
         if not self.is_distance_rule:
@@ -488,7 +503,7 @@ class RobustHookState:
 
     def _gather_shard(self, shard: _Shard, out: torch.Tensor) -> None:
         """All-gather the ranks' results ``out`` for this bucket into its buffer; resolve its future then."""
-        n = self.world_size
+        n, epoch = self.world_size, self._epoch
         flat = shard.buf.view(-1)  # DDP's bucket buffer is one flat contiguous tensor
         direct = shard.size == n * shard.width  # no padding: gather in place
         gathered = flat if direct else out.new_empty(n * shard.width)
@@ -497,33 +512,44 @@ class RobustHookState:
         def done(fut: torch.futures.Future) -> None:
             try:
                 fut.wait()
-                if not direct:  # row by row: no temporary of the bucket's size
-                    rows = gathered.view(n, shard.width)
-                    for j in range(n):
-                        lo, hi = j * shard.width, min((j + 1) * shard.width, shard.size)
-                        if lo < hi:
-                            flat[lo:hi] = rows[j, :hi - lo]
-                if isinstance(self.aggregator, CenteredClip):
-                    self._keep_center(shard.params, flat)
             except BaseException as exc:  # noqa: BLE001  (handed to the waiting future)
-                shard.future.set_exception(self._comm_error("all_gather", shard.index, exc))
+                self._settle(shard.future, epoch, error=self._comm_error("all_gather", shard.index, exc))
                 return
             with self._lock:
+                if epoch != self._epoch:  # the step failed meanwhile: its buffers and the center are not ours
+                    return
+                if not direct:  # shard j is values [j s, (j+1) s): only the padding lies past S
+                    flat.copy_(gathered[:shard.size])
+                if isinstance(self.aggregator, CenteredClip):
+                    self._keep_center(shard.params, flat)
                 self._unresolved -= 1
                 if self._unresolved == 0 and self._returned is not None:
                     self._now.exposed = time.perf_counter() - self._returned
                     self._end_step()
-            shard.future.set_result(shard.buf)
+            self._settle(shard.future, epoch, result=shard.buf)
 
         work.get_future().add_done_callback(done)
 
+    def _settle(self, fut: torch.futures.Future, epoch: int, result: torch.Tensor | None = None,
+                error: BaseException | None = None) -> None:
+        """Complete a future of step ``epoch`` once, unless that step was failed already."""
+        with self._lock:
+            if epoch != self._epoch or fut.done():
+                return
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(result)
+
     def _fail_pending(self, exc: BaseException) -> None:
-        pending, self._pending, self._D, self._finite = self._pending, [], None, None
-        shards, self._shards, self._waiting, self._unresolved = self._shards, [], [], 0
-        self._returned = None
-        for fut in [p[2] for p in pending] + [s.future for s in shards]:
-            if not fut.done():
-                fut.set_exception(exc)
+        with self._lock:
+            self._epoch += 1
+            pending, self._pending, self._D, self._finite = self._pending, [], None, None
+            shards, self._shards, self._waiting, self._unresolved = self._shards, [], None, 0
+            self._returned = None
+            for fut in [p[2] for p in pending] + [s.future for s in shards]:
+                if not fut.done():
+                    fut.set_exception(exc)
 
 
 _DTYPE_CODE = {dtype: code for code, dtype in enumerate(

@@ -48,8 +48,9 @@ def make_rule(name: str, f: int = 0, tau: float = 1.0, iters: int = 3) -> Aggreg
     return make_aggregator(name, f if name in RULES_WITH_F else None, **options)
 
 
-def check_rule(aggregator: Aggregator | str, f: int, n: int, owner: str) -> Aggregator:
-    """The rule object for ``aggregator`` (a name is built with ``f``), checked for ``n`` rows; errors name ``owner``."""
+def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) -> Aggregator:
+    """The rule object for ``aggregator`` (a name is built with ``f``), checked for ``n`` rows (``None``: not
+    yet known, the rule's own checks wait for the first call); errors name ``owner``."""
     if isinstance(aggregator, str):
         aggregator = make_rule(aggregator, f)
     if isinstance(aggregator, Bulyan):
@@ -63,6 +64,8 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int, owner: str) -> Aggr
     if isinstance(aggregator, CenteredClip) and aggregator.center is not None:
         raise ValueError(f"{owner}: CenteredClip must have no preset center; the previous aggregate is the "
                          "center, starting at zeros")
+    if n is None:
+        return aggregator
     # The rule's own argument checks, on a one-column probe with n rows.
     weights = getattr(aggregator, "weights", None)
     device = weights.device if isinstance(weights, torch.Tensor) else "cpu"

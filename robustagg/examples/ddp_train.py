@@ -163,6 +163,7 @@ def _train(args: argparse.Namespace) -> dict | None:
         "world_size": world,
         "backend": dist.get_backend(),
         "mode": "fsdp" if args.fsdp else args.mode,
+        "layerwise": args.fsdp and args.agg in ("krum", "mkrum", "gm", "cc"),  # FSDP: distance rules per layer
         "rule": repr(rule),
         "attack": args.attack,
         "byzantine_ranks": sorted(args.byzantine_ranks),
@@ -180,7 +181,8 @@ def _train(args: argparse.Namespace) -> dict | None:
 
 def _report(args: argparse.Namespace, result: dict) -> None:
     t = result["seconds_per_step"]
-    print(f"{result['rule']} over {result['world_size']} ranks ({result['mode']}), Byzantine "
+    mode = result["mode"] + (", distance rule per layer" if result["layerwise"] else "")
+    print(f"{result['rule']} over {result['world_size']} ranks ({mode}), Byzantine "
           f"{result['byzantine_ranks']} ({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}")
     if result["mode"] == "fsdp":
         print(f"per step {1e3 * t['total']:.2f} ms; the robust reduce-scatters sent "
