@@ -57,11 +57,6 @@ class HookStats:
     exposed: float = 0.0
     sent_bytes: int = 0
 
-    @property
-    def seconds(self) -> float:
-        """communication + aggregation + local: the time the hook held backward up."""
-        return self.communication + self.aggregation + self.local
-
     def __add__(self, other: "HookStats") -> "HookStats":
         return HookStats(*(a + b for a, b in zip(astuple(self), astuple(other))))
 
