@@ -5,6 +5,8 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <string>
 
@@ -61,7 +63,8 @@ inline void check_trim(const at::Tensor& X, int64_t f, const char* rule) {
   check_matrix(X, rule);
   TORCH_CHECK_VALUE(f >= 0, message(rule, ": f must be >= 0, got f=", f));
   const int64_t n = X.size(0);
-  TORCH_CHECK_VALUE(n > 2 * f, message(rule, ": f=", f, " needs n > 2*f, got n=", n));
+  // n > 2f written so that no product can overflow.
+  TORCH_CHECK_VALUE(f <= (n - 1) / 2, message(rule, ": f=", f, " needs n > 2*f, got n=", n));
 }
 
 // Rules that keep `keep` values per coordinate need 1 <= keep <= n.
@@ -93,6 +96,19 @@ inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const 
     sum += p[i];
   }
   TORCH_CHECK_VALUE(sum > 0.0, message(rule, ": weights must have a positive sum, got ", sum));
+  if (!std::isfinite(sum)) {
+    // The sum of finite weights overflowed: scale them all by one power of
+    // two (exact; the mean does not change), so that the largest is in [1, 2).
+    double top = 0.0;
+    for (int64_t i = 0; i < n; ++i) top = std::max(top, p[i]);
+    const double scale = std::ldexp(1.0, -std::ilogb(top));
+    at::Tensor scaled = host * scale;
+    const double* q = scaled.data_ptr<double>();
+    sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) sum += q[i];
+    *sum_out = sum;
+    return scaled.to(X.device());
+  }
   *sum_out = sum;
   return w64;
 }

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "common.h"
+#include "writes.h"
 
 namespace robustagg {
 
@@ -39,6 +40,7 @@ inline void check_momentum_update(at::TensorList buffers, at::TensorList grads, 
   check_tensor_pairs(buffers, grads, "buffers", "grads", kRule);
   TORCH_CHECK_VALUE(std::isfinite(beta) && beta >= 0.0 && beta <= 1.0,
                     message(kRule, ": beta must be in [0, 1], got beta=", beta));
+  check_writes({{"buffers", buffers, true}, {"grads", grads, false}}, kRule);
 }
 
 inline void check_client_step(at::TensorList params, at::TensorList grads,
@@ -56,6 +58,12 @@ inline void check_client_step(at::TensorList params, at::TensorList grads,
   check_finite(coef_anchor, "coef_anchor", kRule);
   check_finite(coef_control, "coef_control", kRule);
   check_finite(coef_momentum, "coef_momentum", kRule);
+  check_writes({{"params", params, true},
+                {"grads", grads, false},
+                {"anchor_grads", anchor_grads, false},
+                {"control", control, false},
+                {"momentum", momentum, false}},
+               kRule);
 }
 
 inline void check_adam_client_step(at::TensorList params, at::TensorList grads,
@@ -76,6 +84,13 @@ inline void check_adam_client_step(at::TensorList params, at::TensorList grads,
                     message(kRule, ": beta2 must be in [0, 1), got beta2=", beta2));
   TORCH_CHECK_VALUE(std::isfinite(eps) && eps > 0.0, message(kRule, ": eps must be finite and > 0, got eps=", eps));
   TORCH_CHECK_VALUE(step >= 1, message(kRule, ": step must be >= 1, got step=", step));
+  check_writes({{"params", params, true},
+                {"grads", grads, false},
+                {"anchor_grads", anchor_grads, false},
+                {"control", control, false},
+                {"exp_avg", exp_avg, false},
+                {"exp_avg_sq", exp_avg_sq, false}},
+               kRule);
 }
 
 inline void check_adam_stats_update(at::TensorList exp_avg, at::TensorList exp_avg_sq, at::TensorList grads,
@@ -85,6 +100,7 @@ inline void check_adam_stats_update(at::TensorList exp_avg, at::TensorList exp_a
   check_tensor_pairs(exp_avg, grads, "exp_avg", "grads", kRule);
   check_unit(beta1, "beta1", kRule);
   check_unit(beta2, "beta2", kRule);
+  check_writes({{"exp_avg", exp_avg, true}, {"exp_avg_sq", exp_avg_sq, true}, {"grads", grads, false}}, kRule);
 }
 
 inline void check_mvr_update(at::TensorList momentum, at::TensorList grads, at::TensorList prev_grads, double a) {
@@ -92,6 +108,7 @@ inline void check_mvr_update(at::TensorList momentum, at::TensorList grads, at::
   check_tensor_pairs(momentum, grads, "momentum", "grads", kRule);
   check_tensor_pairs(momentum, prev_grads, "momentum", "prev_grads", kRule);
   check_unit(a, "a", kRule);
+  check_writes({{"momentum", momentum, true}, {"grads", grads, false}, {"prev_grads", prev_grads, false}}, kRule);
 }
 
 // weighted_step_: grads holds the N + 1 users' lists one after the other,
@@ -125,6 +142,11 @@ inline void check_weighted_step(at::TensorList params, at::TensorList grads,
   }
   check_finite(lr, "lr", kRule);
   check_unit(beta, "beta", kRule);
+  // A correction is written while other users' gradients are still to be read: no alias.
+  check_writes({{"params", params, true},
+                {"corrections", corrections, true, count, /*reads_may_alias=*/false},
+                {"grads", grads, false, count}},
+               kRule);
 }
 
 enum class MaskKind { kNone, kBool, kPacked };
@@ -132,6 +154,38 @@ enum class MaskKind { kNone, kBool, kPacked };
 // masked_sgd_step_: masks[i] is a bool tensor shaped like params[i] or a
 // uint8 tensor of ceil(numel / 8) bytes (bit j of byte k: element 8k + j);
 // one kind for the whole call.
+inline MaskKind check_masks(at::TensorList params, const std::optional<at::TensorList>& masks, const char* rule) {
+  if (!masks.has_value()) return MaskKind::kNone;
+  TORCH_CHECK_VALUE(masks->size() == params.size(),
+                    message(rule, ": params and masks must be equally long lists, got ",
+                            static_cast<long long>(params.size()), " and ", static_cast<long long>(masks->size()),
+                            " tensors"));
+  if (params.empty()) return MaskKind::kBool;
+  const MaskKind kind = (*masks)[0].scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kPacked;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const at::Tensor& m = (*masks)[i];
+    const long long k = static_cast<long long>(i);
+    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool || m.scalar_type() == at::kByte,
+                     message(rule, ": masks[", k, "] must be bool or uint8 (packed bits), got ", m.scalar_type()));
+    TORCH_CHECK_TYPE((m.scalar_type() == at::kBool) == (kind == MaskKind::kBool),
+                     message(rule, ": masks must be all bool or all uint8 (packed), masks[0] is ",
+                             (*masks)[0].scalar_type(), " and masks[", k, "] ", m.scalar_type()));
+    TORCH_CHECK_VALUE(m.device() == params[i].device(),
+                      message(rule, ": masks[", k, "] is on ", m.device(), " but params[", k, "] on ",
+                              params[i].device()));
+    if (kind == MaskKind::kBool) {
+      TORCH_CHECK_VALUE(m.sizes() == params[i].sizes(), message(rule, ": masks[", k, "] must have params[", k,
+                                                                "]'s shape ", params[i].sizes(), ", got ", m.sizes()));
+    } else {
+      const int64_t bytes = (params[i].numel() + 7) / 8;
+      TORCH_CHECK_VALUE(m.dim() == 1 && m.numel() == bytes,
+                        message(rule, ": packed masks[", k, "] must be 1-D with ceil(numel / 8) = ", bytes,
+                                " bytes, got shape ", m.sizes()));
+    }
+  }
+  return kind;
+}
+
 inline MaskKind check_masked_sgd_step(at::TensorList params, at::TensorList grads, at::TensorList momentum,
                                       const std::optional<at::TensorList>& masks, double lr, double mu,
                                       double weight_decay) {
@@ -141,34 +195,12 @@ inline MaskKind check_masked_sgd_step(at::TensorList params, at::TensorList grad
   check_finite(lr, "lr", kRule);
   check_finite(mu, "momentum", kRule);
   check_finite(weight_decay, "weight_decay", kRule);
-  if (!masks.has_value()) return MaskKind::kNone;
-  TORCH_CHECK_VALUE(masks->size() == params.size(),
-                    message(kRule, ": params and masks must be equally long lists, got ",
-                            static_cast<long long>(params.size()), " and ", static_cast<long long>(masks->size()),
-                            " tensors"));
-  if (params.empty()) return MaskKind::kBool;
-  const MaskKind kind = (*masks)[0].scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kPacked;
-  for (size_t i = 0; i < params.size(); ++i) {
-    const at::Tensor& m = (*masks)[i];
-    const long long k = static_cast<long long>(i);
-    TORCH_CHECK_TYPE(m.scalar_type() == at::kBool || m.scalar_type() == at::kByte,
-                     message(kRule, ": masks[", k, "] must be bool or uint8 (packed bits), got ", m.scalar_type()));
-    TORCH_CHECK_TYPE((m.scalar_type() == at::kBool) == (kind == MaskKind::kBool),
-                     message(kRule, ": masks must be all bool or all uint8 (packed), masks[0] is ",
-                             (*masks)[0].scalar_type(), " and masks[", k, "] ", m.scalar_type()));
-    TORCH_CHECK_VALUE(m.device() == params[i].device(),
-                      message(kRule, ": masks[", k, "] is on ", m.device(), " but params[", k, "] on ",
-                              params[i].device()));
-    if (kind == MaskKind::kBool) {
-      TORCH_CHECK_VALUE(m.sizes() == params[i].sizes(), message(kRule, ": masks[", k, "] must have params[", k,
-                                                                "]'s shape ", params[i].sizes(), ", got ", m.sizes()));
-    } else {
-      const int64_t bytes = (params[i].numel() + 7) / 8;
-      TORCH_CHECK_VALUE(m.dim() == 1 && m.numel() == bytes,
-                        message(kRule, ": packed masks[", k, "] must be 1-D with ceil(numel / 8) = ", bytes,
-                                " bytes, got shape ", m.sizes()));
-    }
-  }
+  const MaskKind kind = check_masks(params, masks, kRule);
+  check_writes({{"params", params, true},
+                {"momentum_buffers", momentum, true},
+                {"grads", grads, false},
+                {"masks", masks, false}},
+               kRule);
   return kind;
 }
 

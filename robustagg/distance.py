@@ -25,6 +25,7 @@ centered clipping.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -56,10 +57,20 @@ def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
     return ops.pairwise_sq_distances(X)
 
 
-def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances and finite-row flags, on the CPU for the coefficient work."""
-    D, finite = ops.distances_and_finite(X, center)
-    return D.cpu(), finite.cpu()
+def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Squared distances of the points times ``2**-k``, finite-row flags and k, on the CPU for the coefficient work.
+
+    k > 0 only when finite float64 rows are so large that their squared
+    distances would overflow (:func:`robustagg.ops.scaled_distances`); rules
+    with a length parameter (``nu``, ``tau``) scale it alike.
+
+    Detached: the coefficients are constants to autograd. Krum's and Bulyan's
+    are piecewise constant in X, so the gradient through the selected rows is
+    exact; the geometric median and centered clipping return results that do
+    not require grad.
+    """
+    D, finite, k = ops.scaled_distances(X.detach(), None if center is None else center.detach())
+    return D.cpu(), finite.cpu(), k
 
 
 def _distances_to(D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -125,7 +136,8 @@ def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
 
 def _krum(X: torch.Tensor, f: int, m: int, rule: str) -> torch.Tensor:
     f, m = _check_krum_m(X, f, m, rule)
-    c = _krum_coefficients(*_geometry(X), f, m)
+    D, finite, _ = _geometry(X)
+    c = _krum_coefficients(D, finite, f, m)
     return _nan_row(X) if c is None else _combine(c, X)
 
 
@@ -169,7 +181,7 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
         raise ValueError(f"bulyan: f must be >= 0, got f={f}")
     if n < 4 * f + 3:
         raise ValueError(f"bulyan: f={f} needs n >= 4*f + 3, got n={n}")
-    D, finite = _geometry(X)
+    D, finite, _ = _geometry(X)
     theta = n - 2 * f
     remaining = torch.arange(n)
     selected = []
@@ -243,7 +255,8 @@ def geometric_median(
 
     Returns ``z`` (``(d,)``, X's dtype), or ``(z, GeometricMedianInfo)`` with
     ``return_info=True``. If every row with positive weight holds NaN/inf,
-    ``z`` is all NaN.
+    ``z`` is all NaN. Not differentiable: ``z`` never requires grad (its
+    dependence on X through the Weiszfeld weights is not derived).
     """
     check_matrix(X, "geometric_median")
     nu = check_positive(nu, "nu", "geometric_median")
@@ -254,8 +267,10 @@ def geometric_median(
         raise ValueError(f"geometric_median: max_iter must be >= 0, got max_iter={max_iter}")
     a_all = _check_weights(weights, X, "geometric_median")
 
-    c, info = _gm_coefficients(*_geometry(X), a_all, nu, tol, max_iter)
-    z = _nan_row(X) if c is None else _combine(c, X)
+    D, finite, k = _geometry(X)
+    c, info = _gm_coefficients(D, finite, a_all, nu * 2.0**-k, tol, max_iter)
+    info = dataclasses.replace(info, objective=info.objective * 2.0**k)
+    z = _nan_row(X) if c is None else _combine(c, X.detach())
     return (z, info) if return_info else z
 
 
@@ -302,6 +317,10 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     is a finite ``(d,)`` tensor on X's device (cast to X's dtype); ``tau > 0``
     (``inf`` gives the mean); ``iters >= 0``. The iterations run in coefficient
     space over the rows and the center: two passes over X for any ``iters``.
+    Stops early once an iterate repeats exactly (every later one is then
+    known), so a huge ``iters`` costs no more than convergence. Not
+    differentiable: the result never requires grad (its dependence on X
+    through the clipping factors is not derived).
     """
     check_matrix(X, "centered_clip")
     if not isinstance(center, torch.Tensor):
@@ -315,9 +334,9 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     iters = check_int(iters, "iters", "centered_clip")
     if iters < 0:
         raise ValueError(f"centered_clip: iters must be >= 0, got iters={iters}")
-    center = center.to(X.dtype)
-
-    return _combine(_cc_coefficients(*_geometry(X, center), tau, iters), X, center)
+    X, center = X.detach(), center.detach().to(X.dtype)
+    D, finite, k = _geometry(X, center)
+    return _combine(_cc_coefficients(D, finite, tau * 2.0**-k, iters), X, center)
 
 
 def _cc_coefficients(D_all: torch.Tensor, finite: torch.Tensor, tau: float, iters: int) -> torch.Tensor:
@@ -329,11 +348,20 @@ def _cc_coefficients(D_all: torch.Tensor, finite: torch.Tensor, tau: float, iter
     D = D_all[idx][:, idx]
     c = torch.zeros(idx.numel(), dtype=torch.float64)
     c[-1] = 1.0
-    for _ in range(iters):
+    previous = None
+    for t in range(iters):
         dist = _distances_to(D, c)[:-1]
         w = torch.where(dist > tau, tau / dist, torch.ones_like(dist)) / n
-        c = c * (1.0 - w.sum())
-        c[:-1] += w
+        step = c * (1.0 - w.sum())
+        step[:-1] += w
+        # The iteration is deterministic: once an iterate repeats (period 1 or 2), the rest is known.
+        left = iters - t - 1
+        if torch.equal(step, c):
+            break
+        if previous is not None and torch.equal(step, previous):
+            c = step if left % 2 == 0 else c
+            break
+        previous, c = c, step
     full = torch.zeros(n + 1, dtype=torch.float64)
     full[idx] = c
     return full

@@ -7,13 +7,16 @@ kernels exist) and calls the native op, which validates shapes and values
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
+from . import derivatives
 from .validation import check_int as _check_int
 from .validation import check_tensor as _check_tensor
+from .validation import check_trim as _check_trim
 from .validation import cuda_kernels_built
 
 __all__ = [
@@ -65,7 +68,7 @@ def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     _check_tensor(X, "mean")
     if weights is not None and not isinstance(weights, torch.Tensor):
         raise TypeError(f"mean: weights must be a torch.Tensor or None, got {type(weights).__name__}")
-    return _NS.mean(X, weights)
+    return _without_overflow(_NS.mean(X, weights), X, lambda X: _NS.mean(X, _largest_near_one(weights)))
 
 
 def coordinate_median(X: torch.Tensor) -> torch.Tensor:
@@ -88,7 +91,8 @@ def trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
     Needs ``n > 2f``.
     """
     _check_tensor(X, "trimmed_mean")
-    return _NS.trimmed_mean(X, _check_int(f, "f", "trimmed_mean"))
+    f = _check_count(X, f, "f", "trimmed_mean")
+    return _without_overflow(_NS.trimmed_mean(X, f), X, lambda X: _NS.trimmed_mean(X, f))
 
 
 def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
@@ -99,7 +103,8 @@ def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     NaN counts as infinitely far. Needs ``n > 2f``.
     """
     _check_tensor(X, "meamed")
-    return _NS.meamed(X, _check_int(f, "f", "meamed"))
+    f = _check_count(X, f, "f", "meamed")
+    return _without_overflow(_NS.meamed(X, f), X, lambda X: _NS.meamed(X, f))
 
 
 def mean_around_median(X: torch.Tensor, keep: int) -> torch.Tensor:
@@ -111,15 +116,132 @@ def mean_around_median(X: torch.Tensor, keep: int) -> torch.Tensor:
     value; NaN counts as infinitely far.
     """
     _check_tensor(X, "mean_around_median")
-    return _NS.mean_around_median(X, _check_int(keep, "keep", "mean_around_median"))
+    keep = _check_count(X, keep, "keep", "mean_around_median")
+    return _without_overflow(_NS.mean_around_median(X, keep), X, lambda X: _NS.mean_around_median(X, keep))
 
 
-def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the finite rows."""
+def _without_overflow(out: torch.Tensor, X: torch.Tensor, rule) -> torch.Tensor:
+    """``out = rule(X)`` with the columns whose float64 sum overflowed recomputed at a safe scale.
+
+    The kernels add in float64, so only float64 input can overflow: a sum of
+    finite values beyond the float64 range gives +-inf where the mean is
+    finite (SPEC 1, "Finite means finite"). Every rule here is positively
+    homogeneous, so such columns are recomputed on ``X * 2**-k`` (exact for
+    values this large; 2**k >= 2n) and scaled back; a column whose result is
+    non-finite at that scale too uses non-finite values and keeps its result.
+    Costs one check of the result, and a copy of the affected columns only.
+    """
+    if X.dtype != torch.float64 or out.numel() == 0:
+        return out
+    bad = ~torch.isfinite(out)
+    if not bool(bad.any()):
+        return out
+    cols = bad.nonzero().flatten()
+    k = X.shape[0].bit_length() + 1
+    fixed = rule(X[:, cols] * 2.0**-k) * 2.0**k
+    return out.index_put((cols,), torch.where(torch.isfinite(fixed), fixed, out[cols]))
+
+
+def _largest_near_one(weights: torch.Tensor | None) -> torch.Tensor | None:
+    """Weights above 1 times the power of two that brings the largest into [1, 2): the same mean, and
+    no product of a weight and a value larger than the value."""
+    if weights is None:
+        return None
+    top = float(weights.detach().abs().max())
+    if not (math.isfinite(top) and top > 1):
+        return weights
+    return weights.to(torch.float64) * math.ldexp(1.0, 1 - math.frexp(top)[1])
+
+
+def _check_count(X: torch.Tensor, value: object, name: str, rule: str) -> int:
+    """f (0 <= f, n > 2f) or keep (1 <= keep <= n), checked against X's n when X is (n, d), so that no
+    out-of-range int reaches the 64-bit native check; otherwise only its type (the op reports X's shape)."""
+    if X.dim() != 2 or X.shape[0] < 1:
+        return _check_int(value, name, rule)
+    n = X.shape[0]
+    if name == "f":
+        return _check_trim(value, n, rule)
+    keep = _check_int(value, name, rule)
+    if not 1 <= keep <= n:
+        raise ValueError(f"{rule}: keep must be in [1, n={n}], got keep={keep}")
+    return keep
+
+
+# Scaled distances and norms. Squared distances of finite float64 rows can
+# exceed the float64 range (entries beyond ~1e150); the rules then work on the
+# points times 2**-k, which changes no ranking and scales every distance
+# alike, so that a row is infinitely far only when it holds NaN/inf (SPEC 1,
+# "Finite means finite"). Other dtypes are squared in float64 and never
+# overflow. 2**-k brings the largest squared distance under 2**1000.
+
+
+def _point(X: torch.Tensor, center: torch.Tensor | None, i: int) -> torch.Tensor:
+    return center if i == X.shape[0] else X[i]
+
+
+def _safe_exponent(X: torch.Tensor, center: torch.Tensor | None, rows: list[int]) -> int:
+    """k >= 0 such that every squared distance (and norm) of the given points times 2**-k is below 2**1000."""
+    top = max((float(_point(X, center, i).abs().max()) for i in rows), default=0.0)
+    if top == 0.0:
+        return 0
+    return max(0, math.frexp(top)[1] + 1 + math.ceil(math.log2(max(X.shape[1], 1)) / 2) - 500)
+
+
+def _finite_by_entries(X: torch.Tensor, center: torch.Tensor | None, flagged: torch.Tensor) -> torch.Tensor:
+    """The kernels' finite flags (finite squared norm) corrected to "every entry finite" for float64 input."""
+    finite = ~flagged
+    for i in flagged.nonzero().flatten().tolist():
+        finite[i] = bool(torch.isfinite(_point(X, center, i)).all())
+    return finite
+
+
+def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(D, finite, k)``: squared distances of the points times ``2**-k``, the rows whose entries are all finite, and k.
+
+    k is 0, and D the distances themselves, unless a squared distance between
+    finite float64 points would overflow; then the points are copied once,
+    scaled. Every rule built on distances uses these.
+    """
     _check_tensor(X, "pairwise_sq_distances")
     if center is not None and not isinstance(center, torch.Tensor):
         raise TypeError(f"pairwise_sq_distances: center must be a torch.Tensor or None, got {type(center).__name__}")
-    return _NS.pairwise_sq_distances(X, center)
+    D, finite = _NS.pairwise_sq_distances(X, center)
+    if X.dtype != torch.float64:
+        return D, finite, 0
+    truly = _finite_by_entries(X, center, ~finite.cpu())
+    rows = truly.nonzero().flatten()
+    if torch.equal(truly, finite.cpu()) and bool(torch.isfinite(D.cpu()[rows][:, rows]).all()):
+        return D, finite, 0
+    k = _safe_exponent(X, center, rows.tolist())
+    s = 2.0**-k
+    D, _ = _NS.pairwise_sq_distances(X * s, None if center is None else center * s)
+    return D, truly.to(finite.device), k
+
+
+def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the rows whose entries are finite."""
+    D, finite, k = scaled_distances(X, center)
+    if k == 0:
+        return D, finite
+    # Beyond the float64 range a squared distance is +inf (its rounding); the others are exact where
+    # the unscaled computation did not overflow.
+    D0, _ = _NS.pairwise_sq_distances(X, center)
+    both = finite.reshape(-1, 1) & finite.reshape(1, -1)
+    rescaled = D * 2.0**k * 2.0**k
+    return torch.where(both & torch.isfinite(D0), D0, torch.where(both, rescaled, D0)), finite
+
+
+def scaled_row_sq_norms(X: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(S, k)``: squared norms of the rows times ``2**-k`` (k = 0 unless a finite float64 row's would overflow)."""
+    S = row_sq_norms(X)
+    if X.dtype != torch.float64:
+        return S, 0
+    flagged = ~torch.isfinite(S.cpu())
+    rows = [i for i in flagged.nonzero().flatten().tolist() if bool(torch.isfinite(X[i]).all())]
+    if not rows:
+        return S, 0
+    k = _safe_exponent(X, None, rows)
+    return _NS.row_sq_norms(X * 2.0**-k), k
 
 
 def pairwise_sq_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
@@ -179,9 +301,10 @@ def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], sc
                 raise TypeError(f"{rule}: {name}[{i}] must be a torch.Tensor, got {type(t).__name__}")
         out.append(list(seq))
     for name, value in scalars.items():
-        kind = int if name == "step" else (int, float)
-        if isinstance(value, bool) or not isinstance(value, kind):
-            raise TypeError(f"{rule}: {name} must be {'an int' if kind is int else 'a float'}, got {type(value).__name__}")
+        if name == "step":
+            _check_int(value, name, rule)
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{rule}: {name} must be a float, got {type(value).__name__}")
     names = [name for name, seq in zip(lists, out) if seq is not None]
     present = [seq for seq in out if seq is not None]
     for name, seq in zip(names[1:], present[1:]):
@@ -428,12 +551,31 @@ def masked_sgd_step_(
     _NS.masked_sgd_step_(*lists, masks, float(lr), float(momentum), float(weight_decay))
 
 
+def _one_device(rule: str, **tensors: torch.Tensor | Sequence[torch.Tensor] | None) -> None:
+    """Raise when the tensors are on several devices.
+
+    A meta tensor anywhere in a call sends the whole call to the fakes below,
+    so they refuse mixed devices as the kernels do; otherwise a CPU call with
+    one meta tensor would return uninitialised memory or write nothing.
+    """
+    seen: dict[torch.device, str] = {}
+    for name, value in tensors.items():
+        items = [(name, value)] if not isinstance(value, (list, tuple)) else [(f"{name}[{i}]", t) for i, t in enumerate(value)]
+        for label, t in items:
+            if t is not None:
+                seen.setdefault(t.device, label)
+    if len(seen) > 1:
+        where = ", ".join(f"{label} on {device}" for device, label in seen.items())
+        raise ValueError(f"{rule}: all tensors must be on one device, got {where}")
+
+
 def _fake_rowwise(X: torch.Tensor) -> torch.Tensor:
     return X.new_empty((X.shape[1],))
 
 
 @torch.library.register_fake("robustagg::mean")
 def _(X, weights=None):
+    _one_device("mean", X=X, weights=weights)
     return _fake_rowwise(X)
 
 
@@ -459,12 +601,14 @@ def _(X, keep):
 
 @torch.library.register_fake("robustagg::pairwise_sq_distances")
 def _(X, center=None):
+    _one_device("pairwise_sq_distances", X=X, center=center)
     m = X.shape[0] + (0 if center is None else 1)
     return X.new_empty((m, m), dtype=torch.float64), X.new_empty((m,), dtype=torch.bool)
 
 
 @torch.library.register_fake("robustagg::mix_rows")
 def _(C, X, center=None):
+    _one_device("mix_rows", C=C, X=X, center=center)
     return X.new_empty((C.shape[0], X.shape[1]))
 
 
@@ -475,34 +619,39 @@ def _(X):
 
 @torch.library.register_fake("robustagg::momentum_update_")
 def _(buffers, grads, beta):
-    return None
+    _one_device("momentum_update_", buffers=buffers, grads=grads)
 
 
 @torch.library.register_fake("robustagg::client_step_")
 def _(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control, coef_momentum):
-    return None
+    _one_device("client_step_", params=params, grads=grads, anchor_grads=anchor_grads, control=control,
+                momentum=momentum)
 
 
 @torch.library.register_fake("robustagg::adam_client_step_")
 def _(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
-    return None
+    _one_device("adam_client_step_", params=params, grads=grads, anchor_grads=anchor_grads, control=control,
+                exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
 
 
 @torch.library.register_fake("robustagg::adam_stats_update_")
 def _(exp_avg, exp_avg_sq, grads, beta1, beta2):
-    return None
+    _one_device("adam_stats_update_", exp_avg=exp_avg, exp_avg_sq=exp_avg_sq, grads=grads)
 
 
 @torch.library.register_fake("robustagg::mvr_update_")
 def _(momentum, grads, prev_grads, a):
-    return None
+    _one_device("mvr_update_", momentum=momentum, grads=grads, prev_grads=prev_grads)
 
 
 @torch.library.register_fake("robustagg::weighted_step_")
 def _(params, grads, corrections, weights, lr, beta):
-    return None
+    _one_device("weighted_step_", params=params, grads=grads, corrections=corrections)
 
 
 @torch.library.register_fake("robustagg::masked_sgd_step_")
 def _(params, grads, momentum_buffers, masks, lr, momentum, weight_decay):
-    return None
+    _one_device("masked_sgd_step_", params=params, grads=grads, momentum_buffers=momentum_buffers, masks=masks)
+
+
+derivatives.register()

@@ -27,6 +27,8 @@ def bucketing(X: torch.Tensor, s: int, generator: torch.Generator | None = None)
     s = check_int(s, "s", "bucketing")
     if s < 1:
         raise ValueError(f"bucketing: s must be >= 1, got s={s}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"bucketing: generator must be a torch.Generator or None, got {type(generator).__name__}")
     n = X.shape[0]
     device = generator.device if generator is not None else "cpu"
     perm = torch.randperm(n, generator=generator, device=device).cpu()
@@ -51,7 +53,7 @@ def nnm(X: torch.Tensor, f: int) -> torch.Tensor:
     n = X.shape[0]
     if not 0 <= f < n:
         raise ValueError(f"nnm: f must be in [0, n) = [0, {n}), got f={f}")
-    D, _ = ops.distances_and_finite(X)
+    D, _, _ = ops.scaled_distances(X.detach())
     D = D.cpu().clone()
     D.fill_diagonal_(-1.0)  # each row first among its own neighbours
     nearest = torch.sort(D, dim=1, stable=True).indices[:, : n - f]
@@ -74,7 +76,8 @@ def clip(X: torch.Tensor, c: float) -> torch.Tensor:
     """
     check_matrix(X, "clip")
     c = check_positive(c, "c", "clip", allow_inf=True)
-    norms = ops.row_sq_norms(X).cpu().sqrt()
+    squares, k = ops.scaled_row_sq_norms(X)
+    norms, c = squares.cpu().sqrt(), c * 2.0**-k  # both times 2**-k
     scale = torch.where(torch.isfinite(norms) & (norms > c), c / norms, torch.ones_like(norms))
     return _scaled_rows(X, scale)
 
@@ -96,7 +99,7 @@ def arc(X: torch.Tensor, f: int) -> torch.Tensor:
     if n <= 2 * f:
         raise ValueError(f"arc: f={f} needs n > 2*f, got n={n}")
     k = (2 * f * (n - f)) // n
-    norms = ops.row_sq_norms(X).cpu().sqrt()
+    norms = ops.scaled_row_sq_norms(X)[0].cpu().sqrt()  # ratios of norms: the scale cancels
     finite = torch.isfinite(norms)
     key = torch.where(finite, -norms, torch.full_like(norms, -math.inf))
     order = torch.sort(key, stable=True).indices

@@ -16,20 +16,38 @@ def _sorted64(X: torch.Tensor) -> torch.Tensor:
     return torch.sort(X.to(torch.float64), dim=0).values
 
 
+def _finite_mean(S: torch.Tensor) -> torch.Tensor:
+    """Column means of S, finite wherever S is: a sum that overflows is taken again on S / 2**k (SPEC 1)."""
+    out = S.sum(0) / S.shape[0]
+    redo = ~torch.isfinite(out) & torch.isfinite(S).all(0)
+    if redo.any():
+        k = S.shape[0].bit_length() + 1
+        out[redo] = (S[:, redo] * 2.0**-k).sum(0) / S.shape[0] * 2.0**k
+    return out
+
+
 def _median_of_sorted(S: torch.Tensor) -> torch.Tensor:
     n = S.shape[0]
     lo = S[(n - 1) // 2]
     if n % 2 == 1:
         return lo
-    return (lo + S[n // 2]) / 2
+    hi = S[n // 2]
+    mid = (lo + hi) / 2
+    # The midpoint of two finite values is finite (SPEC 1): halve first where the sum overflows.
+    return torch.where(torch.isfinite(mid) | ~torch.isfinite(lo) | ~torch.isfinite(hi), mid, lo / 2 + hi / 2)
 
 
 def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     X64 = X.to(torch.float64)
     if weights is None:
-        return X64.mean(0).to(X.dtype)
+        return _finite_mean(X64).to(X.dtype)
     w = weights.to(torch.float64)
-    return ((w[:, None] * X64).sum(0) / w.sum()).to(X.dtype)
+    out = (w[:, None] * X64).sum(0) / w.sum()
+    redo = ~torch.isfinite(out) & torch.isfinite(X64).all(0)
+    if redo.any():  # the same mean with weights at most 1, so that no product overflows
+        u = w / 2.0 ** torch.floor(torch.log2(w.max())).clamp_min(0)
+        out[redo] = _finite_mean(u[:, None] * X64[:, redo]) * (X64.shape[0] / u.sum())
+    return out.to(X.dtype)
 
 
 def coordinate_median(X: torch.Tensor) -> torch.Tensor:
@@ -38,20 +56,36 @@ def coordinate_median(X: torch.Tensor) -> torch.Tensor:
 
 def trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
     n = X.shape[0]
-    return (_sorted64(X)[f : n - f].sum(0) / (n - 2 * f)).to(X.dtype)
+    return _finite_mean(_sorted64(X)[f : n - f]).to(X.dtype)
+
+
+def _closeness_rank(S: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
+    """Positions of the sorted columns S ordered by distance to med, ties to the smaller value.
+
+    Distances are rounded float64 differences; a finite value whose distance
+    overflows is farther than every value whose distance does not, nearer than
+    every infinite or NaN value, and compared with the other overflowing ones
+    at half scale (SPEC 1: finite values are never tied at +inf).
+    """
+    unit = (S - med).abs()
+    half = (S / 2 - med / 2).abs()
+    overflow = torch.isinf(unit) & torch.isfinite(S) & torch.isfinite(med)
+    dist = torch.where(overflow, half, unit)
+    dist = torch.where(torch.isnan(dist), torch.full_like(dist, float("inf")), dist)
+    tier = torch.where(overflow, 1, torch.where(torch.isfinite(dist), 0, 2))
+    # Stable lexicographic ranking: by value (S is sorted), then distance, then tier.
+    by_dist = torch.sort(dist, dim=0, stable=True).indices
+    by_tier = torch.sort(torch.gather(tier, 0, by_dist), dim=0, stable=True).indices
+    return torch.gather(by_dist, 0, by_tier)
 
 
 def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     """Rank each value by (|x - median|, x), NaN distances counting as +inf; average the first n - f."""
     n = X.shape[0]
     S = _sorted64(X)
-    med = _median_of_sorted(S)
-    dist = (S - med).abs()
-    dist = torch.where(torch.isnan(dist), torch.full_like(dist, float("inf")), dist)
-    # Stable lexicographic ranking: sort by value (already sorted), then stably by distance.
-    order = torch.sort(dist, dim=0, stable=True).indices[: n - f]
+    order = _closeness_rank(S, _median_of_sorted(S))[: n - f]
     kept = torch.sort(order, dim=0).values  # ascending sorted positions, summed in order
-    return (torch.gather(S, 0, kept).sum(0) / (n - f)).to(X.dtype)
+    return _finite_mean(torch.gather(S, 0, kept)).to(X.dtype)
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Iterable, Sequence
 
+import numpy
 import torch
 
 _FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -36,18 +39,133 @@ def check_matrix(X: object, rule: str) -> None:
         raise ValueError(f"{rule}: X needs at least one row, got n=0")
 
 
-def check_int(value: object, name: str, rule: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def check_int(value: object, name: str, rule: str, low: int | None = None, high: int | None = None) -> int:
+    """An int (bool refused) in [low, high], both bounds optional, and always within int64.
+
+    Checked here so that no value reaches the 64-bit native checks out of range.
+    """
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{rule}: {name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if low is not None and value < low:
+        raise ValueError(f"{rule}: {name} must be >= {low}, got {name}={value}")
+    if high is not None and value > high:
+        raise ValueError(f"{rule}: {name} must be <= {high}, got {name}={value}")
+    if not _INT64_MIN <= value <= _INT64_MAX:
+        raise ValueError(f"{rule}: {name} must fit in 64 bits, got {name}={value}")
     return value
+
+
+def check_trim(f: object, n: int, rule: str) -> int:
+    """The number of values a rule drops on each side: an int with 0 <= f and n > 2f."""
+    f = check_int(f, "f", rule, low=0)
+    if n <= 2 * f:
+        raise ValueError(f"{rule}: f={f} needs n > 2*f, got n={n}")
+    return f
 
 
 def check_positive(value: object, name: str, rule: str, allow_inf: bool = False) -> float:
     """A real number > 0 (and finite unless allow_inf)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{rule}: {name} must be a number, got {type(value).__name__} {value!r}")
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{rule}: {name} must be a real number, got {type(value).__name__} {value!r}")
     value = float(value)
     if not value > 0 or (math.isinf(value) and not allow_inf):
         allowed = "> 0" if allow_inf else "finite and > 0"
         raise ValueError(f"{rule}: {name} must be {allowed}, got {name}={value!r}")
     return value
+
+
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool, allow_inf: bool) -> str:
+    """How check_real states its condition: ``in [0, 1)``, ``finite and > 0``, ``> 0``, ``finite``, ..."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    bounds = [f"{'>' if low_open else '>='} {low:g}"] if low is not None else []
+    bounds += [f"{'<' if high_open else '<='} {high:g}"] if high is not None else []
+    if allow_inf:
+        return " and ".join(bounds) or "a number (not NaN)"
+    return " and ".join(["finite", *bounds])
+
+
+def check_real(value: object, name: str, rule: str, low: float | None = None, high: float | None = None, *,
+               low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
+    """A real number (bool, complex, strings and tensors refused with TypeError), not NaN, finite unless
+    allow_inf, and within the bounds given (each inclusive unless its ``*_open`` flag is set)."""
+    if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{rule}: {name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    ok = not math.isnan(value) and (allow_inf or math.isfinite(value))
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    if not ok:
+        raise ValueError(f"{rule}: {name} must be {_interval(low, high, low_open, high_open, allow_inf)}, "
+                         f"got {name}={value!r}")
+    return value
+
+
+def check_generator(generator: object, name: str, rule: str) -> torch.Generator | None:
+    """None or a torch.Generator: anything else would reach torch's samplers and fail there, or not at all."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{rule}: {name} must be a torch.Generator or None, got {type(generator).__name__}")
+    return generator
+
+
+def check_counts(counts: object, name: str, rule: str) -> list[float]:
+    """Example counts (the weights of an average): a non-empty list of finite reals >= 0 with a positive sum."""
+    if isinstance(counts, (str, bytes, torch.Tensor)) or not isinstance(counts, (Sequence, numpy.ndarray)):
+        raise TypeError(f"{rule}: {name} must be a list of numbers, got {type(counts).__name__}")
+    out = [check_real(c, f"{name}[{i}]", rule, low=0.0) for i, c in enumerate(counts)]
+    if not math.fsum(out) > 0:
+        raise ValueError(f"{rule}: {name} must have a positive sum, got {name}={out!r}")
+    return out
+
+
+def check_tensor_list(values: object, like: Sequence[torch.Tensor], name: str, rule: str,
+                      like_name: str = "params") -> list[torch.Tensor]:
+    """One tensor per tensor of ``like``, each with its shape, dtype and device.
+
+    Checked in full before an update writes anything, so that a list missing a
+    tensor (shorter, longer, a None entry) or holding a mismatched one is refused
+    with the entry named, instead of failing half-way through the writes.
+    """
+    if isinstance(values, (str, bytes, torch.Tensor)) or not isinstance(values, Sequence):
+        raise TypeError(f"{rule}: {name} must be a list of {len(like)} tensors shaped like {like_name}, "
+                        f"got {type(values).__name__}")
+    if len(values) != len(like):
+        k = min(len(values), len(like))
+        what = (f"no tensor for {like_name}[{k}]" if len(values) < len(like)
+                else f"{len(values) - len(like)} more than {like_name}")
+        raise ValueError(f"{rule}: {name} must hold {len(like)} tensors, one per tensor of {like_name}, "
+                         f"got {len(values)} ({what})")
+    for j, (t, p) in enumerate(zip(values, like)):
+        if t is None:
+            raise ValueError(f"{rule}: {name}[{j}] is None; the tensor for {like_name}[{j}] is missing")
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{rule}: {name}[{j}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.shape != p.shape:
+            raise ValueError(f"{rule}: {name}[{j}] must have {like_name}[{j}]'s shape {list(p.shape)}, "
+                             f"got {list(t.shape)}")
+        if t.dtype != p.dtype:
+            raise TypeError(f"{rule}: {name}[{j}] must have {like_name}[{j}]'s dtype {p.dtype}, got {t.dtype}")
+        if t.device != p.device:
+            raise ValueError(f"{rule}: {name}[{j}] is on {t.device} but {like_name}[{j}] on {p.device}")
+    return list(values)
+
+
+def check_tensors(values: object, name: str, rule: str) -> list[torch.Tensor]:
+    """A non-empty list of floating tensors (the parameters an optimizer writes)."""
+    if isinstance(values, (str, bytes, torch.Tensor)) or not isinstance(values, Iterable):
+        raise TypeError(f"{rule}: {name} must be a list of tensors, got {type(values).__name__}")
+    values = list(values)
+    if not values:
+        raise ValueError(f"{rule}: {name} is empty")
+    for j, t in enumerate(values):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{rule}: {name}[{j}] must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f"{rule}: {name}[{j}] must be float32, float64, float16 or bfloat16, got {t.dtype}")
+    return values

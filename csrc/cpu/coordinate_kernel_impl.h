@@ -79,6 +79,34 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
 // kernel does, so both give the same bits. Each sorted position is converted
 // to float64 once.
 
+RA_INLINE auto is_finite(F64v v) { return (v - v) == 0.0; }
+
+// (lo + hi) / 2, halving first when the sum of finite values overflows (exact
+// for such large values), so that the midpoint of finite values is finite.
+RA_INLINE F64v midpoint(F64v lo, F64v hi) {
+  const F64v m = (lo + hi) * 0.5;
+  return (~is_finite(m) & is_finite(lo) & is_finite(hi)) ? lo * 0.5 + hi * 0.5 : m;
+}
+
+// Whether `right` is strictly closer to the median m than `left`:
+// (right - m) < (m - left), or with both differences' signs removed. When a
+// difference is not finite and m is, both are compared at half scale, where
+// values that large halve exactly: a finite value whose distance overflows
+// stays closer than an infinite one, and two such values are told apart.
+template <bool kMagnitudes>
+RA_INLINE auto closer(F64v right, F64v m, F64v left) {
+  F64v dr = right - m;
+  F64v dl = m - left;
+  const auto overflow = ~(is_finite(dr) & is_finite(dl)) & is_finite(m);
+  dr = overflow ? right * 0.5 - m * 0.5 : dr;
+  dl = overflow ? m * 0.5 - left * 0.5 : dl;
+  if constexpr (kMagnitudes) {
+    dr = dr < 0.0 ? -dr : dr;  // NaN stays NaN: never closer
+    dl = dl < 0.0 ? -dl : dl;
+  }
+  return dr < dl;
+}
+
 // MeaMed when the window [k, k + w) is narrower than the f positions it may
 // slide over (f > w, as in Bulyan's last stage). Both values compared may now
 // lie on the same side of the median, where distances that round alike make
@@ -89,14 +117,12 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
 template <typename L, int P>
 RA_INLINE Wide<P> mean_of_window(const ColumnArgs& a, const typename L::Key* keys, const Wide<P>& median, int64_t w) {
   using V = Wide<P>;
-  auto magnitude = [](F64v v) { return v < 0.0 ? -v : v; };  // NaN stays NaN: never closer
   V start{};
   for (int64_t t = 0; t < a.f; ++t) {
     const V left = L::to_double(keys[t]);
     const V right = L::to_double(keys[t + w]);
     for (int h = 0; h < P; ++h) {
-      const F64v m = median.part[h];
-      const auto slide = magnitude(right.part[h] - m) < magnitude(m - left.part[h]);
+      const auto slide = closer<true>(right.part[h], median.part[h], left.part[h]);
       start.part[h] = slide ? F64v{} + static_cast<double>(t + 1) : start.part[h];
     }
   }
@@ -124,7 +150,7 @@ RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typen
   V median = lo_mid;
   if (n % 2 == 0) {
     const V hi_mid = L::to_double(keys[n / 2]);
-    for (int h = 0; h < P; ++h) median.part[h] = (lo_mid.part[h] + hi_mid.part[h]) * 0.5;
+    for (int h = 0; h < P; ++h) median.part[h] = midpoint(lo_mid.part[h], hi_mid.part[h]);
   }
   if (a.rule == 0) return median;
   V sum{};
@@ -153,7 +179,7 @@ RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typen
     const V left = L::to_double(keys[t]);
     const V right = L::to_double(keys[t + w]);
     for (int h = 0; h < P; ++h) {
-      const auto slide = (right.part[h] - median.part[h]) < (median.part[h] - left.part[h]);
+      const auto slide = closer<false>(right.part[h], median.part[h], left.part[h]);
       left_in.part[h] = slide ? F64v{} : left.part[h];
       right_in.part[h] = slide ? right.part[h] : F64v{};
     }

@@ -98,6 +98,31 @@ __device__ __forceinline__ void sort_registers(Key (&k)[N], std::integer_sequenc
 }
 
 // ---------------------------------------------------------------------------
+// (lo + hi) / 2, halving first when the sum of finite values overflows, as
+// the CPU kernel does.
+__device__ __forceinline__ double midpoint(double lo, double hi) {
+  const double m = (lo + hi) * 0.5;
+  return (!isfinite(m) && isfinite(lo) && isfinite(hi)) ? lo * 0.5 + hi * 0.5 : m;
+}
+
+// Whether `right` is strictly closer to the median m than `left`, as the CPU
+// kernel decides it: when a difference is not finite and m is, both are
+// compared at half scale, where values that large halve exactly.
+template <bool kMagnitudes>
+__device__ __forceinline__ bool closer(double right, double m, double left) {
+  double dr = right - m;
+  double dl = m - left;
+  if (!(isfinite(dr) && isfinite(dl)) && isfinite(m)) {
+    dr = right * 0.5 - m * 0.5;
+    dl = m * 0.5 - left * 0.5;
+  }
+  if (kMagnitudes) {
+    dr = fabs(dr);
+    dl = fabs(dl);
+  }
+  return dr < dl;
+}
+
 // MeaMed from a sorted column read through get(t): the n - f values closest to
 // the median form a window [k, k + n - f); the window slides right past t < f
 // iff the value entering is strictly closer than the one leaving (ties keep
@@ -114,18 +139,18 @@ __device__ __forceinline__ double meamed_of_sorted(Get get, int64_t n, int64_t f
     // one w places to its right, as in the CPU kernel.
     int64_t start = 0;
     for (int64_t t = 0; t < f; ++t)
-      if (fabs(get(t + w) - median) < fabs(median - get(t))) start = t + 1;
+      if (closer<true>(get(t + w), median, get(t))) start = t + 1;
     for (int64_t t = start; t < start + w; ++t) sum += get(t);
     return sum / static_cast<double>(w);
   }
   for (int64_t t = 0; t < f; ++t) {
     const double left = get(t);
-    if (!((get(t + w) - median) < (median - left))) sum += left;
+    if (!closer<false>(get(t + w), median, left)) sum += left;
   }
   for (int64_t t = f; t < w; ++t) sum += get(t);
   for (int64_t t = w; t < n; ++t) {
     const double right = get(t);
-    if ((right - median) < (median - get(t - w))) sum += right;
+    if (closer<false>(right, median, get(t - w))) sum += right;
   }
   return sum / static_cast<double>(w);
 }
@@ -133,7 +158,7 @@ __device__ __forceinline__ double meamed_of_sorted(Get get, int64_t n, int64_t f
 template <typename Get>
 __device__ __forceinline__ double finish_sorted(Get get, int mode, int64_t n, int64_t f) {
   const double lo_mid = get((n - 1) / 2);
-  const double median = (n % 2 == 1) ? lo_mid : (lo_mid + get(n / 2)) * 0.5;
+  const double median = (n % 2 == 1) ? lo_mid : midpoint(lo_mid, get(n / 2));
   if (mode == static_cast<int>(ColumnRule::kMedian)) return median;
   if (mode == static_cast<int>(ColumnRule::kMeaMed)) return meamed_of_sorted(get, n, f, median);
   double sum = 0.0;
@@ -182,7 +207,7 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
     }
     const double lo_mid = key_value(lo_key);
     result = trimmed ? sum / static_cast<double>(n - 2 * f)
-                     : ((n % 2 == 1) ? lo_mid : (lo_mid + key_value(hi_key)) * 0.5);
+                     : ((n % 2 == 1) ? lo_mid : midpoint(lo_mid, key_value(hi_key)));
   }
   if (active) store(out + col, result);
 }
