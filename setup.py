@@ -4,6 +4,10 @@ CPU kernels are always built. CUDA kernels are built whenever the installed
 torch has CUDA and nvcc is found, with or without a visible GPU; without a GPU
 the architecture list defaults to Hopper (9.0). ``TORCH_CUDA_ARCH_LIST``
 overrides it and ``ROBUSTAGG_NO_CUDA=1`` forces a CPU-only build.
+
+``ROBUSTAGG_SANITIZE=address,undefined`` (any list of -fsanitize= checks)
+builds the CPU kernels only, instrumented, for running the test suite under
+the sanitizers (docs/design.md, "Sanitizers").
 """
 
 import glob
@@ -26,7 +30,8 @@ def _find_cuda_home() -> str | None:
     return None
 
 
-_cuda_home = None if os.environ.get("ROBUSTAGG_NO_CUDA") == "1" else _find_cuda_home()
+_SANITIZE = os.environ.get("ROBUSTAGG_SANITIZE", "")
+_cuda_home = None if os.environ.get("ROBUSTAGG_NO_CUDA") == "1" or _SANITIZE else _find_cuda_home()
 if _cuda_home:
     # torch.utils.cpp_extension reads CUDA_HOME when it is imported.
     os.environ["CUDA_HOME"] = _cuda_home
@@ -41,6 +46,9 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 def _want_cuda() -> bool:
     if os.environ.get("ROBUSTAGG_NO_CUDA") == "1":
         print("robustagg: ROBUSTAGG_NO_CUDA=1, building CPU kernels only")
+        return False
+    if _SANITIZE:
+        print(f"robustagg: ROBUSTAGG_SANITIZE={_SANITIZE}, building instrumented CPU kernels only")
         return False
     if torch.version.cuda is None:
         print("robustagg: this torch has no CUDA, building CPU kernels only")
@@ -59,6 +67,11 @@ def _extension():
     link_flags = ["-fopenmp"]
     if sys.platform != "darwin":
         cxx_flags.append("-fvisibility=hidden")
+    if _SANITIZE:
+        # Every finding stops the process, so that a test run cannot pass over one.
+        sanitize = [f"-fsanitize={_SANITIZE}", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer"]
+        cxx_flags = [flag for flag in cxx_flags if flag != "-O3"] + ["-O1", "-g"] + sanitize
+        link_flags += sanitize
     include_dirs = [os.path.join(ROOT, "csrc")]
     if not _want_cuda():
         print(f"robustagg: building CPU kernels from {len(sources)} files")

@@ -24,6 +24,7 @@ from typing import Any, Union
 import torch
 
 from . import distance, ops, preaggregators
+from .validation import check_generator, check_int, check_positive, check_real
 
 Contributions = Union[torch.Tensor, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]]
 
@@ -50,33 +51,59 @@ __all__ = [
 ]
 
 
+_EXPECTED = "aggregator: expected an (n, d) tensor or a non-empty list of per-worker tensors or parameter lists"
+
+
+def _is_tensor_list(x: object) -> bool:
+    return isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and all(isinstance(t, torch.Tensor) for t in x)
+
+
 def _flatten(inputs: Contributions) -> tuple[torch.Tensor, object]:
-    """Stack the contributions into an (n, d) matrix; also return how to undo it."""
+    """Stack the contributions into an (n, d) matrix; also return how to undo it.
+
+    Anything but tensors at the leaves (floats, nested lists of floats, numpy
+    arrays) is a TypeError: torch.stack would turn some of them into a matrix
+    of another dtype, or fail with a message that names no worker.
+    """
     if isinstance(inputs, torch.Tensor):
         if inputs.dim() != 2:
             raise ValueError(f"aggregator: a tensor input must be (n, d), got shape {tuple(inputs.shape)}")
         return inputs, None
     if not isinstance(inputs, Sequence) or isinstance(inputs, (str, bytes)) or len(inputs) == 0:
-        raise TypeError("aggregator: expected an (n, d) tensor or a non-empty list of per-worker tensors or parameter lists")
+        raise TypeError(f"{_EXPECTED}, got {type(inputs).__name__}")
     first = inputs[0]
     if isinstance(first, torch.Tensor):
         shape = first.shape
         for i, t in enumerate(inputs):
+            if not isinstance(t, torch.Tensor) and not _is_tensor_list(t):
+                raise TypeError(f"{_EXPECTED}; worker {i} sent {_describe_contribution(t)}")
             if not isinstance(t, torch.Tensor) or t.shape != shape:
                 got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
                 raise ValueError(f"aggregator: worker {i} sent {got}, expected a tensor of shape {tuple(shape)}")
         return torch.stack([t.reshape(-1) for t in inputs]), ("tensor", shape)
+    if not _is_tensor_list(first):
+        raise TypeError(f"{_EXPECTED}; worker 0 sent {_describe_contribution(first)}")
     if len(first) == 0:
         raise ValueError("aggregator: worker 0 sent an empty parameter list")
-    shapes = [t.shape if isinstance(t, torch.Tensor) else None for t in first]
+    shapes = [t.shape for t in first]
     rows = []
     for i, params in enumerate(inputs):
+        if not isinstance(params, torch.Tensor) and not _is_tensor_list(params):
+            raise TypeError(f"{_EXPECTED}; worker {i} sent {_describe_contribution(params)}")
         if isinstance(params, torch.Tensor) or len(params) != len(shapes) or any(
-            not isinstance(t, torch.Tensor) or t.shape != s for t, s in zip(params, shapes)
+            t.shape != s for t, s in zip(params, shapes)
         ):
             raise ValueError(f"aggregator: worker {i}'s parameter list does not match worker 0's shapes {[tuple(s) for s in shapes]}")
         rows.append(torch.cat([t.reshape(-1) for t in params]))
     return torch.stack(rows), ("list", shapes)
+
+
+def _describe_contribution(x: object) -> str:
+    """``float``, ``list of float``, ``list holding ndarray``: what a worker sent instead of tensors."""
+    if isinstance(x, Sequence) and not isinstance(x, (str, bytes)):
+        odd = next((t for t in x if not isinstance(t, torch.Tensor)), None)
+        return f"{type(x).__name__} holding {type(odd).__name__}"
+    return type(x).__name__
 
 
 def _unflatten(out: torch.Tensor, layout: object) -> torch.Tensor | list[torch.Tensor]:
@@ -100,6 +127,13 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__}({', '.join(args)})"
 
 
+def _check_weights(weights: object, rule: str) -> torch.Tensor | None:
+    """None or a tensor; its shape and values are checked against X at each call."""
+    if weights is not None and not isinstance(weights, torch.Tensor):
+        raise TypeError(f"{rule}: weights must be a torch.Tensor or None, got {type(weights).__name__}")
+    return weights
+
+
 class Aggregator:
     """Base class: subclasses implement :meth:`aggregate` on an ``(n, d)`` matrix."""
 
@@ -118,7 +152,7 @@ class Mean(Aggregator):
     """Plain (weighted) average; not robust. See :func:`robustagg.mean`."""
 
     def __init__(self, weights: torch.Tensor | None = None) -> None:
-        self.weights = weights
+        self.weights = _check_weights(weights, "mean")
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return ops.mean(X, self.weights)
@@ -135,7 +169,7 @@ class TrimmedMean(Aggregator):
     """Coordinate-wise trimmed mean dropping f values per side. See :func:`robustagg.trimmed_mean`."""
 
     def __init__(self, f: int) -> None:
-        self.f = f
+        self.f = check_int(f, "f", "trimmed_mean", low=0)
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return ops.trimmed_mean(X, self.f)
@@ -145,7 +179,7 @@ class MeaMed(Aggregator):
     """Mean of the n - f values closest to the coordinate-wise median. See :func:`robustagg.meamed`."""
 
     def __init__(self, f: int) -> None:
-        self.f = f
+        self.f = check_int(f, "f", "meamed", low=0)
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return ops.meamed(X, self.f)
@@ -155,8 +189,8 @@ class Krum(Aggregator):
     """Krum (m = 1) or Multi-Krum (mean of the m best rows). See :func:`robustagg.krum`."""
 
     def __init__(self, f: int, m: int = 1) -> None:
-        self.f = f
-        self.m = m
+        self.f = check_int(f, "f", "krum", low=0)
+        self.m = check_int(m, "m", "krum", low=1)
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return distance.krum(X, self.f, self.m)
@@ -166,8 +200,8 @@ class MultiKrum(Aggregator):
     """Multi-Krum, m = n - f by default. See :func:`robustagg.multi_krum`."""
 
     def __init__(self, f: int, m: int | None = None) -> None:
-        self.f = f
-        self.m = m
+        self.f = check_int(f, "f", "multi_krum", low=0)
+        self.m = None if m is None else check_int(m, "m", "multi_krum", low=1)
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return distance.multi_krum(X, self.f, self.m)
@@ -177,7 +211,7 @@ class Bulyan(Aggregator):
     """Bulyan over Krum. See :func:`robustagg.bulyan`."""
 
     def __init__(self, f: int) -> None:
-        self.f = f
+        self.f = check_int(f, "f", "bulyan", low=0)
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return distance.bulyan(X, self.f)
@@ -193,10 +227,10 @@ class GeometricMedian(Aggregator):
     def __init__(
         self, weights: torch.Tensor | None = None, nu: float = 1e-6, tol: float = 1e-10, max_iter: int = 200
     ) -> None:
-        self.weights = weights
-        self.nu = nu
-        self.tol = tol
-        self.max_iter = max_iter
+        self.weights = _check_weights(weights, "geometric_median")
+        self.nu = check_positive(nu, "nu", "geometric_median")
+        self.tol = check_real(tol, "tol", "geometric_median", low=0.0)
+        self.max_iter = check_int(max_iter, "max_iter", "geometric_median", low=0)
         self.info: distance.GeometricMedianInfo | None = None
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
@@ -213,8 +247,10 @@ class CenteredClip(Aggregator):
     """
 
     def __init__(self, tau: float, iters: int = 1, center: torch.Tensor | None = None) -> None:
-        self.tau = tau
-        self.iters = iters
+        self.tau = check_positive(tau, "tau", "centered_clip", allow_inf=True)
+        self.iters = check_int(iters, "iters", "centered_clip", low=0)
+        if center is not None and not isinstance(center, torch.Tensor):
+            raise TypeError(f"centered_clip: center must be a torch.Tensor or None, got {type(center).__name__}")
         self.center = center
 
     def reset(self) -> None:
@@ -273,6 +309,8 @@ class Pipeline(Aggregator):
     """Pre-aggregators followed by a rule; built with ``pre >> rule``."""
 
     def __init__(self, pre: list[PreAggregator], rule: Aggregator) -> None:
+        if not all(isinstance(p, PreAggregator) for p in pre) or not isinstance(rule, Aggregator):
+            raise TypeError(f"Pipeline: expected a list of PreAggregators and an Aggregator, got {pre!r} and {rule!r}")
         self.pre = _Chain(pre)
         self.rule = rule
 
@@ -287,8 +325,8 @@ class Bucketing(PreAggregator):
     """Averages of random buckets of s rows. See :func:`robustagg.bucketing`."""
 
     def __init__(self, s: int, generator: torch.Generator | None = None) -> None:
-        self.s = s
-        self.generator = generator
+        self.s = check_int(s, "s", "bucketing", low=1)
+        self.generator = check_generator(generator, "generator", "bucketing")
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return preaggregators.bucketing(X, self.s, self.generator)
@@ -298,7 +336,7 @@ class NNM(PreAggregator):
     """Nearest-neighbour mixing. See :func:`robustagg.nnm`."""
 
     def __init__(self, f: int) -> None:
-        self.f = f
+        self.f = check_int(f, "f", "nnm", low=0)
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return preaggregators.nnm(X, self.f)
@@ -308,7 +346,7 @@ class Clip(PreAggregator):
     """Norm clipping at c. See :func:`robustagg.clip`."""
 
     def __init__(self, c: float) -> None:
-        self.c = c
+        self.c = check_positive(c, "c", "clip", allow_inf=True)
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return preaggregators.clip(X, self.c)
@@ -318,7 +356,7 @@ class ARC(PreAggregator):
     """Adaptive robust clipping. See :func:`robustagg.arc`."""
 
     def __init__(self, f: int) -> None:
-        self.f = f
+        self.f = check_int(f, "f", "arc", low=0)
 
     def transform(self, X: torch.Tensor) -> torch.Tensor:
         return preaggregators.arc(X, self.f)

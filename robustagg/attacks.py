@@ -19,11 +19,11 @@ from statistics import NormalDist
 import torch
 
 from .aggregators import Aggregator
-from .validation import _FLOAT_DTYPES, check_int, check_positive
+from .validation import _FLOAT_DTYPES, check_generator, check_int, check_positive, check_real
 
 __all__ = [
     "Attack", "NoAttack", "SignFlip", "IPM", "ALIE", "alie_z", "Gaussian", "NaNAttack", "InfAttack", "Mimic",
-    "LabelFlip", "OptimalALIE", "OptimalIPM", "ATTACKS", "make_attack",
+    "LabelFlip", "OptimalALIE", "OptimalIPM", "ATTACKS", "check_attack_rows", "make_attack",
 ]
 
 AggregatorLike = Aggregator | Callable[[torch.Tensor], torch.Tensor]
@@ -36,20 +36,6 @@ def _check_rows(X: object, arg: str, shape: str, attack: str) -> None:
         raise TypeError(f"{attack}: {arg} must be float32, float64, float16 or bfloat16, got {X.dtype}")
     if X.dim() != 2:
         raise ValueError(f"{attack}: {arg} must be 2-D {shape}, got {X.dim()}-D with shape {list(X.shape)}")
-
-
-def _check_finite(value: object, name: str, attack: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{attack}: {name} must be a number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"{attack}: {name} must be finite, got {name}={value!r}")
-    return float(value)
-
-
-def _check_at_least(value: object, low: int, name: str, attack: str) -> int:
-    if check_int(value, name, attack) < low:
-        raise ValueError(f"{attack}: {name} must be >= {low}, got {name}={value}")
-    return value
 
 
 def _repeat(row: torch.Tensor, f: int, like: torch.Tensor) -> torch.Tensor:
@@ -150,8 +136,8 @@ def alie_z(n: int, f: int) -> float:
     Baruch, Baruch, Goldberg, "A Little Is Enough", NeurIPS 2019. Raises
     ValueError when the ratio is not strictly inside (0, 1): f > n/2, or n <= 2.
     """
-    check_int(n, "n", "alie")
-    _check_at_least(f, 0, "f", "alie")
+    check_int(n, "n", "alie", low=1)
+    check_int(f, "f", "alie", low=0)
     s = n // 2 + 1 - f
     ratio = (n - f - s) / (n - f) if n > f else math.nan
     if not 0 < ratio < 1:
@@ -174,7 +160,7 @@ class ALIE(Attack):
     min_honest, needs_for = 2, "for the standard deviation"
 
     def __init__(self, z: float | None = None) -> None:
-        self.z = None if z is None else _check_finite(z, "z", self.name)
+        self.z = None if z is None else check_real(z, "z", self.name)
 
     def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
         h, f = honest.shape[0], byzantine.shape[0]
@@ -196,9 +182,7 @@ class Gaussian(Attack):
 
     def __init__(self, std: float = 1.0, generator: torch.Generator | None = None) -> None:
         self.std = check_positive(std, "std", self.name)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"{self.name}: generator must be a torch.Generator or None, got {type(generator).__name__}")
-        self.generator = generator
+        self.generator = check_generator(generator, "generator", self.name)
 
     def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
         device = honest.device if self.generator is None else self.generator.device
@@ -249,8 +233,8 @@ class Mimic(Attack):
     min_honest, needs_for = 1, "to copy"
 
     def __init__(self, index: int | None = None, warmup: int = 20) -> None:
-        self.index = None if index is None else _check_at_least(index, 0, "index", self.name)
-        self.warmup = _check_at_least(warmup, 1, "warmup", self.name)
+        self.index = None if index is None else check_int(index, "index", self.name, low=0)
+        self.warmup = check_int(warmup, "warmup", self.name, low=1)
         self.reset()
 
     def reset(self) -> None:
@@ -290,7 +274,7 @@ class LabelFlip(Attack):
     flips_labels = True
 
     def __init__(self, num_classes: int = 10) -> None:
-        self.num_classes = _check_at_least(num_classes, 2, "num_classes", self.name)
+        self.num_classes = check_int(num_classes, "num_classes", self.name, low=2)
 
     def flip_labels(self, y: torch.Tensor) -> torch.Tensor:
         """``num_classes - 1 - y``; labels outside [0, num_classes) raise ValueError (one sync on GPU)."""
@@ -335,7 +319,7 @@ class _LineSearch(Attack):
         if not callable(aggregator):
             raise TypeError(f"{self.name}: aggregator must be callable (n, d) -> (d,), got {type(aggregator).__name__}")
         self.aggregator = aggregator
-        self.steps = _check_at_least(steps, 2, "steps", self.name)
+        self.steps = check_int(steps, "steps", self.name, low=2)
         self.last_scale: float | None = None
 
     def reset(self) -> None:
@@ -417,8 +401,31 @@ ATTACKS: dict[str, type[Attack]] = {
 }
 
 
-def make_attack(name: str, **kwargs: object) -> Attack:
-    """The attack registered as ``name``, built with ``kwargs``."""
+def check_attack_rows(name: str, n: int, f: int, z: float | None = None) -> None:
+    """Whether attack ``name`` can run with f Byzantine rows of n, before the first round instead of at it.
+
+    Checks the honest rows the attack needs (``min_honest``) and, for ALIE
+    without ``z``, that its default z exists (:func:`alie_z`); raises the
+    ValueError its call would.
+    """
+    cls = _registered(name)
+    n, f = check_int(n, "n", cls.name, low=1), check_int(f, "f", cls.name, low=0, high=n)
+    if f and n - f < cls.min_honest:
+        rows = "rows" if cls.min_honest > 1 else "row"
+        raise ValueError(f"{cls.name}: needs at least {cls.min_honest} honest {rows} {cls.needs_for}, "
+                         f"got {n - f} of n={n} with f={f}")
+    if f and name == "alie" and z is None:
+        alie_z(n, f)
+
+
+def _registered(name: object) -> type[Attack]:
+    if not isinstance(name, str):
+        raise TypeError(f"make_attack: name must be a str, got {type(name).__name__} {name!r}")
     if name not in ATTACKS:
         raise ValueError(f"make_attack: unknown attack {name!r}; valid names: {', '.join(sorted(ATTACKS))}")
-    return ATTACKS[name](**kwargs)
+    return ATTACKS[name]
+
+
+def make_attack(name: str, **kwargs: object) -> Attack:
+    """The attack registered as ``name``, built with ``kwargs``."""
+    return _registered(name)(**kwargs)

@@ -17,11 +17,17 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
-__all__ = ["main", "build_parser"]
+from .validation import _interval, check_real
+
+__all__ = [
+    "main", "build_parser", "check_output_dir", "check_output_path", "closed_unit_interval", "finite_float", "fraction",
+    "nonnegative_float", "nonnegative_int", "output_dir", "output_path", "positive_float", "positive_float_or_inf",
+    "positive_int", "real_type", "unit_interval",
+]
 
 _BENCH_DESCRIPTION = """\
 Time robustagg's ops on random standard-normal (n, d) inputs.
@@ -105,11 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--n", nargs="+", type=_int_list, metavar="N", help="numbers of rows (workers), e.g. 10 25 64 or 10,25,64; default: the grids above")
     b.add_argument("--d", nargs="+", type=_int_list, metavar="D", help="numbers of columns (coordinates), e.g. 1M 4M, 1M,4M or 100k; default: the grids above")
     b.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"], metavar="DTYPE", help=f"dtypes (default float32; of {' '.join(DTYPES)})")
-    b.add_argument("--repeats", type=_positive_int, help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3")
-    b.add_argument("--warmup", type=_positive_int, help="untimed calls first (default 2, --quick 1)")
-    b.add_argument("--max-seconds", type=float, help="time budget per timed function; fewer repeats (>= 3) beyond it (default 10, --quick 2)")
-    b.add_argument("--json", metavar="PATH", help="where to write the JSON (default bench/out/bench-<device>.json)")
-    b.add_argument("--markdown", metavar="PATH", help="also write a markdown table here (for docs/results/)")
+    b.add_argument("--repeats", type=positive_int, help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3")
+    b.add_argument("--warmup", type=positive_int, help="untimed calls first (default 2, --quick 1)")
+    b.add_argument("--max-seconds", type=positive_float, help="time budget per timed function; fewer repeats (>= 3) beyond it (default 10, --quick 2)")
+    b.add_argument("--json", metavar="PATH", type=output_path,
+                   help="where to write the JSON (default bench/out/bench-<device>.json)")
+    b.add_argument("--markdown", metavar="PATH", type=output_path, help="also write a markdown table here (for docs/results/)")
     b.add_argument("--no-baselines", action="store_true", help="time only the ops, one read of X and (CUDA) the copy")
     b.add_argument("--no-byzfl", action="store_true", help="skip byzfl even when it is importable")
     b.add_argument("--no-memory", action="store_true", help="do not measure peak extra memory (saves one child process per shape on CPU)")
@@ -119,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave glibc malloc as it is (default: reuse freed buffers up to 32 MB, so a result's page faults are not timed on some calls and not others)",
     )
-    b.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default)")
-    b.add_argument("--mem-budget-gb", type=float, help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)")
+    b.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's default)")
+    b.add_argument("--mem-budget-gb", type=positive_float, help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)")
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
-    b.set_defaults(func=_cmd_bench)
+    b.set_defaults(func=_cmd_bench, parser=b)
 
     from .sim.commands import add_train_parser
 
@@ -147,33 +154,123 @@ def _int_list(text: str) -> list[int]:
     out = []
     for part in filter(None, (p.strip() for p in text.split(","))):
         scale = _SUFFIX.get(part[-1].lower(), 1)
-        out.append(_positive_int(part[:-1] if scale > 1 else part) * scale)
+        out.append(positive_int(part[:-1] if scale > 1 else part) * scale)
     if not out:
         raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
     return out
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+# ---------------------------------------------------------------------------
+# argparse types shared by every command: a bad value exits with status 2 and one line naming the option and
+# the value, before any work starts.
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def convert(text: str) -> int:
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return value
+
+    convert.__name__ = what
+    return convert
+
+
+positive_int = _int_at_least(1, "a positive integer")
+nonnegative_int = _int_at_least(0, "an integer >= 0")
+
+
+def real_type(low: float | None = None, high: float | None = None, *, low_open: bool = False,
+              high_open: bool = False, allow_inf: bool = False) -> Callable[[str], float]:
+    """An argparse type: a float meeting :func:`robustagg.validation.check_real`'s condition with these bounds."""
+    condition = _interval(low, high, low_open, high_open, allow_inf)
+    what = f"a number {condition}" if condition.startswith("in ") else f"a number ({condition})"
+
+    def convert(text: str) -> float:
+        try:
+            return check_real(float(text), "value", "option", low, high, low_open=low_open, high_open=high_open,
+                              allow_inf=allow_inf)
+        except ValueError:  # not a number, or out of bounds
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+positive_float = real_type(0.0, low_open=True)
+positive_float_or_inf = real_type(0.0, low_open=True, allow_inf=True)
+nonnegative_float = real_type(0.0)
+finite_float = real_type()
+unit_interval = real_type(0.0, 1.0, high_open=True)  # momenta: 1 would never take a gradient
+closed_unit_interval = real_type(0.0, 1.0)
+fraction = real_type(0.0, 1.0, low_open=True)
+
+
+def _check_folder(folder: str) -> None:
+    """``folder`` exists as a writable directory or can be made: its nearest existing ancestor is one."""
+    probe = folder
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{probe!r} is not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write in {probe!r}")
+
+
+def check_output_path(path: str) -> str:
+    """A file the run can write at its end: not a directory, not read-only, its folder writable or creatable
+    (the writers make missing folders). Raises ValueError saying what is wrong."""
+    if not path:
+        raise ValueError("expected a file path, got ''")
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, expected a file path")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ValueError(f"{path!r} is not writable")
+    _check_folder(os.path.dirname(os.path.abspath(path)))
+    return path
+
+
+def check_output_dir(path: str) -> str:
+    """A folder the run can write its files in: an existing writable directory, or one that can be made."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{path!r} is not a directory")
+    _check_folder(os.path.abspath(path))
+    return path
+
+
+def _path_type(check: Callable[[str], str]) -> Callable[[str], str]:
+    def convert(text: str) -> str:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = check.__name__
+    return convert
+
+
+output_path = _path_type(check_output_path)
+output_dir = _path_type(check_output_dir)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
     from . import ops
     from .bench import ALL_OPS, SuiteConfig, default_suite, format_markdown, format_table, op_family, run_suite
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cuda_ok = torch.cuda.is_available() and ops.cuda_kernels_built()
     if args.device == "cuda" and not cuda_ok:
         why = "no CUDA GPU is visible" if not torch.cuda.is_available() else "robustagg was built without CUDA kernels"
-        print(f"robustagg bench: --device cuda, but {why}", file=sys.stderr)
-        return 2
+        args.parser.error(f"--device cuda, but {why}")
+    json_path = args.json or os.path.join("bench", "out", f"bench-{args.device}.json")
+    try:
+        check_output_path(json_path)  # the default path too, before the suite runs
+    except ValueError as exc:
+        args.parser.error(f"the JSON path: {exc}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     if args.device == "all" and not cuda_ok:
         print("robustagg bench: no usable GPU (or no CUDA kernels); running the CPU suite only", file=sys.stderr)
@@ -210,7 +307,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     command = "robustagg " + " ".join(shlex.quote(a) for a in args.argv)
     result["config"]["command"] = command
 
-    json_path = args.json or os.path.join("bench", "out", f"bench-{args.device}.json")
     _write(json_path, json.dumps(result, indent=1) + "\n")
     sys.stdout.write(format_table(result))
     sys.stdout.flush()

@@ -46,6 +46,7 @@ import torch
 
 from . import distance, ops
 from .aggregators import RULES, Aggregator, GeometricMedian, Mean, make_aggregator
+from .validation import check_real
 
 __all__ = ["RULES", "RobustMessageStrategy", "RobustStrategy", "aggregate_ndarrays", "make_aggregator"]
 
@@ -62,10 +63,35 @@ def _resolve(aggregator: Aggregator | str, f: int | None, options: Mapping[str, 
     return aggregator
 
 
-def _check_count(i: int, count: Any) -> float:
-    if isinstance(count, bool) or not isinstance(count, numbers.Real) or not (0 <= count < float("inf")):
-        raise ValueError(f"flower: client {i}'s example count must be a finite number >= 0, got {count!r}")
-    return float(count)
+def _check_dtype(dtype: object) -> torch.dtype | None:
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"flower: dtype must be torch.float32, torch.float64 or None, "
+                        f"got {type(dtype).__name__} {dtype!r}")
+    if dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(f"flower: dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
+# Integers of at most this magnitude convert exactly to float32 / float64 (the significand's bits).
+_EXACT_INT = {np.float32: 2**24, np.float64: 2**53}
+
+
+def _check_array(a: np.ndarray, who: str, j: int, np_dtype: type) -> None:
+    """A float (up to 64-bit) or integer array whose values the ``np_dtype`` matrix holds exactly.
+
+    Complex arrays would lose their imaginary part, bool and object arrays are
+    no parameters, long doubles and integers beyond the significand would be
+    rounded: all refused rather than aggregated as something else.
+    """
+    if a.dtype.kind == "f" and a.dtype.itemsize <= 8:
+        return
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"flower: {who}'s array {j} is {a.dtype}; expected float16, float32, float64 or integer arrays")
+    limit = _EXACT_INT[np_dtype]
+    if a.size and (int(a.max()) > limit or int(a.min()) < -limit):
+        hint = "pass dtype=torch.float64" if np_dtype is np.float32 else "send floats"
+        raise ValueError(f"flower: {who}'s array {j} ({a.dtype}) holds values beyond +-2**{limit.bit_length() - 1}, "
+                         f"which {np.dtype(np_dtype)} does not hold exactly; {hint}")
 
 
 def _run_rule(agg: Aggregator, X: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -90,6 +116,13 @@ def aggregate_ndarrays(
 ) -> list[np.ndarray]:
     """Aggregate the clients' parameter lists with a robustagg rule.
 
+    Arrays are float16, float32, float64 or integer. Integer arrays are
+    aggregated in float64 by default, where every integer up to 2**53 is
+    exact (in float32 with ``dtype=torch.float32``: up to 2**24); larger
+    values are refused rather than rounded. Complex, bool, object and long
+    double arrays are refused (TypeError): a real matrix would drop the
+    imaginary parts or round the values.
+
     Args:
         results: one ``(arrays, num_examples)`` pair per client, ``arrays``
             having the same shapes for every client (Flower's
@@ -105,7 +138,7 @@ def aggregate_ndarrays(
             :class:`robustagg.Mean` and :class:`robustagg.GeometricMedian`
             (replacing the object's own ``weights``); other rules ignore counts.
         dtype: the dtype of the ``(n, d)`` matrix; default float64 when an
-            array is float64, else float32.
+            array is float64 or integer, else float32.
         rule_options: further arguments of the rule when ``aggregator`` is a name.
 
     Returns:
@@ -113,21 +146,24 @@ def aggregate_ndarrays(
         dtypes (integer arrays rounded to the nearest integer).
 
     Raises:
-        ValueError: no results, mismatched shapes, a bad count, or the rule's
-            own conditions (e.g. Krum's ``n > 2f + 2``).
+        TypeError: an array of a refused dtype, a count that is not a real number, a bad ``dtype``.
+        ValueError: no results, mismatched shapes, a bad count, integers beyond the matrix's exact
+            range, an integer aggregate outside its dtype, or the rule's own conditions (e.g. Krum's
+            ``n > 2f + 2``).
     """
     agg = _resolve(aggregator, f, rule_options)
     if len(results) == 0:
         raise ValueError("flower: no client results to aggregate")
+    for i, pair in enumerate(results):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(f"flower: results[{i}] must be an (arrays, num_examples) pair, got {type(pair).__name__}")
     first = [np.asarray(a) for a in results[0][0]]
     if not first:
         raise ValueError("flower: client 0 sent an empty parameter list")
     shapes = [a.shape for a in first]
     dtypes = [a.dtype for a in first]
-    if dtype is None:
-        dtype = torch.float64 if any(dt == np.float64 for dt in dtypes) else torch.float32
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"flower: dtype must be torch.float32 or torch.float64, got {dtype}")
+    if _check_dtype(dtype) is None:
+        dtype = torch.float64 if any(dt == np.float64 or dt.kind in "iu" for dt in dtypes) else torch.float32
     np_dtype = np.float64 if dtype == torch.float64 else np.float32
     sizes = [int(np.prod(s)) for s in shapes]
     offsets = np.cumsum([0, *sizes])
@@ -139,6 +175,7 @@ def aggregate_ndarrays(
             a = np.asarray(a)
             if a.shape != shapes[j]:
                 raise ValueError(f"flower: {who}'s array {j} has shape {a.shape}, expected {shapes[j]} like client 0")
+            _check_array(a, who, j, np_dtype)
             row[offsets[j] : offsets[j + 1]] = a.reshape(-1)
 
     n = len(results)
@@ -146,7 +183,7 @@ def aggregate_ndarrays(
     counts = []
     for i, (arrays, count) in enumerate(results):
         fill(X[i], arrays, f"client {i}")
-        counts.append(_check_count(i, count))
+        counts.append(check_real(count, f"client {i}'s example count", "flower", low=0.0))
     Xt = torch.from_numpy(X)
     ref = None
     if reference is not None:
@@ -162,6 +199,9 @@ def aggregate_ndarrays(
         part = out[offsets[j] : offsets[j + 1]].reshape(shape)
         if np.issubdtype(dt, np.integer):
             part = np.rint(part)
+            info = np.iinfo(dt)
+            if not np.all((part >= info.min) & (part <= info.max)):  # NaN fails too
+                raise ValueError(f"flower: the aggregate of array {j} does not fit its dtype {np.dtype(dt)}")
         arrays_out.append(part.astype(dt))
     return arrays_out
 
@@ -209,7 +249,7 @@ class _RobustMixin:
         self.aggregator = _resolve(aggregator, f, rule_options)
         self.on_updates = bool(on_updates)
         self.weighted = bool(weighted)
-        self.dtype = dtype
+        self.dtype = _check_dtype(dtype)
         self._reference: Any = None  # the global arrays of the round, for on_updates
 
     def _aggregate(
@@ -246,7 +286,7 @@ if _LEGACY_ERROR is None:
             weighted: weight Mean and GeometricMedian by ``FitRes.num_examples``;
                 other rules are unweighted.
             dtype: the dtype of the ``(n, d)`` matrix (default: float64 when a
-                parameter array is float64, else float32).
+                parameter array is float64 or integer, else float32; see :func:`aggregate_ndarrays`).
             rule_options: further arguments of the rule when ``aggregator`` is a name.
             **fedavg_options: FedAvg's arguments (``fraction_fit``,
                 ``min_fit_clients``, ``accept_failures``, ``initial_parameters``,

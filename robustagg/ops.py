@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from . import derivatives
@@ -131,7 +132,7 @@ def _without_overflow(out: torch.Tensor, X: torch.Tensor, rule) -> torch.Tensor:
     non-finite at that scale too uses non-finite values and keeps its result.
     Costs one check of the result, and a copy of the affected columns only.
     """
-    if X.dtype != torch.float64 or out.numel() == 0:
+    if X.dtype != torch.float64 or out.numel() == 0 or not _has_values(X):
         return out
     bad = ~torch.isfinite(out)
     if not bool(bad.any()):
@@ -175,6 +176,15 @@ def _check_count(X: torch.Tensor, value: object, name: str, rule: str) -> int:
 # overflow. 2**-k brings the largest squared distance under 2**1000.
 
 
+def _has_values(X: torch.Tensor) -> bool:
+    """Whether X holds values to look at: not while torch.compile traces, not a fake or meta tensor.
+
+    The checks and repairs that read results (overflow, cancellation) need
+    values, so traced code gets the kernels' results as they are.
+    """
+    return not (torch.compiler.is_compiling() or X.device.type == "meta" or isinstance(X, FakeTensor))
+
+
 def _point(X: torch.Tensor, center: torch.Tensor | None, i: int) -> torch.Tensor:
     return center if i == X.shape[0] else X[i]
 
@@ -206,16 +216,84 @@ def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tup
     if center is not None and not isinstance(center, torch.Tensor):
         raise TypeError(f"pairwise_sq_distances: center must be a torch.Tensor or None, got {type(center).__name__}")
     D, finite = _NS.pairwise_sq_distances(X, center)
-    if X.dtype != torch.float64:
+    if not _has_values(X):
         return D, finite, 0
-    truly = _finite_by_entries(X, center, ~finite.cpu())
-    rows = truly.nonzero().flatten()
-    if torch.equal(truly, finite.cpu()) and bool(torch.isfinite(D.cpu()[rows][:, rows]).all()):
-        return D, finite, 0
-    k = _safe_exponent(X, center, rows.tolist())
-    s = 2.0**-k
-    D, _ = _NS.pairwise_sq_distances(X * s, None if center is None else center * s)
-    return D, truly.to(finite.device), k
+    k = 0
+    if X.dtype == torch.float64:
+        truly = _finite_by_entries(X, center, ~finite.cpu())
+        rows = truly.nonzero().flatten()
+        if not (torch.equal(truly, finite.cpu()) and bool(torch.isfinite(D.cpu()[rows][:, rows]).all())):
+            k = _safe_exponent(X, center, rows.tolist())
+            X, center = X * 2.0**-k, None if center is None else center * 2.0**-k
+            D, _ = _NS.pairwise_sq_distances(X, center)
+            finite = truly.to(finite.device)
+    return _without_cancellation(X, center, D, finite), finite, k
+
+
+# Cancellation. The kernels compute D_ij = S_ii + S_jj - 2 S_ij from the Gram
+# matrix S of the points shifted by the per-column median of the reference
+# rows 0, (n-1)/2 and n-1. Were two of those far from the other rows (Byzantine
+# rows at those positions), every other S_ii would be huge and the distances
+# between the other rows would cancel to noise. Per column that median lies
+# between the reference rows' values, so S_ii <= B_i = sum of D_ir over the
+# references r: a distance below 2**-20 (B_i + B_j) may have lost more than
+# 20 of its 53 bits. Those distances are computed again with three central
+# rows as references (a permuted copy of X), and pairs still in doubt are
+# summed directly over the columns.
+_LOST_BITS = 20
+
+
+def _references(n: int) -> list[int]:
+    return [0, (n - 1) // 2, n - 1]
+
+
+def _in_doubt(D: torch.Tensor, finite: torch.Tensor, refs: list[int]) -> torch.Tensor:
+    """(m, m) bool: pairs of finite points whose distance may have cancelled (every pair when a reference is not finite)."""
+    both = finite.reshape(-1, 1) & finite.reshape(1, -1) & ~torch.eye(D.shape[0], dtype=torch.bool)
+    if not bool(finite[refs].all()):
+        return both
+    B = D[:, refs].sum(1)
+    return both & (D < 2.0**-_LOST_BITS * (B.reshape(-1, 1) + B.reshape(1, -1)))
+
+
+def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+    n = X.shape[0]
+    if n < 4 or X.shape[1] == 0:
+        return D  # every row a reference: no pair of non-reference rows to cancel
+    Dc, fc = D.detach().cpu(), finite.cpu()
+    doubt = _in_doubt(Dc, fc, _references(n))
+    if not bool(doubt.any()):
+        return D
+    # Central rows: the smallest median distance to the other finite rows (noise there stays small).
+    rows = fc[:n].nonzero().flatten()
+    if rows.numel() < 3:
+        return _direct(X, center, D, doubt)
+    sub = Dc[rows][:, rows]
+    score = sub.sort(1).values[:, sub.shape[1] // 2]
+    central = rows[torch.sort(score, stable=True).indices[:3]].tolist()
+    rest = [i for i in range(n) if i not in central]
+    perm = rest[:]
+    for position, row in sorted(zip(_references(n), central)):
+        perm.insert(position, row)
+    P = torch.tensor(perm, device=X.device)
+    DY, _ = _NS.pairwise_sq_distances(X.index_select(0, P), center)
+    order = torch.tensor(perm + ([n] if center is not None else []))
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel())
+    inverse = inverse.to(D.device)
+    D = DY.index_select(0, inverse).index_select(1, inverse)
+    doubt = _in_doubt(D.detach().cpu(), fc, central)
+    return _direct(X, center, D, doubt) if bool(doubt.any()) else D
+
+
+def _direct(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, doubt: torch.Tensor) -> torch.Tensor:
+    """D with the pairs in doubt summed directly, sum_k (p_ik - p_jk)**2 in float64."""
+    pairs = doubt.triu(1).nonzero().tolist()
+    values = torch.stack([(_point(X, center, i).double() - _point(X, center, j).double()).square().sum()
+                          for i, j in pairs])
+    i, j = (torch.tensor(t, device=D.device) for t in zip(*pairs))
+    D = D.index_put((i, j), values.to(D.device))
+    return D.index_put((j, i), values.to(D.device))
 
 
 def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,7 +312,7 @@ def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) ->
 def scaled_row_sq_norms(X: torch.Tensor) -> tuple[torch.Tensor, int]:
     """``(S, k)``: squared norms of the rows times ``2**-k`` (k = 0 unless a finite float64 row's would overflow)."""
     S = row_sq_norms(X)
-    if X.dtype != torch.float64:
+    if X.dtype != torch.float64 or not _has_values(X):
         return S, 0
     flagged = ~torch.isfinite(S.cpu())
     rows = [i for i in flagged.nonzero().flatten().tolist() if bool(torch.isfinite(X[i]).all())]

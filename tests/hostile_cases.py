@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import traceback
@@ -298,8 +299,52 @@ def _object_cases() -> dict[str, Callable[[], None]]:
     return cases
 
 
+def cli_exits_2(argv: list[str]) -> None:
+    """The command refuses the options at once: exit status 2, one line on stderr, no run."""
+    import contextlib
+    import io
+
+    from robustagg.cli import main
+
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            main(argv)
+    except SystemExit as e:
+        assert e.code == 2, f"exit status {e.code}: {err.getvalue()[-300:]}"
+        last = err.getvalue().strip().splitlines()[-1]
+        assert "error:" in last, err.getvalue()
+        return
+    raise AssertionError("the command ran")
+
+
+def _cli_cases() -> dict[str, Callable[[], None]]:
+    bad = {
+        "byzantine/lr=nan": ["train", "byzantine", "--lr", "nan"],
+        "byzantine/lr=-1": ["train", "byzantine", "--lr", "-1"],
+        "byzantine/momentum=1": ["train", "byzantine", "--momentum", "1"],
+        "byzantine/cc-tau=-1": ["train", "byzantine", "--agg", "cc", "--cc-tau", "-1"],
+        "byzantine/alie-z=nan": ["train", "byzantine", "--alie-z", "nan"],
+        "byzantine/krum-f-too-large": ["train", "byzantine", "--agg", "krum", "--workers", "10", "--byzantine", "4"],
+        "byzantine/byzantine=workers": ["train", "byzantine", "--workers", "5", "--byzantine", "5"],
+        "byzantine/batch-beyond-data": ["train", "byzantine", "--batch", "100000"],
+        "byzantine/rounds=0": ["train", "byzantine", "--rounds", "0"],
+        "byzantine/json=directory": ["train", "byzantine", "--json", "/"],
+        "byzantine/plot=under-a-file": ["train", "byzantine", "--plot", os.path.abspath(__file__) + "/x.png"],
+        "federated/beta=1": ["train", "federated", "--beta", "1"],
+        "federated/lr=0": ["train", "federated", "--lr", "0"],
+        "federated/per-round>clients": ["train", "federated", "--clients", "5", "--per-round", "6"],
+        "personalized/lr=inf": ["train", "personalized", "--lr", "inf"],
+        "bench/json=directory": ["bench", "--quick", "--json", "/"],
+        "bench/markdown=directory": ["bench", "--quick", "--markdown", "/"],
+        "bench/repeats=0": ["bench", "--repeats", "0"],
+        "bench/n=-3": ["bench", "--n", "-3"],
+    }
+    return {f"cli/{label}": lambda argv=argv: cli_exits_2(argv) for label, argv in bad.items()}
+
+
 def all_cases() -> dict[str, Callable[[], None]]:
-    return {**_rule_cases(), **_fused_cases(), **_object_cases()}
+    return {**_rule_cases(), **_fused_cases(), **_object_cases(), **_cli_cases()}
 
 
 def run(first: int) -> None:

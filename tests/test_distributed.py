@@ -485,7 +485,6 @@ def test_bad_arguments_raise(one_rank_group) -> None:
         (dict(aggregator=lambda X: X.mean(0)), TypeError, "aggregator must be"),
         (dict(aggregator=robustagg.CenteredClip(1.0, center=torch.zeros(3))), ValueError, "preset center"),
         (dict(aggregator=robustagg.Krum(1)), ValueError, r"krum: f=1 needs n > 2\*f \+ 2, got n=1"),
-        (dict(aggregator=robustagg.CenteredClip(-1.0)), ValueError, "tau"),
         (dict(aggregator="tm", f=-1), ValueError, "f must be an int >= 0"),
         (dict(aggregator="mean", momentum=1.0), ValueError, "momentum must be a number in"),
         (dict(aggregator="mean", momentum="0.9"), ValueError, "momentum"),
@@ -505,6 +504,8 @@ def test_bad_arguments_raise(one_rank_group) -> None:
     for kwargs, error, match in cases:
         with pytest.raises(error, match=match):
             RobustHookState(**kwargs)
+    with pytest.raises(ValueError, match="tau"):  # refused by CenteredClip itself, before the state sees it
+        RobustHookState(robustagg.CenteredClip(-1.0))
     with pytest.raises(TypeError, match="state must be a RobustHookState"):
         robust_hook(None, None)  # type: ignore[arg-type]
     state = RobustHookState("cc")  # a valid state: f, the world and the rule agree

@@ -357,5 +357,7 @@ def test_train_federated_grid_writes_table_plot_and_json(tmp_path, monkeypatch) 
 
 
 def test_train_federated_rejects_bad_settings(capsys) -> None:
-    assert main(["train", "federated", "--per-round", "200"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "federated", "--per-round", "200"])
+    assert exit_.value.code == 2
     assert "per_round" in capsys.readouterr().err

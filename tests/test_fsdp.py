@@ -505,6 +505,7 @@ def test_example_refuses_fsdp_with_momentum(capsys) -> None:
     """FSDP has no worker momentum: a clear error before any rank starts."""
     from robustagg.cli import main
 
-    code = main(["train", "ddp", "--nproc", "3", "--fsdp", "--momentum", "0.9", "--steps", "1"])
-    assert code == 1
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "ddp", "--nproc", "3", "--fsdp", "--momentum", "0.9", "--steps", "1"])
+    assert exit_.value.code == 2
     assert "--fsdp has no worker momentum" in capsys.readouterr().err

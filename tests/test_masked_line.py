@@ -162,9 +162,11 @@ def test_width_core_keeps_the_first_units_and_their_inputs() -> None:
     assert core["4.bias"].all()  # the output layer keeps all its outputs
     assert sum(int(m.sum()) for m in core.values()) == 4 * 5 + 4 + 3 * 4 + 3 + 3 * 3 + 3
     assert int(width_core(model, 0.01)["0.bias"].sum()) == 1  # at least one unit
-    for bad in (0.0, 1.5, True):
+    for bad in (0.0, 1.5):
         with pytest.raises(ValueError, match="fraction"):
             width_core(model, bad)
+    with pytest.raises(TypeError, match="fraction"):
+        width_core(model, True)
 
 
 def test_width_core_follows_channels_from_conv_to_linear() -> None:
@@ -267,9 +269,11 @@ def test_alternating_schedule_sequences() -> None:
     assert seq(AlternatingSchedule(period=3, core_steps=1, warmup=4)) == "FFFFCFFCFF"
     assert seq(AlternatingSchedule(1, 0)) == "F" * 10 and seq(AlternatingSchedule(1, 1)) == "C" * 10
     for kwargs, match in ((dict(period=0), "period"), (dict(period=2, core_steps=3), "core_steps"),
-                          (dict(warmup=-1), "warmup"), (dict(period=2.0), "period")):
+                          (dict(warmup=-1), "warmup")):
         with pytest.raises(ValueError, match=match):
-            AlternatingSchedule(**kwargs)  # type: ignore[arg-type]
+            AlternatingSchedule(**kwargs)
+    with pytest.raises(TypeError, match="period"):
+        AlternatingSchedule(period=2.0)  # type: ignore[arg-type]
 
 
 def test_acdc_schedule_phases() -> None:

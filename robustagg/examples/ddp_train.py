@@ -42,8 +42,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..attacks import check_attack_rows
+from ..cli import (
+    finite_float,
+    nonnegative_int,
+    output_path,
+    positive_float,
+    positive_float_or_inf,
+    positive_int,
+    unit_interval,
+)
 from ..distributed import MODES, RULE_NAMES, RobustHookState, make_rule, robust_hook, use_robust_reduce_scatter
-from ..sim.data import load_digits, split_workers
+from ..distributed.rules import check_rule
+from ..sim.data import NUM_TRAIN, check_batch, load_digits, split_workers
 
 __all__ = ["ATTACKS", "add_arguments", "main", "run", "spawn"]
 
@@ -53,33 +64,33 @@ ATTACKS = ["none", "sign_flip", "ipm", "alie", "gaussian", "nan", "inf", "label_
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The trainer's options (also used by ``robustagg train ddp``)."""
-    parser.add_argument("--nproc", type=int, default=4, help="processes to start when not under torchrun (default 4)")
+    parser.add_argument("--nproc", type=positive_int, default=4, help="processes to start when not under torchrun (default 4)")
     parser.add_argument("--agg", choices=list(RULE_NAMES), default="cc", help="aggregation rule (default cc)")
-    parser.add_argument("--f", type=int, help="the f the rule assumes (default: the number of Byzantine ranks)")
-    parser.add_argument("--byzantine-ranks", type=int, nargs="*", default=[], metavar="RANK",
+    parser.add_argument("--f", type=nonnegative_int, help="the f the rule assumes (default: the number of Byzantine ranks)")
+    parser.add_argument("--byzantine-ranks", type=nonnegative_int, nargs="*", default=[], metavar="RANK",
                         help="ranks that send the attack's vectors (default: none)")
     parser.add_argument("--attack", choices=ATTACKS, default="none", help="what the Byzantine ranks send (default none)")
     parser.add_argument("--mode", choices=MODES, default="sharded",
                         help="hook mode: sharded (all-reduce bytes) or replicated (default sharded)")
     parser.add_argument("--fsdp", action="store_true",
                         help="train with FSDP2 and the robust reduce-scatter instead of DDP and the hook")
-    parser.add_argument("--momentum", type=float,
+    parser.add_argument("--momentum", type=unit_interval,
                         help="worker momentum beta in [0, 1) (default 0.9; 0 with --fsdp, which has none)")
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default 300)")
-    parser.add_argument("--batch", type=int, default=32, help="examples per rank per step (default 32)")
-    parser.add_argument("--lr", type=float, default=0.1, help="learning rate (default 0.1)")
-    parser.add_argument("--hidden", type=int, default=64, help="hidden units of the MLP (default 64)")
-    parser.add_argument("--cc-tau", type=float, default=1.0, help="centered clipping radius (default 1.0)")
-    parser.add_argument("--cc-iters", type=int, default=3, help="centered clipping iterations (default 3)")
-    parser.add_argument("--ipm-eps", type=float, default=0.1, help="IPM scale (default 0.1)")
-    parser.add_argument("--alie-z", type=float, help="ALIE z (default: from n and f, SPEC 5)")
-    parser.add_argument("--bucket-cap-mb", type=float, default=25.0, help="DDP bucket size in MB (default 25)")
-    parser.add_argument("--eval-every", type=int, default=50, help="steps between evaluations on rank 0 (default 50)")
-    parser.add_argument("--timeout", type=float, default=60.0,
+    parser.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
+    parser.add_argument("--batch", type=positive_int, default=32, help="examples per rank per step (default 32)")
+    parser.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default 0.1)")
+    parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units of the MLP (default 64)")
+    parser.add_argument("--cc-tau", type=positive_float_or_inf, default=1.0, help="centered clipping radius (default 1.0)")
+    parser.add_argument("--cc-iters", type=positive_int, default=3, help="centered clipping iterations (default 3)")
+    parser.add_argument("--ipm-eps", type=positive_float, default=0.1, help="IPM scale (default 0.1)")
+    parser.add_argument("--alie-z", type=finite_float, help="ALIE z (default: from n and f, SPEC 5)")
+    parser.add_argument("--bucket-cap-mb", type=positive_float, default=25.0, help="DDP bucket size in MB (default 25)")
+    parser.add_argument("--eval-every", type=positive_int, default=50, help="steps between evaluations on rank 0 (default 50)")
+    parser.add_argument("--timeout", type=positive_float, default=60.0,
                         help="process group timeout in seconds: a dead or hung rank fails the job after it (default 60)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the shards, initialisation and batches (default 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads per process (default 1)")
-    parser.add_argument("--json", metavar="PATH", help="write the result JSON here (rank 0)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the shards, initialisation and batches (default 0)")
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per process (default 1)")
+    parser.add_argument("--json", metavar="PATH", type=output_path, help="write the result JSON here (rank 0)")
 
 
 def _attack_kwargs(args: argparse.Namespace, rank: int) -> dict:
@@ -209,12 +220,25 @@ def _check(args: argparse.Namespace, world: int) -> None:
     for name in ("steps", "batch", "hidden", "eval_every", "cc_iters", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"ddp_train: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if world < 1:
-        raise ValueError(f"ddp_train: --nproc must be >= 1, got {world}")
+    if not 1 <= world <= NUM_TRAIN:
+        raise ValueError(f"ddp_train: --nproc must be in [1, {NUM_TRAIN}] (a shard per rank), got {world}")
+    check_batch(args.batch, "ddp_train")
     if not args.timeout > 0:
         raise ValueError(f"ddp_train: --timeout must be > 0, got {args.timeout}")
     if any(not 0 <= r < world for r in args.byzantine_ranks):
         raise ValueError(f"ddp_train: --byzantine-ranks must lie in [0, {world}), got {args.byzantine_ranks}")
+    byzantine = len(set(args.byzantine_ranks))
+    if byzantine != len(args.byzantine_ranks):
+        raise ValueError(f"ddp_train: --byzantine-ranks lists a rank twice, got {args.byzantine_ranks}")
+    if byzantine >= world:
+        raise ValueError(f"ddp_train: --byzantine-ranks leaves no honest rank, got {byzantine} of {world} ranks")
+    check_attack_rows(args.attack, world, byzantine, args.alie_z)
+    # The rule's own conditions on f at n = world rows (Krum's n > 2f + 2, the trimmed mean's n > 2f, ...).
+    f = byzantine if args.f is None else args.f
+    try:
+        check_rule(make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters), f, world, "ddp_train")
+    except ValueError as exc:
+        raise ValueError(f"ddp_train: rule {args.agg} cannot take f={f} of {world} ranks: {exc}") from None
     if args.byzantine_ranks and args.attack == "none":
         print("ddp_train: Byzantine ranks with --attack none behave honestly", file=sys.stderr)
 
@@ -257,28 +281,50 @@ def spawn(nproc: int, args: argparse.Namespace | Sequence[str]) -> int:
         add_arguments(parser)
         args = parser.parse_args(list(args))
     _check(args, nproc)
+    return _start(nproc, args)
+
+
+def _start(nproc: int, args: argparse.Namespace) -> int:
     mp.start_processes(_rank_main, args=(nproc, _free_port(), args), nprocs=nproc, join=True, start_method="spawn")
     return 0
 
 
-def run(args: argparse.Namespace) -> int:
-    """Train under torchrun when its environment is set (``RANK``, ``WORLD_SIZE``), else :func:`spawn` ``args.nproc``."""
-    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
-        _check(args, int(os.environ["WORLD_SIZE"]))
+def _under_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def _world(args: argparse.Namespace) -> int:
+    """The number of ranks: torchrun's ``WORLD_SIZE`` under torchrun, else ``--nproc``."""
+    return int(os.environ["WORLD_SIZE"]) if _under_torchrun() else args.nproc
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """Train (``args`` checked) in this rank under torchrun, else in ``args.nproc`` new processes."""
+    if _under_torchrun():
         dist.init_process_group("gloo", timeout=timedelta(seconds=args.timeout))
         _train_and_report(args)
         return 0
-    return spawn(args.nproc, args)
+    return _start(args.nproc, args)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m robustagg.examples.ddp_train",
-                                     description=__doc__.split("\n\n")[0],
+def run(args: argparse.Namespace) -> int:
+    """Train under torchrun when its environment is set (``RANK``, ``WORLD_SIZE``), else :func:`spawn` ``args.nproc``."""
+    _check(args, _world(args))
+    return _launch(args)
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "python -m robustagg.examples.ddp_train") -> int:
+    """The command line; a bad option or combination exits with status 2 and one line before any rank starts."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:
-        return run(args)
+        _check(args, _world(args))
+    except ValueError as exc:
+        parser.error(str(exc))
+    try:
+        return _launch(args)
     except (ValueError, mp.ProcessRaisedException, mp.ProcessExitedException) as exc:
         print(f"ddp_train: {exc}", file=sys.stderr)
         return 1

@@ -32,7 +32,7 @@ import torch
 
 from .. import ops
 from ..aggregators import Aggregator, PreAggregator, _flatten
-from ..validation import check_positive
+from ..validation import check_positive, check_real, check_tensor_list, check_tensors
 
 __all__ = ["WorkerMomentum", "RobustServer"]
 
@@ -54,9 +54,7 @@ class WorkerMomentum:
     """
 
     def __init__(self, beta: float) -> None:
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0.0 <= float(beta) < 1.0:
-            raise ValueError(f"WorkerMomentum: beta must be a number in [0, 1), got beta={beta!r}")
-        self.beta = float(beta)
+        self.beta = check_real(beta, "beta", "WorkerMomentum", 0.0, 1.0, high_open=True)
         self.buffers: list[torch.Tensor] | None = None
         self._matrix: torch.Tensor | None = None
 
@@ -69,11 +67,14 @@ class WorkerMomentum:
         if isinstance(grads, torch.Tensor):
             if grads.dim() != 2:
                 raise ValueError(f"WorkerMomentum: gradients must be (n, d), got shape {tuple(grads.shape)}")
-            flat = [grads]
+            flat = check_tensors([grads], "grads", "WorkerMomentum")
         else:
             if isinstance(grads, (str, bytes)) or not isinstance(grads, Sequence) or len(grads) == 0:
                 raise TypeError("WorkerMomentum: expected an (n, d) tensor or a non-empty list of per-worker gradient lists")
-            flat = [g for worker in grads for g in worker]
+            # Every worker's list like worker 0's, checked before a buffer is made or written.
+            first = check_tensors(grads[0], "grads[0]", "WorkerMomentum")
+            flat = [g for i, worker in enumerate(grads)
+                    for g in check_tensor_list(worker, first, f"grads[{i}]", "WorkerMomentum", "grads[0]")]
         if self.buffers is None:
             self.buffers = [torch.zeros_like(g, memory_format=torch.contiguous_format) for g in flat]
         elif len(self.buffers) != len(flat) or any(b.shape != g.shape for b, g in zip(self.buffers, flat)):
@@ -117,9 +118,7 @@ class RobustServer:
         lr: float,
         pre_aggregator: PreAggregator | None = None,
     ) -> None:
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("RobustServer: params is empty")
+        self.params = check_tensors(params, "params", "RobustServer")
         if not callable(aggregator):
             raise TypeError(f"RobustServer: aggregator must be an Aggregator or a callable, got {type(aggregator).__name__}")
         if pre_aggregator is not None and not isinstance(pre_aggregator, PreAggregator):
@@ -140,6 +139,9 @@ class RobustServer:
             X = self.pre_aggregator.transform(X)
         agg = self.aggregator.aggregate(X) if isinstance(self.aggregator, Aggregator) else self.aggregator(X)
         self.last_seconds = time.perf_counter() - start
+        if not isinstance(agg, torch.Tensor) or agg.shape != (self.dim,):
+            got = list(agg.shape) if isinstance(agg, torch.Tensor) else type(agg).__name__
+            raise ValueError(f"RobustServer: the aggregator returned {got}, expected a tensor of shape [{self.dim}]")
         return agg
 
     @torch.no_grad()

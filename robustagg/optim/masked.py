@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import ops
-from ..validation import check_positive
+from ..validation import check_generator, check_int, check_positive, check_real, check_tensor_list, check_tensors
 
 __all__ = [
     "Core",
@@ -61,9 +61,30 @@ StepMasks = Union[Sequence[torch.Tensor], Mapping[Union[torch.Tensor, str], torc
 
 
 def _check_fraction(value: object, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < float(value) <= 1.0:
-        raise ValueError(f"{where}: {name} must be a number in (0, 1], got {name}={value!r}")
-    return float(value)
+    return check_real(value, name, where, 0.0, 1.0, low_open=True)
+
+
+def _check_core(core: object, params: Mapping[str, torch.Tensor], where: str) -> Core:
+    """A dict from parameter names to bool masks shaped like those parameters.
+
+    A key that is not a str (an int index, a tensor) is refused rather than
+    looked up: it would name no parameter, and the parameter it meant would
+    silently be trained everywhere.
+    """
+    if not isinstance(core, Mapping):
+        raise TypeError(f"{where}: core must be a dict of parameter names to bool masks, got {type(core).__name__}")
+    for name, mask in core.items():
+        if not isinstance(name, str):
+            raise TypeError(f"{where}: core keys must be parameter names (str), got {type(name).__name__} {name!r}")
+        if name not in params:
+            raise KeyError(f"{where}: the model has no parameter {name!r}")
+        if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+            got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+            raise TypeError(f"{where}: the mask of {name!r} must be a bool tensor, got {got}")
+        if mask.shape != params[name].shape:
+            raise ValueError(f"{where}: the mask of {name!r} must have the parameter's shape "
+                             f"{list(params[name].shape)}, got {list(mask.shape)}")
+    return dict(core)
 
 
 # ---------------------------------------------------------------------------
@@ -128,6 +149,7 @@ def random_core(model: nn.Module, fraction: float, generator: torch.Generator | 
     with ``generator``), the other parameters are entirely in the core.
     """
     fraction = _check_fraction(fraction, "fraction", "random_core")
+    generator = check_generator(generator, "generator", "random_core")
     params = dict(model.named_parameters())
     names = list(params) if include is None else list(include)
     core: Core = {}
@@ -172,11 +194,7 @@ def core_forward(model: nn.Module, core: Core, *inputs: torch.Tensor) -> torch.T
     gradient outside the core.
     """
     params = dict(model.named_parameters())
-    masked = {}
-    for name, mask in core.items():
-        if name not in params:
-            raise KeyError(f"core_forward: the model has no parameter {name!r}")
-        masked[name] = params[name] * mask
+    masked = {name: params[name] * mask for name, mask in _check_core(core, params, "core_forward").items()}
     return functional_call(model, masked, inputs)
 
 
@@ -193,6 +211,7 @@ def extract_core(model: nn.Sequential, core: Core) -> nn.Sequential:
     """
     if not isinstance(model, nn.Sequential):
         raise NotImplementedError(f"extract_core: only nn.Sequential stacks are supported, got {type(model).__name__}")
+    core = _check_core(core, dict(model.named_parameters()), "extract_core")
     layers: list[nn.Module] = []
     kept_in: torch.Tensor | None = None
     for name, module in model.named_children():
@@ -256,11 +275,8 @@ class MaskedSGD(torch.optim.Optimizer):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  packed: bool = False) -> None:
         lr = check_positive(lr, "lr", "MaskedSGD")
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"MaskedSGD: momentum must be a number in [0, 1), got momentum={momentum!r}")
-        if isinstance(weight_decay, bool) or not isinstance(weight_decay, (int, float)) or not weight_decay >= 0.0:
-            raise ValueError(f"MaskedSGD: weight_decay must be a number >= 0, got weight_decay={weight_decay!r}")
-        super().__init__(params, {"lr": lr, "momentum": float(momentum), "weight_decay": float(weight_decay)})
+        _, momentum, weight_decay = _check_group({"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
+        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         self.packed = bool(packed)
         self._packed: dict[torch.Tensor, tuple[torch.Tensor, torch.Tensor]] = {}  # param -> (bool mask, packed)
         self._everywhere: dict[tuple[int, bool], torch.Tensor] = {}  # (id(param), packed) -> all-set mask
@@ -285,6 +301,9 @@ class MaskedSGD(torch.optim.Optimizer):
             by_param = {id(p) for _, p, _ in live}
             names = {name for _, _, name in live if name is not None}
             for key in masks:
+                if not isinstance(key, (str, torch.Tensor)):
+                    raise TypeError(f"MaskedSGD: masks keys must be parameters or parameter names (str), "
+                                    f"got {type(key).__name__} {key!r}")
                 if isinstance(key, str) and key not in names:
                     raise KeyError(f"MaskedSGD: no parameter with a gradient is named {key!r}")
                 if isinstance(key, torch.Tensor) and id(key) not in by_param:
@@ -312,6 +331,16 @@ class MaskedSGD(torch.optim.Optimizer):
             if p.grad.is_sparse:
                 raise RuntimeError("MaskedSGD: sparse gradients are not supported")
         chosen = None if masks is None else self._resolve(live, masks)
+        # Everything is checked before the first write: one native call per group would otherwise leave the
+        # groups before a refused one stepped.
+        for group in self.param_groups:
+            _check_group(group)
+        if live:
+            params = check_tensors([p for _, p, _ in live], "params", "MaskedSGD")
+            check_tensor_list([p.grad for p in params], params, "grads", "MaskedSGD")
+        for k, (_, p, name) in enumerate(live):
+            if chosen is not None and chosen[k] is not None:
+                _check_mask(chosen[k], p, repr(name) if name is not None else f"params[{k}]")
         if chosen is not None:
             packed = self.packed or any(m is not None and m.dtype == torch.uint8 for m in chosen)
             chosen = [
@@ -335,14 +364,33 @@ class MaskedSGD(torch.optim.Optimizer):
         return loss
 
 
+def _check_group(group: dict) -> tuple[float, float, float]:
+    """A group's (lr, momentum, weight_decay); lr may be 0 here, where a schedule can take it."""
+    return (check_real(group["lr"], "lr", "MaskedSGD", low=0.0),
+            check_real(group["momentum"], "momentum", "MaskedSGD", 0.0, 1.0, high_open=True),
+            check_real(group["weight_decay"], "weight_decay", "MaskedSGD", low=0.0))
+
+
+def _check_mask(mask: object, p: torch.Tensor, what: str) -> None:
+    """A bool mask shaped like p, or p's mask packed by ops.pack_mask, on p's device."""
+    if not isinstance(mask, torch.Tensor):
+        raise TypeError(f"MaskedSGD: the mask of {what} must be a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype == torch.bool:
+        if mask.shape != p.shape:
+            raise ValueError(f"MaskedSGD: the mask of {what} must have its shape {list(p.shape)}, "
+                             f"got {list(mask.shape)}")
+    elif mask.dtype == torch.uint8:
+        if mask.dim() != 1 or mask.numel() != (p.numel() + 7) // 8:
+            raise ValueError(f"MaskedSGD: the packed mask of {what} must be 1-D with ceil(numel / 8) = "
+                             f"{(p.numel() + 7) // 8} bytes, got shape {list(mask.shape)}")
+    else:
+        raise TypeError(f"MaskedSGD: the mask of {what} must be bool or uint8 (packed bits), got {mask.dtype}")
+    if mask.device != p.device:
+        raise ValueError(f"MaskedSGD: the mask of {what} is on {mask.device}, the parameter on {p.device}")
+
+
 # ---------------------------------------------------------------------------
 # Schedules
-
-
-def _check_int(value: object, name: str, where: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{where}: {name} must be an integer >= {low}, got {name}={value!r}")
-    return value
 
 
 class AlternatingSchedule:
@@ -356,9 +404,9 @@ class AlternatingSchedule:
     """
 
     def __init__(self, period: int = 2, core_steps: int = 1, warmup: int = 0) -> None:
-        self.period = _check_int(period, "period", "AlternatingSchedule", 1)
-        self.core_steps = _check_int(core_steps, "core_steps", "AlternatingSchedule", 0)
-        self.warmup = _check_int(warmup, "warmup", "AlternatingSchedule", 0)
+        self.period = check_int(period, "period", "AlternatingSchedule", low=1)
+        self.core_steps = check_int(core_steps, "core_steps", "AlternatingSchedule", low=0)
+        self.warmup = check_int(warmup, "warmup", "AlternatingSchedule", low=0)
         if core_steps > period:
             raise ValueError(f"AlternatingSchedule: core_steps must be <= period, got {core_steps} > {period}")
 
@@ -387,16 +435,15 @@ class ACDCSchedule:
     def __init__(self, total_steps: int, density: float, warmup_fraction: float = 0.1, phase_steps: int | None = None,
                  final_sparse_fraction: float = 0.1) -> None:
         where = "ACDCSchedule"
-        self.total_steps = _check_int(total_steps, "total_steps", where, 1)
+        self.total_steps = check_int(total_steps, "total_steps", where, low=1)
         self.density = _check_fraction(density, "density", where)
-        for name, value in (("warmup_fraction", warmup_fraction), ("final_sparse_fraction", final_sparse_fraction)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{where}: {name} must be a number in [0, 1], got {name}={value!r}")
+        warmup_fraction = check_real(warmup_fraction, "warmup_fraction", where, 0.0, 1.0)
+        final_sparse_fraction = check_real(final_sparse_fraction, "final_sparse_fraction", where, 0.0, 1.0)
         if warmup_fraction + final_sparse_fraction > 1.0:
             raise ValueError(f"{where}: warmup_fraction + final_sparse_fraction must be <= 1, "
                              f"got {warmup_fraction} + {final_sparse_fraction}")
         self.phase_steps = (max(1, round(0.05 * total_steps)) if phase_steps is None
-                            else _check_int(phase_steps, "phase_steps", where, 1))
+                            else check_int(phase_steps, "phase_steps", where, low=1))
         self.warmup_steps = round(warmup_fraction * total_steps)
         self.final_start = total_steps - round(final_sparse_fraction * total_steps)
 
@@ -434,10 +481,7 @@ class _Trainer:
         self._params = dict(model.named_parameters())
 
     def _by_param(self, core: Core) -> dict[torch.Tensor, torch.Tensor]:
-        missing = [n for n in core if n not in self._params]
-        if missing:
-            raise KeyError(f"{type(self).__name__}: the model has no parameter {missing[0]!r}")
-        return {self._params[n]: m for n, m in core.items()}
+        return {self._params[n]: m for n, m in _check_core(core, self._params, type(self).__name__).items()}
 
     def _train(self, kind: str, core: Core | None, masks: dict | None, loss_fn: LossFn,
                inputs: tuple, target: torch.Tensor) -> float:

@@ -47,12 +47,13 @@ client's parameters; the statistics updates are ``momentum_update_``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
 from .. import ops
-from ..validation import check_positive
+from ..validation import check_counts, check_int, check_positive, check_real, check_tensor_list, check_tensors
 
 __all__ = ["ALGORITHMS", "BASES", "FederatedServer", "ClientOptimizer"]
 
@@ -102,22 +103,19 @@ class FederatedServer:
             raise ValueError(f"FederatedServer: unknown algo={algo!r}; choose from {', '.join(ALGORITHMS)}")
         if base not in BASES:
             raise ValueError(f"FederatedServer: unknown base={base!r}; choose from {', '.join(BASES)}")
-        for name, value in (("beta", beta), ("beta2", beta2), ("server_momentum", server_momentum), ("mvr_a", mvr_a)):
-            # a = 1 makes MVR plain SGD; a momentum of 1 would never take a gradient.
-            number = not isinstance(value, bool) and isinstance(value, (int, float))
-            if not number or not (0.0 <= value and (value <= 1.0 if name == "mvr_a" else value < 1.0)):
-                interval = "[0, 1]" if name == "mvr_a" else "[0, 1)"
-                raise ValueError(f"FederatedServer: {name} must be in {interval}, got {name}={value!r}")
-        if algo == "scaffold" and (num_clients is None or num_clients < 1):
+        rule = "FederatedServer"
+        # a = 1 makes MVR plain SGD; a momentum of 1 would never take a gradient.
+        self.beta = check_real(beta, "beta", rule, 0.0, 1.0, high_open=True)
+        self.beta2 = check_real(beta2, "beta2", rule, 0.0, 1.0, high_open=True)
+        self.server_momentum = check_real(server_momentum, "server_momentum", rule, 0.0, 1.0, high_open=True)
+        self.mvr_a = check_real(mvr_a, "mvr_a", rule, 0.0, 1.0)
+        if algo == "scaffold" and num_clients is None:
             raise ValueError("FederatedServer: scaffold needs num_clients (the N in c <- c + |S|/N mean(delta c_i))")
-        self.params = list(params)
-        if not self.params:
-            raise ValueError("FederatedServer: params is empty")
+        self.num_clients = None if num_clients is None else check_int(num_clients, "num_clients", rule, low=1)
+        self.params = check_tensors(params, "params", rule)
         self.algo, self.base = algo, base
-        self.server_lr = check_positive(server_lr, "server_lr", "FederatedServer")
-        self.beta, self.beta2, self.mvr_a = float(beta), float(beta2), float(mvr_a)
-        self.eps = check_positive(eps, "eps", "FederatedServer")
-        self.server_momentum, self.num_clients = float(server_momentum), num_clients
+        self.server_lr = check_positive(server_lr, "server_lr", rule)
+        self.eps = check_positive(eps, "eps", rule)
         self.rounds = 0
         # Statistics of the Mime family, the server momentum of FedAvgM, SCAFFOLD's controls.
         self.momentum: Params | None = _zeros(self.params) if self._uses_momentum else None
@@ -168,23 +166,41 @@ class FederatedServer:
         counts: Sequence[float] | None = None,
         prev_full_grads: Sequence[Sequence[torch.Tensor]] | None = None,
     ) -> None:
-        """Start a round: ``c`` from the clients' full-batch gradients at x (Mime family); MVR refreshes m."""
+        """Start a round: ``c`` from the clients' full-batch gradients at x (Mime family); MVR refreshes m.
+
+        Every list and count is checked before anything is written: a refused
+        call leaves the statistics and the round as they were.
+        """
+        if self.needs_full_grads:
+            if full_grads is None or counts is None:
+                raise ValueError(f"FederatedServer: {self.algo} needs full_grads and counts of the round's clients")
+            counts = check_counts(counts, "counts", "FederatedServer")
+            self._check_grads(full_grads, "full_grads", len(counts))
+            mvr_step = self.is_mvr and self.rounds > 0
+            if mvr_step:
+                if prev_full_grads is None:
+                    raise ValueError("FederatedServer: MVR needs prev_full_grads, the clients' gradients at server.previous")
+                self._check_grads(prev_full_grads, "prev_full_grads", len(counts))
         self._delta = _zeros(self.params)
         self._weight = 0.0
         self._control_delta = _zeros(self.params) if self.algo == "scaffold" else None
         if not self.needs_full_grads:
             return
-        if full_grads is None or counts is None or len(full_grads) != len(counts) or not full_grads:
-            raise ValueError(f"FederatedServer: {self.algo} needs full_grads and counts of the round's clients")
         self.full_grad = self._weighted_mean(full_grads, counts)
         if self.is_mvr or self.base == "sgdm":
             if self.rounds == 0:
                 for m, c in zip(self.momentum, self.full_grad):
                     m.copy_(c)
-            elif self.is_mvr:
-                if prev_full_grads is None or len(prev_full_grads) != len(counts):
-                    raise ValueError("FederatedServer: MVR needs prev_full_grads, the clients' gradients at server.previous")
+            elif mvr_step:
                 ops.mvr_update_(self.momentum, self.full_grad, self._weighted_mean(prev_full_grads, counts), self.mvr_a)
+
+    def _check_grads(self, grads: object, name: str, clients: int) -> None:
+        """One gradient list shaped like ``params`` for each of the round's clients."""
+        if isinstance(grads, (str, bytes, torch.Tensor)) or not isinstance(grads, Sequence) or len(grads) != clients:
+            got = f"{len(grads)} lists" if isinstance(grads, Sequence) else type(grads).__name__
+            raise ValueError(f"FederatedServer: {name} must hold one gradient list per count ({clients}), got {got}")
+        for i, g in enumerate(grads):
+            check_tensor_list(g, self.params, f"{name}[{i}]", "FederatedServer")
 
     def client_optimizer(self, params: Iterable[torch.Tensor], lr: float, client_id: object = None) -> "ClientOptimizer":
         """A :class:`torch.optim.Optimizer` for one client's local steps this round."""
@@ -204,6 +220,7 @@ class FederatedServer:
         ``anchor_grads``: the gradients at x on the same batches (Mime, MVR).
         ``client_ids``: the k clients (SCAFFOLD's control variates).
         """
+        lr = check_positive(lr, "lr", "FederatedServer")
         k, rem = divmod(len(params), len(self.params))
         if rem or k == 0 or len(grads) != len(params):
             raise ValueError(f"FederatedServer: params and grads must hold whole copies of the {len(self.params)} server tensors")
@@ -260,13 +277,17 @@ class FederatedServer:
         params = list(params)
         if len(params) != len(self.params):
             raise ValueError(f"FederatedServer: a client returned {len(params)} tensors, the server holds {len(self.params)}")
+        check_tensor_list(params, self.params, "params", "FederatedServer", "server.params")
         count = check_positive(count, "count", "FederatedServer")
+        if self.algo == "scaffold":  # checked before the round's sums take this client in
+            if local_steps is None or lr is None:
+                raise ValueError("FederatedServer: scaffold's add_client needs client_id, local_steps >= 1 and lr")
+            local_steps = check_int(local_steps, "local_steps", "FederatedServer", low=1)
+            lr = check_positive(lr, "lr", "FederatedServer")
         diff = torch._foreach_sub(self.params, params)  # x - y_i
         torch._foreach_add_(self._delta, diff, alpha=count)
         self._weight += count
         if self.algo == "scaffold":
-            if local_steps is None or lr is None or local_steps < 1:
-                raise ValueError("FederatedServer: scaffold's add_client needs client_id, local_steps >= 1 and lr")
             c_i = self._client_control(client_id)
             # c_i+ = c_i - c + (x - y_i) / (K lr); accumulate c_i+ - c_i.
             new = torch._foreach_sub(c_i, self.control)
@@ -299,10 +320,9 @@ class FederatedServer:
         self._delta = None
 
     @staticmethod
-    def _weighted_mean(grads: Sequence[Sequence[torch.Tensor]], counts: Sequence[float]) -> Params:
-        total = float(sum(counts))
-        if not total > 0 or any(not c >= 0 for c in counts):
-            raise ValueError(f"FederatedServer: counts must be >= 0 with a positive sum, got {list(counts)}")
+    def _weighted_mean(grads: Sequence[Sequence[torch.Tensor]], counts: list[float]) -> Params:
+        """The counts-weighted mean of the gradient lists (both checked by the caller)."""
+        total = math.fsum(counts)
         out = _zeros(grads[0])
         for g, n in zip(grads, counts):
             torch._foreach_add_(out, [t.detach() for t in g], alpha=float(n) / total)

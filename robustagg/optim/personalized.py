@@ -32,10 +32,11 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Union
 
+import numpy as np
 import torch
 
 from .. import ops
-from ..validation import check_positive
+from ..validation import check_positive, check_real, check_tensor_list
 
 __all__ = [
     "WeightedGradientAveraging",
@@ -54,32 +55,20 @@ _WEIGHT_SUM_TOL = 1e-6
 
 
 def _check_weights(weights: object, rule: str) -> list[float]:
-    if isinstance(weights, torch.Tensor):
-        if weights.dim() != 1:
+    if isinstance(weights, (torch.Tensor, np.ndarray)):
+        if weights.ndim != 1:
             raise ValueError(f"{rule}: weights must be 1-D (N + 1 numbers), got shape {list(weights.shape)}")
         weights = weights.tolist()
     if isinstance(weights, (str, bytes)) or not isinstance(weights, Sequence):
         raise TypeError(f"{rule}: weights must be a sequence of N + 1 numbers, got {type(weights).__name__}")
     if len(weights) < 1:
         raise ValueError(f"{rule}: weights must hold N + 1 >= 1 numbers, got weights={list(weights)!r}")
-    for i, w in enumerate(weights):
-        if isinstance(w, bool) or not isinstance(w, (int, float)):
-            raise TypeError(f"{rule}: weights[{i}] must be a number, got {type(w).__name__} {w!r}")
-        if not math.isfinite(w):
-            raise ValueError(f"{rule}: weights must be finite, got weights[{i}]={w!r}")
+    weights = [check_real(w, f"weights[{i}]", rule) for i, w in enumerate(weights)]
     total = math.fsum(weights)
     if abs(total - 1.0) > _WEIGHT_SUM_TOL:
         raise ValueError(f"{rule}: weights must sum to 1 (within {_WEIGHT_SUM_TOL:g}), got sum {total!r} "
-                         f"for weights={list(weights)!r}")
-    return [float(w) for w in weights]
-
-
-def _check_beta_value(beta: object, rule: str, name: str = "beta") -> float:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"{rule}: {name} must be a number in [0, 1], got {type(beta).__name__} {beta!r}")
-    if not 0.0 <= float(beta) <= 1.0:
-        raise ValueError(f"{rule}: {name} must be in [0, 1], got {name}={beta!r}")
-    return float(beta)
+                         f"for weights={weights!r}")
+    return weights
 
 
 class WeightedGradientAveraging(torch.optim.Optimizer):
@@ -132,7 +121,7 @@ class WeightedGradientAveraging(torch.optim.Optimizer):
             if isinstance(user, torch.Tensor) or not isinstance(user, Sequence) or len(user) != count:
                 got = f"{len(user)} tensors" if isinstance(user, Sequence) else type(user).__name__
                 raise ValueError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, got {got}")
-            out.append([g.detach() for g in user])
+            out.append([g.detach() for g in check_tensor_list(user, group["params"], f"grads[{i}]", self._rule)])
         return out
 
     @torch.no_grad()
@@ -154,7 +143,7 @@ class DecayingBeta:
     """
 
     def __init__(self, floor: float) -> None:
-        self.floor = _check_beta_value(floor, "decaying_beta", "floor")
+        self.floor = check_real(floor, "floor", "decaying_beta", 0.0, 1.0)
 
     def __call__(self, t: int) -> float:
         return max(1.0 / (t + 1), self.floor)
@@ -206,14 +195,14 @@ class BiasCorrectedWGA(WeightedGradientAveraging):
     def __init__(self, params: Iterable[torch.Tensor], weights: Sequence[float] | torch.Tensor, lr: float,
                  beta: Beta) -> None:
         if not callable(beta):
-            beta = _check_beta_value(beta, self._rule)
+            beta = check_real(beta, "beta", self._rule, 0.0, 1.0)
         self._setup(params, weights, lr, {"beta": beta})
 
     def _beta(self, t: int) -> float:
         beta = self.param_groups[0]["beta"]
         if callable(beta):
-            return _check_beta_value(beta(t), self._rule, f"beta({t})")
-        return _check_beta_value(beta, self._rule)
+            return check_real(beta(t), f"beta({t})", self._rule, 0.0, 1.0)
+        return check_real(beta, "beta", self._rule, 0.0, 1.0)
 
     @torch.no_grad()
     def step(self, grads: UserGrads) -> None:  # type: ignore[override]
@@ -227,18 +216,22 @@ class BiasCorrectedWGA(WeightedGradientAveraging):
         if n == 0:  # nothing to correct: plain SGD on user 0
             ops.weighted_step_(params, grads, weights, lr)
             return
+        # The state's collaborators and beta_t are checked before the first step's state is made.
+        for p in params:
+            held = self.state.get(p, {}).get("corrections")
+            if held is not None and held.shape[0] != n:
+                raise ValueError(f"{self._rule}: the state holds corrections for {held.shape[0]} "
+                                 f"collaborators but weights has N = {n}")
+        t = self.state.get(params[0], {}).get("step", 0)
+        beta = self._beta(t)
         for p in params:
             state = self.state[p]
             if not state:
                 state["step"] = 0
                 state["corrections"] = torch.zeros((n, *p.shape), dtype=p.dtype, device=p.device)
-            elif state["corrections"].shape[0] != n:
-                raise ValueError(f"{self._rule}: the state holds corrections for {state['corrections'].shape[0]} "
-                                 f"collaborators but weights has N = {n}")
-        t = self.state[params[0]]["step"]
         stacked = [self.state[p]["corrections"] for p in params]
         corrections = [[c[i] for c in stacked] for i in range(n)]
-        ops.weighted_step_(params, grads, weights, lr, corrections=corrections, beta=self._beta(t))
+        ops.weighted_step_(params, grads, weights, lr, corrections=corrections, beta=beta)
         for p in params:
             self.state[p]["step"] = t + 1
 
@@ -259,9 +252,8 @@ def collaborator_weight(v0: float, v: float, bias_sq: float) -> float:
     over :math:`a_0 + a_1 = 1` (Grimberg, Hartley, Karimireddy, Jaggi,
     "Optimal Model Averaging", 2021).
     """
-    for name, value in (("v0", v0), ("v", v), ("bias_sq", bias_sq)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"collaborator_weight: {name} must be a finite number >= 0, got {name}={value!r}")
+    v0, v, bias_sq = (check_real(value, name, "collaborator_weight", low=0.0)
+                      for name, value in (("v0", v0), ("v", v), ("bias_sq", bias_sq)))
     total = v0 + v + bias_sq
     if total == 0:
         raise ValueError("collaborator_weight: v0 + v + bias_sq is 0, every weight is optimal")
@@ -289,13 +281,24 @@ def optimal_weights(variances: Sequence[float] | torch.Tensor, bias_gram: torch.
     solution subtracts one collaborator's bias with another's. Returns a
     float64 tensor of N + 1 weights.
     """
-    v = torch.as_tensor(variances, dtype=torch.float64).detach().cpu()
+    if isinstance(variances, torch.Tensor):
+        if variances.is_complex() or variances.dtype == torch.bool:
+            raise TypeError(f"optimal_weights: variances must be real numbers, got {variances.dtype}")
+        v = variances.detach().to("cpu", torch.float64)
+    else:
+        if isinstance(variances, (str, bytes)) or not isinstance(variances, (Sequence, np.ndarray)):
+            raise TypeError(f"optimal_weights: variances must be a sequence of N + 1 numbers, got "
+                            f"{type(variances).__name__}")
+        v = torch.tensor([check_real(x, f"variances[{i}]", "optimal_weights", allow_inf=True)
+                          for i, x in enumerate(variances)], dtype=torch.float64)
     if v.dim() != 1 or v.numel() < 1:
         raise ValueError(f"optimal_weights: variances must be a 1-D sequence of N + 1 >= 1 numbers, got shape {list(v.shape)}")
     if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
         raise ValueError(f"optimal_weights: variances must be finite and >= 0, got variances={v.tolist()!r}")
     if not isinstance(bias_gram, torch.Tensor):
         raise TypeError(f"optimal_weights: bias_gram must be a torch.Tensor, got {type(bias_gram).__name__}")
+    if bias_gram.is_complex() or bias_gram.dtype == torch.bool:
+        raise TypeError(f"optimal_weights: bias_gram must be a real tensor, got {bias_gram.dtype}")
     B = bias_gram.detach().to("cpu", torch.float64)
     k = v.numel()
     if B.shape != (k, k):
@@ -334,6 +337,8 @@ def estimate_bias_variance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.T
     """
     if not isinstance(samples, torch.Tensor):
         raise TypeError(f"estimate_bias_variance: samples must be a torch.Tensor, got {type(samples).__name__}")
+    if samples.is_complex() or samples.dtype == torch.bool:
+        raise TypeError(f"estimate_bias_variance: samples must be a real tensor, got {samples.dtype}")
     if samples.dim() != 3 or samples.shape[0] < 2 or samples.shape[1] < 1:
         raise ValueError("estimate_bias_variance: samples must be (T, N + 1, d) with T >= 2 and N + 1 >= 1, "
                          f"got shape {list(samples.shape)}")

@@ -21,9 +21,10 @@ import numpy as np
 import torch
 
 from .. import aggregators as agg
-from ..attacks import make_attack
+from ..attacks import check_attack_rows, make_attack
 from ..optim.byzantine import RobustServer, WorkerMomentum
-from .data import load_digits, parse_split, split_workers
+from ..validation import check_int, check_positive, check_real
+from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
 
 __all__ = ["ByzantineConfig", "RULES", "TAIL_START", "make_rule", "run_byzantine"]
@@ -61,28 +62,51 @@ class ByzantineConfig:
     alie_z: float | None = None
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad field."""
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field.
+
+        The rule is built and run on n rows of zeros, so that an f it cannot
+        take (Krum's n > 2f + 2, Bulyan's n >= 4f + 3, the trimmed mean's
+        n > 2f, after bucketing: on the buckets) is refused before the run, and
+        so is an attack that cannot run with f of n workers (ALIE's default z).
+        """
+        where = "byzantine"
         if self.agg not in RULES:
             raise ValueError(f"byzantine: unknown rule agg={self.agg!r}; choose from {', '.join(RULES)}")
-        if self.workers < 1:
-            raise ValueError(f"byzantine: workers must be >= 1, got {self.workers}")
-        if not 0 <= self.byzantine < self.workers:
-            raise ValueError(f"byzantine: byzantine must be in [0, workers), got {self.byzantine} of {self.workers}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"byzantine: momentum must be in [0, 1), got {self.momentum}")
-        if self.bucketing < 0 or self.bucketing > self.workers:
-            raise ValueError(f"byzantine: bucketing must be in [0, workers], got {self.bucketing}")
-        for name in ("rounds", "batch", "eval_every", "cc_iters", "gm_iters"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"byzantine: {name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"byzantine: lr must be > 0, got {self.lr}")
+        n = check_int(self.workers, "workers", where, low=1, high=NUM_TRAIN)
+        f = check_int(self.byzantine, "byzantine", where)
+        if not 0 <= f < n:
+            raise ValueError(f"byzantine: byzantine must be in [0, workers), got {f} of {n}")
+        check_real(self.momentum, "momentum", where, 0.0, 1.0, high_open=True)
+        check_int(self.bucketing, "bucketing", where, low=0, high=n)
+        for name in ("rounds", "eval_every", "cc_iters", "gm_iters"):
+            check_int(getattr(self, name), name, where, low=1)
+        check_batch(self.batch, where)
+        check_positive(self.lr, "lr", where)
+        check_positive(self.cc_tau, "cc_tau", where, allow_inf=True)
+        check_positive(self.ipm_eps, "ipm_eps", where)
+        check_int(self.seed, "seed", where, low=0)
+        make_model(self.model, 1, 1, self.hidden)
         parse_split(self.split)
+        if self.rule_f is not None:
+            check_int(self.rule_f, "rule_f", where, low=0)
+        alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
+        check_attack_rows(self.attack, n, f, alie_z)
+        rule = make_rule(self, torch.Generator())
+        try:
+            rule.aggregate(torch.zeros(n, 1, dtype=torch.float64))
+        except ValueError as exc:
+            rows = f"{n} workers" + (f" in buckets of {self.bucketing}" if self.bucketing >= 2 else "")
+            raise ValueError(f"byzantine: rule {self.agg} cannot take f={self.assumed_f} of {rows}: {exc}") from None
+
+    @property
+    def assumed_f(self) -> int:
+        """The f the rule assumes: ``rule_f``, or ``byzantine`` when that is None."""
+        return self.byzantine if self.rule_f is None else self.rule_f
 
 
 def make_rule(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggregator:
     """The aggregator of ``cfg.agg``, behind ``Bucketing(cfg.bucketing)`` when that is >= 2."""
-    f = cfg.byzantine if cfg.rule_f is None else cfg.rule_f
+    f = cfg.assumed_f
     n_rows = cfg.workers if cfg.bucketing < 2 else -(-cfg.workers // cfg.bucketing)
     f_rows = f if cfg.bucketing < 2 else min(f, n_rows)
     options = {"gm": {"max_iter": cfg.gm_iters}, "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters}}.get(cfg.agg, {})

@@ -20,7 +20,22 @@ from collections.abc import Callable
 
 import torch
 
-from ..cli import _positive_int, _write
+from ..cli import (
+    _write,
+    check_output_dir,
+    check_output_path,
+    closed_unit_interval,
+    finite_float,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    output_dir,
+    output_path,
+    positive_float,
+    positive_float_or_inf,
+    positive_int,
+    unit_interval,
+)
 
 __all__ = ["add_train_parser"]
 
@@ -41,15 +56,26 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, name: str, json_default: str, seeds: int = 3) -> None:
-    p.add_argument("--threads", type=_positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
-    p.add_argument("--json", metavar="PATH", help=f"result JSON (default {json_default})")
-    p.add_argument("--plot", metavar="PATH", help="plot (default: the JSON path with .png)")
+    p.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
+    p.add_argument("--json", metavar="PATH", type=output_path, help=f"result JSON (default {json_default})")
+    p.add_argument("--plot", metavar="PATH", type=output_path, help="plot (default: the JSON path with .png)")
     g = p.add_argument_group("grid")
     g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
-    g.add_argument("--seeds", type=_positive_int, default=seeds, help=f"seeds per grid cell (default {seeds})")
-    g.add_argument("--jobs", type=_positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)")
-    g.add_argument("--out", default=os.path.join("docs", "results"),
+    g.add_argument("--seeds", type=positive_int, default=seeds, help=f"seeds per grid cell (default {seeds})")
+    g.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)")
+    g.add_argument("--out", type=output_dir,
                    help=f"folder of the grid's {name}.md, PNGs and JSON (default docs/results)")
+
+
+def _split(text: str) -> str:
+    """argparse type of ``--split``: iid, sorted or dirichlet:ALPHA."""
+    from .data import parse_split
+
+    try:
+        parse_split(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _run_single(args, cfg, run: Callable, label: str, stem: str, rounds: int | None = None,
@@ -57,12 +83,17 @@ def _run_single(args, cfg, run: Callable, label: str, stem: str, rounds: int | N
     """One run with a progress bar (``rounds`` steps, default ``cfg.rounds``; ``metric`` names the reported value)."""
     from .report import Progress
 
+    json_path = args.json or os.path.join("runs", stem + ".json")
+    plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
+    for what, path in (("the JSON path", json_path), ("the plot path", plot_path)):
+        try:
+            check_output_path(path)  # the defaults too: a run must not end unable to write its result
+        except ValueError as exc:
+            args.parser.error(f"{what}: {exc}")
     progress = Progress(rounds or cfg.rounds, label)
     result = run(cfg, progress=lambda t, value: progress.update(t, f"{metric} {value:.4g}"))
     progress.close()
     result["command"] = _command(args)
-    json_path = args.json or os.path.join("runs", stem + ".json")
-    plot_path = args.plot or os.path.splitext(json_path)[0] + ".png"
     _write(json_path, json.dumps(result, indent=1) + "\n")
     return result, json_path, plot_path
 
@@ -98,17 +129,33 @@ def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[d
 
 def _train(args, line: str, cls, grid_module, describe: Callable[[dict], str], keys: tuple[str, ...],
            run_one: Callable[[argparse.Namespace, object], int]) -> int:
-    """Threads, the config from the options of the same names (a bad one exits with status 2), then the grid or one run."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    """The config from the options of the same names, then the grid or one run.
+
+    A config the options make impossible (f for the rule and the workers, per_round > clients, ...), or in
+    grid mode any of the grid's configs, exits with status 2 and argparse's one-line error before any run.
+    """
     try:
         cfg = cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)})
         cfg.check()
     except ValueError as exc:
-        print(f"robustagg train {line}: {exc}", file=sys.stderr)
-        return 2
+        args.parser.error(str(exc))
+    configs = grid_module.grid_configs(args.seeds, args.rounds, cfg) if args.grid else []
+    for c in configs:
+        try:
+            c.check()
+        except ValueError as exc:
+            args.parser.error(f"a run of the grid (which sets its own rules, attacks, f, ...) is impossible with these "
+                              f"options: {exc}")
+    if args.grid and args.out is None:
+        args.out = os.path.join("docs", "results")
+        try:
+            check_output_dir(args.out)
+        except ValueError as exc:
+            args.parser.error(f"the grid's folder: {exc}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.grid:
-        return _run_grid(args, line, grid_module.grid_configs(args.seeds, args.rounds, cfg), grid_module, describe, keys)
+        return _run_grid(args, line, configs, grid_module, describe, keys)
     return run_one(args, cfg)
 
 
@@ -156,26 +203,26 @@ def _add_byzantine(lines: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--agg", choices=list(RULES), default=d.agg, help=f"aggregation rule (default {d.agg})")
     p.add_argument("--attack", choices=list(ATTACKS), default=d.attack, help=f"attack of the Byzantine workers (default {d.attack})")
-    p.add_argument("--workers", type=_positive_int, default=d.workers, help=f"n, all workers (default {d.workers})")
-    p.add_argument("--byzantine", type=int, default=d.byzantine, help=f"f, Byzantine workers among them (default {d.byzantine})")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"worker momentum beta in [0, 1) (default {d.momentum})")
-    p.add_argument("--bucketing", type=int, default=d.bucketing, help="bucket size s >= 2 in front of the rule (default: none)")
-    p.add_argument("--split", default=d.split, help="iid, sorted (label-sorted) or dirichlet:ALPHA (default iid)")
+    p.add_argument("--workers", type=positive_int, default=d.workers, help=f"n, all workers (default {d.workers})")
+    p.add_argument("--byzantine", type=nonnegative_int, default=d.byzantine, help=f"f, Byzantine workers among them (default {d.byzantine})")
+    p.add_argument("--momentum", type=unit_interval, default=d.momentum, help=f"worker momentum beta in [0, 1) (default {d.momentum})")
+    p.add_argument("--bucketing", type=nonnegative_int, default=d.bucketing, help="bucket size s >= 2 in front of the rule (default: none)")
+    p.add_argument("--split", type=_split, default=d.split, help="iid, sorted (label-sorted) or dirichlet:ALPHA (default iid)")
     p.add_argument("--model", choices=["mlp", "logreg"], default=d.model, help="model (default mlp, 64-hidden-10)")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
-    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"training rounds (default {d.rounds})")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"examples per worker per round (default {d.batch})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"server learning rate (default {d.lr})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation, batches and attacks (default 0)")
-    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"rounds between evaluations (default {d.eval_every})")
-    p.add_argument("--rule-f", type=int, help="the f the rule assumes (default: --byzantine)")
-    p.add_argument("--cc-tau", type=float, default=d.cc_tau, help=f"centered clipping radius (default {d.cc_tau})")
-    p.add_argument("--cc-iters", type=_positive_int, default=d.cc_iters, help=f"centered clipping iterations (default {d.cc_iters})")
-    p.add_argument("--gm-iters", type=_positive_int, default=d.gm_iters, help=f"most Weiszfeld steps of gm (default {d.gm_iters})")
-    p.add_argument("--ipm-eps", type=float, default=d.ipm_eps, help=f"IPM scale (default {d.ipm_eps})")
-    p.add_argument("--alie-z", type=float, help="ALIE z (default: from n and f, SPEC 5)")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds, help=f"training rounds (default {d.rounds})")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"examples per worker per round (default {d.batch})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"server learning rate (default {d.lr})")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the split, initialisation, batches and attacks (default 0)")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"rounds between evaluations (default {d.eval_every})")
+    p.add_argument("--rule-f", type=nonnegative_int, help="the f the rule assumes (default: --byzantine)")
+    p.add_argument("--cc-tau", type=positive_float_or_inf, default=d.cc_tau, help=f"centered clipping radius (default {d.cc_tau})")
+    p.add_argument("--cc-iters", type=positive_int, default=d.cc_iters, help=f"centered clipping iterations (default {d.cc_iters})")
+    p.add_argument("--gm-iters", type=positive_int, default=d.gm_iters, help=f"most Weiszfeld steps of gm (default {d.gm_iters})")
+    p.add_argument("--ipm-eps", type=positive_float, default=d.ipm_eps, help=f"IPM scale (default {d.ipm_eps})")
+    p.add_argument("--alie-z", type=finite_float, help="ALIE z (default: from n and f, SPEC 5)")
     _add_common(p, "byzantine", "runs/byzantine-<agg>-<attack>-f<f>-m<beta>-s<seed>.json")
-    p.set_defaults(func=_train_byzantine)
+    p.set_defaults(func=_train_byzantine, parser=p)
 
 
 def _train_byzantine(args: argparse.Namespace) -> int:
@@ -253,25 +300,25 @@ def _add_federated(lines: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--algo", choices=list(ALGORITHMS), default=d.algo, help=f"algorithm (default {d.algo})")
     p.add_argument("--base", choices=list(BASES), default=d.base, help=f"base optimizer of the Mime family (default {d.base})")
-    p.add_argument("--clients", type=_positive_int, default=d.clients, help=f"clients (default {d.clients})")
-    p.add_argument("--per-round", type=_positive_int, default=d.per_round, help=f"clients sampled per round (default {d.per_round})")
-    p.add_argument("--alpha", type=float, default=d.alpha, help=f"Dirichlet concentration of the label split (default {d.alpha})")
-    p.add_argument("--local-steps", type=_positive_int, default=d.local_steps, help=f"local steps per round (default {d.local_steps})")
-    p.add_argument("--local-epochs", type=float, default=d.local_epochs,
+    p.add_argument("--clients", type=positive_int, default=d.clients, help=f"clients (default {d.clients})")
+    p.add_argument("--per-round", type=positive_int, default=d.per_round, help=f"clients sampled per round (default {d.per_round})")
+    p.add_argument("--alpha", type=positive_float, default=d.alpha, help=f"Dirichlet concentration of the label split (default {d.alpha})")
+    p.add_argument("--local-steps", type=positive_int, default=d.local_steps, help=f"local steps per round (default {d.local_steps})")
+    p.add_argument("--local-epochs", type=nonnegative_float, default=d.local_epochs,
                    help="local epochs instead of steps: ceil(epochs * n_i / batch) steps for client i (default: use --local-steps)")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"local batch size (default {d.batch})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"client learning rate (default {d.lr}; 0.005 suits base adam)")
-    p.add_argument("--server-lr", type=float, default=d.server_lr, help=f"server learning rate (default {d.server_lr})")
-    p.add_argument("--beta", type=float, default=d.beta, help=f"momentum / Adam beta1 (default {d.beta})")
-    p.add_argument("--beta2", type=float, default=d.beta2, help=f"Adam beta2 (default {d.beta2})")
-    p.add_argument("--mvr-a", type=float, default=d.mvr_a, help=f"MVR weight a (default {d.mvr_a})")
-    p.add_argument("--server-momentum", type=float, default=d.server_momentum, help=f"FedAvgM server momentum (default {d.server_momentum})")
-    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"rounds (default {d.rounds})")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"local batch size (default {d.batch})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"client learning rate (default {d.lr}; 0.005 suits base adam)")
+    p.add_argument("--server-lr", type=positive_float, default=d.server_lr, help=f"server learning rate (default {d.server_lr})")
+    p.add_argument("--beta", type=unit_interval, default=d.beta, help=f"momentum / Adam beta1 (default {d.beta})")
+    p.add_argument("--beta2", type=unit_interval, default=d.beta2, help=f"Adam beta2 (default {d.beta2})")
+    p.add_argument("--mvr-a", type=closed_unit_interval, default=d.mvr_a, help=f"MVR weight a (default {d.mvr_a})")
+    p.add_argument("--server-momentum", type=unit_interval, default=d.server_momentum, help=f"FedAvgM server momentum (default {d.server_momentum})")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds, help=f"rounds (default {d.rounds})")
     p.add_argument("--model", choices=["mlp", "logreg"], default=d.model, help="model (default mlp, 64-hidden-10)")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the split, initialisation, sampling and batches (default 0)")
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the split, initialisation, sampling and batches (default 0)")
     _add_common(p, "federated", "runs/federated-<algo>-<base>-a<alpha>-s<seed>.json")
-    p.set_defaults(func=_train_federated)
+    p.set_defaults(func=_train_federated, parser=p)
 
 
 def _train_federated(args: argparse.Namespace) -> int:
@@ -357,20 +404,20 @@ def _add_personalized(lines: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--task", choices=list(TASKS), default=d.task, help=f"objective of the users (default {d.task})")
     p.add_argument("--method", choices=list(METHODS), default=d.method, help=f"update rule (default {d.method})")
-    p.add_argument("--collaborators", type=int, default=d.collaborators, help=f"N collaborators (default {d.collaborators})")
-    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help="steps (default: the task's, 6000 for the quadratic tasks)")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate (default: the task's)")
-    p.add_argument("--beta", type=float, default=d.beta, help=f"EMA rate of the bias correction (default {d.beta})")
-    p.add_argument("--beta-floor", type=float, default=d.beta_floor,
+    p.add_argument("--collaborators", type=nonnegative_int, default=d.collaborators, help=f"N collaborators (default {d.collaborators})")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds, help="steps (default: the task's, 6000 for the quadratic tasks)")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help="learning rate (default: the task's)")
+    p.add_argument("--beta", type=closed_unit_interval, default=d.beta, help=f"EMA rate of the bias correction (default {d.beta})")
+    p.add_argument("--beta-floor", type=closed_unit_interval, default=d.beta_floor,
                    help=f"floor of the decaying rate max(1/(t+1), floor) (default {d.beta_floor})")
-    p.add_argument("--dim", type=_positive_int, default=d.dim, help=f"dimension of the quadratic tasks (default {d.dim})")
-    p.add_argument("--shift", type=float, default=d.shift, help=f"norm of the collaborators' common shift (default {d.shift})")
-    p.add_argument("--noise", type=float, default=d.noise, help=f"gradient noise std per coordinate (default {d.noise})")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"examples per user per step, digits (default {d.batch})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the problem, initialisation and noise (default 0)")
-    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"steps between recorded errors (default {d.eval_every})")
+    p.add_argument("--dim", type=positive_int, default=d.dim, help=f"dimension of the quadratic tasks (default {d.dim})")
+    p.add_argument("--shift", type=nonnegative_float, default=d.shift, help=f"norm of the collaborators' common shift (default {d.shift})")
+    p.add_argument("--noise", type=nonnegative_float, default=d.noise, help=f"gradient noise std per coordinate (default {d.noise})")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"examples per user per step, digits (default {d.batch})")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the problem, initialisation and noise (default 0)")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"steps between recorded errors (default {d.eval_every})")
     _add_common(p, "personalized", "runs/personalized-<task>-<method>-N<N>-s<seed>.json", seeds=2)
-    p.set_defaults(func=_train_personalized)
+    p.set_defaults(func=_train_personalized, parser=p)
 
 
 def _train_personalized(args: argparse.Namespace) -> int:
@@ -450,21 +497,21 @@ def _add_masked(lines: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--training", choices=list(TRAININGS), default=d.training, help=f"schedule (default {d.training})")
-    p.add_argument("--hidden", type=_positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
-    p.add_argument("--core-fraction", type=float, default=d.core_fraction,
+    p.add_argument("--hidden", type=positive_int, default=d.hidden, help=f"hidden units of the MLP (default {d.hidden})")
+    p.add_argument("--core-fraction", type=fraction, default=d.core_fraction,
                    help=f"fraction of the hidden units in the core (default {d.core_fraction})")
-    p.add_argument("--rounds", type=_positive_int, default=d.rounds, help=f"steps (default {d.rounds})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate (default {d.lr})")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
-    p.add_argument("--batch", type=_positive_int, default=d.batch, help=f"batch size (default {d.batch})")
-    p.add_argument("--period", type=_positive_int, default=d.period, help=f"steps per alternation period (default {d.period})")
-    p.add_argument("--core-steps", type=int, default=d.core_steps, help=f"core steps per period (default {d.core_steps})")
-    p.add_argument("--warmup", type=int, default=d.warmup, help=f"full steps before alternating (default {d.warmup})")
-    p.add_argument("--density", type=float, default=d.density, help=f"AC/DC: fraction of weights kept in sparse phases (default {d.density})")
-    p.add_argument("--seed", type=int, default=d.seed, help="seed of the initialisation and batches (default 0)")
-    p.add_argument("--eval-every", type=_positive_int, default=d.eval_every, help=f"steps between evaluations (default {d.eval_every})")
+    p.add_argument("--rounds", type=positive_int, default=d.rounds, help=f"steps (default {d.rounds})")
+    p.add_argument("--lr", type=positive_float, default=d.lr, help=f"learning rate (default {d.lr})")
+    p.add_argument("--momentum", type=unit_interval, default=d.momentum, help=f"SGD momentum (default {d.momentum})")
+    p.add_argument("--batch", type=positive_int, default=d.batch, help=f"batch size (default {d.batch})")
+    p.add_argument("--period", type=positive_int, default=d.period, help=f"steps per alternation period (default {d.period})")
+    p.add_argument("--core-steps", type=nonnegative_int, default=d.core_steps, help=f"core steps per period (default {d.core_steps})")
+    p.add_argument("--warmup", type=nonnegative_int, default=d.warmup, help=f"full steps before alternating (default {d.warmup})")
+    p.add_argument("--density", type=fraction, default=d.density, help=f"AC/DC: fraction of weights kept in sparse phases (default {d.density})")
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed, help="seed of the initialisation and batches (default 0)")
+    p.add_argument("--eval-every", type=positive_int, default=d.eval_every, help=f"steps between evaluations (default {d.eval_every})")
     _add_common(p, "masked", "runs/masked-<training>-s<seed>.json")
-    p.set_defaults(func=_train_masked)
+    p.set_defaults(func=_train_masked, parser=p)
 
 
 def _train_masked(args: argparse.Namespace) -> int:
@@ -524,4 +571,4 @@ def _add_ddp(lines: argparse._SubParsersAction) -> None:
 def _train_ddp(args: argparse.Namespace) -> int:
     from ..examples import ddp_train
 
-    return ddp_train.main(args.argv[2:])
+    return ddp_train.main(args.argv[2:], prog="robustagg train ddp")

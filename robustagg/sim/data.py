@@ -13,7 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_digits", "split_workers", "parse_split"]
+from ..validation import check_int
+
+__all__ = ["Dataset", "load_digits", "split_workers", "parse_split", "check_batch"]
 
 NUM_TRAIN = 1400
 
@@ -46,6 +48,8 @@ def load_digits() -> Dataset:
 
 def parse_split(text: str) -> tuple[str, float | None]:
     """``iid``, ``sorted`` (label-sorted) or ``dirichlet:ALPHA`` -> (kind, alpha)."""
+    if not isinstance(text, str):
+        raise TypeError(f"split: expected a str (iid, sorted or dirichlet:ALPHA), got {type(text).__name__} {text!r}")
     if text in ("iid", "sorted"):
         return text, None
     kind, _, value = text.partition(":")
@@ -57,6 +61,15 @@ def parse_split(text: str) -> tuple[str, float | None]:
         if alpha > 0 and np.isfinite(alpha):
             return kind, alpha
     raise ValueError(f"split: expected iid, sorted or dirichlet:ALPHA with ALPHA > 0, got {text!r}")
+
+
+def check_batch(batch: object, where: str) -> int:
+    """A batch size in [1, NUM_TRAIN]: every batch is drawn from the training examples, and more than all
+    of them is a mistake, not a batch."""
+    batch = check_int(batch, "batch", where, low=1)
+    if batch > NUM_TRAIN:
+        raise ValueError(f"{where}: batch must be <= {NUM_TRAIN} (the training examples), got batch={batch}")
+    return batch
 
 
 def split_workers(y: torch.Tensor, workers: int, split: str, rng: np.random.Generator) -> list[torch.Tensor]:
@@ -72,6 +85,7 @@ def split_workers(y: torch.Tensor, workers: int, split: str, rng: np.random.Gene
     """
     kind, alpha = parse_split(split)
     n_examples = len(y)
+    check_int(workers, "workers", "split")
     if workers < 1 or workers > n_examples:
         raise ValueError(f"split: workers must be in [1, {n_examples}], got {workers}")
     labels = y.numpy()

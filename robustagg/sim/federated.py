@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from ..optim.mime import ALGORITHMS, BASES, FederatedServer
-from .data import load_digits, parse_split, split_workers
+from ..validation import check_int, check_positive, check_real
+from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
 
 __all__ = ["FederatedConfig", "run_federated", "LOSS_ROUNDS"]
@@ -55,20 +56,29 @@ class FederatedConfig:
     seed: int = 0
 
     def check(self) -> None:
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+        where = "federated"
         if self.algo not in ALGORITHMS:
             raise ValueError(f"federated: unknown algo={self.algo!r}; choose from {', '.join(ALGORITHMS)}")
         if self.base not in BASES:
             raise ValueError(f"federated: unknown base={self.base!r}; choose from {', '.join(BASES)}")
-        if self.clients < 1 or not 1 <= self.per_round <= self.clients:
-            raise ValueError(f"federated: need 1 <= per_round <= clients, got per_round={self.per_round}, clients={self.clients}")
-        for name in ("local_steps", "batch", "rounds"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"federated: {name} must be >= 1, got {getattr(self, name)}")
-        if not self.local_epochs >= 0:
-            raise ValueError(f"federated: local_epochs must be >= 0, got {self.local_epochs}")
-        if not (self.lr > 0 and self.server_lr > 0):
-            raise ValueError(f"federated: lr and server_lr must be > 0, got {self.lr}, {self.server_lr}")
-        parse_split(f"dirichlet:{self.alpha}")
+        clients = check_int(self.clients, "clients", where, low=1, high=NUM_TRAIN)
+        if not 1 <= check_int(self.per_round, "per_round", where) <= clients:
+            raise ValueError(f"federated: need 1 <= per_round <= clients, "
+                             f"got per_round={self.per_round}, clients={clients}")
+        for name in ("local_steps", "rounds"):
+            check_int(getattr(self, name), name, where, low=1)
+        check_batch(self.batch, where)
+        check_real(self.local_epochs, "local_epochs", where, low=0.0)
+        for name in ("lr", "server_lr", "eps"):
+            check_positive(getattr(self, name), name, where)
+        for name in ("beta", "beta2", "server_momentum"):
+            check_real(getattr(self, name), name, where, 0.0, 1.0, high_open=True)
+        check_real(self.mvr_a, "mvr_a", where, 0.0, 1.0)
+        check_int(self.seed, "seed", where, low=0)
+        make_model(self.model, 1, 1, self.hidden)
+        alpha = check_real(self.alpha, "alpha", where, allow_inf=True)  # its range is the split's to state
+        parse_split(f"dirichlet:{alpha}")
 
 
 def _first_round_reaching(curve: list[dict], level: float) -> int | None:

@@ -41,7 +41,8 @@ from ..optim.masked import (
     magnitude_core,
     width_core,
 )
-from .data import NUM_TRAIN, load_digits
+from ..validation import check_int, check_positive, check_real
+from .data import NUM_TRAIN, check_batch, load_digits
 
 __all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "run_masked"]
 
@@ -72,24 +73,21 @@ class MaskedConfig:
     eval_every: int = 100
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad field."""
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+        where = "masked"
         if self.training not in TRAININGS:
             raise ValueError(f"masked: unknown training={self.training!r}; choose from {', '.join(TRAININGS)}")
-        for name in ("hidden", "rounds", "batch", "period", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"masked: {name} must be >= 1, got {getattr(self, name)}")
-        if self.batch > NUM_TRAIN:
-            raise ValueError(f"masked: batch must be <= {NUM_TRAIN} (the training examples), got {self.batch}")
+        for name in ("hidden", "rounds", "period", "eval_every"):
+            check_int(getattr(self, name), name, where, low=1)
+        check_batch(self.batch, where)
         for name in ("core_fraction", "density"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"masked: {name} must be in (0, 1], got {getattr(self, name)}")
-        if not self.lr > 0:
-            raise ValueError(f"masked: lr must be > 0, got {self.lr}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"masked: momentum must be in [0, 1), got {self.momentum}")
-        if self.warmup < 0:
-            raise ValueError(f"masked: warmup must be >= 0, got {self.warmup}")
-        if self.training == "alternating" and not 1 <= self.core_steps < self.period:
+            check_real(getattr(self, name), name, where, 0.0, 1.0, low_open=True)
+        check_positive(self.lr, "lr", where)
+        check_real(self.momentum, "momentum", where, 0.0, 1.0, high_open=True)
+        check_int(self.warmup, "warmup", where, low=0)
+        check_int(self.seed, "seed", where, low=0)
+        core_steps = check_int(self.core_steps, "core_steps", where)
+        if self.training == "alternating" and not 1 <= core_steps < self.period:
             raise ValueError(f"masked: alternating training needs 1 <= core_steps < period, "
                              f"got core_steps={self.core_steps}, period={self.period}")
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..validation import check_generator, check_int
+
 __all__ = ["FlatModel", "make_model"]
 
 
@@ -56,6 +58,7 @@ class FlatModel:
 
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """PyTorch's ``nn.Linear`` initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
+        generator = check_generator(generator, "generator", "model")
         parts = []
         for k in range(0, len(self.shapes), 2):
             fan_in = self.shapes[k][1]
@@ -67,6 +70,8 @@ class FlatModel:
 
 def make_model(name: str, features: int, classes: int, hidden: int = 64) -> FlatModel:
     """``logreg`` (one linear layer) or ``mlp`` (features-hidden-classes, ReLU)."""
+    features, classes, hidden = (check_int(v, k, "model", low=1)
+                                 for k, v in (("features", features), ("classes", classes), ("hidden", hidden)))
     if name == "logreg":
         return FlatModel(name, ((classes, features), (classes,)))
     if name == "mlp":

@@ -62,7 +62,8 @@ from ..optim.personalized import (
     estimate_bias_variance,
     optimal_weights,
 )
-from .data import load_digits
+from ..validation import check_int, check_positive, check_real
+from .data import check_batch, load_digits
 from .models import make_model
 
 __all__ = ["PersonalizedConfig", "TASKS", "METHODS", "TASK_DEFAULTS", "TAIL_STEPS", "method_weights",
@@ -122,29 +123,28 @@ class PersonalizedConfig:
     eval_every: int = 50
 
     def check(self) -> None:
-        """Raise ValueError naming the first bad field."""
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+        where = "personalized"
         if self.task not in TASKS:
             raise ValueError(f"personalized: unknown task={self.task!r}; choose from {', '.join(TASKS)}")
         if self.method not in METHODS:
             raise ValueError(f"personalized: unknown method={self.method!r}; choose from {', '.join(METHODS)}")
-        if self.collaborators < 0:
-            raise ValueError(f"personalized: collaborators must be >= 0, got {self.collaborators}")
-        for name in ("dim", "batch", "eval_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"personalized: {name} must be >= 1, got {getattr(self, name)}")
-        if self.rounds is not None and self.rounds < 1:
-            raise ValueError(f"personalized: rounds must be >= 1, got {self.rounds}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"personalized: lr must be finite and > 0, got {self.lr}")
+        check_int(self.collaborators, "collaborators", where, low=0)
+        for name in ("dim", "eval_every"):
+            check_int(getattr(self, name), name, where, low=1)
+        check_batch(self.batch, where)
+        check_int(self.seed, "seed", where, low=0)
+        if self.rounds is not None:
+            check_int(self.rounds, "rounds", where, low=1)
+        if self.lr is not None:
+            check_positive(self.lr, "lr", where)
         if self.method == "optimal" and self.resolved().lr >= 2:
             raise ValueError(f"personalized: the optimal weights scale variances by lr / (2 - lr), lr must be < 2, "
                              f"got {self.resolved().lr}")
         for name in ("beta", "beta_floor"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"personalized: {name} must be in [0, 1], got {getattr(self, name)}")
+            check_real(getattr(self, name), name, where, 0.0, 1.0)
         for name in ("shift", "noise"):
-            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
-                raise ValueError(f"personalized: {name} must be finite and >= 0, got {getattr(self, name)}")
+            check_real(getattr(self, name), name, where, low=0.0)
 
     def resolved(self) -> PersonalizedConfig:
         """This configuration with ``rounds`` and ``lr`` set (the task's defaults where None)."""

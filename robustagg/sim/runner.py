@@ -8,6 +8,8 @@ from typing import TypeVar
 
 import torch
 
+from ..validation import check_int
+
 __all__ = ["run_parallel"]
 
 Config = TypeVar("Config")
@@ -26,6 +28,7 @@ def run_parallel(run: Callable[[Config], dict], configs: Sequence[Config], jobs:
     ``run`` must be a module-level function (it is pickled by reference).
     ``progress(done, result)`` is called as results arrive.
     """
+    jobs = check_int(jobs, "jobs", "run_parallel")
     results: list[dict | None] = [None] * len(configs)
     items = [(i, run, cfg) for i, cfg in enumerate(configs)]
     if jobs <= 1:
