@@ -75,9 +75,12 @@ inline void check_keep(const at::Tensor& X, int64_t keep, const char* rule) {
 }
 
 // Weights: a 1-D tensor of n finite, non-negative numbers with a positive sum,
-// on X's device. Returns them as float64 on X's device, and their sum, added
-// in index order as the kernels do. For CUDA weights the value checks cost
-// one copy of n numbers to the host.
+// on X's device. Returns them as float64 on X's device, times the power of
+// two that brings the largest into [1, 2), and their sum, added in index
+// order as the kernels do. The power of two changes no mean (products and
+// sums scale exactly, unless a weight is below 2**-1022 of the largest), and
+// neither the sum of the weights nor a product with a value then overflows.
+// For CUDA weights the value checks cost one copy of n numbers to the host.
 inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const char* rule, double* sum_out) {
   const int64_t n = X.size(0);
   TORCH_CHECK_TYPE(at::isFloatingType(w.scalar_type()) || at::isIntegralType(w.scalar_type(), /*includeBool=*/false),
@@ -86,31 +89,24 @@ inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const 
                     message(rule, ": weights must have shape (n,) = (", n, ",), got ", w.sizes()));
   TORCH_CHECK_VALUE(w.device() == X.device(),
                     message(rule, ": weights are on ", w.device(), " but X is on ", X.device()));
-  const at::Tensor w64 = w.to(at::kDouble).contiguous();
-  const at::Tensor host = w64.cpu();
-  const double* p = host.data_ptr<double>();
-  double sum = 0.0;
+  at::Tensor host = w.to(at::kDouble).cpu().contiguous().clone();
+  double* p = host.data_ptr<double>();
+  double top = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     TORCH_CHECK_VALUE(std::isfinite(p[i]) && p[i] >= 0.0,
                       message(rule, ": weights must be finite and >= 0, got weights[", i, "]=", p[i]));
+    top = std::max(top, p[i]);
+  }
+  TORCH_CHECK_VALUE(top > 0.0, message(rule, ": weights must have a positive sum, got 0"));
+  // ldexp per weight: 2**-e itself may lie outside the float64 range (subnormal weights).
+  const int e = std::ilogb(top);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    p[i] = std::ldexp(p[i], -e);
     sum += p[i];
   }
-  TORCH_CHECK_VALUE(sum > 0.0, message(rule, ": weights must have a positive sum, got ", sum));
-  if (!std::isfinite(sum)) {
-    // The sum of finite weights overflowed: scale them all by one power of
-    // two (exact; the mean does not change), so that the largest is in [1, 2).
-    double top = 0.0;
-    for (int64_t i = 0; i < n; ++i) top = std::max(top, p[i]);
-    const double scale = std::ldexp(1.0, -std::ilogb(top));
-    at::Tensor scaled = host * scale;
-    const double* q = scaled.data_ptr<double>();
-    sum = 0.0;
-    for (int64_t i = 0; i < n; ++i) sum += q[i];
-    *sum_out = sum;
-    return scaled.to(X.device());
-  }
   *sum_out = sum;
-  return w64;
+  return host.to(X.device());
 }
 
 // An optional extra row for the distance ops: a (d,) tensor of X's dtype on X's device.

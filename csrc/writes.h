@@ -57,11 +57,13 @@ inline bool may_overlap(const Span& a, const Span& b) {
 }
 }  // namespace detail
 
-// For every tensor of the written lists:
-//  * it may not require grad while grad mode is on: the ops have no
-//    derivative, so autograd would not see the write (optimizers run under
-//    torch.no_grad(), where leaf parameters may be written, as with add_);
-//  * no two of its elements may share an address (an expanded view);
+// No tensor of the call may require grad while grad mode is on: the ops have
+// no derivative, so autograd would see neither the write nor what it read
+// (optimizers run under torch.no_grad(), where leaf parameters may be
+// written, as with add_). For every tensor of the written lists:
+//  * no two of its elements may share an address (an expanded view; views
+//    whose strides overlap otherwise are found when they span fewer
+//    addresses than elements);
 //  * it may share memory with no other tensor of the call, except as above,
 //    or the result would depend on the order of the element updates. The
 //    test is on each tensor's address range, so interleaved views of one
@@ -75,19 +77,18 @@ inline void check_writes(std::initializer_list<CallList> lists, const char* rule
     if (!l.list.has_value()) continue;
     for (size_t k = 0; k < l.list->size(); ++k) {
       const at::Tensor& t = (*l.list)[k];
-      if (l.written) {
-        TORCH_CHECK(!(c10::GradMode::is_enabled() && t.requires_grad()),
-                    message(rule, ": ", detail::tensor_name(l, k),
-                            " requires grad and grad mode is on; the update has no derivative, so autograd would "
-                            "not see it: call it under torch.no_grad() or pass a detached tensor"));
-        TORCH_CHECK_VALUE(at::has_internal_overlap(t) != at::MemOverlap::Yes,
-                          message(rule, ": ", detail::tensor_name(l, k),
-                                  " has several elements at one address (an expanded view) and cannot be written; "
-                                  "clone() it"));
-      }
+      TORCH_CHECK(!(c10::GradMode::is_enabled() && t.requires_grad()),
+                  message(rule, ": ", detail::tensor_name(l, k),
+                          " requires grad and grad mode is on; the update has no derivative, so autograd would "
+                          "not see it: call it under torch.no_grad() or pass a detached tensor"));
       if (t.numel() == 0) continue;
       int64_t extent = 1;
       for (int64_t d = 0; d < t.dim(); ++d) extent += (t.size(d) - 1) * t.stride(d);
+      // Fewer addresses than elements: some elements share one.
+      TORCH_CHECK_VALUE(!l.written || (at::has_internal_overlap(t) != at::MemOverlap::Yes && extent >= t.numel()),
+                        message(rule, ": ", detail::tensor_name(l, k),
+                                " has several elements at one address (an expanded view) and cannot be written; "
+                                "clone() it"));
       const char* begin = static_cast<const char*>(t.const_data_ptr());
       spans.push_back({begin, begin + extent * static_cast<int64_t>(t.element_size()), &l, k, &t});
     }

@@ -22,7 +22,11 @@ Gradients are computed in float64 and returned in each input's dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
+
+from . import reference
 
 
 def _selection_weights(X: torch.Tensor, first: int, count: int) -> torch.Tensor:
@@ -34,13 +38,13 @@ def _selection_weights(X: torch.Tensor, first: int, count: int) -> torch.Tensor:
 
 
 def _around_median_weights(X: torch.Tensor, keep: int) -> torch.Tensor:
-    """(n, d) float64 weights 1/keep on the ``keep`` values of each column closest to its median."""
-    n = X.shape[0]
+    """(n, d) float64 weights 1/keep on the ``keep`` values of each column closest to its median.
+
+    The ranking is the contract's, as the float64 reference writes it (midpoints
+    and distances that would overflow taken at half scale).
+    """
     values, order = torch.sort(X.to(torch.float64), dim=0, stable=True)
-    median = 0.5 * (values[(n - 1) // 2] + values[n // 2])
-    distance = (values - median).abs().nan_to_num(nan=float("inf"))
-    # Stable on values sorted ascending: ties in distance keep the smaller value.
-    closest = torch.sort(distance, dim=0, stable=True).indices[:keep]
+    closest = reference.closeness_rank(values, reference.median_of_sorted(values))[:keep]
     W = torch.zeros(X.shape, dtype=torch.float64, device=X.device)
     W.scatter_(0, torch.gather(order, 0, closest), 1.0 / keep)
     return W
@@ -60,6 +64,12 @@ def _mean_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(X, weights, output)
 
 
+def _at_most_two(w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(w * 2**-e, e)``, the power of two that brings the largest weight into [1, 2), as the kernels scale them."""
+    e = math.frexp(float(w.max()))[1] - 1
+    return w * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2), e
+
+
 def _mean_backward(ctx, grad):
     X, weights, output = ctx.saved_tensors
     n = X.shape[0]
@@ -67,13 +77,15 @@ def _mean_backward(ctx, grad):
     if weights is None:
         share = torch.full((n, 1), 1.0 / n, dtype=torch.float64, device=X.device)
     else:
-        w = weights.to(torch.float64)
+        w, _ = _at_most_two(weights.to(torch.float64))
         share = (w / w.sum()).reshape(n, 1)
     grad_X = (share * g).to(X.dtype) if ctx.needs_input_grad[0] else None
     grad_w = None
     if weights is not None and ctx.needs_input_grad[1]:
+        # (x_i - y) / W with W = sum(u) 2**e, so that a sum of weights beyond the float64 range is no inf.
+        u, e = _at_most_two(weights.to(torch.float64))
         diff = X.to(torch.float64) - output.to(torch.float64)
-        grad_w = ((diff @ g) / weights.to(torch.float64).sum()).to(weights.dtype)
+        grad_w = ((diff @ g) / u.sum() * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2)).to(weights.dtype)
     return grad_X, grad_w
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from . import ops
-from .validation import check_int, check_matrix, check_positive
+from .validation import check_int, check_matrix, check_positive, check_real
 
 __all__ = [
     "GeometricMedianInfo",
@@ -260,11 +260,8 @@ def geometric_median(
     """
     check_matrix(X, "geometric_median")
     nu = check_positive(nu, "nu", "geometric_median")
-    if not isinstance(tol, (int, float)) or isinstance(tol, bool) or not tol >= 0 or math.isinf(tol):
-        raise ValueError(f"geometric_median: tol must be a finite number >= 0, got tol={tol!r}")
-    max_iter = check_int(max_iter, "max_iter", "geometric_median")
-    if max_iter < 0:
-        raise ValueError(f"geometric_median: max_iter must be >= 0, got max_iter={max_iter}")
+    tol = check_real(tol, "tol", "geometric_median", low=0.0)
+    max_iter = check_int(max_iter, "max_iter", "geometric_median", low=0)
     a_all = _check_weights(weights, X, "geometric_median")
 
     D, finite, k = _geometry(X)
@@ -331,9 +328,7 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     if center.device != X.device:
         raise ValueError(f"centered_clip: center is on {center.device} but X is on {X.device}")
     tau = check_positive(tau, "tau", "centered_clip", allow_inf=True)
-    iters = check_int(iters, "iters", "centered_clip")
-    if iters < 0:
-        raise ValueError(f"centered_clip: iters must be >= 0, got iters={iters}")
+    iters = check_int(iters, "iters", "centered_clip", low=0)
     X, center = X.detach(), center.detach().to(X.dtype)
     D, finite, k = _geometry(X, center)
     return _combine(_cc_coefficients(D, finite, tau * 2.0**-k, iters), X, center)

@@ -8,6 +8,7 @@ kernels exist) and calls the native op, which validates shapes and values
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -69,7 +70,7 @@ def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     _check_tensor(X, "mean")
     if weights is not None and not isinstance(weights, torch.Tensor):
         raise TypeError(f"mean: weights must be a torch.Tensor or None, got {type(weights).__name__}")
-    return _without_overflow(_NS.mean(X, weights), X, lambda X: _NS.mean(X, _largest_near_one(weights)))
+    return _without_overflow(_NS.mean(X, weights), X, lambda X: _NS.mean(X, weights))
 
 
 def coordinate_median(X: torch.Tensor) -> torch.Tensor:
@@ -141,17 +142,6 @@ def _without_overflow(out: torch.Tensor, X: torch.Tensor, rule) -> torch.Tensor:
     k = X.shape[0].bit_length() + 1
     fixed = rule(X[:, cols] * 2.0**-k) * 2.0**k
     return out.index_put((cols,), torch.where(torch.isfinite(fixed), fixed, out[cols]))
-
-
-def _largest_near_one(weights: torch.Tensor | None) -> torch.Tensor | None:
-    """Weights above 1 times the power of two that brings the largest into [1, 2): the same mean, and
-    no product of a weight and a value larger than the value."""
-    if weights is None:
-        return None
-    top = float(weights.detach().abs().max())
-    if not (math.isfinite(top) and top > 1):
-        return weights
-    return weights.to(torch.float64) * math.ldexp(1.0, 1 - math.frexp(top)[1])
 
 
 def _check_count(X: torch.Tensor, value: object, name: str, rule: str) -> int:
@@ -258,16 +248,20 @@ def _in_doubt(D: torch.Tensor, finite: torch.Tensor, refs: list[int]) -> torch.T
 
 def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
     n = X.shape[0]
-    if n < 4 or X.shape[1] == 0:
+    if X.shape[1] == 0 or (n < 4 and center is None):
         return D  # every row a reference: no pair of non-reference rows to cancel
     Dc, fc = D.detach().cpu(), finite.cpu()
     doubt = _in_doubt(Dc, fc, _references(n))
+    # A distance of exactly 0 between equal rows (Byzantine copies) is exact.
+    for i, j in (doubt & (Dc == 0)).triu(1).nonzero().tolist():
+        if torch.equal(_point(X, center, i), _point(X, center, j)):
+            doubt[i, j] = doubt[j, i] = False
     if not bool(doubt.any()):
         return D
-    # Central rows: the smallest median distance to the other finite rows (noise there stays small).
     rows = fc[:n].nonzero().flatten()
-    if rows.numel() < 3:
-        return _direct(X, center, D, doubt)
+    if int(doubt.triu(1).sum()) <= n or rows.numel() < 3:
+        return _direct(X, center, D, doubt)  # a few pairs: cheaper summed directly than a second pass
+    # Central rows: the smallest median distance to the other finite rows (noise there stays small).
     sub = Dc[rows][:, rows]
     score = sub.sort(1).values[:, sub.shape[1] // 2]
     central = rows[torch.sort(score, stable=True).indices[:3]].tolist()
@@ -297,16 +291,12 @@ def _direct(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, doubt
 
 
 def distances_and_finite(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the rows whose entries are finite."""
+    """Squared distances (as :func:`pairwise_sq_distances`) and an ``(m,)`` bool tensor of the rows whose entries are finite.
+
+    A squared distance beyond the float64 range is +inf (its rounding), though both rows are finite.
+    """
     D, finite, k = scaled_distances(X, center)
-    if k == 0:
-        return D, finite
-    # Beyond the float64 range a squared distance is +inf (its rounding); the others are exact where
-    # the unscaled computation did not overflow.
-    D0, _ = _NS.pairwise_sq_distances(X, center)
-    both = finite.reshape(-1, 1) & finite.reshape(1, -1)
-    rescaled = D * 2.0**k * 2.0**k
-    return torch.where(both & torch.isfinite(D0), D0, torch.where(both, rescaled, D0)), finite
+    return (D if k == 0 else D * 2.0**k * 2.0**k), finite
 
 
 def scaled_row_sq_norms(X: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -381,7 +371,7 @@ def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], sc
     for name, value in scalars.items():
         if name == "step":
             _check_int(value, name, rule)
-        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+        elif isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise TypeError(f"{rule}: {name} must be a float, got {type(value).__name__}")
     names = [name for name, seq in zip(lists, out) if seq is not None]
     present = [seq for seq in out if seq is not None]

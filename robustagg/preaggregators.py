@@ -11,7 +11,7 @@ import math
 import torch
 
 from . import ops
-from .validation import check_int, check_matrix, check_positive
+from .validation import check_generator, check_int, check_matrix, check_positive
 
 __all__ = ["arc", "bucketing", "clip", "nnm"]
 
@@ -27,8 +27,7 @@ def bucketing(X: torch.Tensor, s: int, generator: torch.Generator | None = None)
     s = check_int(s, "s", "bucketing")
     if s < 1:
         raise ValueError(f"bucketing: s must be >= 1, got s={s}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"bucketing: generator must be a torch.Generator or None, got {type(generator).__name__}")
+    check_generator(generator, "generator", "bucketing")
     n = X.shape[0]
     device = generator.device if generator is not None else "cpu"
     perm = torch.randperm(n, generator=generator, device=device).cpu()

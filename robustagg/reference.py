@@ -26,7 +26,7 @@ def _finite_mean(S: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _median_of_sorted(S: torch.Tensor) -> torch.Tensor:
+def median_of_sorted(S: torch.Tensor) -> torch.Tensor:
     n = S.shape[0]
     lo = S[(n - 1) // 2]
     if n % 2 == 1:
@@ -42,16 +42,18 @@ def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     if weights is None:
         return _finite_mean(X64).to(X.dtype)
     w = weights.to(torch.float64)
-    out = (w[:, None] * X64).sum(0) / w.sum()
+    # The same mean with the largest weight in [1, 2): no sum or product of weights overflows or underflows.
+    e = int(torch.frexp(w.max()).exponent) - 1
+    u = w * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2)
+    out = (u[:, None] * X64).sum(0) / u.sum()
     redo = ~torch.isfinite(out) & torch.isfinite(X64).all(0)
-    if redo.any():  # the same mean with weights at most 1, so that no product overflows
-        u = w / 2.0 ** torch.floor(torch.log2(w.max())).clamp_min(0)
+    if redo.any():
         out[redo] = _finite_mean(u[:, None] * X64[:, redo]) * (X64.shape[0] / u.sum())
     return out.to(X.dtype)
 
 
 def coordinate_median(X: torch.Tensor) -> torch.Tensor:
-    return _median_of_sorted(_sorted64(X)).to(X.dtype)
+    return median_of_sorted(_sorted64(X)).to(X.dtype)
 
 
 def trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
@@ -59,7 +61,7 @@ def trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
     return _finite_mean(_sorted64(X)[f : n - f]).to(X.dtype)
 
 
-def _closeness_rank(S: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
+def closeness_rank(S: torch.Tensor, med: torch.Tensor) -> torch.Tensor:
     """Positions of the sorted columns S ordered by distance to med, ties to the smaller value.
 
     Distances are rounded float64 differences; a finite value whose distance
@@ -83,7 +85,7 @@ def meamed(X: torch.Tensor, f: int) -> torch.Tensor:
     """Rank each value by (|x - median|, x), NaN distances counting as +inf; average the first n - f."""
     n = X.shape[0]
     S = _sorted64(X)
-    order = _closeness_rank(S, _median_of_sorted(S))[: n - f]
+    order = closeness_rank(S, median_of_sorted(S))[: n - f]
     kept = torch.sort(order, dim=0).values  # ascending sorted positions, summed in order
     return _finite_mean(torch.gather(S, 0, kept)).to(X.dtype)
 

@@ -169,3 +169,30 @@ def check_tensors(values: object, name: str, rule: str) -> list[torch.Tensor]:
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{rule}: {name}[{j}] must be float32, float64, float16 or bfloat16, got {t.dtype}")
     return values
+
+
+def check_disjoint(written: Sequence[torch.Tensor], read: Sequence[torch.Tensor], rule: str) -> None:
+    """Tensors an optimizer writes in several native calls (one per group) share memory with no tensor of the step.
+
+    Each call checks its own tensors before writing (SPEC 1, "Writes"); this
+    is the same test across the calls, so that a refusal in a later group
+    cannot come after earlier groups were stepped. Address ranges are
+    compared, as the native check does.
+    """
+    spans = []
+    for kind, tensors in (("params", written), ("grads", read)):
+        for i, t in enumerate(tensors):
+            if t.numel() == 0:
+                continue
+            extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+            if kind == "params" and extent < t.numel():
+                raise ValueError(f"{rule}: params[{i}] has several elements at one address (an expanded view); clone() it")
+            begin = t.data_ptr()
+            spans.append((begin, begin + extent * t.element_size(), kind, i))
+    spans.sort()
+    reach = None  # the span reaching furthest so far
+    for span in spans:
+        if reach is not None and reach[1] > span[0] and "params" in (reach[2], span[2]):
+            raise ValueError(f"{rule}: {reach[2]}[{reach[3]}] and {span[2]}[{span[3]}] share memory; clone() one of them")
+        if reach is None or span[1] > reach[1]:
+            reach = span

@@ -473,3 +473,16 @@ def test_robust_server_refuses_a_wrong_aggregate_before_the_step() -> None:
     with pytest.raises(ValueError, match=r"^RobustServer: the aggregator returned \[3\], expected .*shape \[5\]"):
         server.step(torch.ones(4, 5))
     _assert_unchanged(p, before)
+
+
+def test_masked_sgd_refuses_params_sharing_memory_across_groups_before_any_step():
+    """One native call per group: memory shared between groups is refused before the first group is stepped."""
+    a = torch.nn.Parameter(torch.zeros(3))
+    buffer = torch.zeros(10)
+    b1, b2 = torch.nn.Parameter(buffer[0:6]), torch.nn.Parameter(buffer[4:10])
+    opt = MaskedSGD([{"params": [a]}, {"params": [b1, b2]}], lr=0.1)
+    for p in (a, b1, b2):
+        p.grad = torch.ones_like(p)
+    with pytest.raises(ValueError, match="share memory"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.zeros(3))

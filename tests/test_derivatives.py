@@ -157,3 +157,23 @@ def test_gradients_come_back_in_the_input_dtype(dtype):
     X = torch.randn(5, 4).to(dtype).requires_grad_(True)
     (robustagg.trimmed_mean(X, 1).sum() + robustagg.krum(X, 1).sum() + ops.row_sq_norms(X).sum()).backward()
     assert X.grad.dtype == dtype
+
+
+def test_gradient_of_extreme_columns_follows_the_contract_ranking():
+    """Distances to the median that overflow are ranked at half scale, in the forward and in the gradient."""
+    B = 1.7976931348623157e308
+    X = torch.tensor([[-B], [-0.9 * B], [0.2 * B], [0.3 * B], [0.35 * B]], dtype=torch.float64, requires_grad=True)
+    out = ops.mean_around_median(X, 4)
+    out.sum().backward()
+    kept = X.grad.flatten() > 0
+    assert kept.tolist() == [False, True, True, True, True]
+    assert out.item() == pytest.approx(X.detach().flatten()[kept].mean().item(), rel=1e-15)
+
+
+def test_weighted_mean_gradient_with_weights_summing_beyond_float64():
+    B = 1.7976931348623157e308
+    X = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([B, B, 1.0], dtype=torch.float64, requires_grad=True)
+    ops.mean(X, w).sum().backward()
+    assert torch.allclose(X.grad, torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.0, 0.0]], dtype=torch.float64))
+    assert torch.isfinite(w.grad).all()

@@ -160,7 +160,7 @@ def test_clipping_far_finite_rows(X):
     assert torch.allclose(robustagg.arc(X, f), reference.arc(X * s, f) / s, rtol=1e-12, atol=0)
 
 
-def test_the_examples_of_the_issue():
+def test_rows_of_1e200_through_every_distance_rule():
     X = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e200
     for out in (robustagg.krum(X, 1), robustagg.multi_krum(X, 1), robustagg.geometric_median(X),
                 robustagg.centered_clip(X, torch.zeros(4, dtype=torch.float64), 1.0)):
@@ -207,6 +207,41 @@ def test_far_rows_at_the_reference_positions(n, d, seed, far, dtype, outliers):
     finite = torch.isfinite(want)
     rel = ((D - want)[finite].abs() / want[finite].clamp_min(1e-300)).max()
     assert rel < 1e-9, f"relative error {rel.item():.3g}"
-    f = (n - 3) // 2
+    f = len(refs)  # as many as the far rows: the others' scores are then not swamped by distances to them
     if n > 2 * f + 2:
         assert torch.equal(robustagg.krum(X, f), reference.krum(X, f))
+
+
+def test_weights_beyond_float64_with_float32_values():
+    X = torch.full((3, 2), 1e30)
+    out = robustagg.mean(X, torch.tensor([1e300, 1e300, 1.0], dtype=torch.float64))
+    assert torch.equal(out, X[0])
+
+
+def test_overflowing_rows_at_the_reference_positions():
+    """Both repairs at once: squared distances beyond float64, and far rows where the Gram's shift is taken."""
+    c = math.sqrt(BIG / 4)
+    X = torch.tensor([[c, c], [0.1, 0.2], [0.3, -0.1], [-c, -c], [0.5, 0.7], [c, c]], dtype=torch.float64)
+    D, finite = ops.distances_and_finite(X)
+    assert finite.all()
+    assert D[1, 4].item() == pytest.approx(0.41, rel=1e-12)
+    assert D[1, 2].item() == pytest.approx(0.13, rel=1e-12)
+
+
+def test_far_references_with_a_center_and_three_rows():
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(3, 4, generator=g, dtype=torch.float64)
+    X[[0, 2]] = X[[0, 2]].abs() * 1e9
+    center = X[1] + 1e-3 * torch.randn(4, generator=g, dtype=torch.float64)
+    D = ops.pairwise_sq_distances(X, center)
+    assert D[1, 3].item() == pytest.approx(float((X[1] - center).square().sum()), rel=1e-9)
+
+
+def test_copies_of_one_row_keep_their_zero_distances():
+    """Identical (Byzantine) rows are exactly 0 apart: no repair changes that."""
+    X = torch.randn(12, 30, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    X[[0, 5, 11]] = X[0] * 1e6
+    D = ops.pairwise_sq_distances(X)
+    assert D[0, 5] == 0 and D[5, 11] == 0
+    want = reference.pairwise_sq_distances(X)
+    assert torch.allclose(D, want, rtol=1e-9, atol=0)

@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import ops
-from ..validation import check_generator, check_int, check_positive, check_real, check_tensor_list, check_tensors
+from ..validation import check_disjoint, check_generator, check_int, check_positive, check_real, check_tensor_list, check_tensors
 
 __all__ = [
     "Core",
@@ -338,6 +338,7 @@ class MaskedSGD(torch.optim.Optimizer):
         if live:
             params = check_tensors([p for _, p, _ in live], "params", "MaskedSGD")
             check_tensor_list([p.grad for p in params], params, "grads", "MaskedSGD")
+            check_disjoint(params, [p.grad for p in params], "MaskedSGD")
         for k, (_, p, name) in enumerate(live):
             if chosen is not None and chosen[k] is not None:
                 _check_mask(chosen[k], p, repr(name) if name is not None else f"params[{k}]")
