@@ -131,9 +131,11 @@ def _without_overflow(out: torch.Tensor, X: torch.Tensor, rule) -> torch.Tensor:
     homogeneous, so such columns are recomputed on ``X * 2**-k`` (exact for
     values this large; 2**k >= 2n) and scaled back; a column whose result is
     non-finite at that scale too uses non-finite values and keeps its result.
-    Costs one check of the result, and a copy of the affected columns only.
+    Costs one sum of the result, and a copy of the affected columns only.
     """
     if X.dtype != torch.float64 or out.numel() == 0 or not _has_values(X):
+        return out
+    if math.isfinite(float(out.detach().sum())):  # one reduction: a finite sum has no NaN/inf term
         return out
     bad = ~torch.isfinite(out)
     if not bool(bad.any()):
