@@ -22,8 +22,6 @@ Gradients are computed in float64 and returned in each input's dtype.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 from . import reference
@@ -64,12 +62,6 @@ def _mean_setup(ctx, inputs, output) -> None:
     ctx.save_for_backward(X, weights, output)
 
 
-def _at_most_two(w: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(w * 2**-e, e)``, the power of two that brings the largest weight into [1, 2), as the kernels scale them."""
-    e = math.frexp(float(w.max()))[1] - 1
-    return w * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2), e
-
-
 def _mean_backward(ctx, grad):
     X, weights, output = ctx.saved_tensors
     n = X.shape[0]
@@ -77,15 +69,15 @@ def _mean_backward(ctx, grad):
     if weights is None:
         share = torch.full((n, 1), 1.0 / n, dtype=torch.float64, device=X.device)
     else:
-        w, _ = _at_most_two(weights.to(torch.float64))
+        w, _ = reference.unit_weights(weights.to(torch.float64))
         share = (w / w.sum()).reshape(n, 1)
     grad_X = (share * g).to(X.dtype) if ctx.needs_input_grad[0] else None
     grad_w = None
     if weights is not None and ctx.needs_input_grad[1]:
         # (x_i - y) / W with W = sum(u) 2**e, so that a sum of weights beyond the float64 range is no inf.
-        u, e = _at_most_two(weights.to(torch.float64))
+        u, e = reference.unit_weights(weights.to(torch.float64))
         diff = X.to(torch.float64) - output.to(torch.float64)
-        grad_w = ((diff @ g) / u.sum() * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2)).to(weights.dtype)
+        grad_w = reference.times_power_of_two((diff @ g) / u.sum(), -e).to(weights.dtype)
     return grad_X, grad_w
 
 

@@ -210,16 +210,18 @@ def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tup
     D, finite = _NS.pairwise_sq_distances(X, center)
     if not _has_values(X):
         return D, finite, 0
+    # The checks below work on one host copy of the (m, m) distances and the flags.
+    Dc, fc = D.detach().cpu(), finite.cpu()
     k = 0
     if X.dtype == torch.float64:
-        truly = _finite_by_entries(X, center, ~finite.cpu())
+        truly = _finite_by_entries(X, center, ~fc)
         rows = truly.nonzero().flatten()
-        if not (torch.equal(truly, finite.cpu()) and bool(torch.isfinite(D.cpu()[rows][:, rows]).all())):
+        if not (torch.equal(truly, fc) and bool(torch.isfinite(Dc[rows][:, rows]).all())):
             k = _safe_exponent(X, center, rows.tolist())
             X, center = X * 2.0**-k, None if center is None else center * 2.0**-k
             D, _ = _NS.pairwise_sq_distances(X, center)
-            finite = truly.to(finite.device)
-    return _without_cancellation(X, center, D, finite), finite, k
+            Dc, fc, finite = D.detach().cpu(), truly, truly.to(finite.device)
+    return _without_cancellation(X, center, D, Dc, fc), finite, k
 
 
 # Cancellation. The kernels compute D_ij = S_ii + S_jj - 2 S_ij from the Gram
@@ -248,11 +250,12 @@ def _in_doubt(D: torch.Tensor, finite: torch.Tensor, refs: list[int]) -> torch.T
     return both & (D < 2.0**-_LOST_BITS * (B.reshape(-1, 1) + B.reshape(1, -1)))
 
 
-def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, finite: torch.Tensor) -> torch.Tensor:
+def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, Dc: torch.Tensor,
+                          fc: torch.Tensor) -> torch.Tensor:
+    """D with the distances that may have cancelled computed again; Dc, fc: host copies of D and the finite flags."""
     n = X.shape[0]
     if X.shape[1] == 0 or (n < 4 and center is None):
         return D  # every row a reference: no pair of non-reference rows to cancel
-    Dc, fc = D.detach().cpu(), finite.cpu()
     doubt = _in_doubt(Dc, fc, _references(n))
     # A distance of exactly 0 between equal rows (Byzantine copies) is exact.
     for i, j in (doubt & (Dc == 0)).triu(1).nonzero().tolist():

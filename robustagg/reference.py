@@ -41,15 +41,24 @@ def mean(X: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
     X64 = X.to(torch.float64)
     if weights is None:
         return _finite_mean(X64).to(X.dtype)
-    w = weights.to(torch.float64)
-    # The same mean with the largest weight in [1, 2): no sum or product of weights overflows or underflows.
-    e = int(torch.frexp(w.max()).exponent) - 1
-    u = w * 2.0 ** -(e // 2) * 2.0 ** -(e - e // 2)
+    u, _ = unit_weights(weights.to(torch.float64))  # the same mean; no sum or product overflows
     out = (u[:, None] * X64).sum(0) / u.sum()
     redo = ~torch.isfinite(out) & torch.isfinite(X64).all(0)
     if redo.any():
         out[redo] = _finite_mean(u[:, None] * X64[:, redo]) * (X64.shape[0] / u.sum())
     return out.to(X.dtype)
+
+
+def times_power_of_two(x: torch.Tensor, e: int) -> torch.Tensor:
+    """x * 2**e in two steps, since 2**e alone may lie outside the float64 range."""
+    return x * 2.0 ** (e // 2) * 2.0 ** (e - e // 2)
+
+
+def unit_weights(w: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(w * 2**-e, e)``: float64 weights times the power of two that brings the largest into [1, 2), as the
+    kernels scale them (exact unless a weight is below 2**-1022 of the largest)."""
+    e = int(torch.frexp(w.max()).exponent) - 1
+    return times_power_of_two(w, -e), e
 
 
 def coordinate_median(X: torch.Tensor) -> torch.Tensor:

@@ -180,13 +180,16 @@ def _same(got: torch.Tensor, want: torch.Tensor) -> None:
     assert torch.equal(got, want), f"{got} != {want}"
 
 
+# Rules whose coefficients are computed from values (distances, norms): meta tensors have none.
+_NEED_VALUES = {"krum", "multi_krum", "bulyan", "geometric_median", "centered_clip", "nnm", "clip", "arc"}
+
+
 def _meta(name: str) -> None:
-    """Only meta tensors: shape propagation; the result is a meta tensor, nothing else happens."""
-    try:
-        out = _call(name, _x().to("meta"))
-    except CLEAR_ERRORS + (NotImplementedError,):
-        return  # rules whose coefficients need values cannot run on meta; a clear error is right
-    assert out.device.type == "meta"
+    """Only meta tensors: the others propagate shapes to a meta result; these refuse, as torch does, for lack of data."""
+    if name in _NEED_VALUES:
+        refused(lambda: _call(name, _x().to("meta")), kinds=(NotImplementedError,), match="meta")
+        return
+    assert _call(name, _x().to("meta")).device.type == "meta"
 
 
 # Rules whose result stays finite with two non-finite rows of nine (f = 2, or weight 0 for NaN/inf rows);
