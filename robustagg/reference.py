@@ -1,8 +1,8 @@
 """Plain float64 PyTorch versions of every op: the test oracle, never the fast path.
 
-Each function follows SPEC.md literally and as independently of the kernels'
-method as practical: whole-column sorts (``torch.sort`` orders NaN above
-+inf, as the SPEC asks) instead of sorting networks, and an explicit
+Each function follows docs/spec.md literally and as independently of the
+kernels' method as practical: whole-column sorts (``torch.sort`` orders NaN
+above +inf, as SPEC 1.4 asks) instead of sorting networks, and an explicit
 (distance, value) ranking for MeaMed instead of a sliding window. Results are
 computed in float64 and cast to X's dtype.
 """
