@@ -57,12 +57,19 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from robustagg.distributed import MODES, RobustHookState, make_rule, robust_hook
+import robustagg
+from robustagg.distributed import CC_OPTIONS, MODES, RobustHookState, robust_hook
 
 LAYERS = (512, 1024, 1024, 256, 10)
 # Older PyTorch names the stacked all-gather all_gather_into_tensor.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 RULES = ("mean", "cm", "tm", "krum", "gm", "cc")
+
+
+def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
+    """The rule of a name as the distributed paths build it: f where the rule takes one, CC_OPTIONS for cc."""
+    return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
+
 
 
 def _model() -> torch.nn.Module:

@@ -40,9 +40,9 @@ def check_distance_ops(X: torch.Tensor, Xc: torch.Tensor, dtype: torch.dtype, n:
     C = torch.rand(3, n + 1, dtype=torch.float64)
     C[:, 0] = 0.0  # row 0 holds NaN: a zero coefficient must not read it
     calls = [
-        ("pairwise_sq_distances", lambda A, c: ra.ops.distances_and_finite(A)[0], 1e-9),
-        ("pairwise_sq_distances(center)", lambda A, c: ra.ops.distances_and_finite(A, c)[0], 1e-9),
-        ("finite rows", lambda A, c: ra.ops.distances_and_finite(A, c)[1], 0.0),
+        ("pairwise_sq_distances", lambda A, c: ra.exact_geometry.distances_and_finite(A)[0], 1e-9),
+        ("pairwise_sq_distances(center)", lambda A, c: ra.exact_geometry.distances_and_finite(A, c)[0], 1e-9),
+        ("finite rows", lambda A, c: ra.exact_geometry.distances_and_finite(A, c)[1], 0.0),
         ("mix_rows", lambda A, c: ra.ops.mix_rows(C.to(A.device), A, c), 0.0),
         ("row_sq_norms", lambda A, c: ra.ops.row_sq_norms(A), 1e-9),
         ("mean_around_median", lambda A, c: ra.ops.mean_around_median(A, max(1, n // 3)), 0.0),

@@ -23,7 +23,9 @@ from .aggregators import (
     MultiKrum,
     Pipeline,
     PreAggregator,
+    RULES,
     TrimmedMean,
+    make_aggregator,
 )
 from .distance import (
     GeometricMedianInfo,
@@ -56,6 +58,7 @@ __all__ = [
     "MultiKrum",
     "Pipeline",
     "PreAggregator",
+    "RULES",
     "TrimmedMean",
     "arc",
     "bucketing",
@@ -67,6 +70,7 @@ __all__ = [
     "cuda_kernels_built",
     "geometric_median",
     "krum",
+    "make_aggregator",
     "mean",
     "meamed",
     "multi_krum",

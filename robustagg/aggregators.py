@@ -24,7 +24,7 @@ from typing import Any, Union
 import torch
 
 from . import distance, ops, preaggregators
-from .validation import check_generator, check_int, check_positive, check_real
+from .validation import check_generator, check_int, check_optional_tensor, check_positive, check_real
 
 Contributions = Union[torch.Tensor, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]]
 
@@ -127,13 +127,6 @@ def _describe(obj: object) -> str:
     return f"{type(obj).__name__}({', '.join(args)})"
 
 
-def _check_weights(weights: object, rule: str) -> torch.Tensor | None:
-    """None or a tensor; its shape and values are checked against X at each call."""
-    if weights is not None and not isinstance(weights, torch.Tensor):
-        raise TypeError(f"{rule}: weights must be a torch.Tensor or None, got {type(weights).__name__}")
-    return weights
-
-
 class Aggregator:
     """Base class: subclasses implement :meth:`aggregate` on an ``(n, d)`` matrix."""
 
@@ -152,7 +145,7 @@ class Mean(Aggregator):
     """Plain (weighted) average; not robust. See :func:`robustagg.mean`."""
 
     def __init__(self, weights: torch.Tensor | None = None) -> None:
-        self.weights = _check_weights(weights, "mean")
+        self.weights = check_optional_tensor(weights, "weights", "mean")
 
     def aggregate(self, X: torch.Tensor) -> torch.Tensor:
         return ops.mean(X, self.weights)
@@ -227,7 +220,7 @@ class GeometricMedian(Aggregator):
     def __init__(
         self, weights: torch.Tensor | None = None, nu: float = 1e-6, tol: float = 1e-10, max_iter: int = 200
     ) -> None:
-        self.weights = _check_weights(weights, "geometric_median")
+        self.weights = check_optional_tensor(weights, "weights", "geometric_median")
         self.nu = check_positive(nu, "nu", "geometric_median")
         self.tol = check_real(tol, "tol", "geometric_median", low=0.0)
         self.max_iter = check_int(max_iter, "max_iter", "geometric_median", low=0)
@@ -382,23 +375,37 @@ RULES_WITH_F = frozenset(_NEEDS_F)
 _NO_F = {"mean": Mean, "cm": CoordinateMedian, "gm": GeometricMedian, "cc": CenteredClip}
 
 
-def make_aggregator(name: str, f: int | None = None, **options: Any) -> Aggregator:
-    """The aggregator object of a rule name in :data:`RULES`.
+def make_aggregator(
+    rule: str | Aggregator, f: int | None = None, *, f_if_used: bool = False, owner: str = "make_aggregator",
+    **options: Any,
+) -> Aggregator:
+    """The aggregator object of a rule name in :data:`RULES`; an aggregator object is returned as it is.
 
     ``f`` (the number of Byzantine rows the rule tolerates) is required by
     ``tm``, ``meamed``, ``krum``, ``mkrum`` and ``bulyan`` and refused by the
-    others; ``cc`` requires ``tau``. Other ``options`` go to the class (``m``
-    for Krum, ``max_iter`` for the geometric median, ``iters`` for centered
-    clipping, ...).
+    others, unless ``f_if_used`` (callers that hold one f for every rule name,
+    such as the distributed paths and the simulators): then it goes to the
+    rules that take it only. ``cc`` requires ``tau``. Other ``options`` go to
+    the class (``m`` for Krum, ``max_iter`` for the geometric median,
+    ``iters`` for centered clipping, ...). An object comes with no ``f`` or
+    ``options``: it already holds them. Errors name ``owner``.
     """
-    if not isinstance(name, str) or name not in RULES:
-        raise ValueError(f"make_aggregator: unknown rule {name!r}; choose from {', '.join(RULES)}")
-    if name in _NEEDS_F:
+    if isinstance(rule, Aggregator):
+        if (f is not None and not f_if_used) or options:
+            raise ValueError(f"{owner}: f and rule options go with a rule name; an aggregator object already "
+                             "holds them")
+        return rule
+    if not isinstance(rule, str):
+        raise TypeError(f"{owner}: aggregator must be a robustagg Aggregator (a rule, or pre-aggregators >> rule) "
+                        f"or a rule name, got {type(rule).__name__}")
+    if rule not in RULES:
+        raise ValueError(f"{owner}: unknown rule {rule!r}; choose from {', '.join(RULES)}")
+    if rule in _NEEDS_F:
         if f is None:
-            raise ValueError(f"make_aggregator: rule {name!r} needs f (the number of Byzantine rows)")
-        return _NEEDS_F[name](f, **options)
-    if f is not None:
-        raise ValueError(f"make_aggregator: rule {name!r} takes no f, got f={f}")
-    if name == "cc" and "tau" not in options:
-        raise ValueError("make_aggregator: rule 'cc' needs tau (the clipping radius)")
-    return _NO_F[name](**options)
+            raise ValueError(f"{owner}: rule {rule!r} needs f (the number of Byzantine rows)")
+        return _NEEDS_F[rule](f, **options)
+    if f is not None and not f_if_used:
+        raise ValueError(f"{owner}: rule {rule!r} takes no f, got f={f}")
+    if rule == "cc" and "tau" not in options:
+        raise ValueError(f"{owner}: rule 'cc' needs tau (the clipping radius)")
+    return _NO_F[rule](**options)

@@ -3,20 +3,9 @@
 Every rule here depends on X only through the squared distances between its
 rows (and a center) plus one weighted combination of rows, so each costs two
 passes over X: :func:`robustagg.ops.pairwise_sq_distances` (float64 Gram
-matrix) and :func:`robustagg.ops.mix_rows`. Iterative rules (Weiszfeld,
-centered clipping) run in coefficient space in between: an iterate
-``z = sum_k c_k p_k`` with ``sum_k c_k = 1`` has, for every point ``p_j``,
-
-    ||p_j - z||^2 = sum_k c_k D_jk - 1/2 sum_kl c_k c_l D_kl,
-
-an O(m^2) computation, whatever the dimension. The coefficient work is done
-in float64 on the CPU (m is small); only the two passes touch X's device.
-
-Each rule's coefficient work is one function of ``(D, finite)`` alone
-(``_krum_coefficients``, ``_gm_coefficients``, ``_cc_coefficients``), shared
-by the public functions and by :mod:`robustagg.distributed`, which sums ``D``
-over gradient buckets (squared distances add over blocks of coordinates) and
-so gets the same coefficients as one call on the whole model.
+matrix) and :func:`robustagg.ops.mix_rows`. In between, the rule's work is
+done on the distances alone, in :mod:`robustagg.coefficients` (shared with
+:mod:`robustagg.distributed`); only the two passes touch X's device.
 
 Rows holding NaN or inf are infinitely far from every other row (SPEC 1):
 never selected by Krum, weight 0 in the geometric median, no contribution in
@@ -26,13 +15,12 @@ centered clipping.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass
 
 import torch
 
-from . import ops
-from .validation import check_int, check_matrix, check_positive, check_real
+from . import coefficients, exact_geometry, ops
+from .coefficients import GeometricMedianInfo
+from .validation import check_int, check_matrix, check_positive, check_real, check_row_weights
 
 __all__ = [
     "GeometricMedianInfo",
@@ -61,7 +49,7 @@ def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torc
     """Squared distances of the points times ``2**-k``, finite-row flags and k, on the CPU for the coefficient work.
 
     k > 0 only when finite float64 rows are so large that their squared
-    distances would overflow (:func:`robustagg.ops.scaled_distances`); rules
+    distances would overflow (:func:`robustagg.exact_geometry.scaled_distances`); rules
     with a length parameter (``nu``, ``tau``) scale it alike.
 
     Detached: the coefficients are constants to autograd. Krum's and Bulyan's
@@ -69,34 +57,8 @@ def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torc
     exact; the geometric median and centered clipping return results that do
     not require grad.
     """
-    D, finite, k = ops.scaled_distances(X.detach(), None if center is None else center.detach())
+    D, finite, k = exact_geometry.scaled_distances(X.detach(), None if center is None else center.detach())
     return D.cpu(), finite.cpu(), k
-
-
-def _distances_to(D: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """||p_j - z|| for z = sum_k c_k p_k (sum c = 1), every point j; D restricted to finite points."""
-    Dc = D @ c
-    return (Dc - 0.5 * torch.dot(c, Dc)).clamp_min(0.0).sqrt()
-
-
-def _combine(coefficients: torch.Tensor, X: torch.Tensor, center: torch.Tensor | None = None) -> torch.Tensor:
-    """One pass over X: sum_i coefficients[i] * row_i, as a (d,) tensor."""
-    C = coefficients.reshape(1, -1).to(device=X.device, dtype=torch.float64)
-    return ops.mix_rows(C, X, center)[0]
-
-
-def _nan_row(X: torch.Tensor) -> torch.Tensor:
-    return torch.full((X.shape[1],), float("nan"), dtype=X.dtype, device=X.device)
-
-
-def _krum_order(D: torch.Tensor, finite: torch.Tensor, neighbours: int) -> torch.Tensor:
-    """Rows ranked by (not finite, Krum score, index); score = sum of the `neighbours` smallest D_ij, j != i."""
-    k = D.shape[0]
-    others = D.clone()
-    others.fill_diagonal_(math.inf)
-    scores = torch.sort(others, dim=1).values[:, :neighbours].sum(1) if neighbours > 0 else torch.zeros(k, dtype=D.dtype)
-    by_score = torch.sort(scores, stable=True).indices
-    return by_score[torch.sort((~finite[by_score]).to(torch.int8), stable=True).indices]
 
 
 def _check_krum(X: torch.Tensor, f: int, rule: str) -> int:
@@ -137,8 +99,8 @@ def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
 def _krum(X: torch.Tensor, f: int, m: int, rule: str) -> torch.Tensor:
     f, m = _check_krum_m(X, f, m, rule)
     D, finite, _ = _geometry(X)
-    c = _krum_coefficients(D, finite, f, m)
-    return _nan_row(X) if c is None else _combine(c, X)
+    c = coefficients.krum_coefficients(D, finite, f, m)
+    return coefficients.combine(c, X)
 
 
 def _check_krum_m(X: torch.Tensor, f: int, m: int, rule: str) -> tuple[int, int]:
@@ -148,18 +110,6 @@ def _check_krum_m(X: torch.Tensor, f: int, m: int, rule: str) -> tuple[int, int]
     if not 1 <= m <= n:
         raise ValueError(f"{rule}: m must be in [1, n={n}], got m={m}")
     return f, m
-
-
-def _krum_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, m: int) -> torch.Tensor | None:
-    """Krum / Multi-Krum as row coefficients: 1/k on the k <= m best finite rows; None when no row is finite."""
-    n = D.shape[0]
-    chosen = _krum_order(D, finite, n - f - 2)[:m]
-    chosen = chosen[finite[chosen]]
-    if chosen.numel() == 0:
-        return None
-    c = torch.zeros(n, dtype=torch.float64)
-    c[chosen] = 1.0 / chosen.numel()
-    return c
 
 
 def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
@@ -187,50 +137,13 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
     selected = []
     for _ in range(theta):
         sub = D[remaining][:, remaining]
-        best = _krum_order(sub, finite[remaining], max(remaining.numel() - f - 2, 0))[0]
+        best = coefficients.krum_order(sub, finite[remaining], max(remaining.numel() - f - 2, 0))[0]
         selected.append(int(remaining[best]))
         remaining = torch.cat([remaining[:best], remaining[best + 1 :]])
     C = torch.zeros(theta, n, dtype=torch.float64)
     C[torch.arange(theta), torch.tensor(selected)] = 1.0
     rows = ops.mix_rows(C.to(X.device), X)  # exact copies of the selected rows
     return ops.mean_around_median(rows, theta - 2 * f)
-
-
-@dataclass(frozen=True)
-class GeometricMedianInfo:
-    """How a geometric-median computation ended.
-
-    Attributes:
-        iterations: Weiszfeld updates done.
-        objective: :math:`F(z) = \\sum_i a_i \\|x_i - z\\|` at the returned ``z`` (finite rows).
-        converged: whether the relative change of ``F`` fell to ``tol`` before ``max_iter``.
-    """
-
-    iterations: int
-    objective: float
-    converged: bool
-
-
-def _check_weights(weights: torch.Tensor | None, X: torch.Tensor, rule: str) -> torch.Tensor:
-    n = X.shape[0]
-    if weights is None:
-        return torch.ones(n, dtype=torch.float64)
-    if not isinstance(weights, torch.Tensor):
-        raise TypeError(f"{rule}: weights must be a torch.Tensor or None, got {type(weights).__name__}")
-    if weights.is_complex() or weights.dtype == torch.bool:
-        raise TypeError(f"{rule}: weights must be a real tensor, got {weights.dtype}")
-    if weights.shape != (n,):
-        raise ValueError(f"{rule}: weights must have shape (n,) = ({n},), got {tuple(weights.shape)}")
-    if weights.device != X.device:
-        raise ValueError(f"{rule}: weights are on {weights.device} but X is on {X.device}")
-    a = weights.detach().to(device="cpu", dtype=torch.float64)
-    bad = ~(torch.isfinite(a) & (a >= 0))
-    if bad.any():
-        i = int(bad.nonzero()[0])
-        raise ValueError(f"{rule}: weights must be finite and >= 0, got weights[{i}]={a[i].item()}")
-    if a.sum() <= 0:
-        raise ValueError(f"{rule}: weights must have a positive sum, got {a.sum().item()}")
-    return a
 
 
 def geometric_median(
@@ -262,45 +175,13 @@ def geometric_median(
     nu = check_positive(nu, "nu", "geometric_median")
     tol = check_real(tol, "tol", "geometric_median", low=0.0)
     max_iter = check_int(max_iter, "max_iter", "geometric_median", low=0)
-    a_all = _check_weights(weights, X, "geometric_median")
+    a_all = check_row_weights(weights, X, "geometric_median")
 
     D, finite, k = _geometry(X)
-    c, info = _gm_coefficients(D, finite, a_all, nu * 2.0**-k, tol, max_iter)
+    c, info = coefficients.gm_coefficients(D, finite, a_all, nu * 2.0**-k, tol, max_iter)
     info = dataclasses.replace(info, objective=info.objective * 2.0**k)
-    z = _nan_row(X) if c is None else _combine(c, X.detach())
+    z = coefficients.combine(c, X.detach())
     return (z, info) if return_info else z
-
-
-def _gm_coefficients(
-    D_all: torch.Tensor, finite: torch.Tensor, a_all: torch.Tensor, nu: float, tol: float, max_iter: int
-) -> tuple[torch.Tensor | None, GeometricMedianInfo]:
-    """Smoothed Weiszfeld in coefficient space: the row coefficients of z and how it ended.
-
-    The coefficients are None when no row with positive weight is finite (z is all NaN).
-    """
-    idx = (finite & (a_all > 0)).nonzero().flatten()
-    if idx.numel() == 0:
-        return None, GeometricMedianInfo(0, math.nan, False)
-    D = D_all[idx][:, idx]
-    a = a_all[idx]
-    c = a / a.sum()
-    dist = _distances_to(D, c)
-    objective = float(torch.dot(a, dist))
-    iterations, converged = 0, False
-    while iterations < max_iter:
-        b = a / dist.clamp_min(nu)
-        c = b / b.sum()
-        dist = _distances_to(D, c)  # serves the objective and the next update
-        new = float(torch.dot(a, dist))
-        iterations += 1
-        done = abs(objective - new) <= tol * objective
-        objective = new
-        if done:
-            converged = True
-            break
-    full = torch.zeros(D_all.shape[0], dtype=torch.float64)
-    full[idx] = c
-    return full, GeometricMedianInfo(iterations, objective, converged)
 
 
 def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int = 1) -> torch.Tensor:
@@ -331,32 +212,4 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     iters = check_int(iters, "iters", "centered_clip", low=0)
     X, center = X.detach(), center.detach().to(X.dtype)
     D, finite, k = _geometry(X, center)
-    return _combine(_cc_coefficients(D, finite, tau * 2.0**-k, iters), X, center)
-
-
-def _cc_coefficients(D_all: torch.Tensor, finite: torch.Tensor, tau: float, iters: int) -> torch.Tensor:
-    """Centered clipping in coefficient space over the n rows and the center (point n): ``(n + 1,)`` coefficients."""
-    n = D_all.shape[0] - 1
-    if not finite[n]:
-        raise ValueError("centered_clip: center must be finite, got NaN/inf entries")
-    idx = finite.nonzero().flatten()  # finite rows, then the center (index n)
-    D = D_all[idx][:, idx]
-    c = torch.zeros(idx.numel(), dtype=torch.float64)
-    c[-1] = 1.0
-    previous = None
-    for t in range(iters):
-        dist = _distances_to(D, c)[:-1]
-        w = torch.where(dist > tau, tau / dist, torch.ones_like(dist)) / n
-        step = c * (1.0 - w.sum())
-        step[:-1] += w
-        # The iteration is deterministic: once an iterate repeats (period 1 or 2), the rest is known.
-        left = iters - t - 1
-        if torch.equal(step, c):
-            break
-        if previous is not None and torch.equal(step, previous):
-            c = step if left % 2 == 0 else c
-            break
-        previous, c = c, step
-    full = torch.zeros(n + 1, dtype=torch.float64)
-    full[idx] = c
-    return full
+    return coefficients.combine(coefficients.cc_coefficients(D, finite, tau * 2.0**-k, iters), X, center)

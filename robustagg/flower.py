@@ -50,19 +50,6 @@ from .validation import check_real
 
 __all__ = ["RULES", "RobustMessageStrategy", "RobustStrategy", "aggregate_ndarrays", "make_aggregator"]
 
-def _resolve(aggregator: Aggregator | str, f: int | None, options: Mapping[str, Any] | None) -> Aggregator:
-    if isinstance(aggregator, str):
-        return make_aggregator(aggregator, f, **dict(options or {}))
-    if not isinstance(aggregator, Aggregator):
-        raise TypeError(
-            f"flower: aggregator must be a robustagg Aggregator (a rule, or pre-aggregators >> rule) "
-            f"or a rule name, got {type(aggregator).__name__}"
-        )
-    if f is not None or options:
-        raise ValueError("flower: f and rule options go with a rule name; an aggregator object already holds them")
-    return aggregator
-
-
 def _check_dtype(dtype: object) -> torch.dtype | None:
     if dtype is not None and not isinstance(dtype, torch.dtype):
         raise TypeError(f"flower: dtype must be torch.float32, torch.float64 or None, "
@@ -151,7 +138,7 @@ def aggregate_ndarrays(
             range, an integer aggregate outside its dtype, or the rule's own conditions (e.g. Krum's
             ``n > 2f + 2``).
     """
-    agg = _resolve(aggregator, f, rule_options)
+    agg = make_aggregator(aggregator, f, owner="flower", **dict(rule_options or {}))
     if len(results) == 0:
         raise ValueError("flower: no client results to aggregate")
     for i, pair in enumerate(results):
@@ -246,7 +233,7 @@ class _RobustMixin:
         dtype: torch.dtype | None,
         rule_options: Mapping[str, Any] | None,
     ) -> None:
-        self.aggregator = _resolve(aggregator, f, rule_options)
+        self.aggregator = make_aggregator(aggregator, f, owner="flower", **dict(rule_options or {}))
         self.on_updates = bool(on_updates)
         self.weighted = bool(weighted)
         self.dtype = _check_dtype(dtype)

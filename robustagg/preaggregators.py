@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from . import ops
+from . import exact_geometry, ops
 from .validation import check_generator, check_int, check_matrix, check_positive
 
 __all__ = ["arc", "bucketing", "clip", "nnm"]
@@ -52,7 +52,7 @@ def nnm(X: torch.Tensor, f: int) -> torch.Tensor:
     n = X.shape[0]
     if not 0 <= f < n:
         raise ValueError(f"nnm: f must be in [0, n) = [0, {n}), got f={f}")
-    D, _, _ = ops.scaled_distances(X.detach())
+    D, _, _ = exact_geometry.scaled_distances(X.detach())
     D = D.cpu().clone()
     D.fill_diagonal_(-1.0)  # each row first among its own neighbours
     nearest = torch.sort(D, dim=1, stable=True).indices[:, : n - f]
@@ -75,7 +75,7 @@ def clip(X: torch.Tensor, c: float) -> torch.Tensor:
     """
     check_matrix(X, "clip")
     c = check_positive(c, "c", "clip", allow_inf=True)
-    squares, k = ops.scaled_row_sq_norms(X)
+    squares, k = exact_geometry.scaled_row_sq_norms(X)
     norms, c = squares.cpu().sqrt(), c * 2.0**-k  # both times 2**-k
     scale = torch.where(torch.isfinite(norms) & (norms > c), c / norms, torch.ones_like(norms))
     return _scaled_rows(X, scale)
@@ -98,7 +98,7 @@ def arc(X: torch.Tensor, f: int) -> torch.Tensor:
     if n <= 2 * f:
         raise ValueError(f"arc: f={f} needs n > 2*f, got n={n}")
     k = (2 * f * (n - f)) // n
-    norms = ops.scaled_row_sq_norms(X)[0].cpu().sqrt()  # ratios of norms: the scale cancels
+    norms = exact_geometry.scaled_row_sq_norms(X)[0].cpu().sqrt()  # ratios of norms: the scale cancels
     finite = torch.isfinite(norms)
     key = torch.where(finite, -norms, torch.full_like(norms, -math.inf))
     order = torch.sort(key, stable=True).indices

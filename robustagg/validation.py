@@ -78,7 +78,7 @@ def check_positive(value: object, name: str, rule: str, allow_inf: bool = False)
     return value
 
 
-def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool, allow_inf: bool) -> str:
+def describe_interval(low: float | None, high: float | None, low_open: bool, high_open: bool, allow_inf: bool) -> str:
     """How check_real states its condition: ``in [0, 1)``, ``finite and > 0``, ``> 0``, ``finite``, ..."""
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -102,9 +102,39 @@ def check_real(value: object, name: str, rule: str, low: float | None = None, hi
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        raise ValueError(f"{rule}: {name} must be {_interval(low, high, low_open, high_open, allow_inf)}, "
+        raise ValueError(f"{rule}: {name} must be {describe_interval(low, high, low_open, high_open, allow_inf)}, "
                          f"got {name}={value!r}")
     return value
+
+
+def check_optional_tensor(value: object, name: str, rule: str) -> torch.Tensor | None:
+    """None or a tensor (its shape and values are checked where it is used)."""
+    if value is not None and not isinstance(value, torch.Tensor):
+        raise TypeError(f"{rule}: {name} must be a torch.Tensor or None, got {type(value).__name__}")
+    return value
+
+
+def check_row_weights(weights: object, X: torch.Tensor, rule: str) -> torch.Tensor:
+    """Weights of X's rows as a CPU float64 tensor (ones when None): shape (n,), on X's device, finite,
+    >= 0, with a positive sum."""
+    n = X.shape[0]
+    if weights is None:
+        return torch.ones(n, dtype=torch.float64)
+    check_optional_tensor(weights, "weights", rule)
+    if weights.is_complex() or weights.dtype == torch.bool:
+        raise TypeError(f"{rule}: weights must be a real tensor, got {weights.dtype}")
+    if weights.shape != (n,):
+        raise ValueError(f"{rule}: weights must have shape (n,) = ({n},), got {tuple(weights.shape)}")
+    if weights.device != X.device:
+        raise ValueError(f"{rule}: weights are on {weights.device} but X is on {X.device}")
+    a = weights.detach().to(device="cpu", dtype=torch.float64)
+    bad = ~(torch.isfinite(a) & (a >= 0))
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise ValueError(f"{rule}: weights must be finite and >= 0, got weights[{i}]={a[i].item()}")
+    if a.sum() <= 0:
+        raise ValueError(f"{rule}: weights must have a positive sum, got {a.sum().item()}")
+    return a
 
 
 def check_generator(generator: object, name: str, rule: str) -> torch.Generator | None:

@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import robustagg
 from robustagg.attacks import make_attack
-from robustagg.distributed import RobustHookState, make_rule, robust_hook
+from robustagg.distributed import CC_OPTIONS, RobustHookState, robust_hook
 
 from rank_pool import DEADLINE, Pool, free_port, group, init
 
@@ -41,6 +41,12 @@ DISTANCE_RULES = ["krum", "mkrum", "gm", "cc"]
 
 
 ODD_WIDTHS = (16, 31, 29, 23, 19, 4)  # many parameters of odd sizes: buckets that n does not divide
+
+
+def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
+    """The rule of a name as the distributed paths build it: f where the rule takes one, CC_OPTIONS for cc."""
+    return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
+
 
 
 def _model(seed: int = 0, dtype: torch.dtype = torch.float64, widths: tuple[int, ...] = ODD_WIDTHS) -> torch.nn.Module:
@@ -251,7 +257,7 @@ def task_byzantine_training(size: int, rule: str, attack: str, mode: str, steps:
     if pg is None:
         return None
     rank = dist.get_rank(pg)
-    state = RobustHookState(make_rule(rule, 1, tau=1.0, iters=3), process_group=pg, attack=attack,
+    state = RobustHookState(make_rule(rule, 1), process_group=pg, attack=attack,
                             byzantine_ranks=[size - 1], momentum=0.5, mode=mode)
     model = DDP(_model(dtype=torch.float32, widths=(16, 32, 32, 4)), bucket_cap_mb=BUCKET_MB, process_group=pg)
     model.register_comm_hook(state, robust_hook)
@@ -485,9 +491,9 @@ def test_bad_arguments_raise(one_rank_group) -> None:
         (dict(aggregator=lambda X: X.mean(0)), TypeError, "aggregator must be"),
         (dict(aggregator=robustagg.CenteredClip(1.0, center=torch.zeros(3))), ValueError, "preset center"),
         (dict(aggregator=robustagg.Krum(1)), ValueError, r"krum: f=1 needs n > 2\*f \+ 2, got n=1"),
-        (dict(aggregator="tm", f=-1), ValueError, "f must be an int >= 0"),
-        (dict(aggregator="mean", momentum=1.0), ValueError, "momentum must be a number in"),
-        (dict(aggregator="mean", momentum="0.9"), ValueError, "momentum"),
+        (dict(aggregator="tm", f=-1), ValueError, "f must be >= 0"),
+        (dict(aggregator="mean", momentum=1.0), ValueError, r"momentum must be in \[0, 1\)"),
+        (dict(aggregator="mean", momentum="0.9"), TypeError, "momentum must be a real number"),
         (dict(aggregator="mean", byzantine_ranks=[1]), ValueError, r"byzantine_ranks entries must be in \[0, 1\)"),
         (dict(aggregator="mean", byzantine_ranks=[0]), ValueError, "leaves no honest rank"),
         (dict(aggregator="mean", byzantine_ranks="0"), TypeError, "byzantine_ranks must be a sequence"),

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from robustagg.cli import main
-from robustagg.optim.mime import FederatedServer
+from robustagg.optim.federated import FederatedServer
 
 D = 5
 
@@ -361,3 +361,10 @@ def test_train_federated_rejects_bad_settings(capsys) -> None:
         main(["train", "federated", "--per-round", "200"])
     assert exit_.value.code == 2
     assert "per_round" in capsys.readouterr().err
+
+
+def test_former_import_path_names_the_same_objects():
+    from robustagg.optim import federated, mime
+
+    assert (mime.FederatedServer, mime.ClientOptimizer, mime.ALGORITHMS, mime.BASES) == (
+        federated.FederatedServer, federated.ClientOptimizer, federated.ALGORITHMS, federated.BASES)

@@ -27,7 +27,7 @@ from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import fully_shard
 
 import robustagg
-from robustagg.distributed import RobustReduceScatter, make_rule, use_robust_reduce_scatter
+from robustagg.distributed import CC_OPTIONS, RobustReduceScatter, use_robust_reduce_scatter
 
 from rank_pool import Pool, group
 
@@ -41,6 +41,12 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 # ---------------------------------------------------------------------------
 # Helpers run inside the ranks
+
+
+def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
+    """The rule of a name as the distributed paths build it: f where the rule takes one, CC_OPTIONS for cc."""
+    return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
+
 
 
 def _model(dtype: torch.dtype, seed: int = 0) -> torch.nn.Sequential:
@@ -427,13 +433,13 @@ def one_rank_group():
 
 
 BAD_ARGUMENTS = [
-    (dict(aggregator="tm", f=-1), ValueError, "f must be an int >= 0"),
-    (dict(aggregator="tm", f=1.0), ValueError, "f must be an int >= 0"),
-    (dict(aggregator="tm", f=True), ValueError, "f must be an int >= 0"),
-    (dict(aggregator="cm", gradient_divide_factor=0), ValueError, "gradient_divide_factor must be"),
+    (dict(aggregator="tm", f=-1), ValueError, "f must be >= 0"),
+    (dict(aggregator="tm", f=1.0), TypeError, "f must be an int"),
+    (dict(aggregator="tm", f=True), TypeError, "f must be an int"),
+    (dict(aggregator="cm", gradient_divide_factor=0), ValueError, "gradient_divide_factor must be finite and > 0"),
     (dict(aggregator="cm", gradient_divide_factor=-2.0), ValueError, "gradient_divide_factor must be"),
-    (dict(aggregator="cm", gradient_divide_factor=True), ValueError, "gradient_divide_factor must be"),
-    (dict(aggregator="cm", gradient_divide_factor="4"), ValueError, "gradient_divide_factor must be"),
+    (dict(aggregator="cm", gradient_divide_factor=True), TypeError, "gradient_divide_factor must be a real number"),
+    (dict(aggregator="cm", gradient_divide_factor="4"), TypeError, "gradient_divide_factor must be a real number"),
     (dict(aggregator=robustagg.Bulyan(0)), ValueError, "Bulyan is not supported"),
     (dict(aggregator="bulyan"), ValueError, "bulyan is not supported"),
     (dict(aggregator=robustagg.Clip(1.0) >> robustagg.Mean()), ValueError, "pipelines"),

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robustagg
-from robustagg import ops, reference
+from robustagg import exact_geometry, ops, reference
 from conftest import assert_exact, assert_sum_close
 
 BIG = 1.7976931348623157e308
@@ -130,7 +130,7 @@ def test_distance_rules_of_far_finite_rows(X):
     n = X.shape[0]
     f = (n - 3) // 4
     s = scale_for(X)
-    D, finite = ops.distances_and_finite(X)
+    D, finite = exact_geometry.distances_and_finite(X)
     assert finite.all()
     assert torch.equal(robustagg.krum(X, f), reference.krum(X * s, f) / s)
     assert_sum_close(robustagg.multi_krum(X, f), reference.multi_krum(X * s, f) / s, X, "multi_krum")
@@ -175,7 +175,7 @@ def test_a_row_is_not_finite_only_when_an_entry_is_not():
     X = torch.randn(4, 3, dtype=torch.float64) * 1e200
     X[2, 1] = math.nan
     X[3, 0] = BIG
-    D, finite = ops.distances_and_finite(X)
+    D, finite = exact_geometry.distances_and_finite(X)
     assert finite.tolist() == [True, True, False, True]
     assert torch.isinf(D[2, [0, 1, 3]]).all()
     # Squared distances beyond the float64 range are +inf (their rounding), though the rows are finite.
@@ -183,7 +183,7 @@ def test_a_row_is_not_finite_only_when_an_entry_is_not():
     # A zero center far from rows of 1e156: shifted by the rows, its squared norm overflows, yet it is finite.
     near = torch.full((2, 3), 1e156, dtype=torch.float64)
     near[1] += 1e150
-    D, finite = ops.distances_and_finite(near, torch.zeros(3, dtype=torch.float64))
+    D, finite = exact_geometry.distances_and_finite(near, torch.zeros(3, dtype=torch.float64))
     assert finite.all()
     assert D[0, 1].item() == pytest.approx(3e300, rel=1e-9)
     assert torch.isinf(D[0, 2]) and torch.isinf(D[1, 2])
@@ -222,7 +222,7 @@ def test_overflowing_rows_at_the_reference_positions():
     """Both repairs at once: squared distances beyond float64, and far rows where the Gram's shift is taken."""
     c = math.sqrt(BIG / 4)
     X = torch.tensor([[c, c], [0.1, 0.2], [0.3, -0.1], [-c, -c], [0.5, 0.7], [c, c]], dtype=torch.float64)
-    D, finite = ops.distances_and_finite(X)
+    D, finite = exact_geometry.distances_and_finite(X)
     assert finite.all()
     assert D[1, 4].item() == pytest.approx(0.41, rel=1e-12)
     assert D[1, 2].item() == pytest.approx(0.13, rel=1e-12)

@@ -96,7 +96,7 @@ streams ordered by the works' waits) but has run only on gloo.
 
 from .fsdp import RobustReduceScatter, use_robust_reduce_scatter
 from .hook import MODES, HookStats, RobustHookState, robust_hook
-from .rules import RULE_NAMES, make_rule
+from .rules import CC_OPTIONS, RULE_NAMES
 
-__all__ = ["MODES", "RULE_NAMES", "HookStats", "RobustHookState", "RobustReduceScatter", "make_rule",
-           "robust_hook", "use_robust_reduce_scatter"]
+__all__ = ["CC_OPTIONS", "MODES", "RULE_NAMES", "HookStats", "RobustHookState", "RobustReduceScatter", "robust_hook",
+           "use_robust_reduce_scatter"]

@@ -63,9 +63,11 @@ from collections.abc import Sequence
 import torch
 import torch.distributed as dist
 
-from .. import ops
+from .. import exact_geometry
 from ..aggregators import Aggregator, CenteredClip
-from .rules import DISTANCE, check_rule, coefficients, combine
+from ..coefficients import combine
+from ..validation import check_int, check_positive
+from .rules import DISTANCE, check_rule, row_coefficients
 
 try:  # the interface FSDP2's set_custom_reduce_scatter takes
     from torch.distributed.fsdp._fully_shard._fsdp_api import ReduceScatter as _ReduceScatter
@@ -107,17 +109,14 @@ class RobustReduceScatter(_ReduceScatter):
 
     def __init__(self, aggregator: Aggregator | str, f: int = 0, layerwise: bool = False,
                  gradient_divide_factor: float | None = None) -> None:
-        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-            raise ValueError(f"RobustReduceScatter: f must be an int >= 0, got f={f!r}")
+        f = check_int(f, "f", "RobustReduceScatter", low=0)
         self.aggregator = check_rule(aggregator, f, None, "RobustReduceScatter")  # n is checked at the first call
         if isinstance(self.aggregator, DISTANCE) and layerwise is not True:
             raise ValueError(f"RobustReduceScatter: {type(self.aggregator).__name__} is a distance rule and runs "
                              "per FSDP unit, a layer-wise rule unlike the whole-model one; pass layerwise=True")
-        if gradient_divide_factor is not None and (
-                isinstance(gradient_divide_factor, bool) or not isinstance(gradient_divide_factor, (int, float))
-                or not gradient_divide_factor > 0):
-            raise ValueError(f"RobustReduceScatter: gradient_divide_factor must be a number > 0 or None, "
-                             f"got {gradient_divide_factor!r}")
+        if gradient_divide_factor is not None:
+            gradient_divide_factor = check_positive(gradient_divide_factor, "gradient_divide_factor",
+                                                    "RobustReduceScatter")
         self.gradient_divide_factor = gradient_divide_factor
         self.calls = 0
         self.sent_bytes = 0
@@ -182,7 +181,7 @@ class RobustReduceScatter(_ReduceScatter):
             if self._center is None or self._center.shape != (X.shape[1],):
                 self._center = X.new_zeros(X.shape[1])
             center = self._center.to(X.dtype)
-        D, finite = ops.distances_and_finite(X, center)
+        D, finite = exact_geometry.distances_and_finite(X, center)
         k = D.shape[0]
         packed = torch.cat([D.reshape(-1), (~finite).double()])
         try:
@@ -192,7 +191,7 @@ class RobustReduceScatter(_ReduceScatter):
                                f"distances over the {group.size()} ranks: {exc}") from exc
         self.sent_bytes += 2 * (group.size() - 1) * packed.numel() * 8 // group.size()
         packed = packed.cpu()
-        c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, X)
+        c = row_coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, X)
         out = combine(c, X, center)
         if center is not None:
             self._center = out.clone()

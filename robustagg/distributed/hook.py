@@ -16,10 +16,12 @@ from dataclasses import astuple, dataclass, field
 import torch
 import torch.distributed as dist
 
-from .. import ops
+from .. import exact_geometry, ops
 from ..aggregators import Aggregator, CenteredClip
 from ..attacks import Attack, Mimic, _LineSearch, make_attack
-from .rules import DISTANCE, check_rule, coefficients, combine
+from ..coefficients import combine
+from ..validation import check_int, check_real
+from .rules import DISTANCE, check_rule, row_coefficients
 
 __all__ = ["MODES", "HookStats", "RobustHookState", "robust_hook"]
 
@@ -88,7 +90,7 @@ class RobustHookState:
             :class:`~robustagg.MultiKrum`, :class:`~robustagg.GeometricMedian`,
             :class:`~robustagg.CenteredClip` without a preset center) or a name
             in :data:`~robustagg.distributed.RULE_NAMES` (built by
-            :func:`~robustagg.distributed.make_rule` with ``f``).
+            :func:`~robustagg.make_aggregator` with ``f`` where the rule takes it).
             Centered clipping's center is the previous aggregate, kept by the
             hook per parameter (zeros at first), not in ``aggregator.center``.
             After each step, ``GeometricMedian.info`` describes that step's solve.
@@ -180,12 +182,9 @@ class RobustHookState:
         self.byzantine = member
         self.attack = self._check_attack(attack)
 
-        if isinstance(momentum, bool) or not isinstance(momentum, (int, float)) or not 0.0 <= momentum < 1.0:
-            raise ValueError(f"RobustHookState: momentum must be a number in [0, 1), got momentum={momentum!r}")
-        self.momentum = float(momentum)
-
-        if f is not None and (isinstance(f, bool) or not isinstance(f, int) or f < 0):
-            raise ValueError(f"RobustHookState: f must be an int >= 0 or None, got f={f!r}")
+        self.momentum = check_real(momentum, "momentum", "RobustHookState", 0.0, 1.0, high_open=True)
+        if f is not None:
+            f = check_int(f, "f", "RobustHookState", low=0)
         self.aggregator = check_rule(aggregator, len(self.byzantine_ranks) if f is None else f, n, "RobustHookState")
 
         self.last = HookStats()
@@ -408,7 +407,7 @@ class RobustHookState:
             fut = _completed(self.aggregator.aggregate(X).view_as(buf))
         else:
             center = self._params_slice(params, 0, x.numel(), X) if isinstance(self.aggregator, CenteredClip) else None
-            D, finite = ops.distances_and_finite(X, center)
+            D, finite = exact_geometry.distances_and_finite(X, center)
             self._D = D if self._D is None else self._D + D
             self._finite = finite if self._finite is None else self._finite & finite
             fut = torch.futures.Future()
@@ -420,7 +419,7 @@ class RobustHookState:
 
     def _resolve_replicated(self) -> None:
         """At the last bucket: the rule's coefficients from the summed distances, then every bucket's output."""
-        c = coefficients(self.aggregator, self._D.cpu(), self._finite.cpu(), self._pending[0][0])
+        c = row_coefficients(self.aggregator, self._D.cpu(), self._finite.cpu(), self._pending[0][0])
         pending, self._pending, self._D, self._finite = self._pending, [], None, None
         for X, center, fut, params in pending:
             out = combine(c, X, center)
@@ -464,7 +463,7 @@ class RobustHookState:
             del X
             self._gather_shard(shard, out)
         else:
-            shard.D, shard.finite = ops.distances_and_finite(X, self._center_shard(shard))
+            shard.D, shard.finite = exact_geometry.distances_and_finite(X, self._center_shard(shard))
         self._now.aggregation += time.perf_counter() - tick
 
     def _center_shard(self, shard: _Shard) -> torch.Tensor | None:
@@ -489,7 +488,7 @@ class RobustHookState:
         k = D.shape[0]
         packed = packed.cpu()
         like = shards[0].recv.new_empty(self.world_size, 0)  # n rows on the shards' device, for the weights' checks
-        c = coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
+        c = row_coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
         for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
             out = _padded(combine(c, s.recv.view(self.world_size, s.valid), self._center_shard(s)), s.width)
             s.recv = s.D = None

@@ -2,8 +2,8 @@
 
 Every path (the DDP hook in both modes, the FSDP2 reduce-scatter) checks its
 rule with :func:`check_rule` and, for a distance rule, turns the summed
-float64 squared distances into row coefficients with :func:`coefficients`,
-the same functions :mod:`robustagg.distance` runs on one matrix: squared
+float64 squared distances into row coefficients with :func:`row_coefficients`,
+the same functions (:mod:`robustagg.coefficients`) that :mod:`robustagg.distance` runs on one matrix: squared
 distances add over blocks of coordinates, so summing the blocks' distances
 gives the whole vector's coefficients.
 """
@@ -14,10 +14,9 @@ import copy
 
 import torch
 
-from .. import distance
+from .. import coefficients
 from ..aggregators import (
     RULES,
-    RULES_WITH_F,
     Aggregator,
     Bulyan,
     CenteredClip,
@@ -31,6 +30,7 @@ from ..aggregators import (
     TrimmedMean,
     make_aggregator,
 )
+from ..validation import check_row_weights
 
 #: The rule names the distributed paths take: those of :func:`robustagg.aggregators.make_aggregator` but Bulyan.
 RULE_NAMES = {name: text for name, text in RULES.items() if name != "bulyan"}
@@ -39,25 +39,25 @@ COORDINATE = (Mean, CoordinateMedian, TrimmedMean, MeaMed)
 DISTANCE = (Krum, MultiKrum, GeometricMedian, CenteredClip)
 
 
-def make_rule(name: str, f: int = 0, tau: float = 1.0, iters: int = 3) -> Aggregator:
-    """The aggregator of a rule name in :data:`RULE_NAMES`: ``f`` for the rules that take it, ``tau`` and
-    ``iters`` for centered clipping (:func:`robustagg.aggregators.make_aggregator` with these defaults)."""
-    if name == "bulyan":
-        raise ValueError("make_rule: bulyan is not supported by robustagg.distributed; choose from " + ", ".join(RULE_NAMES))
-    options = {"tau": tau, "iters": iters} if name == "cc" else {}
-    return make_aggregator(name, f if name in RULES_WITH_F else None, **options)
+#: Centered clipping's options when the rule is given by name.
+CC_OPTIONS = {"tau": 1.0, "iters": 3}
 
 
 def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) -> Aggregator:
     """The rule object for ``aggregator`` (a name is built with ``f``), checked for ``n`` rows (``None``: not
-    yet known, the rule's own checks wait for the first call); errors name ``owner``."""
-    if isinstance(aggregator, str):
-        aggregator = make_rule(aggregator, f)
-    if isinstance(aggregator, Bulyan):
-        raise ValueError(f"{owner}: Bulyan is not supported (it needs the selected rows of the whole model "
+    yet known, the rule's own checks wait for the first call); errors name ``owner``. A name gets ``f`` when
+    its rule takes one, and centered clipping gets :data:`CC_OPTIONS`."""
+    if isinstance(aggregator, str) and aggregator in RULE_NAMES:
+        aggregator = make_aggregator(aggregator, f, f_if_used=True, owner=owner,
+                                     **(CC_OPTIONS if aggregator == "cc" else {}))
+    if isinstance(aggregator, Bulyan) or aggregator == "bulyan":
+        name = "Bulyan" if isinstance(aggregator, Bulyan) else "bulyan"
+        raise ValueError(f"{owner}: {name} is not supported (it needs the selected rows of the whole model "
                          "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip")
     if isinstance(aggregator, Pipeline):
         raise ValueError(f"{owner}: pre-aggregator pipelines are not supported")
+    if isinstance(aggregator, str):
+        raise ValueError(f"{owner}: unknown rule {aggregator!r}; choose from {', '.join(RULE_NAMES)}")
     if not isinstance(aggregator, COORDINATE + DISTANCE):
         raise TypeError(f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
                         f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}")
@@ -73,7 +73,7 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
     return aggregator
 
 
-def coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+def row_coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
     """Row coefficients of a distance rule from the whole vector's squared distances (CPU float64).
 
     ``D`` and ``finite`` cover the n rows, plus the center as point n for
@@ -83,16 +83,9 @@ def coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: 
     """
     n = D.shape[0] - (1 if isinstance(rule, CenteredClip) else 0)
     if isinstance(rule, (Krum, MultiKrum)):
-        return distance._krum_coefficients(D, finite, rule.f, n - rule.f if rule.m is None else rule.m)
+        return coefficients.krum_coefficients(D, finite, rule.f, n - rule.f if rule.m is None else rule.m)
     if isinstance(rule, GeometricMedian):
-        a = distance._check_weights(rule.weights, like, "geometric_median")
-        c, rule.info = distance._gm_coefficients(D, finite, a, rule.nu, rule.tol, rule.max_iter)
+        a = check_row_weights(rule.weights, like, "geometric_median")
+        c, rule.info = coefficients.gm_coefficients(D, finite, a, rule.nu, rule.tol, rule.max_iter)
         return c
-    return distance._cc_coefficients(D, finite, rule.tau, rule.iters)
-
-
-def combine(c: torch.Tensor | None, X: torch.Tensor, center: torch.Tensor | None) -> torch.Tensor:
-    """``sum_i c_i p_i`` over the rows of X (and the center), or all NaN when ``c`` is None."""
-    if c is None:
-        return torch.full((X.shape[1],), float("nan"), dtype=X.dtype, device=X.device)
-    return distance._combine(c, X, center)
+    return coefficients.cc_coefficients(D, finite, rule.tau, rule.iters)

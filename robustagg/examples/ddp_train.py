@@ -43,7 +43,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..attacks import check_attack_rows
-from ..cli import (
+from ..arguments import (
     finite_float,
     nonnegative_int,
     output_path,
@@ -52,7 +52,8 @@ from ..cli import (
     positive_int,
     unit_interval,
 )
-from ..distributed import MODES, RULE_NAMES, RobustHookState, make_rule, robust_hook, use_robust_reduce_scatter
+from ..aggregators import Aggregator, make_aggregator
+from ..distributed import MODES, RULE_NAMES, RobustHookState, robust_hook, use_robust_reduce_scatter
 from ..distributed.rules import check_rule
 from ..sim.data import NUM_TRAIN, check_batch, load_digits, split_workers
 
@@ -104,6 +105,11 @@ def _attack_kwargs(args: argparse.Namespace, rank: int) -> dict:
     return {}
 
 
+def _rule(args: argparse.Namespace, f: int) -> Aggregator:
+    options = {"tau": args.cc_tau, "iters": args.cc_iters} if args.agg == "cc" else {}
+    return make_aggregator(args.agg, f, f_if_used=True, **options)
+
+
 def _train(args: argparse.Namespace) -> dict | None:
     """One rank's training, in an initialised process group; rank 0 returns the result."""
     from ..attacks import make_attack
@@ -123,7 +129,7 @@ def _train(args: argparse.Namespace) -> dict | None:
     model = torch.nn.Sequential(torch.nn.Linear(data.num_features, args.hidden), torch.nn.ReLU(),
                                 torch.nn.Linear(args.hidden, data.num_classes))
     f = len(args.byzantine_ranks) if args.f is None else args.f
-    rule = make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters)
+    rule = _rule(args, f)
     state, comms = None, {}
     if args.fsdp:
         from torch.distributed.fsdp import fully_shard
@@ -236,7 +242,7 @@ def _check(args: argparse.Namespace, world: int) -> None:
     # The rule's own conditions on f at n = world rows (Krum's n > 2f + 2, the trimmed mean's n > 2f, ...).
     f = byzantine if args.f is None else args.f
     try:
-        check_rule(make_rule(args.agg, f, tau=args.cc_tau, iters=args.cc_iters), f, world, "ddp_train")
+        check_rule(_rule(args, f), f, world, "ddp_train")
     except ValueError as exc:
         raise ValueError(f"ddp_train: rule {args.agg} cannot take f={f} of {world} ranks: {exc}") from None
     if args.byzantine_ranks and args.attack == "none":

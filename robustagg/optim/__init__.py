@@ -1,7 +1,7 @@
 """Optimizer layer of the lines of work, built on the native fused ops.
 
 * :mod:`robustagg.optim.byzantine`: worker momentum and the robust server step;
-* :mod:`robustagg.optim.mime`: federated server and client optimizer (FedAvg,
+* :mod:`robustagg.optim.federated`: federated server and client optimizer (FedAvg,
   FedAvgM, SCAFFOLD, MimeLite, Mime, MVR variants);
 * :mod:`robustagg.optim.personalized`: weighted gradient averaging, with and
   without bias correction, and the weights of optimal model averaging;
@@ -10,8 +10,8 @@
 """
 
 from .byzantine import RobustServer, WorkerMomentum
+from .federated import ClientOptimizer, FederatedServer
 from .masked import ACDCSchedule, ACDCTrainer, AlternatingSchedule, MaskedSGD, PartialTrainer
-from .mime import ClientOptimizer, FederatedServer
 from .personalized import BiasCorrectedWGA, WeightedGradientAveraging
 
 __all__ = [

@@ -27,7 +27,7 @@ from ..validation import check_int, check_positive, check_real
 from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
 
-__all__ = ["ByzantineConfig", "RULES", "TAIL_START", "make_rule", "run_byzantine"]
+__all__ = ["ByzantineConfig", "RULES", "TAIL_START", "aggregator_of", "run_byzantine"]
 
 # Test accuracy swings from one evaluation to the next under attack, so runs
 # are compared by the mean over the evaluations after this fraction of the rounds.
@@ -91,7 +91,7 @@ class ByzantineConfig:
             check_int(self.rule_f, "rule_f", where, low=0)
         alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
         check_attack_rows(self.attack, n, f, alie_z)
-        rule = make_rule(self, torch.Generator())
+        rule = aggregator_of(self, torch.Generator())
         try:
             rule.aggregate(torch.zeros(n, 1, dtype=torch.float64))
         except ValueError as exc:
@@ -104,14 +104,13 @@ class ByzantineConfig:
         return self.byzantine if self.rule_f is None else self.rule_f
 
 
-def make_rule(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggregator:
+def aggregator_of(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggregator:
     """The aggregator of ``cfg.agg``, behind ``Bucketing(cfg.bucketing)`` when that is >= 2."""
     f = cfg.assumed_f
     n_rows = cfg.workers if cfg.bucketing < 2 else -(-cfg.workers // cfg.bucketing)
     f_rows = f if cfg.bucketing < 2 else min(f, n_rows)
     options = {"gm": {"max_iter": cfg.gm_iters}, "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters}}.get(cfg.agg, {})
-    rule = agg.make_aggregator(cfg.agg, f_rows if cfg.agg in agg.RULES_WITH_F else None,
-                               **options)
+    rule = agg.make_aggregator(cfg.agg, f_rows, f_if_used=True, **options)
     if cfg.bucketing >= 2:
         return agg.Bucketing(cfg.bucketing, generator) >> rule
     return rule
@@ -148,7 +147,7 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
     shares = split_workers(data.y_train, n, cfg.split, rng)
     model = make_model(cfg.model, data.num_features, data.num_classes, cfg.hidden)
     w = model.init(gen)
-    rule = make_rule(cfg, torch.Generator().manual_seed(cfg.seed + 1))
+    rule = aggregator_of(cfg, torch.Generator().manual_seed(cfg.seed + 1))
     attack = make_attack(cfg.attack, **_attack_kwargs(cfg, rule, torch.Generator().manual_seed(cfg.seed + 2)))
 
     # Byzantine workers hold their share like everyone else; a data-level

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..optim.mime import ALGORITHMS, BASES, FederatedServer
+from ..optim.federated import ALGORITHMS, BASES, FederatedServer
 from ..validation import check_int, check_positive, check_real
 from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
