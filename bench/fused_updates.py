@@ -55,11 +55,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import robustagg  # noqa: E402
-from robustagg import bench as rb  # noqa: E402
-from robustagg.ops import (  # noqa: E402
+import robustagg
+from robustagg.bench.host import cpu_model, pin_malloc
+from robustagg.bench.timing import rotation_count, time_interleaved
+from robustagg.ops import (
     adam_client_step_,
     adam_stats_update_,
     client_step_,
@@ -515,13 +514,13 @@ def copy_streams(device: torch.device) -> int:
 def run(device: str, repeats: int, only: str = "") -> list[dict]:
     dev = torch.device(device)
     if dev.type == "cpu":
-        rb.pin_malloc()
+        pin_malloc()
     gen = torch.Generator().manual_seed(0)
     rows = []
     for case in [c for c in CASES if only in c.name]:
         numel = sum(math.prod(s) for s in case.shapes)
         list_bytes = numel * 4
-        copies = rb.rotation_count(int((len(case.lists) + 2 + (1.3 if case.mask else 0)) * list_bytes), dev, 2 << 30)
+        copies = rotation_count(int((len(case.lists) + 2 + (1.3 if case.mask else 0)) * list_bytes), dev, 2 << 30)
         # Each copy: the case's lists, and two flat buffers of one list's size for the copy
         # (zeros, not empty: the destination is paged in before it is timed).
         sets = [(_make_set(case, device, gen), (torch.zeros(numel, device=device),
@@ -530,7 +529,7 @@ def run(device: str, repeats: int, only: str = "") -> list[dict]:
         agree = check_agreement(case, sets[0][0])
         impls = [case.fused, *case.foreach.values(), case.loop]
         fns = [(lambda x, f=f: f(x[0])) for f in impls] + [lambda x: x[1][0].copy_(x[1][1])]
-        res = rb.time_interleaved(fns, sets, dev, repeats=repeats)
+        res = time_interleaved(fns, sets, dev, repeats=repeats)
         ms = [r["ms"] for r in res]
         fused_ms, loop_ms, copy_ms = ms[0], ms[-2], ms[-1]
         foreach_ms = dict(zip(case.foreach, ms[1:-2]))
@@ -567,7 +566,7 @@ def run(device: str, repeats: int, only: str = "") -> list[dict]:
 
 
 def markdown(rows: list[dict], device: str, command: str) -> str:
-    where = rb.cpu_model() if device == "cpu" else torch.cuda.get_device_name()
+    where = cpu_model() if device == "cpu" else torch.cuda.get_device_name()
     lines = [
         f"# Fused updates on {where}",
         "",

@@ -6,7 +6,7 @@ cost should stay near two reads of X for any iteration count; an X-space loop
 updates (``tol=0``), times the median of repeats interleaved with one read of
 X (``X.sum(0)``), and reports both as multiples of that read.
 
-    PYTHONPATH=. python bench/gm_iterations.py --n 25 --d 1000000 --T 1 3 10 30 100
+    python bench/gm_iterations.py --n 25 --d 1000000 --T 1 3 10 30 100
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import time
 import torch
 
 import robustagg as ra
-from robustagg.bench import GM_NU, pin_malloc
+from robustagg.bench.host import pin_malloc
+from robustagg.bench.params import GM_NU
 
 
 def torch_weiszfeld(X: torch.Tensor, T: int) -> torch.Tensor:

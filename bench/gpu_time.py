@@ -28,13 +28,10 @@ import json
 import math
 import os
 import statistics
-import sys
 
 import torch
 
 import robustagg as ra
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench/fused_updates.py for fused_update_cases
 
 
 def time_ms(fn, inputs: list[torch.Tensor], repeats: int) -> float:
@@ -109,7 +106,9 @@ def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
     read once, every written list written once) x one list's bytes; % of copy BW is against a
     device-to-device copy of one list's bytes (read + written); "x one read" against one read of
     one list; "vs torch" is the fastest of the torch._foreach_* compositions timed there."""
-    import fused_updates as fu  # bench/fused_updates.py: the same updates, foreach compositions and lists
+    # bench/fused_updates.py, found on sys.path[0] (this script's folder): the same updates, foreach
+    # compositions and lists
+    import fused_updates as fu
 
     timer = timer or time_ms
     rows, lines = [], []

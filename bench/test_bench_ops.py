@@ -9,7 +9,7 @@ byzfl's aggregator (when ``import byzfl`` works and it has one) and one read
 of the input (``X.sum(0)``; on CUDA also a device-to-device copy), so
 pytest-benchmark's table compares them side by side. Calls rotate over copies
 of the input that together exceed the last-level cache (see
-``robustagg.bench.time_fn``). Parameters as in ``robustagg.bench``: f =
+``robustagg.bench.timing.time_fn``). Parameters as in ``robustagg.bench.cases``: f =
 floor((n - 1) / 4) for the coordinate rules and floor((n - 3) / 4) for the
 distance rules, Krum m = 1, Multi-Krum m = n - f, geometric median tol
 1e-10, centered clipping tau 1 and 3 iterations from 0, bucketing s = 2,
@@ -31,12 +31,19 @@ import torch
 pytest.importorskip("pytest_benchmark")
 
 import robustagg  # noqa: E402
-from robustagg import bench as rb  # noqa: E402
+from robustagg.bench.byzfl_peer import byzfl_status  # noqa: E402
+from robustagg.bench.calibration import calibrate_geometric_median  # noqa: E402
+from robustagg.bench.cases import (  # noqa: E402
+    DISTANCE_OPS, OPS, byzfl_baseline, op_callable, op_params, torch_baseline,
+)
+from robustagg.bench.host import default_budget, pin_malloc  # noqa: E402
+from robustagg.bench.params import GB  # noqa: E402
+from robustagg.bench.timing import make_inputs, rotation_count  # noqa: E402
 
 # (family, ops, CPU n, CUDA n): the grids of `robustagg bench` at one d per device.
 FAMILIES = (
-    ("coordinate", rb.OPS, (8, 25, 64), (8, 25, 64)),
-    ("distance", rb.DISTANCE_OPS, (10, 25, 64), (10, 25, 64)),
+    ("coordinate", OPS, (8, 25, 64), (8, 25, 64)),
+    ("distance", DISTANCE_OPS, (10, 25, 64), (10, 25, 64)),
 )
 CPU_D = 1_000_000
 CUDA_D = 16_000_000
@@ -49,7 +56,7 @@ _has_cuda = torch.cuda.is_available() and robustagg.cuda_kernels_built()
 _cuda = pytest.mark.cuda
 _skip_no_cuda = pytest.mark.skipif(not _has_cuda, reason="needs a CUDA GPU and robustagg's CUDA kernels")
 
-rb.pin_malloc()  # as `robustagg bench` does: results up to 32 MB reuse warm heap pages
+pin_malloc()  # as `robustagg bench` does: results up to 32 MB reuse warm heap pages
 
 _inputs_cache: dict[tuple, list[torch.Tensor]] = {}
 _gm_cache: dict[tuple, dict] = {}
@@ -63,8 +70,8 @@ def _inputs(device: str, n: int, d: int) -> list[torch.Tensor]:
         gc.collect()
         if device == "cuda":
             torch.cuda.empty_cache()
-        copies = rb.rotation_count(_xbytes(n, d), torch.device(device), max(_xbytes(n, d), rb.default_budget(device) // 4))
-        _inputs_cache[key] = rb.make_inputs(n, d, DTYPE, device, copies=copies)
+        copies = rotation_count(_xbytes(n, d), torch.device(device), max(_xbytes(n, d), default_budget(device) // 4))
+        _inputs_cache[key] = make_inputs(n, d, DTYPE, device, copies=copies)
     return _inputs_cache[key]
 
 
@@ -75,7 +82,7 @@ def _xbytes(n: int, d: int) -> int:
 def _gm_calibration(device: str, n: int, d: int, X: torch.Tensor) -> dict:
     key = (device, n, d)
     if key not in _gm_cache:
-        _gm_cache[key] = rb.calibrate_geometric_median(X, torch_loop=False)
+        _gm_cache[key] = calibrate_geometric_median(X, torch_loop=False)
     return _gm_cache[key]
 
 
@@ -99,27 +106,27 @@ def _function(impl: str, op: str, device: str, n: int, d: int, inputs: list[torc
     if impl == "copy":
         return "empty_like(X).copy_(X)", lambda X: torch.empty_like(X).copy_(X), {}
     if impl == "robustagg":
-        return f"robustagg.{op}", rb.op_callable(op, n), {"params": rb.op_params(op, n, d)}
+        return f"robustagg.{op}", op_callable(op, n), {"params": op_params(op, n, d)}
     info: dict = {}
     if impl == "torch":
-        label, fn, est = rb.torch_baseline(op, n)
+        label, fn, est = torch_baseline(op, n)
     elif impl == "byzfl":
-        if rb.byzfl_status()[0] is None:
-            pytest.skip(rb.byzfl_status()[1])
+        if byzfl_status()[0] is None:
+            pytest.skip(byzfl_status()[1])
         T = None
         if op == "geometric_median":
             info = _gm_calibration(device, n, d, inputs[0])
             T = info["byzfl_T"]
-        b = rb.byzfl_baseline(op, n, T)
+        b = byzfl_baseline(op, n, T)
         if b is None:
             pytest.skip(f"byzfl has no {op}")
         label, fn, est = b
     else:
         raise ValueError(impl)
     need = est(n, d, torch.empty((), dtype=DTYPE).element_size())
-    budget = rb.default_budget(device)
+    budget = default_budget(device)
     if len(inputs) * _xbytes(n, d) + need > budget:
-        pytest.skip(f"{label} needs ~{need / rb.GB:.1f} GB beside the inputs, budget {budget / rb.GB:.1f} GB")
+        pytest.skip(f"{label} needs ~{need / GB:.1f} GB beside the inputs, budget {budget / GB:.1f} GB")
     return label, fn, info
 
 

@@ -25,7 +25,7 @@ def _ran(*args, **kwargs):
 
 @pytest.fixture(autouse=True)
 def no_work(monkeypatch):
-    import robustagg.bench
+    import robustagg.bench.suite
     from robustagg.examples import ddp_train
     from robustagg.sim import (
         byzantine,
@@ -42,7 +42,7 @@ def no_work(monkeypatch):
     for module, name in ((byzantine, "run_byzantine"), (federated, "run_federated"), (personalized, "run_personalized"),
                          (masked, "run_masked"), (byzantine_grid, "run_grid"), (federated_grid, "run_grid"),
                          (personalized_grid, "run_grid"), (masked_grid, "run_grid"), (report, "Progress"),
-                         (robustagg.bench, "run_suite"), (ddp_train, "_launch")):
+                         (robustagg.bench.suite, "run_suite"), (ddp_train, "_launch")):
         monkeypatch.setattr(module, name, _ran)
 
 

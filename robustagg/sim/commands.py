@@ -20,8 +20,8 @@ from collections.abc import Callable
 
 import torch
 
-from ..cli import (
-    _write,
+from ..arguments import (
+    write_text,
     check_output_dir,
     check_output_path,
     closed_unit_interval,
@@ -94,7 +94,7 @@ def _run_single(args, cfg, run: Callable, label: str, stem: str, rounds: int | N
     result = run(cfg, progress=lambda t, value: progress.update(t, f"{metric} {value:.4g}"))
     progress.close()
     result["command"] = _command(args)
-    _write(json_path, json.dumps(result, indent=1) + "\n")
+    write_text(json_path, json.dumps(result, indent=1) + "\n")
     return result, json_path, plot_path
 
 
@@ -117,11 +117,11 @@ def _run_grid(args, name: str, configs: list, grid_module, describe: Callable[[d
             old = fh.read()
         if "\n## Reading\n" in old:
             text += "\n## Reading\n" + old.split("\n## Reading\n", 1)[1]
-    _write(md_path, text)
+    write_text(md_path, text)
     plots = grid_module.grid_plots(results, args.out)
     json_path = os.path.join(args.out, f"{name}.json")
     runs = ",\n".join(json.dumps({k: r[k] for k in keys if k in r}) for r in results)  # one run per line
-    _write(json_path, f'{{"command": {json.dumps(command)}, "wall_seconds": {wall:.1f}, "runs": [\n{runs}\n]}}\n')
+    write_text(json_path, f'{{"command": {json.dumps(command)}, "wall_seconds": {wall:.1f}, "runs": [\n{runs}\n]}}\n')
     print(f"{len(results)} runs in {wall / 60:.1f} min")
     print(f"table: {md_path}\nplots: {', '.join(plots)}\nJSON: {json_path}")
     return 0
@@ -287,7 +287,7 @@ examples:
   robustagg train federated --grid                  # writes docs/results/federated.md"""
 
 def _add_federated(lines: argparse._SubParsersAction) -> None:
-    from ..optim.mime import ALGORITHMS, BASES
+    from ..optim.federated import ALGORITHMS, BASES
     from .federated import FederatedConfig
 
     d = FederatedConfig()

@@ -1,0 +1,166 @@
+"""The plain-PyTorch way to compute each benchmark case, written the obvious way and not in the library:
+``torch.median``, a ``torch.sort`` trimmed mean, a sort/argsort/gather MeaMed, and for the distance ops
+``torch.cdist`` with sort/argsort, indexing and matmul, giving robustagg's semantics (SPEC 3, 4) for
+finite inputs. Each function takes X, and f after it where its case has one; :mod:`.cases` names them,
+with their memory estimates, as the cases' torch ways.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import torch
+
+from .params import BUCKET_S, CC_ITERS, CC_TAU, GM_MAX_ITER, GM_NU, GM_TOL, bucket_generator, zeros_center
+
+__all__ = [
+    "Baseline", "arc", "bucketing", "bulyan", "centered_clip", "clip", "krum", "krum_scores", "median", "multi_krum",
+    "nnm", "sort_meamed", "sort_trimmed_mean", "sq_cdist", "weiszfeld",
+]
+
+
+class Baseline(NamedTuple):
+    """A way to compute a case other than robustagg's: its label, its function and its extra-memory estimate.
+
+    ``extra(n, d, itemsize)`` is a deliberately generous bound on the bytes it
+    allocates beyond its input, used only to skip it where it would not fit
+    the memory budget.
+    """
+
+    name: str
+    fn: Callable[..., Any]
+    extra: Callable[[int, int, int], int]
+
+
+def median(X: torch.Tensor) -> torch.Tensor:
+    return torch.median(X, dim=0).values
+
+
+def sort_trimmed_mean(X: torch.Tensor, f: int) -> torch.Tensor:
+    n = X.shape[0]
+    return X.sort(0).values[f : n - f].mean(0)
+
+
+def sort_meamed(X: torch.Tensor, f: int) -> torch.Tensor:
+    """MeaMed the plain-torch way: sort, median, stable argsort of the distances, gather, mean.
+
+    Sorting by value first and then stably by distance keeps the smaller value
+    on a tie in distance, as robustagg does (NaN aside).
+    """
+    n = X.shape[0]
+    S = X.sort(0).values
+    med = (S[(n - 1) // 2] + S[n // 2]) / 2
+    dist = S.sub(med).abs_()
+    idx = dist.argsort(dim=0, stable=True)[: n - f]
+    del dist
+    return S.gather(0, idx).mean(0)
+
+
+def sq_cdist(X: torch.Tensor) -> torch.Tensor:
+    return torch.cdist(X, X) ** 2
+
+
+def krum_scores(X: torch.Tensor, f: int) -> torch.Tensor:
+    """Sum of each row's n - f - 2 smallest squared distances to the other rows."""
+    n = X.shape[0]
+    D = torch.cdist(X, X) ** 2
+    D.fill_diagonal_(math.inf)
+    return D.sort(1).values[:, : n - f - 2].sum(1)
+
+
+def krum(X: torch.Tensor, f: int) -> torch.Tensor:
+    return X[krum_scores(X, f).argmin()].clone()  # a tensor of its own, as robustagg returns
+
+
+def multi_krum(X: torch.Tensor, f: int) -> torch.Tensor:
+    best = krum_scores(X, f).argsort(stable=True)[: X.shape[0] - f]
+    return X[best].mean(0)
+
+
+def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
+    """Repeated Krum over the remaining rows on one cdist, then MeaMed's sort/argsort/gather on the selection."""
+    n = X.shape[0]
+    D = torch.cdist(X, X) ** 2
+    D.fill_diagonal_(math.inf)
+    remaining = list(range(n))
+    selected = []
+    for _ in range(n - 2 * f):
+        scores = D[remaining][:, remaining].sort(1).values[:, : max(len(remaining) - f - 2, 0)].sum(1)
+        selected.append(remaining.pop(int(scores.argmin())))
+    theta, beta = n - 2 * f, n - 4 * f
+    S = X[selected].sort(0).values
+    med = (S[(theta - 1) // 2] + S[theta // 2]) / 2
+    keep = (S - med).abs_().argsort(dim=0, stable=True)[:beta]
+    return S.gather(0, keep).mean(0)
+
+
+def weiszfeld(
+    X: torch.Tensor, nu: float = GM_NU, tol: float = GM_TOL, max_iter: int = GM_MAX_ITER
+) -> tuple[torch.Tensor, int]:
+    """Smoothed Weiszfeld in X space with robustagg's start (the mean), nu and stopping rule: ``(z, updates)``.
+
+    The row norms accumulate in float64: in float32 their rounding (~1e-8
+    relative) exceeds tol, and the stopping rule would fire late or never.
+    """
+    z = X.mean(0)
+    dist = torch.linalg.vector_norm(X - z, dim=1, dtype=torch.float64)
+    objective = float(dist.sum())
+    it = 0
+    while it < max_iter:
+        b = 1.0 / dist.clamp_min(nu)
+        z = (b / b.sum()).to(X.dtype) @ X
+        dist = torch.linalg.vector_norm(X - z, dim=1, dtype=torch.float64)
+        new = float(dist.sum())
+        it += 1
+        done = abs(objective - new) <= tol * objective
+        objective = new
+        if done:
+            break
+    return z, it
+
+
+def centered_clip(X: torch.Tensor, tau: float = CC_TAU, iters: int = CC_ITERS) -> torch.Tensor:
+    n = X.shape[0]
+    v = zeros_center(X)
+    for _ in range(iters):
+        diff = X - v
+        scale = (tau / torch.linalg.vector_norm(diff, dim=1)).clamp_max(1.0)
+        v = v + (scale / n) @ diff
+    return v
+
+
+def nnm(X: torch.Tensor, f: int) -> torch.Tensor:
+    n = X.shape[0]
+    D = torch.cdist(X, X) ** 2
+    D.fill_diagonal_(-1.0)  # each row first among its own neighbours
+    nearest = D.argsort(dim=1, stable=True)[:, : n - f]
+    C = torch.zeros(n, n, dtype=X.dtype, device=X.device).scatter_(1, nearest, 1.0 / (n - f))
+    return C @ X
+
+
+def bucketing(X: torch.Tensor, s: int = BUCKET_S) -> torch.Tensor:
+    n, d = X.shape
+    perm = torch.randperm(n, generator=bucket_generator()).to(X.device)
+    full = n - n % s
+    out = X[perm[:full]].reshape(-1, s, d).mean(1)
+    if full < n:
+        out = torch.cat([out, X[perm[full:]].mean(0, keepdim=True)])
+    return out
+
+
+def clip(X: torch.Tensor, c: float) -> torch.Tensor:
+    return X * (c / torch.linalg.vector_norm(X, dim=1)).clamp_max(1.0)[:, None]
+
+
+def arc(X: torch.Tensor, f: int) -> torch.Tensor:
+    n = X.shape[0]
+    k = 2 * f * (n - f) // n
+    norms = torch.linalg.vector_norm(X, dim=1)
+    order = norms.argsort(descending=True, stable=True)
+    threshold = norms[order[k]]
+    top = order[:k]
+    scale = torch.ones_like(norms)
+    scale[top] = torch.where(norms[top] > threshold, threshold / norms[top], 1.0)
+    return X * scale[:, None]
