@@ -58,7 +58,7 @@ def _is_tensor_list(x: object) -> bool:
     return isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and all(isinstance(t, torch.Tensor) for t in x)
 
 
-def _flatten(inputs: Contributions) -> tuple[torch.Tensor, object]:
+def flatten_contributions(inputs: Contributions) -> tuple[torch.Tensor, object]:
     """Stack the contributions into an (n, d) matrix; also return how to undo it.
 
     Anything but tensors at the leaves (floats, nested lists of floats, numpy
@@ -106,7 +106,7 @@ def _describe_contribution(x: object) -> str:
     return type(x).__name__
 
 
-def _unflatten(out: torch.Tensor, layout: object) -> torch.Tensor | list[torch.Tensor]:
+def unflatten_result(out: torch.Tensor, layout: object) -> torch.Tensor | list[torch.Tensor]:
     if layout is None:
         return out
     kind, shape = layout
@@ -134,8 +134,8 @@ class Aggregator:
         raise NotImplementedError
 
     def __call__(self, inputs: Contributions) -> torch.Tensor | list[torch.Tensor]:
-        X, layout = _flatten(inputs)
-        return _unflatten(self.aggregate(X), layout)
+        X, layout = flatten_contributions(inputs)
+        return unflatten_result(self.aggregate(X), layout)
 
     def __repr__(self) -> str:
         return _describe(self)
@@ -270,7 +270,7 @@ class PreAggregator:
         raise NotImplementedError
 
     def __call__(self, inputs: Contributions) -> torch.Tensor:
-        return self.transform(_flatten(inputs)[0])
+        return self.transform(flatten_contributions(inputs)[0])
 
     def __rshift__(self, other: PreAggregator | Aggregator) -> PreAggregator | Aggregator:
         if isinstance(other, Aggregator):

@@ -19,7 +19,7 @@ from statistics import NormalDist
 import torch
 
 from .aggregators import Aggregator
-from .validation import _FLOAT_DTYPES, check_generator, check_int, check_positive, check_real
+from .validation import FLOAT_DTYPES, check_generator, check_int, check_positive, check_real
 
 __all__ = [
     "Attack", "NoAttack", "SignFlip", "IPM", "ALIE", "alie_z", "Gaussian", "NaNAttack", "InfAttack", "Mimic",
@@ -32,7 +32,7 @@ AggregatorLike = Aggregator | Callable[[torch.Tensor], torch.Tensor]
 def _check_rows(X: object, arg: str, shape: str, attack: str) -> None:
     if not isinstance(X, torch.Tensor):
         raise TypeError(f"{attack}: {arg} must be a torch.Tensor, got {type(X).__name__}")
-    if X.dtype not in _FLOAT_DTYPES:
+    if X.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{attack}: {arg} must be float32, float64, float16 or bfloat16, got {X.dtype}")
     if X.dim() != 2:
         raise ValueError(f"{attack}: {arg} must be 2-D {shape}, got {X.dim()}-D with shape {list(X.shape)}")
@@ -59,6 +59,8 @@ class Attack:
 
     name: str = "attack"
     flips_labels: bool = False  # data-level attack: the trainer gives Byzantine workers labels C-1-y
+    # Reads the whole honest vectors (a learned direction, the aggregator's output): no per-bucket or per-shard use.
+    needs_whole_vector: bool = False
     min_honest: int = 0
     needs_for: str = ""
 
@@ -229,6 +231,8 @@ class Mimic(Attack):
     forgets it.
     """
 
+    needs_whole_vector = True
+
     name = "mimic"
     min_honest, needs_for = 1, "to copy"
 
@@ -312,6 +316,8 @@ class _LineSearch(Attack):
     plain callable ``(n, d) -> (d,)`` is called as is. ``last_scale`` is the
     scale chosen by the last call.
     """
+
+    needs_whole_vector = True
 
     min_honest, needs_for = 1, "for the mean"
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Sequence
 import numpy
 import torch
 
-_FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def cuda_kernels_built() -> bool:
@@ -31,7 +31,7 @@ def check_tensor(X: object, rule: str, name: str = "X") -> None:
 def check_matrix(X: object, rule: str) -> None:
     """X is an (n, d) floating tensor with n >= 1, as the native ops require."""
     check_tensor(X, rule)
-    if X.dtype not in _FLOAT_DTYPES:
+    if X.dtype not in FLOAT_DTYPES:
         raise TypeError(f"{rule}: X must be float32, float64, float16 or bfloat16, got {X.dtype}")
     if X.dim() != 2:
         raise ValueError(f"{rule}: X must be 2-D (n, d), got {X.dim()}-D with shape {list(X.shape)}")
@@ -196,7 +196,7 @@ def check_tensors(values: object, name: str, rule: str) -> list[torch.Tensor]:
     for j, t in enumerate(values):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{rule}: {name}[{j}] must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise TypeError(f"{rule}: {name}[{j}] must be float32, float64, float16 or bfloat16, got {t.dtype}")
     return values
 

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .. import exact_geometry, ops
 from ..aggregators import Aggregator, CenteredClip
-from ..attacks import Attack, Mimic, _LineSearch, make_attack
+from ..attacks import Attack, make_attack
 from ..coefficients import combine
 from ..validation import check_int, check_real
 from .rules import DISTANCE, check_rule, row_coefficients
@@ -214,7 +214,7 @@ class RobustHookState:
             attack = make_attack(attack)
         elif attack is not None and not isinstance(attack, Attack):
             raise TypeError(f"RobustHookState: attack must be an Attack, a name or None, got {type(attack).__name__}")
-        if isinstance(attack, (Mimic, _LineSearch)):
+        if attack is not None and attack.needs_whole_vector:
             raise ValueError(f"RobustHookState: attack {attack.name!r} needs the whole vector, not one bucket or "
                              "shard at a time; use sign_flip, ipm, alie, gaussian, nan, inf, none or label_flip")
         if attack is None and self.byzantine_ranks and (self.byzantine or self.mode == "sharded"):

@@ -31,7 +31,7 @@ from typing import Union
 import torch
 
 from .. import ops
-from ..aggregators import Aggregator, PreAggregator, _flatten
+from ..aggregators import Aggregator, PreAggregator, flatten_contributions
 from ..validation import check_positive, check_real, check_tensor_list, check_tensors
 
 __all__ = ["WorkerMomentum", "RobustServer"]
@@ -131,7 +131,7 @@ class RobustServer:
 
     def aggregate(self, rows: WorkerRows) -> torch.Tensor:
         """The aggregate of the workers' vectors as a ``(d,)`` tensor (no step)."""
-        X = _flatten(rows)[0]
+        X = flatten_contributions(rows)[0]
         if X.shape[1] != self.dim:
             raise ValueError(f"RobustServer: the workers' vectors have {X.shape[1]} coordinates, the parameters {self.dim}")
         start = time.perf_counter()

@@ -118,9 +118,12 @@ class WeightedGradientAveraging(torch.optim.Optimizer):
         out = []
         for i, user in enumerate(grads):
             count = len(group["params"])
-            if isinstance(user, torch.Tensor) or not isinstance(user, Sequence) or len(user) != count:
-                got = f"{len(user)} tensors" if isinstance(user, Sequence) else type(user).__name__
-                raise ValueError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, got {got}")
+            if isinstance(user, torch.Tensor) or not isinstance(user, Sequence):
+                raise TypeError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
+                                f"got {type(user).__name__}")
+            if len(user) != count:
+                raise ValueError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
+                                 f"got {len(user)} tensors")
             out.append([g.detach() for g in check_tensor_list(user, group["params"], f"grads[{i}]", self._rule)])
         return out
 
