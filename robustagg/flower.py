@@ -224,20 +224,27 @@ except ImportError as exc:  # Flower missing, or older than the Message API stra
 class _RobustMixin:
     """Settings shared by both strategies."""
 
-    def _setup(
+    def __init__(
         self,
         aggregator: Aggregator | str,
-        f: int | None,
-        on_updates: bool,
-        weighted: bool,
-        dtype: torch.dtype | None,
-        rule_options: Mapping[str, Any] | None,
+        *,
+        f: int | None = None,
+        on_updates: bool = False,
+        weighted: bool = True,
+        dtype: torch.dtype | None = None,
+        rule_options: Mapping[str, Any] | None = None,
+        **fedavg_options: Any,
     ) -> None:
+        super().__init__(**fedavg_options)  # the Flower FedAvg this mixin comes before
         self.aggregator = make_aggregator(aggregator, f, owner="flower", **dict(rule_options or {}))
         self.on_updates = bool(on_updates)
         self.weighted = bool(weighted)
         self.dtype = _check_dtype(dtype)
         self._reference: Any = None  # the global arrays of the round, for on_updates
+        self._start()
+
+    def _start(self) -> None:
+        """What a strategy does once its settings are in place."""
 
     def _aggregate(
         self, results: list[tuple[list[np.ndarray], float]], reference: list[np.ndarray] | None
@@ -284,19 +291,7 @@ if _LEGACY_ERROR is None:
         metrics hold ``robustagg_seconds``, the time spent aggregating.
         """
 
-        def __init__(
-            self,
-            aggregator: Aggregator | str,
-            *,
-            f: int | None = None,
-            on_updates: bool = False,
-            weighted: bool = True,
-            dtype: torch.dtype | None = None,
-            rule_options: Mapping[str, Any] | None = None,
-            **fedavg_options: Any,
-        ) -> None:
-            super().__init__(**fedavg_options)
-            self._setup(aggregator, f, on_updates, weighted, dtype, rule_options)
+        def _start(self) -> None:
             if self.initial_parameters is not None:
                 self._remember(self.initial_parameters)
 
@@ -347,20 +342,6 @@ if _MESSAGE_ERROR is None:
         keys of the clients' ArrayRecords; the train metrics hold
         ``robustagg_seconds``.
         """
-
-        def __init__(
-            self,
-            aggregator: Aggregator | str,
-            *,
-            f: int | None = None,
-            on_updates: bool = False,
-            weighted: bool = True,
-            dtype: torch.dtype | None = None,
-            rule_options: Mapping[str, Any] | None = None,
-            **fedavg_options: Any,
-        ) -> None:
-            super().__init__(**fedavg_options)
-            self._setup(aggregator, f, on_updates, weighted, dtype, rule_options)
 
         def configure_train(
             self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

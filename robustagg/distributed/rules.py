@@ -15,28 +15,15 @@ import copy
 import torch
 
 from .. import coefficients
-from ..aggregators import (
-    RULES,
-    Aggregator,
-    Bulyan,
-    CenteredClip,
-    CoordinateMedian,
-    GeometricMedian,
-    Krum,
-    Mean,
-    MeaMed,
-    MultiKrum,
-    Pipeline,
-    TrimmedMean,
-    make_aggregator,
-)
+from .. import aggregators as agg
+from ..aggregators import Aggregator, make_aggregator
 from ..validation import check_row_weights
 
 #: The rule names the distributed paths take: those of :func:`robustagg.aggregators.make_aggregator` but Bulyan.
-RULE_NAMES = {name: text for name, text in RULES.items() if name != "bulyan"}
+RULE_NAMES = {name: text for name, text in agg.RULES.items() if name != "bulyan"}
 
-COORDINATE = (Mean, CoordinateMedian, TrimmedMean, MeaMed)
-DISTANCE = (Krum, MultiKrum, GeometricMedian, CenteredClip)
+COORDINATE = (agg.Mean, agg.CoordinateMedian, agg.TrimmedMean, agg.MeaMed)
+DISTANCE = (agg.Krum, agg.MultiKrum, agg.GeometricMedian, agg.CenteredClip)
 
 
 #: Centered clipping's options when the rule is given by name.
@@ -50,18 +37,18 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
     if isinstance(aggregator, str) and aggregator in RULE_NAMES:
         aggregator = make_aggregator(aggregator, f, f_if_used=True, owner=owner,
                                      **(CC_OPTIONS if aggregator == "cc" else {}))
-    if isinstance(aggregator, Bulyan) or aggregator == "bulyan":
-        name = "Bulyan" if isinstance(aggregator, Bulyan) else "bulyan"
+    if isinstance(aggregator, agg.Bulyan) or aggregator == "bulyan":
+        name = "Bulyan" if isinstance(aggregator, agg.Bulyan) else "bulyan"
         raise ValueError(f"{owner}: {name} is not supported (it needs the selected rows of the whole model "
                          "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip")
-    if isinstance(aggregator, Pipeline):
+    if isinstance(aggregator, agg.Pipeline):
         raise ValueError(f"{owner}: pre-aggregator pipelines are not supported")
     if isinstance(aggregator, str):
         raise ValueError(f"{owner}: unknown rule {aggregator!r}; choose from {', '.join(RULE_NAMES)}")
     if not isinstance(aggregator, COORDINATE + DISTANCE):
         raise TypeError(f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
                         f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}")
-    if isinstance(aggregator, CenteredClip) and aggregator.center is not None:
+    if isinstance(aggregator, agg.CenteredClip) and aggregator.center is not None:
         raise ValueError(f"{owner}: CenteredClip must have no preset center; the previous aggregate is the "
                          "center, starting at zeros")
     if n is None:
@@ -81,10 +68,10 @@ def row_coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, li
     (for the weights' checks). ``None`` means no usable row: the result is all NaN.
     Sets ``rule.info`` for the geometric median.
     """
-    n = D.shape[0] - (1 if isinstance(rule, CenteredClip) else 0)
-    if isinstance(rule, (Krum, MultiKrum)):
+    n = D.shape[0] - (1 if isinstance(rule, agg.CenteredClip) else 0)
+    if isinstance(rule, (agg.Krum, agg.MultiKrum)):
         return coefficients.krum_coefficients(D, finite, rule.f, n - rule.f if rule.m is None else rule.m)
-    if isinstance(rule, GeometricMedian):
+    if isinstance(rule, agg.GeometricMedian):
         a = check_row_weights(rule.weights, like, "geometric_median")
         c, rule.info = coefficients.gm_coefficients(D, finite, a, rule.nu, rule.tol, rule.max_iter)
         return c
