@@ -33,6 +33,9 @@ def has_values(X: torch.Tensor) -> bool:
     return not (torch.compiler.is_compiling() or X.device.type == "meta" or isinstance(X, FakeTensor))
 
 
+_SUMMABLE = 2.0**1000  # sums of fewer than 2**23 distances below this stay finite
+
+
 def _point(X: torch.Tensor, center: torch.Tensor | None, i: int) -> torch.Tensor:
     return center if i == X.shape[0] else X[i]
 
@@ -57,8 +60,8 @@ def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tup
     """``(D, finite, k)``: squared distances of the points times ``2**-k``, the rows whose entries are all finite, and k.
 
     k is 0, and D the distances themselves, unless a squared distance between
-    finite float64 points would overflow; then the points are copied once,
-    scaled. Every rule built on distances uses these.
+    finite float64 points reaches 2**1000 (where a sum of them could overflow);
+    then the points are copied once, scaled. Every rule built on distances uses these.
     """
     check_tensor(X, "pairwise_sq_distances")
     if center is not None and not isinstance(center, torch.Tensor):
@@ -72,7 +75,8 @@ def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tup
     if X.dtype == torch.float64:
         truly = _finite_by_entries(X, center, ~fc)
         rows = truly.nonzero().flatten()
-        if not (torch.equal(truly, fc) and bool(torch.isfinite(Dc[rows][:, rows]).all())):
+        # Rules sum up to m distances (Krum's scores): those sums must not overflow either.
+        if not (torch.equal(truly, fc) and bool((Dc[rows][:, rows] < _SUMMABLE).all())):
             k = _safe_exponent(X, center, rows.tolist())
             X, center = X * 2.0**-k, None if center is None else center * 2.0**-k
             D, _ = _NS.pairwise_sq_distances(X, center)

@@ -147,6 +147,18 @@ def test_distance_rules_of_far_finite_rows(X):
     assert ((cc - want).abs() <= 1e-12 * X.abs().max()).all()
 
 
+def test_distances_below_the_float64_max_whose_sums_overflow():
+    """Each squared distance fits in float64 but Krum's score, a sum of them, would not: the rows are scaled."""
+    X = torch.randn(9, 5, generator=torch.Generator().manual_seed(99), dtype=torch.float64) * 10.0**153.45
+    s = scale_for(X)
+    exact = torch.cdist(X * s, X * s) ** 2 / s**2
+    assert torch.isfinite(exact).all() and exact.max() > BIG / 2  # the premise: finite, and two of them overflow
+    D, finite, k = exact_geometry.scaled_distances(X)
+    assert finite.all() and k > 0 and torch.isfinite(D.sum(1)).all()
+    assert torch.equal(robustagg.krum(X, 1), reference.krum(X * s, 1) / s)
+    assert_sum_close(robustagg.multi_krum(X, 1), reference.multi_krum(X * s, 1) / s, X, "multi_krum")
+
+
 @settings(max_examples=60, deadline=None)
 @given(X=far_rows())
 def test_clipping_far_finite_rows(X):
