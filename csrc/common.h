@@ -8,7 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
+
+#include "column_rule.h"
 
 namespace robustagg {
 
@@ -119,6 +122,12 @@ inline void check_center(const at::Tensor& X, const at::Tensor& center, const ch
                    message(rule, ": center must have X's dtype ", X.scalar_type(), ", got ", center.scalar_type()));
 }
 
+// The rows of the distance ops: X, and the optional extra row.
+inline void check_rows(const at::Tensor& X, const std::optional<at::Tensor>& center, const char* rule) {
+  check_matrix(X, rule);
+  if (center.has_value()) check_center(X, *center, rule);
+}
+
 // Mixing coefficients: a (k, m) float64 tensor on X's device, m = n (+1 with a center).
 inline void check_coefficients(const at::Tensor& C, const at::Tensor& X, bool has_center, const char* rule) {
   const int64_t m = X.size(0) + (has_center ? 1 : 0);
@@ -157,8 +166,5 @@ inline void check_tensor_pairs(at::TensorList a, at::TensorList b, const char* a
                               b[i].device()));
   }
 }
-
-// The coordinate-wise rules, as the kernels number them.
-enum class ColumnRule : int { kMedian = 0, kTrimmedMean = 1, kMeaMed = 2, kMean = 3 };
 
 }  // namespace robustagg

@@ -4,12 +4,48 @@
 #include <torch/library.h>
 
 #include "cpu/isa.h"
+#include "kernel_constants.h"
 
 // Importing robustagg._C loads this library, whose static initialisers
-// register the operators; the module itself is empty.
+// register the operators; the module holds only the kernels' sizes
+// (kernel_constants.h), for tests that aim at their boundaries.
 extern "C" PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) return nullptr;
+  const struct {
+    const char* name;
+    long value;
+  } constants[] = {
+      // CPU selection rules: above this n, a run-time sorting network instead of one in registers.
+      {"COORDINATE_CPU_MAX_FIXED_ROWS", robustagg::kCpuMaxFixedRows},
+      // CPU coordinate-wise rules: columns per parallel task.
+      {"COORDINATE_CPU_COLUMNS_PER_TASK", robustagg::kCpuColumnsPerTask},
+      // CUDA selection rules: above this n a column is sorted in shared memory, not in registers
+      // (float32 and the half types, then float64).
+      {"COORDINATE_CUDA_MAX_REGISTER_ROWS", robustagg::kCudaMaxRegisterRows},
+      {"COORDINATE_CUDA_MAX_REGISTER_ROWS_FLOAT64", robustagg::kCudaMaxRegisterRows64},
+      // CUDA selection rules: the largest n (float32 and the half types, then float64).
+      {"COORDINATE_CUDA_MAX_ROWS", robustagg::cuda_max_tile_rows(4)},
+      {"COORDINATE_CUDA_MAX_ROWS_FLOAT64", robustagg::cuda_max_tile_rows(8)},
+      // CPU fused updates: elements per parallel piece.
+      {"FUSED_CPU_PIECE", robustagg::kFusedCpuPiece},
+      // CPU weighted_step_ and masked_sgd_step_: elements per block of a piece.
+      {"FUSED_CPU_BLOCK", robustagg::kFusedCpuBlock},
+      // CUDA multi-tensor launches: elements per block, blocks and tensors per launch.
+      {"FUSED_CUDA_CHUNK", robustagg::kFusedCudaChunk},
+      {"FUSED_CUDA_MAX_BLOCKS", robustagg::kFusedCudaMaxBlocks},
+      {"FUSED_CUDA_MAX_TENSORS", robustagg::kFusedCudaMaxTensors},
+      // CUDA weighted_step_: elements per block.
+      {"FUSED_CUDA_TABLE_CHUNK", robustagg::kFusedCudaTableChunk},
+  };
+  for (const auto& c : constants) {
+    if (PyModule_AddIntConstant(module, c.name, c.value) < 0) {
+      Py_DECREF(module);
+      return nullptr;
+    }
+  }
+  return module;
 }
 
 TORCH_LIBRARY(robustagg, m) {

@@ -9,17 +9,14 @@
 #include <vector>
 
 #include "common.h"
+#include "coordinate_ops.h"
 #include "cpu/coordinate_kernel.h"
 #include "cpu/input_kind.h"
 #include "cpu/isa.h"
-#include "cpu/sorting_network.h"
+#include "sorting_network.h"
 
 namespace robustagg::cpu {
 namespace {
-
-// Columns per parallel task: large enough to amortise the task, small enough
-// to balance the cores. A multiple of every lane count.
-constexpr int64_t kColumnsPerTask = 4096;
 
 using ColumnKernel = void (*)(const ColumnArgs&);
 
@@ -38,7 +35,7 @@ ColumnKernel column_kernel() {
 // positions a rule reads depend on (the middle one or two, the kept band, or
 // every position for MeaMed).
 std::vector<int32_t> runtime_network(ColumnRule rule, int64_t n, int64_t f) {
-  if (n <= kMaxFixedRows) return {};
+  if (n <= kCpuMaxFixedRows) return {};
   const std::vector<int32_t> full = batcher_network(n);
   switch (rule) {
     case ColumnRule::kMedian:
@@ -72,7 +69,7 @@ at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const
   base.row_stride = n > 1 ? X.stride(0) : d;
   base.kind = input_kind(dtype);
   base.out = out.data_ptr();
-  base.rule = static_cast<int>(rule);
+  base.rule = rule;
   base.f = f;
   base.comparators = comparators.data();
   base.n_comparators = static_cast<int64_t>(comparators.size() / 2);
@@ -83,7 +80,7 @@ at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const
 
   const int64_t stage_bytes = needs_scratch ? base.chunk_blocks * n * kLaneBytes : 0;
 
-  at::parallel_for(0, d, kColumnsPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, d, kCpuColumnsPerTask, [&](int64_t begin, int64_t end) {
     // Per task: the staged keys of one chunk, aligned to kLaneBytes.
     std::vector<int64_t> scratch(static_cast<size_t>((stage_bytes + kLaneBytes) / 8));
     const uintptr_t addr = reinterpret_cast<uintptr_t>(scratch.data());
@@ -96,42 +93,24 @@ at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const
   return direct ? out : out.to(dtype);
 }
 
-at::Tensor coordinate_median_cpu(const at::Tensor& X) {
-  check_matrix(X, "coordinate_median");
-  return run_columns(X, ColumnRule::kMedian, 0, nullptr, 0.0);
-}
-
-at::Tensor trimmed_mean_cpu(const at::Tensor& X, int64_t f) {
-  check_trim(X, f, "trimmed_mean");
-  return run_columns(X, ColumnRule::kTrimmedMean, f, nullptr, 0.0);
-}
-
-at::Tensor meamed_cpu(const at::Tensor& X, int64_t f) {
-  check_trim(X, f, "meamed");
-  return run_columns(X, ColumnRule::kMeaMed, f, nullptr, 0.0);
-}
-
-at::Tensor mean_around_median_cpu(const at::Tensor& X, int64_t keep) {
-  check_keep(X, keep, "mean_around_median");
-  return run_columns(X, ColumnRule::kMeaMed, X.size(0) - keep, nullptr, 0.0);
-}
-
-at::Tensor mean_cpu(const at::Tensor& X, const std::optional<at::Tensor>& weights) {
-  check_matrix(X, "mean");
-  if (!weights.has_value()) return run_columns(X, ColumnRule::kMean, 0, nullptr, static_cast<double>(X.size(0)));
-  double weight_sum = 0.0;
-  const at::Tensor w64 = check_weights(X, *weights, "mean", &weight_sum);
-  return run_columns(X, ColumnRule::kMean, 0, w64.const_data_ptr<double>(), weight_sum);
-}
+// The CPU side of coordinate_ops.h.
+struct Cpu {
+  static at::Tensor select(const at::Tensor& X, ColumnRule rule, int64_t f) {
+    return run_columns(X, rule, f, nullptr, 0.0);
+  }
+  static at::Tensor mean(const at::Tensor& X, const double* weights, double weight_sum) {
+    return run_columns(X, ColumnRule::kMean, 0, weights, weight_sum);
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
-  m.impl("mean", &mean_cpu);
-  m.impl("coordinate_median", &coordinate_median_cpu);
-  m.impl("trimmed_mean", &trimmed_mean_cpu);
-  m.impl("meamed", &meamed_cpu);
-  m.impl("mean_around_median", &mean_around_median_cpu);
+  m.impl("mean", &mean<Cpu>);
+  m.impl("coordinate_median", &coordinate_median<Cpu>);
+  m.impl("trimmed_mean", &trimmed_mean<Cpu>);
+  m.impl("meamed", &meamed<Cpu>);
+  m.impl("mean_around_median", &mean_around_median<Cpu>);
 }
 
 }  // namespace robustagg::cpu

@@ -6,6 +6,9 @@
 
 #include <cstdint>
 
+#include "column_rule.h"
+#include "kernel_constants.h"
+
 namespace robustagg::cpu {
 
 enum class InputKind : int { kF32 = 0, kF64 = 1, kF16 = 2, kBF16 = 3 };
@@ -19,9 +22,9 @@ struct ColumnArgs {
   int64_t col_end;
   InputKind kind;
   void* out;            // float* for kF32 input, double* otherwise
-  int rule;             // robustagg::ColumnRule
+  ColumnRule rule;
   int64_t f;            // trimmed_mean / meamed
-  const int32_t* comparators;  // selection rules with n > kMaxFixedRows: pairs (lo, hi)
+  const int32_t* comparators;  // selection rules with n > kCpuMaxFixedRows: pairs (lo, hi)
   int64_t n_comparators;
   const double* weights;       // mean: n weights or nullptr (uniform)
   double weight_sum;           // mean: the divisor
@@ -34,9 +37,6 @@ struct ColumnArgs {
 constexpr int64_t kLaneBytes = 64;
 // Bytes of keys the selection rules stage per chunk of columns (L2-resident).
 constexpr int64_t kStageBytes = 64 * 1024;
-// Up to this many rows the selection network is fixed at compile time and the
-// column block stays in registers; above it a run-time comparator list is used.
-constexpr int64_t kMaxFixedRows = 64;
 
 void column_kernel_baseline(const ColumnArgs& args);
 void column_kernel_avx2(const ColumnArgs& args);

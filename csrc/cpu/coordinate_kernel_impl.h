@@ -11,9 +11,11 @@
 // combined in float64. The mean accumulates the rows in float64.
 #include <utility>
 
-#include "batcher.h"
+#include "column_rule.h"
 #include "cpu/coordinate_kernel.h"
-#include "cpu/lanes.h"
+#include "cpu/simd_vectors.h"
+#include "meamed_window.h"
+#include "sorting_network.h"
 
 #define ROBUSTAGG_CAT2(a, b) a##b
 #define ROBUSTAGG_CAT(a, b) ROBUSTAGG_CAT2(a, b)
@@ -76,44 +78,11 @@ RA_INLINE void store_part(const ColumnArgs& a, int64_t j0, int64_t cnt, F64v res
 
 // The rule's value for each lane from one block's sorted keys. Order
 // statistics are combined in float64, in ascending order, exactly as the CUDA
-// kernel does, so both give the same bits. Each sorted position is converted
-// to float64 once.
+// kernel does, so both give the same bits (meamed_window.h). Each sorted
+// position is converted to float64 once.
 
-RA_INLINE auto is_finite(F64v v) { return (v - v) == 0.0; }
-
-// (lo + hi) / 2, halving first when the sum of finite values overflows (exact
-// for such large values), so that the midpoint of finite values is finite.
-RA_INLINE F64v midpoint(F64v lo, F64v hi) {
-  const F64v m = (lo + hi) * 0.5;
-  return (~is_finite(m) & is_finite(lo) & is_finite(hi)) ? lo * 0.5 + hi * 0.5 : m;
-}
-
-// Whether `right` is strictly closer to the median m than `left`:
-// (right - m) < (m - left), or with both differences' signs removed. When a
-// difference is not finite and m is, both are compared at half scale, where
-// values that large halve exactly: a finite value whose distance overflows
-// stays closer than an infinite one, and two such values are told apart.
-template <bool kMagnitudes>
-RA_INLINE auto closer(F64v right, F64v m, F64v left) {
-  F64v dr = right - m;
-  F64v dl = m - left;
-  const auto overflow = ~(is_finite(dr) & is_finite(dl)) & is_finite(m);
-  dr = overflow ? right * 0.5 - m * 0.5 : dr;
-  dl = overflow ? m * 0.5 - left * 0.5 : dl;
-  if constexpr (kMagnitudes) {
-    dr = dr < 0.0 ? -dr : dr;  // NaN stays NaN: never closer
-    dl = dl < 0.0 ? -dl : dl;
-  }
-  return dr < dl;
-}
-
-// MeaMed when the window [k, k + w) is narrower than the f positions it may
-// slide over (f > w, as in Bulyan's last stage). Both values compared may now
-// lie on the same side of the median, where distances that round alike make
-// the slide decisions non-monotone; the window starts after the last
-// position t (< f) whose value is strictly farther (sign removed) than the
-// one w places to its right. The sorted positions inside the window are
-// added in ascending order.
+// MeaMed's narrow window (meamed_window.h): its start per lane, then the
+// sorted positions inside it added in ascending order.
 template <typename L, int P>
 RA_INLINE Wide<P> mean_of_window(const ColumnArgs& a, const typename L::Key* keys, const Wide<P>& median, int64_t w) {
   using V = Wide<P>;
@@ -152,7 +121,7 @@ RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typen
     const V hi_mid = L::to_double(keys[n / 2]);
     for (int h = 0; h < P; ++h) median.part[h] = midpoint(lo_mid.part[h], hi_mid.part[h]);
   }
-  if (a.rule == 0) return median;
+  if (a.rule == ColumnRule::kMedian) return median;
   V sum{};
   auto add = [&sum](const V& v) {
     for (int h = 0; h < P; ++h) sum.part[h] += v.part[h];
@@ -161,16 +130,13 @@ RA_INLINE Wide<Lanes<K>::kParts> rule_of_sorted(const ColumnArgs& a, const typen
     for (int h = 0; h < P; ++h) sum.part[h] /= static_cast<double>(count);
     return sum;
   };
-  if (a.rule == 1) {
+  if (a.rule == ColumnRule::kTrimmedMean) {
     for (int64_t t = f; t < n - f; ++t) add(L::to_double(keys[t]));
     return divide(n - 2 * f);
   }
-  // MeaMed: the n - f values closest to the median form a window
-  // [k, k + n - f) of the sorted column; the window slides right past
-  // position t (< f) iff the value entering on the right is strictly
-  // closer than the one leaving on the left (ties keep the smaller).
+  // MeaMed: the window of w = n - f sorted positions (meamed_window.h).
   const int64_t w = n - f;
-  if (f > w) return mean_of_window<L>(a, keys, median, w);
+  if (meamed_window_is_narrow(n, f)) return mean_of_window<L>(a, keys, median, w);
   // Up to kKeptPairs pairs, the right-hand contribution decided in the first
   // loop is kept for the last one.
   constexpr int64_t kKeptPairs = 32;
@@ -285,11 +251,11 @@ void mean_columns(const ColumnArgs& a) {
 
 template <InputKind K>
 void run_rule(const ColumnArgs& a) {
-  if (a.rule == 3) return mean_columns<K>(a);
+  if (a.rule == ColumnRule::kMean) return mean_columns<K>(a);
   if (a.n <= 8) return select_columns<K, 8>(a);
   if (a.n <= 16) return select_columns<K, 16>(a);
   if (a.n <= 32) return select_columns<K, 32>(a);
-  if (a.n <= kMaxFixedRows) return select_columns<K, kMaxFixedRows>(a);
+  if (a.n <= kCpuMaxFixedRows) return select_columns<K, kCpuMaxFixedRows>(a);
   return select_columns<K, 0>(a);
 }
 

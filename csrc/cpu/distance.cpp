@@ -87,12 +87,9 @@ struct Rows {
 };
 
 Rows rows_of(const at::Tensor& X_in, const std::optional<at::Tensor>& center, const char* rule) {
-  check_matrix(X_in, rule);
+  check_rows(X_in, center, rule);
   Rows r;
-  if (center.has_value()) {
-    check_center(X_in, *center, rule);
-    r.center = center->contiguous();
-  }
+  if (center.has_value()) r.center = center->contiguous();
   r.X = unit_column_stride(X_in);
   const int64_t n = r.X.size(0);
   r.source = RowSource{};

@@ -13,7 +13,7 @@
 #include <cstddef>
 
 #include "cpu/distance_kernel.h"
-#include "cpu/lanes.h"
+#include "cpu/simd_vectors.h"
 
 #define ROBUSTAGG_CAT2(a, b) a##b
 #define ROBUSTAGG_CAT(a, b) ROBUSTAGG_CAT2(a, b)

@@ -1,11 +1,12 @@
 // CPU kernels of the fused multi-tensor updates (SPEC 6): one call updates
 // whole lists of tensors in place, each element of each list read once and
-// each written element written once. The element arithmetic is shared with
-// the CUDA kernels (fused_update.h).
+// each written element written once. The ops themselves are written once for
+// both devices (fused_ops.h); this file visits their elements.
 //
-// The tensors are cut into pieces of kPiece elements that at::parallel_for
-// spreads over the threads, so many small tensors and one large tensor both
-// keep every thread busy, and the result does not depend on the thread count.
+// The tensors are cut into pieces of kFusedCpuPiece elements that
+// at::parallel_for spreads over the threads, so many small tensors and one
+// large tensor both keep every thread busy, and the result does not depend on
+// the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/SmallVector.h>
@@ -18,16 +19,16 @@
 #include <optional>
 #include <vector>
 
-#include "fused_update.h"
+#include "fused_ops.h"
+#include "kernel_constants.h"
 
 namespace robustagg::cpu {
 namespace {
 
-constexpr int64_t kPiece = int64_t{1} << 14;
 // Ops that loop over many lists at once work through a piece in blocks of
 // kBlock elements, so that every list is read in one sequential pass while
 // the block's partial results stay in registers / L1.
-constexpr int64_t kBlock = 256;
+constexpr int64_t kBlock = kFusedCpuBlock;
 
 // Elements [begin, begin + size) of tensor `tensor` of the lists.
 struct Piece {
@@ -38,20 +39,15 @@ struct Piece {
 // Applies body(pointers, piece) to every piece of the parallel lists, where
 // pointers[k] points at the piece's first element in list k (null for an
 // absent list). The lists share the dtype of lists[0]; the first `writes`
-// lists are written: a strided tensor is updated in a contiguous copy that is
-// written back.
+// lists are written (fused_dispatch.h's write_back).
 template <typename Body>
-void for_each_piece(const std::vector<std::optional<at::TensorList>>& lists, size_t writes, const Body& body) {
+void for_each_piece(const TensorLists& lists, size_t writes, const Body& body) {
   const size_t depth = lists.size();
-  const size_t count = lists[0]->size();
-  std::vector<std::vector<at::Tensor>> work(count, std::vector<at::Tensor>(depth));
+  const std::vector<std::vector<at::Tensor>> work = contiguous_tensors(lists);
   std::vector<Piece> pieces;
-  for (size_t i = 0; i < count; ++i) {
-    for (size_t k = 0; k < depth; ++k) {
-      if (lists[k].has_value()) work[i][k] = (*lists[k])[i].contiguous();
-    }
+  for (size_t i = 0; i < work.size(); ++i) {
     const int64_t numel = work[i][0].numel();
-    for (int64_t b = 0; b < numel; b += kPiece) pieces.push_back({i, b, std::min(kPiece, numel - b)});
+    for (int64_t b = 0; b < numel; b += kFusedCpuPiece) pieces.push_back({i, b, std::min(kFusedCpuPiece, numel - b)});
   }
   at::parallel_for(0, static_cast<int64_t>(pieces.size()), 1, [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
@@ -66,99 +62,11 @@ void for_each_piece(const std::vector<std::optional<at::TensorList>>& lists, siz
       });
     }
   });
-  for (size_t i = 0; i < count; ++i) {
-    for (size_t k = 0; k < writes; ++k) {
-      if (!work[i][k].is_same((*lists[k])[i])) (*lists[k])[i].copy_(work[i][k]);
-    }
-  }
+  write_back(lists, writes, work);
 }
 
 template <typename Ptr>
 using Elem = std::remove_pointer_t<typename std::remove_reference_t<Ptr>::value_type>;
-
-void momentum_update_cpu(at::TensorList buffers, at::TensorList grads, double beta) {
-  check_momentum_update(buffers, grads, beta);
-  for_each_piece({buffers, grads}, 1, [&](auto& ptr, const Piece& piece) {
-    const int64_t n = piece.size;
-    using Acc = at::opmath_type<Elem<decltype(ptr)>>;
-    const Acc keep = static_cast<Acc>(beta), take = static_cast<Acc>(1.0 - beta);
-    auto* m = ptr[0];
-    const auto* g = ptr[1];
-    for (int64_t i = 0; i < n; ++i) m[i] = momentum_value(m[i], g[i], keep, take);
-  });
-}
-
-void client_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> anchor_grads,
-                     std::optional<at::TensorList> control, std::optional<at::TensorList> momentum, double lr,
-                     double coef_grad, double coef_anchor, double coef_control, double coef_momentum) {
-  check_client_step(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control,
-                    coef_momentum);
-  with_flags(
-      [&](auto A, auto C, auto M) {
-        for_each_piece({params, grads, anchor_grads, control, momentum}, 1, [&](auto& ptr, const Piece& piece) {
-    const int64_t n = piece.size;
-          using T = Elem<decltype(ptr)>;
-          using Acc = at::opmath_type<T>;
-          constexpr bool kA = decltype(A)::value, kC = decltype(C)::value, kM = decltype(M)::value;
-          const ClientCoefs<Acc> k{static_cast<Acc>(lr), static_cast<Acc>(coef_grad), static_cast<Acc>(coef_anchor),
-                                   static_cast<Acc>(coef_control), static_cast<Acc>(coef_momentum)};
-          auto* p = ptr[0];
-          const auto *g = ptr[1], *a = ptr[2], *c = ptr[3], *m = ptr[4];
-          for (int64_t i = 0; i < n; ++i) {
-            p[i] = client_step_value<kA, kC, kM>(p[i], g[i], kA ? a[i] : T(0), kC ? c[i] : T(0), kM ? m[i] : T(0), k);
-          }
-        });
-      },
-      anchor_grads.has_value(), control.has_value(), momentum.has_value());
-}
-
-void adam_client_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> anchor_grads,
-                          std::optional<at::TensorList> control, at::TensorList exp_avg, at::TensorList exp_avg_sq,
-                          double lr, double beta1, double beta2, double eps, int64_t step) {
-  check_adam_client_step(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step);
-  const AdamScalars s = adam_scalars(lr, beta1, beta2, eps, step);
-  with_flags(
-      [&](auto A, auto C) {
-        for_each_piece({params, grads, anchor_grads, control, exp_avg, exp_avg_sq}, 1, [&](auto& ptr, const Piece& piece) {
-    const int64_t n = piece.size;
-          using T = Elem<decltype(ptr)>;
-          constexpr bool kA = decltype(A)::value, kC = decltype(C)::value;
-          const AdamCoefs<at::opmath_type<T>> k = s.as<at::opmath_type<T>>();
-          auto* p = ptr[0];
-          const auto *g = ptr[1], *a = ptr[2], *c = ptr[3], *m = ptr[4], *v = ptr[5];
-          for (int64_t i = 0; i < n; ++i) {
-            p[i] = adam_client_value<kA, kC>(p[i], g[i], kA ? a[i] : T(0), kC ? c[i] : T(0), m[i], v[i], k);
-          }
-        });
-      },
-      anchor_grads.has_value(), control.has_value());
-}
-
-void adam_stats_update_cpu(at::TensorList exp_avg, at::TensorList exp_avg_sq, at::TensorList grads, double beta1,
-                           double beta2) {
-  check_adam_stats_update(exp_avg, exp_avg_sq, grads, beta1, beta2);
-  for_each_piece({exp_avg, exp_avg_sq, grads}, 2, [&](auto& ptr, const Piece& piece) {
-    const int64_t n = piece.size;
-    using Acc = at::opmath_type<Elem<decltype(ptr)>>;
-    const Acc b1 = static_cast<Acc>(beta1), t1 = static_cast<Acc>(1.0 - beta1);
-    const Acc b2 = static_cast<Acc>(beta2), t2 = static_cast<Acc>(1.0 - beta2);
-    auto *m = ptr[0], *v = ptr[1];
-    const auto* g = ptr[2];
-    for (int64_t i = 0; i < n; ++i) adam_stats_value(m[i], v[i], g[i], b1, t1, b2, t2);
-  });
-}
-
-void mvr_update_cpu(at::TensorList momentum, at::TensorList grads, at::TensorList prev_grads, double a) {
-  check_mvr_update(momentum, grads, prev_grads, a);
-  for_each_piece({momentum, grads, prev_grads}, 1, [&](auto& ptr, const Piece& piece) {
-    const int64_t n = piece.size;
-    using Acc = at::opmath_type<Elem<decltype(ptr)>>;
-    const Acc take = static_cast<Acc>(a), keep = static_cast<Acc>(1.0 - a);
-    auto* m = ptr[0];
-    const auto *g = ptr[1], *h = ptr[2];
-    for (int64_t i = 0; i < n; ++i) m[i] = mvr_value(m[i], g[i], h[i], take, keep);
-  });
-}
 
 // One collaborator's term on element j: u + a g (+ c, then c's update).
 template <bool kCorrected, typename T, typename Acc>
@@ -193,51 +101,6 @@ void add_terms(Acc* __restrict__ u, const T* __restrict__ g0, const T* __restric
   }
 }
 
-void weighted_step_cpu(at::TensorList params, at::TensorList grads, std::optional<at::TensorList> corrections,
-                       at::ArrayRef<double> weights, double lr, double beta) {
-  check_weighted_step(params, grads, corrections, weights, lr, beta);
-  const int64_t collaborators = static_cast<int64_t>(weights.size()) - 1;
-  const WeightedLists work = weighted_step_lists(params, grads, corrections, collaborators);
-  with_flags(
-      [&](auto corrected) {
-        constexpr bool kCorrected = decltype(corrected)::value;
-        for_each_piece(work.lists, work.writes, [&](auto& ptr, const Piece& piece) {
-          using T = Elem<decltype(ptr)>;
-          using Acc = at::opmath_type<T>;
-          const Acc step = static_cast<Acc>(lr), keep = static_cast<Acc>(1.0 - beta), take = static_cast<Acc>(beta);
-          T* p = ptr[0];
-          T* const* c = ptr.data() + 1;
-          T* const* g = ptr.data() + (kCorrected ? 1 + collaborators : 1);
-          c10::SmallVector<Acc, 16> a(collaborators + 1);
-          for (int64_t i = 0; i <= collaborators; ++i) a[i] = static_cast<Acc>(weights[i]);
-          for (int64_t b = 0; b < piece.size; b += kBlock) {
-            const int64_t m = std::min(kBlock, piece.size - b);
-            const T* g0 = g[0] + b;
-            Acc u[kBlock];
-            for (int64_t j = 0; j < m; ++j) u[j] = a[0] * static_cast<Acc>(g0[j]);
-            for (int64_t i = 1; i <= collaborators; i += 4) {
-              const int64_t group = std::min<int64_t>(4, collaborators + 1 - i);
-              // Slots past the group repeat its first collaborator; they are not read.
-              const auto gp = [&](int64_t q) { return g[i + (q < group ? q : 0)] + b; };
-              const auto cp = [&](int64_t q) { return kCorrected ? c[i - 1 + (q < group ? q : 0)] + b : nullptr; };
-              const auto run = [&](auto size) {
-                add_terms<decltype(size)::value, kCorrected>(u, g0, gp(0), gp(1), gp(2), gp(3), cp(0), cp(1), cp(2),
-                                                             cp(3), a.data() + i, m, keep, take);
-              };
-              switch (group) {
-                case 1: run(std::integral_constant<int, 1>{}); break;
-                case 2: run(std::integral_constant<int, 2>{}); break;
-                case 3: run(std::integral_constant<int, 3>{}); break;
-                default: run(std::integral_constant<int, 4>{}); break;
-              }
-            }
-            for (int64_t j = 0; j < m; ++j) p[b + j] = descend(p[b + j], step, u[j]);
-          }
-        });
-      },
-      corrections.has_value());
-}
-
 // kUnpacked[byte]: the byte's 8 bits as 8 bytes of 0 / 1, bit 0 first (little endian).
 constexpr std::array<uint64_t, 256> unpack_table() {
   std::array<uint64_t, 256> table{};
@@ -257,16 +120,64 @@ inline T select_bits(uint8_t active, T fresh, T old) {
   return c10::bit_cast<T>(static_cast<Bits>((c10::bit_cast<Bits>(fresh) & on) | (c10::bit_cast<Bits>(old) & ~on)));
 }
 
-void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::TensorList momentum,
-                         std::optional<at::TensorList> masks, double lr, double mu, double weight_decay) {
-  const MaskKind kind = check_masked_sgd_step(params, grads, momentum, masks, lr, mu, weight_decay);
-  std::vector<at::Tensor> mask_bytes;
-  if (masks.has_value()) {
-    for (const at::Tensor& mask : *masks) mask_bytes.push_back(mask.contiguous());
+// The CPU side of fused_ops.h.
+struct Cpu {
+  template <int K, typename Make>
+  static void run(const TensorLists& lists, size_t writes, const Make& make) {
+    for_each_piece(lists, writes, [&](auto& ptr, const Piece& piece) {
+      using T = Elem<decltype(ptr)>;
+      const auto op = make(T{});
+      T* p[K];
+      for (int k = 0; k < K; ++k) p[k] = ptr[k];
+      for (int64_t i = 0; i < piece.size; ++i) op(p, i);
+    });
   }
-  with_mask_kind(kind, weight_decay != 0.0, [&](auto wd_flag, auto kind_tag) {
-    constexpr bool kWD = decltype(wd_flag)::value;
-    constexpr MaskKind kKind = decltype(kind_tag)::value;
+
+  template <bool kCorrected>
+  static void weighted_step(const WeightedLists& work, at::ArrayRef<double> weights, double lr, double beta) {
+    const int64_t collaborators = static_cast<int64_t>(weights.size()) - 1;
+    for_each_piece(work.lists, work.writes, [&](auto& ptr, const Piece& piece) {
+      using T = Elem<decltype(ptr)>;
+      using Acc = at::opmath_type<T>;
+      const Acc step = static_cast<Acc>(lr), keep = static_cast<Acc>(1.0 - beta), take = static_cast<Acc>(beta);
+      T* p = ptr[0];
+      T* const* c = ptr.data() + 1;
+      T* const* g = ptr.data() + (kCorrected ? 1 + collaborators : 1);
+      c10::SmallVector<Acc, 16> a(collaborators + 1);
+      for (int64_t i = 0; i <= collaborators; ++i) a[i] = static_cast<Acc>(weights[i]);
+      for (int64_t b = 0; b < piece.size; b += kBlock) {
+        const int64_t m = std::min(kBlock, piece.size - b);
+        const T* g0 = g[0] + b;
+        Acc u[kBlock];
+        for (int64_t j = 0; j < m; ++j) u[j] = a[0] * static_cast<Acc>(g0[j]);
+        for (int64_t i = 1; i <= collaborators; i += 4) {
+          const int64_t group = std::min<int64_t>(4, collaborators + 1 - i);
+          // Slots past the group repeat its first collaborator; they are not read.
+          const auto gp = [&](int64_t q) { return g[i + (q < group ? q : 0)] + b; };
+          const auto cp = [&](int64_t q) { return kCorrected ? c[i - 1 + (q < group ? q : 0)] + b : nullptr; };
+          const auto run = [&](auto size) {
+            add_terms<decltype(size)::value, kCorrected>(u, g0, gp(0), gp(1), gp(2), gp(3), cp(0), cp(1), cp(2),
+                                                         cp(3), a.data() + i, m, keep, take);
+          };
+          switch (group) {
+            case 1: run(std::integral_constant<int, 1>{}); break;
+            case 2: run(std::integral_constant<int, 2>{}); break;
+            case 3: run(std::integral_constant<int, 3>{}); break;
+            default: run(std::integral_constant<int, 4>{}); break;
+          }
+        }
+        for (int64_t j = 0; j < m; ++j) p[b + j] = descend(p[b + j], step, u[j]);
+      }
+    });
+  }
+
+  template <bool kWD, MaskKind kKind>
+  static void masked_sgd_step(at::TensorList params, at::TensorList momentum, at::TensorList grads,
+                              const std::optional<at::TensorList>& masks, double lr, double mu, double weight_decay) {
+    std::vector<at::Tensor> mask_bytes;
+    if (masks.has_value()) {
+      for (const at::Tensor& mask : *masks) mask_bytes.push_back(mask.contiguous());
+    }
     for_each_piece({params, momentum, grads}, 2, [&](auto& ptr, const Piece& piece) {
       using T = Elem<decltype(ptr)>;
       using Acc = at::opmath_type<T>;
@@ -277,7 +188,7 @@ void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
       if constexpr (kKind == MaskKind::kNone) {
         for (int64_t i = 0; i < piece.size; ++i) sgd_momentum_value<kWD>(p[i], m[i], g[i], step, keep, wd, p[i], m[i]);
       } else {
-        // Pieces start at multiples of 8 elements, so a packed piece starts at a whole byte.
+        // Pieces and blocks start at multiples of 8 elements, so a packed piece starts at a whole byte.
         const auto* bytes = static_cast<const uint8_t*>(mask_bytes[piece.tensor].data_ptr());
         const uint8_t* mask = bytes + (kKind == MaskKind::kPacked ? piece.begin / 8 : piece.begin);
         for (int64_t b = 0; b < piece.size; b += kBlock) {
@@ -298,19 +209,19 @@ void masked_sgd_step_cpu(at::TensorList params, at::TensorList grads, at::Tensor
         }
       }
     });
-  });
-}
+  }
+};
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
-  m.impl("momentum_update_", &momentum_update_cpu);
-  m.impl("client_step_", &client_step_cpu);
-  m.impl("adam_client_step_", &adam_client_step_cpu);
-  m.impl("adam_stats_update_", &adam_stats_update_cpu);
-  m.impl("mvr_update_", &mvr_update_cpu);
-  m.impl("weighted_step_", &weighted_step_cpu);
-  m.impl("masked_sgd_step_", &masked_sgd_step_cpu);
+  m.impl("momentum_update_", &momentum_update<Cpu>);
+  m.impl("client_step_", &client_step<Cpu>);
+  m.impl("adam_client_step_", &adam_client_step<Cpu>);
+  m.impl("adam_stats_update_", &adam_stats_update<Cpu>);
+  m.impl("mvr_update_", &mvr_update<Cpu>);
+  m.impl("weighted_step_", &weighted_step<Cpu>);
+  m.impl("masked_sgd_step_", &masked_sgd_step<Cpu>);
 }
 
 }  // namespace robustagg::cpu

@@ -353,8 +353,7 @@ __global__ void __launch_bounds__(kFinishThreads)
 
 std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& center_in) {
   constexpr const char* rule = "pairwise_sq_distances";
-  check_matrix(X_in, rule);
-  if (center_in.has_value()) check_center(X_in, *center_in, rule);
+  check_rows(X_in, center_in, rule);
   const c10::cuda::CUDAGuard guard(X_in.device());
   const at::Tensor X = unit_column_stride(X_in);
   const at::Tensor center = center_in.has_value() ? center_in->contiguous() : at::Tensor();
@@ -449,8 +448,7 @@ __global__ void __launch_bounds__(kMixThreads)
 
 at::Tensor mix_rows_cuda(const at::Tensor& C_in, const at::Tensor& X_in, const std::optional<at::Tensor>& center_in) {
   constexpr const char* rule = "mix_rows";
-  check_matrix(X_in, rule);
-  if (center_in.has_value()) check_center(X_in, *center_in, rule);
+  check_rows(X_in, center_in, rule);
   check_coefficients(C_in, X_in, center_in.has_value(), rule);
   const c10::cuda::CUDAGuard guard(X_in.device());
   const at::Tensor X = unit_column_stride(X_in);

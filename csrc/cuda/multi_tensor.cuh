@@ -1,9 +1,10 @@
 // Multi-tensor launches: many tensors updated by one kernel launch, as in
 // PyTorch's fused optimizers. The host cuts every tensor into chunks of
-// kChunk elements and packs up to kMaxBlocks chunks of up to kMaxTensors
-// tensors into a ChunkList passed by value as the kernel argument; block b
-// processes chunk chunk_of_block[b] of tensor tensor_of_block[b]. Each of the
-// Depth lists (e.g. buffers, grads) supplies one pointer per tensor.
+// kFusedCudaChunk elements and packs up to kMaxBlocks chunks of up to
+// kMaxTensors tensors (kernel_constants.h) into a ChunkList passed by value
+// as the kernel argument; block b processes chunk chunk_of_block[b] of tensor
+// tensor_of_block[b]. Each of the Depth lists (e.g. buffers, grads) supplies
+// one pointer per tensor.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,14 +12,14 @@
 #include <cstdint>
 #include <vector>
 
-namespace robustagg::cuda {
+#include "kernel_constants.h"
 
-constexpr int64_t kChunk = 65536;
+namespace robustagg::cuda {
 
 template <int Depth>
 struct ChunkList {
-  static constexpr int kMaxTensors = 36;
-  static constexpr int kMaxBlocks = 320;
+  static constexpr int kMaxTensors = kFusedCudaMaxTensors;
+  static constexpr int kMaxBlocks = kFusedCudaMaxBlocks;
   void* ptr[Depth][kMaxTensors];
   int64_t numel[kMaxTensors];
   int16_t tensor_of_block[kMaxBlocks];
@@ -30,8 +31,8 @@ template <int Depth>
 __device__ __forceinline__ void chunk_range(const ChunkList<Depth>& list, int block, int* tensor, int64_t* begin,
                                             int64_t* end) {
   *tensor = list.tensor_of_block[block];
-  *begin = static_cast<int64_t>(list.chunk_of_block[block]) * kChunk;
-  *end = min(list.numel[*tensor], *begin + kChunk);
+  *begin = static_cast<int64_t>(list.chunk_of_block[block]) * kFusedCudaChunk;
+  *end = min(list.numel[*tensor], *begin + kFusedCudaChunk);
 }
 
 // Calls launch(list, blocks) once per full ChunkList; a tensor whose chunks
@@ -50,7 +51,7 @@ void for_each_chunk_list(const Groups& tensors, Launch launch) {
     if (numel == 0) continue;
     for (int k = 0; k < Depth; ++k) list.ptr[k][slot] = group[k].defined() ? group[k].data_ptr() : nullptr;
     list.numel[slot] = numel;
-    const int64_t chunks = (numel + kChunk - 1) / kChunk;
+    const int64_t chunks = (numel + kFusedCudaChunk - 1) / kFusedCudaChunk;
     for (int64_t c = 0; c < chunks; ++c) {
       list.tensor_of_block[blocks] = static_cast<int16_t>(slot);
       list.chunk_of_block[blocks] = static_cast<int32_t>(c);

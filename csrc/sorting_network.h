@@ -1,13 +1,18 @@
 // Batcher's odd-even merge sort network for any n, shared by the CPU and CUDA
-// kernels (at compile time for fixed sizes, at run time on the CPU for large n).
+// kernels: at compile time for fixed sizes (kStaticNetwork), and at run time
+// on the CPU for large n (batcher_network, pruned by prune_network).
 // It is the power-of-two network with every comparator that touches an index
 // >= n removed: those indices hold +infinity conceptually, so such
 // comparators never move a value. Comparators (lo, hi), lo < hi, come in an
 // order that sorts ascending. Knuth, TAOCP vol. 3, 5.3.4, exercise 5.3.4-32;
 // Batcher, "Sorting networks and their applications", AFIPS 1968.
+//
+// The per-ISA kernel files include this header, so it instantiates no library
+// code: the run-time lists are defined in sorting_network.cpp.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace robustagg {
 
@@ -47,5 +52,13 @@ constexpr StaticNetwork<N> make_static_network() {
 
 template <int N>
 constexpr StaticNetwork<N> kStaticNetwork = make_static_network<N>();
+
+// The comparators of the network on n elements as a flat list of pairs.
+std::vector<int32_t> batcher_network(int64_t n);
+
+// Drops comparators that cannot affect the positions in [first, last): walking
+// backwards, a comparator is kept iff one of its outputs is still needed, and
+// then both of its inputs become needed.
+std::vector<int32_t> prune_network(const std::vector<int32_t>& pairs, int64_t n, int64_t first, int64_t last);
 
 }  // namespace robustagg

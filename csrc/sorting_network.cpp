@@ -1,15 +1,10 @@
-// Comparator lists for the lane-wise CPU selection kernel.
-#pragma once
+#include "sorting_network.h"
 
-#include <cstdint>
-#include <vector>
+#include <cstddef>
 
-#include "batcher.h"
+namespace robustagg {
 
-namespace robustagg::cpu {
-
-// The comparators of Batcher's network on n elements as a flat list of pairs.
-inline std::vector<int32_t> batcher_network(int64_t n) {
+std::vector<int32_t> batcher_network(int64_t n) {
   std::vector<int32_t> pairs;
   batcher_pairs(n, [&pairs](int64_t lo, int64_t hi) {
     pairs.push_back(static_cast<int32_t>(lo));
@@ -18,11 +13,7 @@ inline std::vector<int32_t> batcher_network(int64_t n) {
   return pairs;
 }
 
-// Drops comparators that cannot affect the positions in [first, last): walking
-// backwards, a comparator is kept iff one of its outputs is still needed, and
-// then both of its inputs become needed.
-inline std::vector<int32_t> prune_network(const std::vector<int32_t>& pairs, int64_t n, int64_t first,
-                                          int64_t last) {
+std::vector<int32_t> prune_network(const std::vector<int32_t>& pairs, int64_t n, int64_t first, int64_t last) {
   std::vector<char> needed(static_cast<size_t>(n), 0);
   for (int64_t t = first; t < last; ++t) needed[static_cast<size_t>(t)] = 1;
   std::vector<int32_t> kept;
@@ -38,4 +29,4 @@ inline std::vector<int32_t> prune_network(const std::vector<int32_t>& pairs, int
   return std::vector<int32_t>(kept.rbegin(), kept.rend());
 }
 
-}  // namespace robustagg::cpu
+}  // namespace robustagg

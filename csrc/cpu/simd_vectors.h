@@ -1,11 +1,15 @@
-// SIMD lanes for the CPU kernels, included by the per-ISA kernel bodies
-// (coordinate_kernel_impl.h, distance_kernel_impl.h) inside their anonymous
-// namespace, so every instruction set gets its own copy. Compiler builtins only.
+// The CPU kernels' SIMD vectors: vector types at the native width of the
+// instruction set and, per input kind, loads of a block of stored values as
+// sortable keys (float_key.h) or float64 lanes. Included by the per-ISA kernel
+// bodies (coordinate_kernel_impl.h, distance_kernel_impl.h); everything here
+// is in an anonymous namespace, so every instruction set gets its own copy.
+// Compiler builtins only.
 #pragma once
 
 #include <cstdint>
 
 #include "cpu/coordinate_kernel.h"
+#include "float_key.h"
 
 namespace robustagg::cpu {
 namespace {
@@ -26,23 +30,6 @@ typedef uint16_t U16h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));  //
 
 #define RA_INLINE static inline __attribute__((always_inline))
 
-// Signed-integer key of a float32 bit pattern: every NaN becomes the canonical
-// quiet NaN (above +inf); negative values get their magnitude bits flipped so
-// that signed integer order equals numeric order. The map is its own inverse.
-RA_INLINE I32v f32_key(I32v bits) {
-  const I32v mag = bits & 0x7fffffff;
-  bits = mag > 0x7f800000 ? (I32v{} + 0x7fc00000) : bits;
-  return bits ^ ((bits >> 31) & 0x7fffffff);
-}
-RA_INLINE I32v f32_unkey(I32v key) { return key ^ ((key >> 31) & 0x7fffffff); }
-
-RA_INLINE I64v f64_key(I64v bits) {
-  const I64v mag = bits & 0x7fffffffffffffffLL;
-  bits = mag > 0x7ff0000000000000LL ? (I64v{} + 0x7ff8000000000000LL) : bits;
-  return bits ^ ((bits >> 63) & 0x7fffffffffffffffLL);
-}
-RA_INLINE I64v f64_unkey(I64v key) { return key ^ ((key >> 63) & 0x7fffffffffffffffLL); }
-
 // IEEE half -> float32 bits, exact for normals, subnormals, inf and NaN:
 // shifting the exponent/mantissa into place and multiplying by 2^112 rebiases
 // the exponent (and normalises subnormals).
@@ -53,6 +40,13 @@ RA_INLINE I32v half_to_f32_bits(I32v h) {
   const I32v finite_bits = (I32v)scaled;
   const I32v special_bits = (em << 13) | 0x7f800000;
   return sign | (em >= 0x7c00 ? special_bits : finite_bits);
+}
+
+// kLanes32 16-bit values (the bits of float16 or bfloat16), one per 32-bit lane.
+RA_INLINE I32v load_u16(const uint16_t* p) {
+  U16h h;
+  __builtin_memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(h, I32v);
 }
 
 // Part h (lanes h * kLanes64 ...) of float32 lanes, widened to float64 at the
@@ -79,51 +73,47 @@ struct Lanes32 {
   using Dbl = F64w;
   static constexpr int W = kLanes32;
   static constexpr int kParts = 2;
-  static constexpr int32_t kPad = 0x7fffffff;  // above every key, NaN included
+  static constexpr int32_t kPad = kPadKey<int32_t>;
   RA_INLINE Wide<kParts> to_double(Key key) {
-    const F32v v = (F32v)f32_unkey(key);
+    const F32v v = (F32v)key_bits<int32_t>(key);
     return {{widen_part(v, 0), widen_part(v, 1)}};
   }
 };
 
+// The kinds with 32-bit keys differ only in widen_bits, the float32 bit
+// patterns of one block of stored values (exact); their loads are these. A
+// macro rather than a template base: the template changed GCC's inlining
+// decisions in the baseline kernels.
+#define ROBUSTAGG_LANES32_LOADS                                                 \
+  RA_INLINE Key load(const In* p) { return float_key<int32_t>(widen_bits(p)); } \
+  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
+
 template <>
 struct Lanes<InputKind::kF32> : Lanes32 {
   using In = float;
-  RA_INLINE Key load(const In* p) {
+  RA_INLINE I32v widen_bits(const In* p) {
     I32v bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
-    return f32_key(bits);
+    return bits;
   }
-  RA_INLINE Dbl load_double(const In* p) {
-    F32v v;
-    __builtin_memcpy(&v, p, sizeof(v));
-    return __builtin_convertvector(v, F64w);
-  }
+  ROBUSTAGG_LANES32_LOADS
 };
 
 template <>
 struct Lanes<InputKind::kF16> : Lanes32 {
   using In = uint16_t;
-  RA_INLINE I32v widen_bits(const In* p) {
-    U16h h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return half_to_f32_bits(__builtin_convertvector(h, I32v));
-  }
-  RA_INLINE Key load(const In* p) { return f32_key(widen_bits(p)); }
-  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
+  RA_INLINE I32v widen_bits(const In* p) { return half_to_f32_bits(load_u16(p)); }
+  ROBUSTAGG_LANES32_LOADS
 };
 
 template <>
 struct Lanes<InputKind::kBF16> : Lanes32 {
   using In = uint16_t;
-  RA_INLINE I32v widen_bits(const In* p) {
-    U16h h;
-    __builtin_memcpy(&h, p, sizeof(h));
-    return __builtin_convertvector(h, I32v) << 16;
-  }
-  RA_INLINE Key load(const In* p) { return f32_key(widen_bits(p)); }
-  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
+  RA_INLINE I32v widen_bits(const In* p) { return load_u16(p) << 16; }
+  ROBUSTAGG_LANES32_LOADS
 };
+
+#undef ROBUSTAGG_LANES32_LOADS
 
 template <>
 struct Lanes<InputKind::kF64> {
@@ -132,13 +122,13 @@ struct Lanes<InputKind::kF64> {
   using Dbl = F64v;
   static constexpr int W = kLanes64;
   static constexpr int kParts = 1;
-  static constexpr int64_t kPad = 0x7fffffffffffffffLL;
+  static constexpr int64_t kPad = kPadKey<int64_t>;
   RA_INLINE Key load(const In* p) {
     I64v bits;
     __builtin_memcpy(&bits, p, sizeof(bits));
-    return f64_key(bits);
+    return float_key<int64_t>(bits);
   }
-  RA_INLINE Wide<kParts> to_double(Key key) { return {{(F64v)f64_unkey(key)}}; }
+  RA_INLINE Wide<kParts> to_double(Key key) { return {{(F64v)key_bits<int64_t>(key)}}; }
   RA_INLINE Dbl load_double(const In* p) {
     F64v v;
     __builtin_memcpy(&v, p, sizeof(v));
