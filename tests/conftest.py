@@ -9,7 +9,6 @@ drawing the description keeps examples cheap and shrinkable.
 
 from __future__ import annotations
 
-import inspect
 import math
 import os
 from dataclasses import dataclass
@@ -19,7 +18,6 @@ import torch
 from hypothesis import strategies as st
 
 import robustagg
-import robustagg.ops
 from robustagg import reference
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -42,16 +40,17 @@ MAX_ELEMENTS = 200_000
 
 
 # ---------------------------------------------------------------------------
-# CUDA skip helper
+# Devices: tests marked cuda are skipped without a GPU and the CUDA kernels
 
 
 def cuda_ready() -> bool:
     return torch.cuda.is_available() and robustagg.cuda_kernels_built()
 
 
-requires_cuda = pytest.mark.skipif(
-    not cuda_ready(), reason="needs a CUDA GPU and robustagg built with CUDA kernels"
-)
+# Parametrise a test with ``@pytest.mark.parametrize("device", DEVICES)``: one body checks
+# the CPU kernels and the CUDA kernels. (A parametrisation, not a fixture: hypothesis refuses
+# function-scoped fixtures.)
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -61,6 +60,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def one_intra_op_thread(request):
+    """Run a CPU test's torch calls (kernels and expressions) on one intra-op thread: on a loaded
+    machine every parallel region of a second thread costs tens of milliseconds, and the fused
+    update tests make thousands of small calls. Their results do not depend on the thread count
+    (each of those files checks 1 and 2 threads). Tests marked cuda keep every thread. Used
+    through ``pytestmark = pytest.mark.usefixtures("one_intra_op_thread")``."""
+    if request.node.get_closest_marker("cuda") is not None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +237,11 @@ def run_reference(op: str, X: torch.Tensor, f: int = 0, weights: torch.Tensor | 
 
 
 # ---------------------------------------------------------------------------
-# Comparisons
+# Comparisons. Equality, from the weakest to the strictest:
+#   assert_exact      equal values: NaN == NaN, -0.0 == +0.0
+#   assert_same_bits  equal bits except NaN payloads: -0.0 != +0.0
+#   assert_identical  equal bits, NaN payloads included
+# and, for results that are sums, assert_sum_close within the summation's rounding.
 
 
 def _column_report(X: torch.Tensor | None, j: int) -> str:
@@ -235,15 +254,15 @@ def _column_report(X: torch.Tensor | None, j: int) -> str:
     return f"\n  column {j} sorted: {sorted_col}"
 
 
-def _check_meta(a: torch.Tensor, b: torch.Tensor, same_device: bool = True) -> None:
+def _check_meta(a: torch.Tensor, b: torch.Tensor) -> None:
     assert a.dtype == b.dtype, f"dtype {a.dtype} != {b.dtype}"
     assert a.shape == b.shape, f"shape {tuple(a.shape)} != {tuple(b.shape)}"
-    if same_device:
-        assert a.device == b.device, f"device {a.device} != {b.device}"
+    assert a.device == b.device, f"device {a.device} != {b.device}"
 
 
 def assert_exact(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor | None = None, what: str = "") -> None:
-    """a == b value for value; NaN exactly where b has NaN (-0.0 == +0.0)."""
+    """Equal values: a == b element for element, NaN exactly where b has NaN, -0.0 == +0.0.
+    Same dtype, shape and device."""
     _check_meta(a, b)
     a64, b64 = a.detach().cpu().to(torch.float64), b.detach().cpu().to(torch.float64)
     nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
@@ -257,36 +276,44 @@ def assert_exact(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor | None = None
     torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
-def assert_bitwise(a: torch.Tensor, b: torch.Tensor, what: str = "") -> None:
-    """Same bits everywhere except NaN payloads: NaN positions must agree, and
-    every other entry must have the same bit pattern (so -0.0 != +0.0).
-    a and b may be on different devices (CPU/CUDA parity)."""
-    _check_meta(a, b, same_device=False)
-    a, b = a.detach().cpu(), b.detach().cpu()
-    nan_a, nan_b = torch.isnan(a), torch.isnan(b)
-    int_dtype = {8: torch.int64, 4: torch.int32, 2: torch.int16}[a.element_size()]
-    ia, ib = a.view(int_dtype), b.view(int_dtype)
-    bad = (nan_a != nan_b) | (~nan_a & (ia != ib))
+_INT_OF_SIZE = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}
+
+
+def _raw_bits(x: torch.Tensor) -> torch.Tensor:
+    """x's elements as integers of the same width, flattened, on the CPU."""
+    return x.detach().cpu().reshape(-1).view(_INT_OF_SIZE[x.element_size()])
+
+
+def _first_difference(got: torch.Tensor, want: torch.Tensor, bad: torch.Tensor, what: str, how: str) -> None:
     if bad.any():
         j = int(bad.nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} results differ in their bits; first at column {j}: "
-            f"{a[j].item()!r} vs {b[j].item()!r}"
-        )
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements {how}; first at flat index {j}: "
+                             f"{got.reshape(-1)[j].item()!r} vs {want.reshape(-1)[j].item()!r}")
 
 
 def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
-    """Same dtype, shape and bits (-0.0 != +0.0) in every element; NaN where want has NaN (payloads aside)."""
+    """Same dtype and shape; NaN exactly where want has NaN, whatever its payload (kernels and
+    torch make different NaNs); every other element the same bit pattern, so -0.0 != +0.0.
+    got and want may be on different devices (CPU/CUDA parity)."""
     assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
     assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    assert_bitwise(got.reshape(-1), want.reshape(-1), what)
+    g, w = got.detach().cpu().reshape(-1), want.detach().cpu().reshape(-1)
+    nan_g, nan_w = torch.isnan(g), torch.isnan(w)
+    bad = (nan_g != nan_w) | (~nan_w & (_raw_bits(g) != _raw_bits(w)))
+    _first_difference(g, w, bad, what, "differ in their bits")
 
 
-def native_args(op: str, kwargs: dict) -> list:
-    """A robustagg.ops wrapper's keywords as the native op's positional arguments (schema order)."""
-    bound = inspect.signature(getattr(robustagg.ops, op)).bind(**kwargs)
-    bound.apply_defaults()
-    return [bound.arguments[a.name] for a in getattr(torch.ops.robustagg, op).default._schema.arguments]
+# assert_same_bits under the name the rule-level test files import.
+assert_bitwise = assert_same_bits
+
+
+def assert_identical(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
+    """Same dtype and shape, and every bit equal, NaN payloads and the sign of zero included
+    (a tensor that must not have been written, two runs that must agree). Any dtype; got and
+    want may be on different devices."""
+    assert got.dtype == want.dtype, f"{what}: dtype {got.dtype} != {want.dtype}"
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    _first_difference(got, want, _raw_bits(got) != _raw_bits(want), what, "changed their bits")
 
 
 def assert_sum_close(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor, what: str = "") -> None:

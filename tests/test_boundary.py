@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 import robustagg
+from conftest import assert_identical
 from robustagg.attacks import ALIE, IPM, Gaussian, Mimic, OptimalIPM, alie_z, check_attack_rows, make_attack
 from robustagg.flower import aggregate_ndarrays
 from robustagg.optim import (
@@ -345,12 +346,13 @@ def test_flower_refuses_an_integer_aggregate_outside_its_dtype() -> None:
 
 
 def _bits(tensors) -> list[torch.Tensor]:
-    return [t.detach().clone().contiguous().view(torch.uint8) for t in tensors]
+    """Copies of the tensors, for _assert_unchanged."""
+    return [t.detach().clone() for t in tensors]
 
 
 def _assert_unchanged(tensors, before) -> None:
     for t, b in zip(tensors, before):
-        assert torch.equal(t.detach().contiguous().view(torch.uint8), b), "a refused call wrote a tensor"
+        assert_identical(t, b, "a refused call wrote a tensor")
 
 
 def _two_group_sgd() -> tuple[MaskedSGD, list[nn.Parameter]]:

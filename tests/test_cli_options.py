@@ -13,6 +13,7 @@ import pytest
 pytest.importorskip("robustagg.sim.commands")
 
 from robustagg.cli import build_parser, main  # noqa: E402
+from robustagg.sim.report import progress_bar  # noqa: E402  (before the fixture below replaces it)
 
 
 class Ran(Exception):
@@ -41,7 +42,7 @@ def no_work(monkeypatch):
 
     for module, name in ((byzantine, "run_byzantine"), (federated, "run_federated"), (personalized, "run_personalized"),
                          (masked, "run_masked"), (byzantine_grid, "run_grid"), (federated_grid, "run_grid"),
-                         (personalized_grid, "run_grid"), (masked_grid, "run_grid"), (report, "Progress"),
+                         (personalized_grid, "run_grid"), (masked_grid, "run_grid"), (report, "progress_bar"),
                          (robustagg.bench.suite, "run_suite"), (ddp_train, "_launch")):
         monkeypatch.setattr(module, name, _ran)
 
@@ -257,3 +258,56 @@ def test_good_options_reach_the_run(argv, tmp_path, capsys) -> None:
     with pytest.raises(Ran):
         main(argv + paths)
     assert ": error: " not in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# The train lines' options are their config dataclasses' option fields
+
+
+def _lines():
+    from robustagg.sim.commands import LINES
+
+    return LINES
+
+
+@pytest.mark.parametrize("line", [line.name for line in _lines()])
+def test_line_options_are_the_config_fields_with_their_defaults(line, capsys) -> None:
+    import dataclasses
+
+    from robustagg.arguments import option_values
+
+    spec = next(item for item in _lines() if item.name == line)
+    args = build_parser().parse_args(["train", line])
+    assert spec.config(**option_values(args, spec.config)) == spec.config()
+    with pytest.raises(SystemExit):
+        main(["train", line, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help lines
+    options = [f for f in dataclasses.fields(spec.config) if "option" in f.metadata]
+    assert options
+    for f in options:
+        name = "--" + f.name.replace("_", "-")
+        assert f" {name} " in text, name
+        help_text = text.split(f" {name} ", 1)[1]
+        assert "(default" in help_text.split(" --", 1)[0], name
+        if f.default is not None and "(default:" not in help_text.split(" --", 1)[0]:
+            assert f"(default {f.default}" in help_text.split(" --", 1)[0], name
+
+
+def test_progress_bar_draws_on_a_terminal_only(monkeypatch) -> None:
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    for stream, drawn in ((Terminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        with progress_bar(10, "run") as advance:
+            advance(4, "test acc 0.5")
+            advance(10, "test acc 0.9")
+        text = stream.getvalue()
+        if drawn:
+            assert "run" in text and "10/10" in text and "test acc 0.9" in text
+        else:
+            assert text == ""  # logs and captured output get no carriage-return redraws

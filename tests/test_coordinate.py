@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 import robustagg
 from robustagg import reference
 from conftest import (
+    DEVICES,
     DTYPES,
     MatrixSpec,
     OPS,
@@ -335,24 +336,32 @@ def test_fixed_examples_from_hypothesis_space(dtype):
 
 
 # ---------------------------------------------------------------------------
-# More than 2**31 elements (opt-in: needs ~12 GB of memory and minutes on few cores)
+# More than 2**31 elements (the CPU case opt-in: ~12 GB of memory and minutes on few cores)
 
 
-@pytest.mark.skipif(
-    os.environ.get("ROBUSTAGG_BIG_TESTS") != "1", reason="set ROBUSTAGG_BIG_TESTS=1 (needs ~12 GB of memory)"
-)
-def test_more_than_2_31_elements_cpu():
+@pytest.mark.parametrize("device", DEVICES)
+def test_more_than_2_31_elements(device):
+    """n * d > 2**31 (64-bit index arithmetic): stripes at both ends and the middle against the
+    reference; on CUDA also bit for bit against the CPU kernel on the same columns. The CPU case
+    is opt-in (ROBUSTAGG_BIG_TESTS=1: ~12 GB of memory, minutes on few cores)."""
     n = 3
     d = 2**31 // n + 4099
-    X = torch.empty(n, d, dtype=torch.float16)
-    X.normal_(generator=torch.Generator().manual_seed(0))
+    if device == "cpu" and os.environ.get("ROBUSTAGG_BIG_TESTS") != "1":
+        pytest.skip("set ROBUSTAGG_BIG_TESTS=1 (needs ~12 GB of memory)")
+    if device == "cuda" and torch.cuda.mem_get_info()[0] < 16 * 2**30:
+        pytest.skip("needs 16 GiB of free GPU memory")
+    X = torch.empty(n, d, dtype=torch.float16, device=device)
+    X.normal_(generator=torch.Generator(device=device).manual_seed(0))
     X[1, -5000::7] = math.nan
     stripes = [slice(0, 3000), slice(d // 2 - 1500, d // 2 + 1500), slice(d - 3000, d)]
     for op in OPS:
         out = run_op(op, X, 1)
         assert out.shape == (d,)
         for s in stripes:
-            assert_matches_reference(op, X[:, s], 1, out=out[s], what=f"n*d > 2**31, columns {s}")
+            Xs, got = X[:, s].cpu(), out[s].cpu()
+            if device == "cuda":
+                assert_bitwise(got, run_op(op, Xs, 1), f"{op} n*d > 2**31, columns {s}")
+            assert_matches_reference(op, Xs, 1, out=got, what=f"n*d > 2**31, columns {s}")
         del out
 
 
@@ -397,3 +406,159 @@ def test_mean_around_median_is_meamed():
     X = torch.randn(9, 300, dtype=torch.float64)
     for f in range(5):
         assert_bitwise(robustagg.ops.mean_around_median(X, 9 - f), robustagg.meamed(X, f), f"f={f}")
+
+
+# ---------------------------------------------------------------------------
+# Each device against the CPU kernels and the reference. The CPU and CUDA kernels are written
+# to produce the same bits: selection by the same key order, order statistics combined in
+# float64 in ascending order, mean accumulated row by row in float64, no FMA contraction on
+# either side, one rounding to the output dtype (half types through float32). So results on a
+# device are compared bit for bit with the CPU kernels (NaN payloads aside; on the CPU that is
+# a second run), and with the reference under the usual contract. The sweeps over the CUDA
+# kernels' sizes (rows across the register and shared-memory kernels, millions of columns) run
+# on CUDA only: on the CPU the tests above cover the same contract at the CPU kernels' sizes.
+
+DEVICE_NS = [1, 2, 3, 7, 8, 9, 16, 17, 25, 32, 33, 63, 64, 65, 100, 128, 129, 300, 1000]
+
+
+def _device_fs(n: int) -> list[int]:
+    top = (n - 1) // 2
+    if n <= 33:
+        return list(range(top + 1))
+    return sorted({0, 1, 2, n // 8, n // 4, n // 3, top - 1, top})
+
+
+def check_on_device(device: str, op: str, X: torch.Tensor, f: int, X_dev: torch.Tensor | None = None,
+                    weights: torch.Tensor | None = None, what: str = "") -> None:
+    """op on device (X_dev: X's copy there, by default X.to(device)) equals the CPU kernel bit for
+    bit, and the reference under the op's contract."""
+    X_dev = X.to(device) if X_dev is None else X_dev
+    w_dev = None if weights is None else weights.to(device)
+    got = run_op(op, X_dev, f, w_dev)
+    assert got.device == X_dev.device and got.dtype == X_dev.dtype and got.shape == (X_dev.shape[1],)
+    label = f"{op}(n={X.shape[0]}, d={X.shape[1]}, f={f}, {X.dtype}) {what}"
+    assert_bitwise(got, run_op(op, X, f, weights), f"{device} vs CPU: {label}")
+    assert_matches_reference(op, X, f, weights=weights, out=got.cpu(), what=f"{device} {what}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", DEVICE_NS)
+def test_cuda_all_ops(n, dtype):
+    """n across the CUDA register and shared-memory kernels, every f for small n."""
+    device = "cuda"
+    d = 257 if n <= 300 else 67
+    spec = MatrixSpec(n, d, seed=n, pattern="mixed", nan_rows=n // 6, posinf_rows=n // 9, neginf_rows=n // 11,
+                      scatter=0.03)
+    X = make_matrix(spec, dtype)
+    check_on_device(device, "coordinate_median", X, 0)
+    check_on_device(device, "mean", X, 0)
+    for f in _device_fs(n):
+        check_on_device(device, "trimmed_mean", X, f)
+        check_on_device(device, "meamed", X, f)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=spec_and_f(max_n=1000), op=st.sampled_from(OPS))
+def test_cuda_random(dtype, case, op):
+    spec, f = case
+    X = make_matrix(spec, dtype)
+    check_on_device("cuda", op, X, f if op in TRIM_OPS else 0, what=repr(spec))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_cuda_ties_and_zeros(dtype):
+    for n in (4, 5, 16, 33, 64, 65, 129):
+        for pattern in ("ties", "zeros"):
+            X = make_matrix(MatrixSpec(n, 1000, seed=n, pattern=pattern), dtype)
+            for op in OPS:
+                for f in sorted({0, (n - 1) // 2}):
+                    check_on_device("cuda", op, X, f, what=pattern)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_devices_non_contiguous(device, dtype):
+    base = make_matrix(MatrixSpec(40, 300, seed=9, pattern="mixed", nan_rows=3, posinf_rows=2, scatter=0.02), dtype)
+    dev = base.to(device)
+    views = [
+        ("X[:, ::2]", base[:, ::2], dev[:, ::2]),
+        ("X[:, 5:]", base[:, 5:], dev[:, 5:]),
+        ("X[::2]", base[::2], dev[::2]),
+        ("X.t() of (d, n)", base.t().contiguous().t(), dev.t().contiguous().t()),
+        ("row.expand", base[3:4].expand(9, 300), dev[3:4].expand(9, 300)),
+        ("col.expand", base[:, 7:8].expand(40, 50), dev[:, 7:8].expand(40, 50)),
+    ]
+    for name, V, W in views:
+        for op in OPS:
+            for f in sorted({0, 1, (V.shape[0] - 1) // 2}):
+                check_on_device(device, op, V, f, X_dev=W, what=name)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_devices_weighted_mean(device, dtype):
+    g = torch.Generator().manual_seed(3)
+    for n in (1, 2, 9, 64, 300):
+        X = make_matrix(MatrixSpec(n, 513, seed=n, pattern="gaussian", posinf_rows=n // 10), dtype)
+        w = torch.rand(n, generator=g, dtype=torch.float64) * 3
+        w[torch.randperm(n, generator=g)[: n // 3]] = 0
+        if w.sum() == 0:
+            w[0] = 1.0
+        for wd in (torch.float64, torch.float32):
+            check_on_device(device, "mean", X, 0, weights=w.to(wd), what=f"weights {wd}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_tails_and_empty(device):
+    for dtype in DTYPES:
+        for d in (0, 1, 127, 128, 129, 255):
+            X = make_matrix(MatrixSpec(11, d, seed=d, pattern="gaussian"), dtype)
+            for op in OPS:
+                got = run_op(op, X.to(device), 3)
+                assert got.shape == (d,) and got.dtype == dtype and got.device.type == device
+                if d:
+                    assert_bitwise(got, run_op(op, X, 3), f"{op} d={d}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_deterministic(device):
+    X = make_matrix(MatrixSpec(129, 20_000, seed=1, pattern="mixed", nan_rows=5, scatter=0.01), torch.float32)
+    X = X.to(device)
+    for op in OPS:
+        assert_bitwise(run_op(op, X, 10), run_op(op, X, 10), f"{op} twice on {device}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_input_not_modified(device):
+    X = make_matrix(MatrixSpec(33, 1000, seed=2, pattern="mixed", nan_rows=2), torch.float16).to(device)
+    before = X.clone()
+    for op in OPS:
+        run_op(op, X, 4)
+    assert_bitwise(X, before, f"op on {device} modified its input")
+
+
+@pytest.mark.cuda
+def test_cuda_large_d():
+    """d = 3,000,000 columns, n = 8: CUDA against the CPU kernels over every column."""
+    for dtype in (torch.float32, torch.float16):
+        g = torch.Generator().manual_seed(0)
+        X = torch.randn(8, 3_000_000, generator=g).to(dtype)
+        X[2, ::1001] = math.nan
+        X[5, ::997] = math.inf
+        for op in OPS:
+            got = run_op(op, X.cuda(), 3)
+            assert_bitwise(got, run_op(op, X, 3), f"{op} d=3e6 {dtype}")
+
+
+@pytest.mark.cuda
+def test_cuda_too_many_rows_is_a_clear_error():
+    """Beyond the shared-memory tile (of 32-bit keys for float32) the CUDA kernel refuses with a
+    ValueError naming the limit and the way out."""
+    rows = robustagg._C.COORDINATE_CUDA_MAX_ROWS
+    X = torch.randn(rows + 1, 3, device="cuda")
+    with pytest.raises(ValueError, match=rf"n <= {rows} .* got n={rows + 1}; move X to the CPU"):
+        robustagg.coordinate_median(X)

@@ -26,6 +26,7 @@ import robustagg
 import robustagg.ops
 from robustagg import reference
 from conftest import (
+    DEVICES,
     DTYPES,
     MatrixSpec,
     assert_bitwise,
@@ -60,7 +61,7 @@ class RowsSpec:
     layout: str = "contiguous"  # contiguous | transposed | strided | rows
 
 
-PATTERNS = ["gaussian", "ties", "zeros", "clustered"]
+ROW_PATTERNS = ["gaussian", "ties", "zeros", "clustered"]
 LAYOUTS = ["contiguous", "transposed", "strided", "rows"]
 
 
@@ -113,7 +114,7 @@ def make_rows(spec: RowsSpec, dtype: torch.dtype) -> torch.Tensor:
 def rows_specs(draw, min_n: int = 1, max_n: int = 16, max_d: int = 3000, nonfinite: bool = True):
     n = draw(st.integers(min_n, max_n))
     d = draw(st.one_of(st.integers(0, 24), st.integers(1, max_d)))
-    pattern = draw(st.sampled_from(PATTERNS))
+    pattern = draw(st.sampled_from(ROW_PATTERNS))
     dups = draw(st.integers(0, n // 2))
     counts = [0, 0, 0, 0]
     if nonfinite and draw(st.booleans()):
@@ -176,13 +177,17 @@ def shared_nearest(D: torch.Tensor, rows: list[int], q: int, a: int, b: int) -> 
     return all(not near(float(D[i, j]), v) and float(D[i, j]) > v for i in (a, b) for j in rows if j not in (a, b))
 
 
+def rounding_inputs(X: torch.Tensor) -> tuple[torch.Tensor, list[bool], torch.Tensor]:
+    """X in float64, its finite rows and the reference distances: what the ambiguity checks read."""
+    return X.to(torch.float64), finite_rows(X), reference.pairwise_sq_distances(X)
+
+
 def krum_ambiguous(X: torch.Tensor, f: int, m: int) -> bool:
     """Whether rounding may swap a row in the m best with one outside them."""
     if exact_data(X):
         return False
-    X64, fin = X.to(torch.float64), finite_rows(X)
+    X64, fin, D = rounding_inputs(X)
     n = X.shape[0]
-    D = reference.pairwise_sq_distances(X)
     rows = list(range(n))
     s = krum_scores(D, rows, f)
     order = sorted(rows, key=lambda i: (not fin[i], s[i], i))
@@ -196,9 +201,8 @@ def krum_ambiguous(X: torch.Tensor, f: int, m: int) -> bool:
 def bulyan_ambiguous(X: torch.Tensor, f: int) -> bool:
     if exact_data(X):
         return False
-    X64, fin = X.to(torch.float64), finite_rows(X)
+    X64, fin, D = rounding_inputs(X)
     n = X.shape[0]
-    D = reference.pairwise_sq_distances(X)
     remaining = list(range(n))
     for _ in range(n - 2 * f):
         s = krum_scores(D, remaining, f)
@@ -1014,3 +1018,109 @@ def test_views_and_inputs_untouched(layout, dtype):
     for name in got:
         assert got[name].device == X.device and got[name].is_contiguous(), name
         assert_bitwise(got[name].reshape(-1), want[name].reshape(-1), f"{name} on a {layout} view vs a contiguous copy")
+
+
+# ---------------------------------------------------------------------------
+# Each device against the reference and the CPU: distance rules and pre-aggregators. The float64
+# distance sums may be ordered differently on two devices, so results are compared within the
+# reference tolerances, except Krum's m = 1 output, which is one of X's rows (compared by value).
+# The sweeps run on CUDA only: on the CPU they would repeat the tests above at several times
+# their cost.
+
+
+def _on(device: str, fn, X: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    out = fn(X.to(device), *args, **kwargs)
+    assert out.device.type == device
+    return out.cpu()
+
+
+def check_rules_on_device(device: str, X: torch.Tensor, f: int, what: str = "") -> None:
+    """Every distance rule and pre-aggregator on device against the reference and the CPU."""
+    from test_preaggregators import check_rows, nnm_ambiguous_rows  # that module imports this one
+
+    n = X.shape[0]
+    R = reference.pairwise_sq_distances(X)
+    D = _on(device, robustagg.pairwise_sq_distances, X)
+    assert_d_close(D, R, X, what=f"pairwise {what}")
+    assert_d_close(D, robustagg.pairwise_sq_distances(X), X, what=f"pairwise vs CPU {what}")
+    if n > 2 * f + 2:
+        for m in (1, n - f):
+            check_krum(X, f, m, _on(device, robustagg.krum, X, f, m), f"{device} {what}")
+    if n >= 4 * f + 3 and not bulyan_ambiguous(X, f):
+        out = _on(device, robustagg.bulyan, X, f)
+        assert_vec_close(out, robustagg.bulyan(X, f), finite_scale(X), 1e-12, f"bulyan vs CPU {what}")
+    if torch.isfinite(X).all(1).any():
+        w = torch.linspace(0.5, 2.0, n, dtype=torch.float64)
+        check_geometric_median(X, what=f"{device} {what}", device=device)
+        check_geometric_median(X, w, tol=1e-6, max_iter=30, what=f"{device} weights {what}", device=device)
+    c = torch.zeros(X.shape[1], dtype=X.dtype)
+    out = robustagg.centered_clip(X.to(device), c.to(device), 1.0, 3)
+    assert out.device.type == device
+    assert_vec_close(out.cpu(), reference.centered_clip(X, c, 1.0, 3), finite_scale(X), 1e-9, f"centered_clip {what}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    out = _on(device, robustagg.bucketing, X, 3, generator=torch.Generator().manual_seed(n))
+    check_rows(out, reference.bucketing(X, 3, perm), X, f"bucketing {what}")
+    out = _on(device, robustagg.clip, X, 1.0)
+    check_rows(out, reference.clip(X, 1.0), X, f"clip {what}")
+    if n > 2 * f:
+        out = _on(device, robustagg.arc, X, f)
+        check_rows(out, reference.arc(X, f), X, f"arc {what}")
+    g = min(f, n - 1)
+    out, cpu = _on(device, robustagg.nnm, X, g), robustagg.nnm(X, g)
+    for i in sorted(set(range(n)) - nnm_ambiguous_rows(X, g)):
+        assert_vec_close(out[i], cpu[i], finite_scale(X), 1e-12, f"nnm row {i} vs CPU {what}")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("n", [1, 3, 7, 8, 11, 16, 33])
+def test_cuda_all_rules(n, dtype):
+    for pattern, layout in (("gaussian", "contiguous"), ("clustered", "transposed"), ("ties", "strided")):
+        spec = RowsSpec(n, 300, seed=n, pattern=pattern, dups=n // 4, nan_rows=n // 7, posinf_rows=n // 9,
+                        partial_rows=n // 5, layout=layout)
+        X = make_rows(spec, dtype)
+        for f in sorted({0, 1, (n - 3) // 4 if n >= 3 else 0}):
+            check_rules_on_device("cuda", X, f, what=repr(spec))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@settings(max_examples=25, **SETTINGS)
+@given(spec=rows_specs(max_n=20, max_d=3000), f=st.integers(0, 4))
+def test_cuda_all_rules_random(dtype, spec, f):
+    check_rules_on_device("cuda", make_rows(spec, dtype), f, what=repr(spec))
+
+
+@pytest.mark.cuda
+def test_cuda_clustered_large_d():
+    """d = 1e6 float32 rows within 1e-4 of a unit vector: CUDA distances to 1e-6 relative."""
+    X = clustered(16, 1_000_000, torch.Generator().manual_seed(0)).float()
+    R = reference.pairwise_sq_distances(X)
+    D = robustagg.pairwise_sq_distances(X.cuda()).cpu()
+    off = ~torch.eye(16, dtype=torch.bool)
+    assert ((D - R).abs() / R)[off].max() <= 1e-6
+    assert torch.equal(robustagg.krum(X.cuda(), 3).cpu(), reference.krum(X, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_mix_rows_and_norms(device):
+    g = torch.Generator().manual_seed(1)
+    for dtype in DTYPES:
+        X = torch.randn(9, 3001, generator=g).to(dtype)
+        X[4] = math.nan
+        c = torch.randn(3001, generator=g).to(dtype)
+        C = torch.randn(5, 10, generator=g, dtype=torch.float64)
+        C[:, 4] = 0.0
+        out = robustagg.ops.mix_rows(C.to(device), X.to(device), c.to(device)).cpu()
+        assert torch.isfinite(out).all()
+        assert_vec_close(out, robustagg.ops.mix_rows(C, X, c), finite_scale(X, c) * 10, 1e-14, f"mix_rows {dtype}")
+        N = robustagg.ops.row_sq_norms(X.to(device)).cpu()
+        torch.testing.assert_close(N, robustagg.ops.row_sq_norms(X), rtol=1e-12, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_devices_deterministic(device):
+    X = make_rows(RowsSpec(33, 20_000, 3, "clustered", nan_rows=2), torch.float32).to(device)
+    assert_bitwise(robustagg.pairwise_sq_distances(X), robustagg.pairwise_sq_distances(X),
+                   f"pairwise twice on {device}")
+    assert_bitwise(robustagg.geometric_median(X), robustagg.geometric_median(X), f"geometric_median twice on {device}")

@@ -237,7 +237,7 @@ def _center_for(X):
     return torch.zeros(d)
 
 
-NEW_RULES = {
+DISTANCE_RULES = {
     "pairwise_sq_distances": lambda X: robustagg.pairwise_sq_distances(X),
     "krum": lambda X: robustagg.krum(X, 0),
     "multi_krum": lambda X: robustagg.multi_krum(X, 0),
@@ -255,35 +255,35 @@ def _raises(exc, rule, arg):
     return pytest.raises(exc, match=rf"^{rule}: .*\b{arg}\b")
 
 
-@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("rule", DISTANCE_RULES)
 @pytest.mark.parametrize("bad", [None, [[1.0, 2.0]], "X"], ids=["None", "list", "str"])
-def test_new_rules_x_not_a_tensor(rule, bad):
+def test_distance_rules_x_not_a_tensor(rule, bad):
     with pytest.raises(TypeError, match=rf"^{rule}: X"):
-        NEW_RULES[rule](bad)
+        DISTANCE_RULES[rule](bad)
 
 
-@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("rule", DISTANCE_RULES)
 @pytest.mark.parametrize("shape", [(), (5,), (2, 3, 4)], ids=["0-D", "1-D", "3-D"])
-def test_new_rules_not_2d(rule, shape):
+def test_distance_rules_not_2d(rule, shape):
     with pytest.raises(ValueError, match=rf"^{rule}: X"):
-        NEW_RULES[rule](torch.zeros(shape))
+        DISTANCE_RULES[rule](torch.zeros(shape))
 
 
-@pytest.mark.parametrize("rule", NEW_RULES)
-def test_new_rules_no_rows(rule):
+@pytest.mark.parametrize("rule", DISTANCE_RULES)
+def test_distance_rules_no_rows(rule):
     with pytest.raises(ValueError, match=rf"^{rule}: X"):
-        NEW_RULES[rule](torch.empty(0, 3))
+        DISTANCE_RULES[rule](torch.empty(0, 3))
 
 
-@pytest.mark.parametrize("rule", NEW_RULES)
+@pytest.mark.parametrize("rule", DISTANCE_RULES)
 @pytest.mark.parametrize("dtype", [torch.int64, torch.bool, torch.complex64], ids=str)
-def test_new_rules_unsupported_dtype(rule, dtype):
+def test_distance_rules_unsupported_dtype(rule, dtype):
     with pytest.raises(TypeError, match=rf"^{rule}: X"):
-        NEW_RULES[rule](torch.zeros(7, 3, dtype=dtype))
+        DISTANCE_RULES[rule](torch.zeros(7, 3, dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_new_rules_no_columns(dtype):
+def test_distance_rules_no_columns(dtype):
     n = 7
     X = torch.empty(n, 0, dtype=dtype)
     D = robustagg.pairwise_sq_distances(X)
@@ -387,32 +387,31 @@ def test_centered_clip_bad_arguments():
     cc(X, torch.zeros(3), math.inf, 0)  # all valid
 
 
-def test_preaggregators_bad_arguments():
+@pytest.mark.parametrize(
+    "rule, arg, value_errors, type_errors",
+    [
+        ("bucketing", "s", (0, -2), ("2", 2.0, None)),
+        ("nnm", "f", (-1, 6, 7), (1.5,)),
+        ("clip", "c", (0.0, -1.0, math.nan), ()),
+        ("arc", "f", (-1, 3, 4), ("1",)),
+    ],
+)
+def test_preaggregators_bad_arguments(rule, arg, value_errors, type_errors):
     X = torch.randn(6, 3)
-    for s in (0, -2):
-        with _raises(ValueError, "bucketing", "s"):
-            robustagg.bucketing(X, s)
-    for s in ("2", 2.0, None):
-        with _raises(TypeError, "bucketing", "s"):
-            robustagg.bucketing(X, s)
-    for f in (-1, 6, 7):
-        with _raises(ValueError, "nnm", "f"):
-            robustagg.nnm(X, f)
-    with _raises(TypeError, "nnm", "f"):
-        robustagg.nnm(X, 1.5)
-    for c in (0.0, -1.0, math.nan):
-        with _raises(ValueError, "clip", "c"):
-            robustagg.clip(X, c)
-    for f in (-1, 3, 4):
-        with _raises(ValueError, "arc", "f"):
-            robustagg.arc(X, f)
-    with _raises(TypeError, "arc", "f"):
-        robustagg.arc(X, "1")
-    robustagg.arc(X, 2), robustagg.nnm(X, 5), robustagg.clip(X, math.inf), robustagg.bucketing(X, 7)  # all valid
+    fn = getattr(robustagg, rule)
+    for exc, values in ((ValueError, value_errors), (TypeError, type_errors)):
+        for v in values:
+            with _raises(exc, rule, arg):
+                fn(X, v)
 
 
-@pytest.mark.parametrize("rule", NEW_RULES)
-def test_new_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
+def test_preaggregators_valid_arguments_at_their_limits():
+    X = torch.randn(6, 3)
+    robustagg.arc(X, 2), robustagg.nnm(X, 5), robustagg.clip(X, math.inf), robustagg.bucketing(X, 7)
+
+
+@pytest.mark.parametrize("rule", DISTANCE_RULES)
+def test_distance_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     try:
@@ -422,7 +421,7 @@ def test_new_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
         pytest.skip(f"cannot make a fake CUDA tensor here: {exc}")
     monkeypatch.setattr(robustagg.validation, "cuda_kernels_built", lambda: False)
     with pytest.raises(RuntimeError, match=rf"^{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
-        NEW_RULES[rule](X)
+        DISTANCE_RULES[rule](X)
     assert "move X to the CPU" in str(info.value)
 
 

@@ -421,3 +421,41 @@ def test_alternating_training_gives_a_much_better_core_than_cutting_one_out() ->
     assert alt["final_core_accuracy"] > 0.95
     assert alt["final_core_accuracy"] > full["final_core_accuracy"] + 0.08
     assert alt["final_full_accuracy"] > full["final_full_accuracy"] - 0.02
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def test_train_masked_command_writes_json_and_plot(tmp_path, capsys) -> None:
+    from robustagg.cli import main
+
+    out = tmp_path / "run.json"
+    assert main(["train", "masked", "--training", "acdc", "--rounds", "20", "--eval-every", "10",
+                 "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["config"]["training"] == "acdc" and [p["round"] for p in result["curve"]][-1] == 20
+    assert (tmp_path / "run.png").stat().st_size > 1000
+    printed, err = capsys.readouterr()
+    assert "acdc: MLP 64-256-10, core = 0.25 of the hidden units, 20 steps, seed 0" in printed
+    assert "test accuracy: full model 0." in printed and ", sparse model 0." in printed
+    assert f"JSON: {out}\nplot: {tmp_path / 'run.png'}" in printed
+    assert "\r" not in err
+
+
+def test_train_masked_grid_keeps_the_reading_section(tmp_path, capsys) -> None:
+    from robustagg.cli import main
+
+    (tmp_path / "masked.md").write_text("# old table\n\n## Reading\n\nWhat the table says.\n")
+    assert main(["train", "masked", "--grid", "--seeds", "1", "--rounds", "20", "--eval-every", "10", "--jobs", "1",
+                 "--out", str(tmp_path)]) == 0
+    text = (tmp_path / "masked.md").read_text()
+    assert text.startswith("# Masked / partial training\n") and "# old table" not in text
+    assert text.endswith("\n## Reading\n\nWhat the table says.\n")
+    runs = json.loads((tmp_path / "masked.json").read_text())["runs"]
+    assert len(runs) == len(masked_grid.ROWS)
+    assert set(runs[0]) <= {"config", "final_full_accuracy", "final_core_accuracy", "final_sparse_accuracy",
+                            "seconds_per_step", "wall_seconds"}
+    out, err = capsys.readouterr()
+    assert f"masked grid: {len(masked_grid.ROWS)} runs of 20 rounds in 1 processes" in err
+    assert f"{len(masked_grid.ROWS)} runs in " in out and f"table: {tmp_path / 'masked.md'}" in out

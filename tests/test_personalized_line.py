@@ -373,3 +373,25 @@ def test_grid_configs_and_a_tiny_grid_report(tmp_path) -> None:
     assert f"bias correction / uniform WGA = {errors[2] / errors[1]:.2f}" in text
     paths = grid.grid_plots(results, str(tmp_path))
     assert paths == [str(tmp_path / "personalized.png")] and (tmp_path / "personalized.png").stat().st_size > 1000
+
+
+# ---------------------------------------------------------------------------
+# Command line
+
+
+def test_train_personalized_command_writes_json_and_plot_at_the_default_paths(tmp_path, monkeypatch, capsys) -> None:
+    pytest.importorskip("matplotlib", reason="the run plots with matplotlib (README set-up installs it)")
+    from robustagg.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "personalized", "--task", "digits", "--method", "wga", "--collaborators", "2",
+                 "--rounds", "60", "--eval-every", "20"]) == 0
+    result = json.loads((tmp_path / "runs" / "personalized-digits-wga-N2-s0.json").read_text())
+    assert result["config"]["rounds"] == 60 and result["config"]["lr"] == 1.0  # the task's lr
+    assert [p["round"] for p in result["curve"]] == [0, 20, 40, 60]
+    assert result["command"].startswith("robustagg train personalized --task digits")
+    assert (tmp_path / "runs" / "personalized-digits-wga-N2-s0.png").stat().st_size > 1000
+    out, err = capsys.readouterr()
+    assert "digits, wga: N = 2 collaborators, 60 steps, lr 1, seed 0" in out
+    assert "weights: 0.333, 0.333, 0.333" in out and "user 0's error: final" in out
+    assert "\r" not in err  # no progress bar redraws where stderr is not a terminal

@@ -27,7 +27,7 @@ _NUMBER = r"\d+(?:\.\d+)*"
 _CITATION = re.compile(rf"\b{_WORD}\s+({_NUMBER}(?:\s*(?:,|and)\s*{_NUMBER})*)")
 _HEADING = re.compile(rf"^#{{1,6}}\s+({_NUMBER})\.?\s")
 # The contract's file as it was named outside the repository (any path ending in it).
-_OLD_CONTRACT = re.compile(rf"\b{_WORD}\.md\b")
+_OUT_OF_TREE_CONTRACT = re.compile(rf"\b{_WORD}\.md\b")
 
 
 def spec_sections(text: str) -> set[str]:
@@ -51,7 +51,7 @@ def dangling(text: str, sections: set[str], where: str) -> list[str]:
 def old_contract(text: str, where: str) -> list[str]:
     """``where:line: <line>`` for every line that names the contract's former file."""
     return [f"{where}:{lineno}: {line.strip()}" for lineno, line in enumerate(text.splitlines(), start=1)
-            if _OLD_CONTRACT.search(line)]
+            if _OUT_OF_TREE_CONTRACT.search(line)]
 
 
 def repository_files() -> list[str]:

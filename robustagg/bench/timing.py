@@ -55,24 +55,19 @@ def _sync(device: torch.device) -> None:
 
 
 def time_fn(
-    fn: Callable[[torch.Tensor], Any],
-    inputs: Sequence[torch.Tensor],
-    device: str | torch.device,
-    repeats: int = 10,
-    warmup: int = 2,
-    max_seconds: float | None = None,
-    min_repeats: int = 3,
+    fn: Callable[[torch.Tensor], Any], inputs: Sequence[torch.Tensor], device: str | torch.device, **options: Any
 ) -> dict[str, Any]:
     """Time ``fn`` on ``inputs`` and return ``{"ms": median, "min_ms", "repeats", "times_ms"}``.
 
     Calls rotate over ``inputs`` (pass several copies of an input smaller
     than the caches; see :func:`rotation_count`), so consecutive calls never
-    reuse a cache-resident input. ``warmup`` untimed calls first (at least
-    one); with ``max_seconds``, fewer repeats (not below ``min_repeats``) and
-    warm-ups are made when one call is slow. On CUDA each call is bracketed by
-    CUDA events; on CPU by ``time.perf_counter``.
+    reuse a cache-resident input. ``options`` are :func:`time_interleaved`'s:
+    ``warmup`` untimed calls first (at least one); with ``max_seconds``, fewer
+    repeats (not below ``min_repeats``) and warm-ups are made when one call is
+    slow. On CUDA each call is bracketed by CUDA events; on CPU by
+    ``time.perf_counter``.
     """
-    return time_interleaved([fn], inputs, device, repeats, warmup, max_seconds, min_repeats)[0]
+    return time_interleaved([fn], inputs, device, **options)[0]
 
 
 def time_interleaved(
