@@ -1,4 +1,4 @@
-"""argparse types and output-path checks shared by every ``robustagg`` command.
+"""argparse types, output-path checks and dataclass-field options shared by every ``robustagg`` command.
 
 A bad value exits with status 2 and one line naming the option and the value, before any work starts.
 """
@@ -6,15 +6,18 @@ A bad value exits with status 2 and one line naming the option and the value, be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .validation import check_real, describe_interval
 
 __all__ = [
-    "check_output_dir", "check_output_path", "closed_unit_interval", "finite_float", "fraction", "int_list",
-    "nonnegative_float", "nonnegative_int", "output_dir", "output_path", "positive_float", "positive_float_or_inf",
-    "positive_int", "real_type", "unit_interval", "write_text",
+    "add_options", "check_output_dir", "check_output_path", "checked", "closed_unit_interval", "finite_float",
+    "fraction", "int_list", "nonnegative_float", "nonnegative_int", "option", "option_values", "output_dir",
+    "output_path", "positive_float", "positive_float_or_inf", "positive_int", "real_type", "unit_interval",
+    "write_text",
 ]
 
 
@@ -108,20 +111,49 @@ def check_output_dir(path: str) -> str:
     return path
 
 
-def _path_type(check: Callable[[str], str]) -> Callable[[str], str]:
+def checked(check: Callable[[str], object]) -> Callable[[str], str]:
+    """An argparse type that keeps the text once ``check(text)`` accepts it; its ValueError is the error line."""
+
     def convert(text: str) -> str:
         try:
-            return check(text)
+            check(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        return text
 
     convert.__name__ = check.__name__
     return convert
 
 
-output_path = _path_type(check_output_path)
-output_dir = _path_type(check_output_dir)
+output_path = checked(check_output_path)
+output_dir = checked(check_output_dir)
 
+
+def option(default: Any, help: str, *, type: Callable[[str], Any] | None = None,
+           choices: Iterable[str] | None = None) -> Any:
+    """A dataclass field that is also the command-line option ``--<name with dashes>`` (see :func:`add_options`).
+
+    ``help`` says what the option means; `` (default <default>)`` is appended unless it states its default
+    itself (``%(default)s`` stands for the field's default). ``type`` converts and checks the text (one of the
+    types above), ``choices`` lists the accepted values.
+    """
+    return dataclasses.field(default=default, metadata={"option": {"help": help, "type": type, "choices": choices}})
+
+
+def add_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup, cls: type) -> None:
+    """One option per :func:`option` field of the dataclass ``cls``, in field order, with the field's default."""
+    for f in dataclasses.fields(cls):
+        spec = f.metadata.get("option")
+        if spec is None:
+            continue
+        help = spec["help"] if "(default" in spec["help"] else spec["help"] + " (default %(default)s)"
+        extra = {"choices": list(spec["choices"])} if spec["choices"] is not None else {}
+        parser.add_argument("--" + f.name.replace("_", "-"), type=spec["type"], default=f.default, help=help, **extra)
+
+
+def option_values(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    """The parsed values of the :func:`option` fields of ``cls``, by field name: ``cls(**option_values(...))``."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if "option" in f.metadata}
 
 
 def write_text(path: str, text: str) -> None:

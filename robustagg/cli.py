@@ -6,8 +6,10 @@ Subcommands:
   pre-aggregators) against one read of the input, the plain-PyTorch way and
   byzfl (when installed); print a table, write JSON and optionally a markdown
   table.
-* ``train byzantine``: Byzantine-robust training with worker momentum on the
-  built-in digits data, one run or the whole grid (``--grid``).
+* ``train <line>``: a line of work on the built-in digits data (``byzantine``,
+  ``federated``, ``personalized``, ``masked``: one run or the whole grid with
+  ``--grid``; ``ddp``: robust DistributedDataParallel training),
+  :mod:`robustagg.sim.commands`.
 """
 
 from __future__ import annotations

@@ -21,9 +21,19 @@ import numpy as np
 import torch
 
 from .. import aggregators as agg
-from ..attacks import check_attack_rows, make_attack
+from ..arguments import (
+    checked,
+    finite_float,
+    nonnegative_int,
+    option,
+    positive_float,
+    positive_float_or_inf,
+    positive_int,
+)
+from ..attacks import ATTACKS, check_attack_rows, make_attack
 from ..optim.byzantine import RobustServer, WorkerMomentum
 from ..validation import check_int, check_positive, check_real
+from . import config as shared
 from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
 
@@ -40,26 +50,26 @@ RULES = agg.RULES
 class ByzantineConfig:
     """One training run. ``rule_f`` is the f the rule assumes (default: ``byzantine``)."""
 
-    agg: str = "cc"
-    attack: str = "none"
-    workers: int = 25
-    byzantine: int = 5
-    momentum: float = 0.0
-    bucketing: int = 0
-    split: str = "iid"
-    model: str = "mlp"
-    hidden: int = 64
-    rounds: int = 300
-    batch: int = 8
-    lr: float = 0.1
-    seed: int = 0
-    eval_every: int = 10
-    rule_f: int | None = None
-    cc_tau: float = 1.0
-    cc_iters: int = 3
-    gm_iters: int = 100
-    ipm_eps: float = 0.1
-    alie_z: float | None = None
+    agg: str = option("cc", "aggregation rule", choices=RULES)
+    attack: str = option("none", "attack of the Byzantine workers", choices=ATTACKS)
+    workers: int = option(25, "n, all workers", type=positive_int)
+    byzantine: int = option(5, "f, Byzantine workers among them", type=nonnegative_int)
+    momentum: float = shared.momentum(0.0, "worker momentum beta in [0, 1)")
+    bucketing: int = option(0, "bucket size s >= 2 in front of the rule (default: none)", type=nonnegative_int)
+    split: str = option("iid", "iid, sorted (label-sorted) or dirichlet:ALPHA", type=checked(parse_split))
+    model: str = shared.model()
+    hidden: int = shared.hidden(64)
+    rounds: int = shared.rounds(300)
+    batch: int = shared.batch(8, "examples per worker per round")
+    lr: float = shared.lr(0.1, "server learning rate")
+    seed: int = shared.seed("the split, initialisation, batches and attacks")
+    eval_every: int = shared.eval_every(10)
+    rule_f: int | None = option(None, "the f the rule assumes (default: --byzantine)", type=nonnegative_int)
+    cc_tau: float = option(1.0, "centered clipping radius", type=positive_float_or_inf)
+    cc_iters: int = option(3, "centered clipping iterations", type=positive_int)
+    gm_iters: int = option(100, "most Weiszfeld steps of gm", type=positive_int)
+    ipm_eps: float = option(0.1, "IPM scale", type=positive_float)
+    alie_z: float | None = option(None, "ALIE z (default: from n and f, SPEC 5)", type=finite_float)
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field.

@@ -20,8 +20,17 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..arguments import (
+    closed_unit_interval,
+    nonnegative_float,
+    option,
+    positive_float,
+    positive_int,
+    unit_interval,
+)
 from ..optim.federated import ALGORITHMS, BASES, FederatedServer
 from ..validation import check_int, check_positive, check_real
+from . import config as shared
 from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
 
@@ -35,25 +44,26 @@ LOSS_ROUNDS = (25, 50, 100, 150)
 class FederatedConfig:
     """One federated run; ``local_epochs`` > 0 replaces ``local_steps`` by ceil(epochs * n_i / batch) per client."""
 
-    algo: str = "mime"
-    base: str = "sgdm"
-    clients: int = 100
-    per_round: int = 10
-    alpha: float = 0.1
-    local_steps: int = 10
-    local_epochs: float = 0.0
-    batch: int = 16
-    lr: float = 0.05
-    server_lr: float = 1.0
-    beta: float = 0.9
-    beta2: float = 0.999
+    algo: str = option("mime", "algorithm", choices=ALGORITHMS)
+    base: str = option("sgdm", "base optimizer of the Mime family", choices=BASES)
+    clients: int = option(100, "clients", type=positive_int)
+    per_round: int = option(10, "clients sampled per round", type=positive_int)
+    alpha: float = option(0.1, "Dirichlet concentration of the label split", type=positive_float)
+    local_steps: int = option(10, "local steps per round", type=positive_int)
+    local_epochs: float = option(0.0, "local epochs instead of steps: ceil(epochs * n_i / batch) steps for client i "
+                                 "(default: use --local-steps)", type=nonnegative_float)
+    batch: int = shared.batch(16, "local batch size")
+    lr: float = shared.lr(0.05, "client learning rate (default %(default)s; 0.005 suits base adam)")
+    server_lr: float = option(1.0, "server learning rate", type=positive_float)
+    beta: float = option(0.9, "momentum / Adam beta1", type=unit_interval)
+    beta2: float = option(0.999, "Adam beta2", type=unit_interval)
     eps: float = 1e-8
-    mvr_a: float = 0.1
-    server_momentum: float = 0.9
-    rounds: int = 150
-    model: str = "mlp"
-    hidden: int = 64
-    seed: int = 0
+    mvr_a: float = option(0.1, "MVR weight a", type=closed_unit_interval)
+    server_momentum: float = shared.momentum(0.9, "FedAvgM server momentum")
+    rounds: int = shared.rounds(150, "rounds")
+    model: str = shared.model()
+    hidden: int = shared.hidden(64)
+    seed: int = shared.seed("the split, initialisation, sampling and batches")
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""

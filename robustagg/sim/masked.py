@@ -30,18 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..optim.masked import (
-    ACDCSchedule,
-    ACDCTrainer,
-    AlternatingSchedule,
-    MaskedSGD,
-    PartialTrainer,
-    core_forward,
-    extract_core,
-    magnitude_core,
-    width_core,
-)
+from ..arguments import fraction, nonnegative_int, option, positive_int
+from ..optim import masked as masked_opt
 from ..validation import check_int, check_positive, check_real
+from . import config as shared
 from .data import NUM_TRAIN, check_batch, load_digits
 
 __all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "run_masked"]
@@ -58,19 +50,19 @@ TRAININGS = {
 class MaskedConfig:
     """One training run. ``period``, ``core_steps`` and ``warmup`` apply to ``alternating``, ``density`` to ``acdc``."""
 
-    training: str = "alternating"
-    hidden: int = 256
-    core_fraction: float = 0.25
-    rounds: int = 3000
-    lr: float = 0.1
-    momentum: float = 0.9
-    batch: int = 32
-    period: int = 2
-    core_steps: int = 1
-    warmup: int = 0
-    density: float = 0.1
-    seed: int = 0
-    eval_every: int = 100
+    training: str = option("alternating", "schedule", choices=TRAININGS)
+    hidden: int = shared.hidden(256)
+    core_fraction: float = option(0.25, "fraction of the hidden units in the core", type=fraction)
+    rounds: int = shared.rounds(3000, "steps")
+    lr: float = shared.lr(0.1)
+    momentum: float = shared.momentum(0.9, "SGD momentum")
+    batch: int = shared.batch(32, "batch size")
+    period: int = option(2, "steps per alternation period", type=positive_int)
+    core_steps: int = option(1, "core steps per period", type=nonnegative_int)
+    warmup: int = option(0, "full steps before alternating", type=nonnegative_int)
+    density: float = option(0.1, "AC/DC: fraction of weights kept in sparse phases", type=fraction)
+    seed: int = shared.seed("the initialisation and batches")
+    eval_every: int = shared.eval_every(100, "steps between evaluations")
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
@@ -118,18 +110,18 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
     data = load_digits()
     gen = torch.Generator().manual_seed(cfg.seed)
     model = make_mlp(data.num_features, cfg.hidden, data.num_classes, cfg.seed)
-    core = width_core(model, cfg.core_fraction)
-    optimizer = MaskedSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    trainer: PartialTrainer | ACDCTrainer
+    core = masked_opt.width_core(model, cfg.core_fraction)
+    optimizer = masked_opt.MaskedSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    trainer: masked_opt.PartialTrainer | masked_opt.ACDCTrainer
     if cfg.training == "acdc":
-        trainer = ACDCTrainer(model, optimizer, ACDCSchedule(cfg.rounds, cfg.density))
+        trainer = masked_opt.ACDCTrainer(model, optimizer, masked_opt.ACDCSchedule(cfg.rounds, cfg.density))
     else:
         schedule = {
-            "full": AlternatingSchedule(1, 0),
-            "core": AlternatingSchedule(1, 1),
-            "alternating": AlternatingSchedule(cfg.period, cfg.core_steps, cfg.warmup),
+            "full": masked_opt.AlternatingSchedule(1, 0),
+            "core": masked_opt.AlternatingSchedule(1, 1),
+            "alternating": masked_opt.AlternatingSchedule(cfg.period, cfg.core_steps, cfg.warmup),
         }[cfg.training]
-        trainer = PartialTrainer(model, optimizer, core, schedule)
+        trainer = masked_opt.PartialTrainer(model, optimizer, core, schedule)
 
     curve: list[dict] = []
     wall = time.perf_counter()
@@ -141,10 +133,10 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
                 point: dict = {
                     "round": t,
                     "full_accuracy": None if cfg.training == "core" else _accuracy(model(data.x_test), data.y_test),
-                    "core_accuracy": _accuracy(extract_core(model, core)(data.x_test), data.y_test),
+                    "core_accuracy": _accuracy(masked_opt.extract_core(model, core)(data.x_test), data.y_test),
                 }
                 if cfg.training == "acdc":
-                    sparse = core_forward(model, magnitude_core(model, cfg.density), data.x_test)
+                    sparse = masked_opt.core_forward(model, masked_opt.magnitude_core(model, cfg.density), data.x_test)
                     point["sparse_accuracy"] = _accuracy(sparse, data.y_test)
             curve.append(point)
             if progress is not None:

@@ -55,6 +55,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..arguments import (
+    closed_unit_interval,
+    nonnegative_float,
+    nonnegative_int,
+    option,
+    positive_int,
+)
 from ..optim.personalized import (
     BiasCorrectedWGA,
     WeightedGradientAveraging,
@@ -63,6 +70,7 @@ from ..optim.personalized import (
     optimal_weights,
 )
 from ..validation import check_int, check_positive, check_real
+from . import config as shared
 from .data import check_batch, load_digits
 from .models import make_model
 
@@ -108,19 +116,20 @@ class PersonalizedConfig:
     digits task; the others ignore them.
     """
 
-    task: str = "quadratic"
-    method: str = "bias_corrected"
-    collaborators: int = 4
-    rounds: int | None = None
-    lr: float | None = None
-    beta: float = 0.002
-    beta_floor: float = 0.0002
-    dim: int = 20
-    shift: float = 1.0
-    noise: float = 1.0
-    batch: int = 4
-    seed: int = 0
-    eval_every: int = 50
+    task: str = option("quadratic", "objective of the users", choices=TASKS)
+    method: str = option("bias_corrected", "update rule", choices=METHODS)
+    collaborators: int = option(4, "N collaborators", type=nonnegative_int)
+    rounds: int | None = shared.rounds(
+        None, f"steps (default: the task's, {TASK_DEFAULTS['quadratic']['rounds']} for the quadratic tasks)")
+    lr: float | None = shared.lr(None, "learning rate (default: the task's)")
+    beta: float = option(0.002, "EMA rate of the bias correction", type=closed_unit_interval)
+    beta_floor: float = option(0.0002, "floor of the decaying rate max(1/(t+1), floor)", type=closed_unit_interval)
+    dim: int = option(20, "dimension of the quadratic tasks", type=positive_int)
+    shift: float = option(1.0, "norm of the collaborators' common shift", type=nonnegative_float)
+    noise: float = option(1.0, "gradient noise std per coordinate", type=nonnegative_float)
+    batch: int = shared.batch(4, "examples per user per step, digits")
+    seed: int = shared.seed("the problem, initialisation and noise")
+    eval_every: int = shared.eval_every(50, "steps between recorded errors")
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""

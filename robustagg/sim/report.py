@@ -1,43 +1,35 @@
-"""Progress lines, plots and tables shared by the training commands."""
+"""Progress bars, plots and tables shared by the training commands."""
 
 from __future__ import annotations
 
 import os
 import sys
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
-__all__ = ["Progress", "plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std", "pyplot"]
+__all__ = ["plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std", "progress_bar", "pyplot"]
 
 
-class Progress:
-    """A one-line progress bar on stderr; on a non-terminal (logs, CI) a line every 10%."""
+@contextmanager
+def progress_bar(total: int, label: str) -> Iterator[Callable[[int, str], None]]:
+    """A tqdm bar on stderr for the body of the ``with``; yields ``advance(done, note)``, which moves the bar to
+    ``done`` of ``total`` and shows ``note`` after it.
 
-    def __init__(self, total: int, label: str, stream=None) -> None:
-        self.total = max(total, 1)
-        self.label = label
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.start = time.perf_counter()
-        self._last_decile = -1
+    The bar is off when stderr is not a terminal (logs, CI, captured output), where its carriage-return
+    redraws would pile up; the commands' summary lines say what a run did.
+    """
+    from tqdm import tqdm
 
-    def update(self, done: int, note: str = "") -> None:
-        frac = min(done / self.total, 1.0)
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / frac - elapsed if frac > 0 else float("nan")
-        bar = "#" * int(30 * frac) + "." * (30 - int(30 * frac))
-        line = f"{self.label} [{bar}] {done}/{self.total} {elapsed:5.1f}s eta {eta:5.1f}s {note}"
-        if self.tty:
-            self.stream.write("\r" + line[:150].ljust(150))
-        elif int(10 * frac) > self._last_decile or done == self.total:
-            self._last_decile = int(10 * frac)
-            self.stream.write(line + "\n")
-        self.stream.flush()
+    bar = tqdm(total=total, desc=label, file=sys.stderr, disable=None, dynamic_ncols=True)
 
-    def close(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+    def advance(done: int, note: str = "") -> None:
+        bar.set_postfix_str(note, refresh=False)
+        bar.update(done - bar.n)
+
+    try:
+        yield advance
+    finally:
+        bar.close()
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
