@@ -23,8 +23,10 @@ def _find_cuda_home() -> str | None:
     if nvcc:
         candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
     for root in candidates:
-        if root and glob.glob(os.path.join(root, "lib64", "libcudart.so*")) and os.path.exists(
-            os.path.join(root, "bin", "nvcc")
+        if (
+            root
+            and glob.glob(os.path.join(root, "lib64", "libcudart.so*"))
+            and os.path.exists(os.path.join(root, "bin", "nvcc"))
         ):
             return root
     return None
@@ -106,7 +108,4 @@ def _extension():
     )
 
 
-setup(
-    ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+setup(ext_modules=[_extension()], cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)})

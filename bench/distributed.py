@@ -71,7 +71,6 @@ def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
     return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
 
 
-
 def _model() -> torch.nn.Module:
     torch.manual_seed(0)
     layers: list[torch.nn.Module] = []
@@ -191,14 +190,22 @@ def _run_config(args, label: str, rule: str | None, mode: str | None, gen: torch
     grad_bytes = 4 * sum(p.numel() for p in model.parameters())
     med = statistics.median
     row = {
-        "label": label, "rule": rule, "mode": mode, "step_s": med(times),
-        "extra_memory_bytes": float(extra), "lo_bytes_per_rank_step": lo_bytes / n / args.steps,
+        "label": label,
+        "rule": rule,
+        "mode": mode,
+        "step_s": med(times),
+        "extra_memory_bytes": float(extra),
+        "lo_bytes_per_rank_step": lo_bytes / n / args.steps,
         "buckets": list(sizes),
     }
     if state is not None:
-        row.update(sent_bytes=med(s.sent_bytes for s in stats), wait_s=med(s.communication for s in stats),
-                   aggregation_s=med(s.aggregation for s in stats), local_s=med(s.local for s in stats),
-                   exposed_s=med(s.exposed for s in stats))
+        row.update(
+            sent_bytes=med(s.sent_bytes for s in stats),
+            wait_s=med(s.communication for s in stats),
+            aggregation_s=med(s.aggregation for s in stats),
+            local_s=med(s.local for s in stats),
+            exposed_s=med(s.exposed for s in stats),
+        )
     elif rule is None:
         row["sent_bytes"] = 2 * (n - 1) * grad_bytes / n  # ring all-reduce of every bucket
     return row
@@ -318,9 +325,10 @@ def _write(args: argparse.Namespace, by_n: dict[int, list[dict]], command: str) 
         "Not run: NCCL on GPUs.",
         "",
     ]
-    for path, text in ((args.markdown, "\n".join(lines)),
-                       (os.path.splitext(args.markdown)[0] + ".json",
-                        json.dumps({"command": command, "by_n": by_n}, indent=1))):
+    for path, text in (
+        (args.markdown, "\n".join(lines)),
+        (os.path.splitext(args.markdown)[0] + ".json", json.dumps({"command": command, "by_n": by_n}, indent=1)),
+    ):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w") as fh:
             fh.write(text)
@@ -337,9 +345,11 @@ def plot(by_n: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     ns = sorted(int(n) for n in by_n)
-    panels = [("bytes_vs_plain", "bytes per rank / plain DDP's"),
-              ("extra_memory_bytes", "peak extra memory / gradient size"),
-              ("step_vs_plain", "step time / plain DDP's")]
+    panels = [
+        ("bytes_vs_plain", "bytes per rank / plain DDP's"),
+        ("extra_memory_bytes", "peak extra memory / gradient size"),
+        ("step_vs_plain", "step time / plain DDP's"),
+    ]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     grad_bytes = 4 * sum(p.numel() for p in _model().parameters())
     styles = {"sharded": ("tab:blue", "-"), "replicated": ("tab:red", "--"), None: ("black", ":")}
@@ -355,7 +365,9 @@ def plot(by_n: dict, path: str) -> None:
                 value = value / grad_bytes if key == "extra_memory_bytes" else value
                 lines.setdefault(r["label"], []).append((n, value))
         for label, points in lines.items():
-            mode = "sharded" if label.startswith("sharded") else "replicated" if label.startswith("replicated") else None
+            mode = (
+                "sharded" if label.startswith("sharded") else "replicated" if label.startswith("replicated") else None
+            )
             color, dash = styles[mode]
             marker = "s" if label.endswith("cc") else "o"
             ax.plot(*zip(*points), color=color, linestyle=dash, marker=marker, label=label)
@@ -378,15 +390,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--batch", type=int, default=16, help="examples per rank per step (default 16)")
     parser.add_argument("--bucket-cap-mb", type=float, default=1.0, help="DDP bucket size in MB (default 1)")
-    parser.add_argument("--rules", type=lambda s: s.split(","), default=list(RULES),
-                        help=f"comma-separated rules (default {','.join(RULES)})")
-    parser.add_argument("--markdown", default=os.path.join("docs", "results", "distributed.md"),
-                        help="markdown table path; the JSON goes beside it (default docs/results/distributed.md)")
+    parser.add_argument(
+        "--rules",
+        type=lambda s: s.split(","),
+        default=list(RULES),
+        help=f"comma-separated rules (default {','.join(RULES)})",
+    )
+    parser.add_argument(
+        "--markdown",
+        default=os.path.join("docs", "results", "distributed.md"),
+        help="markdown table path; the JSON goes beside it (default docs/results/distributed.md)",
+    )
     args = parser.parse_args(argv)
     unknown = set(args.rules) - set(RULES)
     if unknown:
         parser.error(f"unknown rules {sorted(unknown)}; choose from {', '.join(RULES)}")
-    command = "python bench/distributed.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    command = "python bench/distributed.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"  # inherited by the ranks: freed buffers leave the RSS
     by_n = {}
     ctx = mp.get_context("spawn")

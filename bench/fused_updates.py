@@ -141,8 +141,18 @@ def _mimelite_loop(t):
 
 # Mime, SGDm: p <- p - lr ((1 - b) (g - a + c) + b m)
 def _mime_fused(t):
-    client_step_(t["p"], t["g"], LR, anchor_grads=t["a"], control=t["c"], momentum=t["m"], coef_grad=1 - BETA,
-                 coef_anchor=-(1 - BETA), coef_control=1 - BETA, coef_momentum=BETA)
+    client_step_(
+        t["p"],
+        t["g"],
+        LR,
+        anchor_grads=t["a"],
+        control=t["c"],
+        momentum=t["m"],
+        coef_grad=1 - BETA,
+        coef_anchor=-(1 - BETA),
+        coef_control=1 - BETA,
+        coef_momentum=BETA,
+    )
 
 
 def _mime_foreach_add_chain(t):
@@ -271,8 +281,9 @@ def _wga_loop(t):
 
 
 def _bc_fused(t):
-    weighted_step_(t["p"], [t[f"g{i}"] for i in _USERS], WEIGHTS, LR,
-                   corrections=[t[f"c{i}"] for i in _USERS[1:]], beta=WGA_BETA)
+    weighted_step_(
+        t["p"], [t[f"g{i}"] for i in _USERS], WEIGHTS, LR, corrections=[t[f"c{i}"] for i in _USERS[1:]], beta=WGA_BETA
+    )
 
 
 def _bc_foreach_lerp(t):
@@ -349,8 +360,18 @@ def _sgd_foreach(t):
 
 
 def _sgd_torch_fused(t):
-    torch._fused_sgd_(t["p"], t["g"], t["m"], weight_decay=0.0, momentum=BETA, lr=LR, dampening=0.0,
-                      nesterov=False, maximize=False, is_first_step=False)
+    torch._fused_sgd_(
+        t["p"],
+        t["g"],
+        t["m"],
+        weight_decay=0.0,
+        momentum=BETA,
+        lr=LR,
+        dampening=0.0,
+        nesterov=False,
+        maximize=False,
+        is_first_step=False,
+    )
 
 
 def _sgd_loop(t):
@@ -381,9 +402,11 @@ def _blocks(t: dict, block_bytes: int = BLOCK_BYTES) -> list[dict]:
 def blocked(fn: Callable) -> Callable:
     """fn applied to blocks of the lists in turn: a multi-pass foreach composition then finds the
     block's tensors of the previous pass in the cache (what a per-tensor loop gets for free)."""
+
     def run_blocked(t):
         for b in _blocks(t):
             fn(b)
+
     return run_blocked
 
 
@@ -424,8 +447,9 @@ _MOMENTUM_FOREACH = with_blocked({"mul_ + add_(alpha)": _momentum_foreach_mul_ad
 
 
 def _momentum_case(name, shapes):
-    return Case(f"momentum_update_: {name}", shapes, ("m", "g"), ("m",), _momentum_fused, _MOMENTUM_FOREACH,
-                _momentum_loop)
+    return Case(
+        f"momentum_update_: {name}", shapes, ("m", "g"), ("m",), _momentum_fused, _MOMENTUM_FOREACH, _momentum_loop
+    )
 
 
 CASES = [
@@ -433,35 +457,116 @@ CASES = [
     _momentum_case("digits MLP, 25 workers x 4 tensors", [(64, 64), (64,), (10, 64), (10,)] * 25),
     _momentum_case("25 rows of 1M", [(1_000_000,)] * 25),
     _momentum_case("100 tensors of 100k", [(100_000,)] * 100),
-    Case("MimeLite-SGDm client step (ResNet-18)", RESNET18, ("p", "g", "m"), ("p",), _mimelite_fused,
-         with_blocked({"2 x add_(alpha)": _mimelite_foreach_add_chain, "mul, add_, add_": _mimelite_foreach_direction}),
-         _mimelite_loop),
-    Case("Mime-SGDm client step (ResNet-18)", RESNET18, ("p", "g", "a", "c", "m"), ("p",), _mime_fused,
-         with_blocked({"4 x add_(alpha)": _mime_foreach_add_chain, "sub, add_, lerp_, add_": _mime_foreach_direction}),
-         _mime_loop),
-    Case("Mime-Adam client step (ResNet-18)", RESNET18, ("p", "g", "a", "c", "m", "v"), ("p",), _mime_adam_fused,
-         with_blocked({"torch.optim.Adam-style (9 ops)": _mime_adam_foreach,
-                       "fewer temporaries (9 ops)": _mime_adam_foreach_reuse}),
-         _mime_adam_loop, ("v",)),
-    Case("adam_stats_update_ (ResNet-18)", RESNET18, ("m", "v", "g"), ("m", "v"), _stats_fused,
-         with_blocked({"lerp_, mul_, addcmul_": _stats_foreach}), _stats_loop, ("v",)),
-    Case("mvr_update_ (ResNet-18)", RESNET18, ("m", "g", "h"), ("m",), _mvr_fused,
-         with_blocked({"add_, sub_, lerp_": _mvr_foreach}), _mvr_loop),
-    Case(f"WGA step, N = {COLLABORATORS} (ResNet-18)", RESNET18, ("p", *(f"g{i}" for i in _USERS)), ("p",),
-         _wga_fused, with_blocked({"mul, N x add_(alpha), add_(alpha)": _wga_foreach}), _wga_loop),
-    Case(f"bias-corrected WGA step, N = {COLLABORATORS} (ResNet-18)", RESNET18,
-         ("p", *(f"g{i}" for i in _USERS), *(f"c{i}" for i in _USERS[1:])), ("p", *(f"c{i}" for i in _USERS[1:])),
-         _bc_fused, with_blocked({"sub, mul_, lerp_ per collaborator": _bc_foreach_lerp,
-                                  "mul_ + 2 x add_(alpha) per collaborator": _bc_foreach_add_chain}), _bc_loop),
-    Case("masked SGD-momentum step, bool mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _masked_fused,
-         with_blocked({"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}),
-         _masked_loop, mask="bool"),
-    Case("masked SGD-momentum step, packed mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _masked_fused,
-         with_blocked({"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}),
-         _masked_loop, mask="packed"),
-    Case("SGD-momentum step, no mask (ResNet-18)", RESNET18, ("p", "g", "m"), ("p", "m"), _sgd_fused,
-         with_blocked({"torch.optim.SGD foreach (mul_, add_, add_)": _sgd_foreach, "torch._fused_sgd_": _sgd_torch_fused}),
-         _sgd_loop),
+    Case(
+        "MimeLite-SGDm client step (ResNet-18)",
+        RESNET18,
+        ("p", "g", "m"),
+        ("p",),
+        _mimelite_fused,
+        with_blocked({"2 x add_(alpha)": _mimelite_foreach_add_chain, "mul, add_, add_": _mimelite_foreach_direction}),
+        _mimelite_loop,
+    ),
+    Case(
+        "Mime-SGDm client step (ResNet-18)",
+        RESNET18,
+        ("p", "g", "a", "c", "m"),
+        ("p",),
+        _mime_fused,
+        with_blocked({"4 x add_(alpha)": _mime_foreach_add_chain, "sub, add_, lerp_, add_": _mime_foreach_direction}),
+        _mime_loop,
+    ),
+    Case(
+        "Mime-Adam client step (ResNet-18)",
+        RESNET18,
+        ("p", "g", "a", "c", "m", "v"),
+        ("p",),
+        _mime_adam_fused,
+        with_blocked(
+            {
+                "torch.optim.Adam-style (9 ops)": _mime_adam_foreach,
+                "fewer temporaries (9 ops)": _mime_adam_foreach_reuse,
+            }
+        ),
+        _mime_adam_loop,
+        ("v",),
+    ),
+    Case(
+        "adam_stats_update_ (ResNet-18)",
+        RESNET18,
+        ("m", "v", "g"),
+        ("m", "v"),
+        _stats_fused,
+        with_blocked({"lerp_, mul_, addcmul_": _stats_foreach}),
+        _stats_loop,
+        ("v",),
+    ),
+    Case(
+        "mvr_update_ (ResNet-18)",
+        RESNET18,
+        ("m", "g", "h"),
+        ("m",),
+        _mvr_fused,
+        with_blocked({"add_, sub_, lerp_": _mvr_foreach}),
+        _mvr_loop,
+    ),
+    Case(
+        f"WGA step, N = {COLLABORATORS} (ResNet-18)",
+        RESNET18,
+        ("p", *(f"g{i}" for i in _USERS)),
+        ("p",),
+        _wga_fused,
+        with_blocked({"mul, N x add_(alpha), add_(alpha)": _wga_foreach}),
+        _wga_loop,
+    ),
+    Case(
+        f"bias-corrected WGA step, N = {COLLABORATORS} (ResNet-18)",
+        RESNET18,
+        ("p", *(f"g{i}" for i in _USERS), *(f"c{i}" for i in _USERS[1:])),
+        ("p", *(f"c{i}" for i in _USERS[1:])),
+        _bc_fused,
+        with_blocked(
+            {
+                "sub, mul_, lerp_ per collaborator": _bc_foreach_lerp,
+                "mul_ + 2 x add_(alpha) per collaborator": _bc_foreach_add_chain,
+            }
+        ),
+        _bc_loop,
+    ),
+    Case(
+        "masked SGD-momentum step, bool mask (ResNet-18)",
+        RESNET18,
+        ("p", "g", "m"),
+        ("p", "m"),
+        _masked_fused,
+        with_blocked(
+            {"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}
+        ),
+        _masked_loop,
+        mask="bool",
+    ),
+    Case(
+        "masked SGD-momentum step, packed mask (ResNet-18)",
+        RESNET18,
+        ("p", "g", "m"),
+        ("p", "m"),
+        _masked_fused,
+        with_blocked(
+            {"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}
+        ),
+        _masked_loop,
+        mask="packed",
+    ),
+    Case(
+        "SGD-momentum step, no mask (ResNet-18)",
+        RESNET18,
+        ("p", "g", "m"),
+        ("p", "m"),
+        _sgd_fused,
+        with_blocked(
+            {"torch.optim.SGD foreach (mul_, add_, add_)": _sgd_foreach, "torch._fused_sgd_": _sgd_torch_fused}
+        ),
+        _sgd_loop,
+    ),
 ]
 
 
@@ -523,9 +628,13 @@ def run(device: str, repeats: int, only: str = "") -> list[dict]:
         copies = rotation_count(int((len(case.lists) + 2 + (1.3 if case.mask else 0)) * list_bytes), dev, 2 << 30)
         # Each copy: the case's lists, and two flat buffers of one list's size for the copy
         # (zeros, not empty: the destination is paged in before it is timed).
-        sets = [(_make_set(case, device, gen), (torch.zeros(numel, device=device),
-                                                torch.randn(numel, generator=gen).to(device)))
-                for _ in range(copies)]
+        sets = [
+            (
+                _make_set(case, device, gen),
+                (torch.zeros(numel, device=device), torch.randn(numel, generator=gen).to(device)),
+            )
+            for _ in range(copies)
+        ]
         agree = check_agreement(case, sets[0][0])
         impls = [case.fused, *case.foreach.values(), case.loop]
         fns = [(lambda x, f=f: f(x[0])) for f in impls] + [lambda x: x[1][0].copy_(x[1][1])]
@@ -543,7 +652,7 @@ def run(device: str, repeats: int, only: str = "") -> list[dict]:
             "MB": list_bytes / 1e6,
             "streams": case.streams,
             "streams_desc": f"{len(case.lists)} read + {len(case.written)} written"
-                            + (f" + {case.mask} mask" if case.mask else ""),
+            + (f" + {case.mask} mask" if case.mask else ""),
             "ms": fused_ms,
             "GB/s": moved / fused_ms / 1e6,
             "copy_GB/s": copy_gbs,
@@ -558,9 +667,12 @@ def run(device: str, repeats: int, only: str = "") -> list[dict]:
             "repeats": res[0]["repeats"],
         }
         rows.append(row)
-        print(f"{case.name}: {fused_ms:.3f} ms, {row['GB/s']:.1f} GB/s (copy {copy_gbs:.1f}), "
-              f"{row['x_floor']:.2f}x floor, {row['speedup_vs_foreach']:.2f}x foreach ({best}: "
-              f"{foreach_ms[best]:.3f} ms), {row['speedup_vs_loop']:.2f}x loop ({loop_ms:.3f} ms)", file=sys.stderr)
+        print(
+            f"{case.name}: {fused_ms:.3f} ms, {row['GB/s']:.1f} GB/s (copy {copy_gbs:.1f}), "
+            f"{row['x_floor']:.2f}x floor, {row['speedup_vs_foreach']:.2f}x foreach ({best}: "
+            f"{foreach_ms[best]:.3f} ms), {row['speedup_vs_loop']:.2f}x loop ({loop_ms:.3f} ms)",
+            file=sys.stderr,
+        )
         del sets
     return rows
 
@@ -588,14 +700,18 @@ def markdown(rows: list[dict], device: str, command: str) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | {r['tensors']} | {r['MB']:.1f} | {r['streams']:g} ({r['streams_desc']}) | "
-                     f"{r['ms']:.3f} | {r['GB/s']:.1f} | {r['x_floor']:.2f} | {r['speedup_vs_foreach']:.2f} | "
-                     f"{r['speedup_vs_loop']:.2f} |")
+        lines.append(
+            f"| {r['case']} | {r['tensors']} | {r['MB']:.1f} | {r['streams']:g} ({r['streams_desc']}) | "
+            f"{r['ms']:.3f} | {r['GB/s']:.1f} | {r['x_floor']:.2f} | {r['speedup_vs_foreach']:.2f} | "
+            f"{r['speedup_vs_loop']:.2f} |"
+        )
     lines += ["", "Foreach compositions (ms; the fastest is the one compared) and the copy bandwidth:", ""]
     for r in rows:
         timed = ", ".join(f"{k}: {v:.3f}" for k, v in r["foreach_ms"].items())
-        lines.append(f"* {r['case']}: {timed}; loop {r['loop_ms']:.3f}; copy {r['copy_GB/s']:.1f} GB/s; "
-                     f"largest difference from the fused result {r['max_rel_diff']:.1e} (relative)")
+        lines.append(
+            f"* {r['case']}: {timed}; loop {r['loop_ms']:.3f}; copy {r['copy_GB/s']:.1f} GB/s; "
+            f"largest difference from the fused result {r['max_rel_diff']:.1e} (relative)"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -43,7 +43,7 @@ def byzfl_gm(T: int):
 def interleaved(fns: dict[str, object], X: torch.Tensor, repeats: int) -> dict[str, float]:
     """Median seconds of each function, called in turn so that machine load weighs on all alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
-    for k, fn in fns.items():
+    for fn in fns.values():
         fn(X)  # warm-up
     for _ in range(repeats):
         for k, fn in fns.items():

@@ -121,15 +121,25 @@ FUSED_LISTS = {
     "adam_stats_update_": ("exp_avg", "exp_avg_sq", "grads"),
     "mvr_update_": ("momentum", "grads", "prev_grads"),
 }
-FUSED_WRITTEN = {"client_step_": ("params",), "adam_client_step_": ("params",),
-                 "adam_stats_update_": ("exp_avg", "exp_avg_sq"), "mvr_update_": ("momentum",)}
-FUSED_OPTIONAL = {"client_step_": ("anchor_grads", "control", "momentum"),
-                  "adam_client_step_": ("anchor_grads", "control")}
+FUSED_WRITTEN = {
+    "client_step_": ("params",),
+    "adam_client_step_": ("params",),
+    "adam_stats_update_": ("exp_avg", "exp_avg_sq"),
+    "mvr_update_": ("momentum",),
+}
+FUSED_OPTIONAL = {
+    "client_step_": ("anchor_grads", "control", "momentum"),
+    "adam_client_step_": ("anchor_grads", "control"),
+}
 FUSED_SCALARS = {
-    "client_step_": [dict(lr=0.05, coef_grad=0.3, coef_anchor=-0.45, coef_control=0.7, coef_momentum=1.25),
-                     dict(lr=1.0, coef_grad=1.0, coef_anchor=0.0, coef_control=0.0, coef_momentum=0.0)],
-    "adam_client_step_": [dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-3, step=3),
-                          dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=1e-8, step=1)],
+    "client_step_": [
+        dict(lr=0.05, coef_grad=0.3, coef_anchor=-0.45, coef_control=0.7, coef_momentum=1.25),
+        dict(lr=1.0, coef_grad=1.0, coef_anchor=0.0, coef_control=0.0, coef_momentum=0.0),
+    ],
+    "adam_client_step_": [
+        dict(lr=1e-2, beta1=0.9, beta2=0.99, eps=1e-3, step=3),
+        dict(lr=1e-3, beta1=0.0, beta2=0.0, eps=1e-8, step=1),
+    ],
     "adam_stats_update_": [dict(beta1=0.8, beta2=0.95), dict(beta1=0.0, beta2=1.0)],
     "mvr_update_": [dict(a=0.2), dict(a=1.0), dict(a=0.0)],
 }
@@ -175,8 +185,10 @@ def check_fused_updates(device: str = "cuda") -> int:
                             if not same_bits(a.cpu(), b):
                                 failures += 1
                                 kind = "written" if n in FUSED_WRITTEN[op] else "read-only, changed"
-                                print(f"MISMATCH {op} {n}[{i}] ({kind}) dtype={a.dtype} lists={use} {scalars}",
-                                      file=sys.stderr)
+                                print(
+                                    f"MISMATCH {op} {n}[{i}] ({kind}) dtype={a.dtype} lists={use} {scalars}",
+                                    file=sys.stderr,
+                                )
     return failures
 
 
@@ -220,8 +232,10 @@ def check_weighted_masked(device: str = "cuda") -> int:
                     for i, (a, b) in enumerate(zip(got, want)):
                         if not same_bits(a.cpu(), b):
                             failures += 1
-                            print(f"MISMATCH weighted_step_ {name}[{i}] dtype={a.dtype} N={n} corrected={corrected}",
-                                  file=sys.stderr)
+                            print(
+                                f"MISMATCH weighted_step_ {name}[{i}] dtype={a.dtype} N={n} corrected={corrected}",
+                                file=sys.stderr,
+                            )
         # masked_sgd_step_: 45 tensors > 36 per launch
         shapes = [(chunk + 17,), (5, 33), (), (0,), (3, 4, 7)] + [(3,)] * 40
         ps, ms, gs = make(shapes, pick), make(shapes, pick), make(shapes, pick)
@@ -240,8 +254,10 @@ def check_weighted_masked(device: str = "cuda") -> int:
                     for i, (a, b) in enumerate(zip(got, want)):
                         if not same_bits(a.cpu(), b):
                             failures += 1
-                            print(f"MISMATCH masked_sgd_step_ {name}[{i}] dtype={a.dtype} masks={kind} wd={wd}",
-                                  file=sys.stderr)
+                            print(
+                                f"MISMATCH masked_sgd_step_ {name}[{i}] dtype={a.dtype} masks={kind} wd={wd}",
+                                file=sys.stderr,
+                            )
     return failures
 
 

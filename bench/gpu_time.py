@@ -68,11 +68,16 @@ def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float 
     if (3 * copies + 1) * d * 4 > torch.cuda.mem_get_info()[0]:
         return [], []
     gen = torch.Generator(device="cuda").manual_seed(d)
-    inputs = [([torch.randn(n, device="cuda", generator=gen) for n in sizes],
-               [torch.randn(n, device="cuda", generator=gen) for n in sizes]) for _ in range(copies)]
+    inputs = [
+        (
+            [torch.randn(n, device="cuda", generator=gen) for n in sizes],
+            [torch.randn(n, device="cuda", generator=gen) for n in sizes],
+        )
+        for _ in range(copies)
+    ]
     flat = [torch.randn(d, device="cuda", generator=gen) for _ in range(copies)]
     out = torch.empty(d, device="cuda")
-    copy_ms = time_ms(lambda x: out.copy_(x), flat, repeats)
+    copy_ms = time_ms(out.copy_, flat, repeats)
     read_ms = time_ms(lambda x: x.sum(), flat, repeats)
     copy_gbs = 2 * d * 4 / copy_ms / 1e6
 
@@ -87,18 +92,32 @@ def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float 
     foreach_ms = time_ms(foreach, inputs, repeats)
     gbs = nbytes / ms / 1e6
     op = f"momentum_update_ ({k} tensors)"
-    row = dict(n=None, tensors=k, d=d, op=op, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs,
-               x_one_read=ms / read_ms, foreach_ms=foreach_ms, device=name)
-    line = (f"| - | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} (3 accesses/elem) | {row['pct_copy']:.0f}% | "
-            f"{ms / read_ms:.2f} | {foreach_ms / ms:.1f}x torch._foreach_mul_+_foreach_add_ |")
+    row = dict(
+        n=None,
+        tensors=k,
+        d=d,
+        op=op,
+        ms=ms,
+        gbs=gbs,
+        copy_gbs=copy_gbs,
+        pct_copy=100 * gbs / copy_gbs,
+        x_one_read=ms / read_ms,
+        foreach_ms=foreach_ms,
+        device=name,
+    )
+    line = (
+        f"| - | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} (3 accesses/elem) | {row['pct_copy']:.0f}% | "
+        f"{ms / read_ms:.2f} | {foreach_ms / ms:.1f}x torch._foreach_mul_+_foreach_add_ |"
+    )
     print(line, flush=True)
     del inputs, flat, out
     torch.cuda.empty_cache()
     return [row], [line]
 
 
-def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
-                       timer=None) -> tuple[list[dict], list[str]]:
+def fused_update_cases(
+    repeats: int, l2: int, name: str, device: str = "cuda", timer=None
+) -> tuple[list[dict], list[str]]:
     """The client steps and statistics of bench/fused_updates.py on the ResNet-18 parameter list
     (62 float32 tensors, 11.7M values): MimeLite-SGDm and Mime-SGDm client_step_, Mime-Adam
     adam_client_step_, adam_stats_update_, mvr_update_, weighted_step_ (WGA and bias-corrected
@@ -117,7 +136,7 @@ def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
     gen = torch.Generator().manual_seed(7)
     flat = [torch.randn(numel, generator=gen).to(device) for _ in range(2)]
     out = torch.empty(numel, device=device)
-    copy_ms = timer(lambda x: out.copy_(x), flat, repeats)
+    copy_ms = timer(out.copy_, flat, repeats)
     read_ms = timer(lambda x: x.sum(), flat, repeats)
     copy_gbs = 2 * list_bytes / copy_ms / 1e6
     del flat, out
@@ -135,11 +154,25 @@ def fused_update_cases(repeats: int, l2: int, name: str, device: str = "cuda",
         moved = case.streams * list_bytes
         gbs = moved / ms / 1e6
         op = f"{case.name}, {len(case.shapes)} tensors"
-        row = dict(n=None, tensors=len(case.shapes), d=numel, op=op, ms=ms, gbs=gbs, streams=case.streams,
-                   copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs, x_one_read=ms / read_ms,
-                   foreach_ms=foreach[best], foreach=best, device=name)
-        line = (f"| - | {numel:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} ({case.streams} accesses/elem) | "
-                f"{row['pct_copy']:.0f}% | {ms / read_ms:.2f} | {foreach[best] / ms:.1f}x torch foreach ({best}) |")
+        row = dict(
+            n=None,
+            tensors=len(case.shapes),
+            d=numel,
+            op=op,
+            ms=ms,
+            gbs=gbs,
+            streams=case.streams,
+            copy_gbs=copy_gbs,
+            pct_copy=100 * gbs / copy_gbs,
+            x_one_read=ms / read_ms,
+            foreach_ms=foreach[best],
+            foreach=best,
+            device=name,
+        )
+        line = (
+            f"| - | {numel:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} ({case.streams} accesses/elem) | "
+            f"{row['pct_copy']:.0f}% | {ms / read_ms:.2f} | {foreach[best] / ms:.1f}x torch foreach ({best}) |"
+        )
         print(line, flush=True)
         rows.append(row)
         lines.append(line)
@@ -163,8 +196,12 @@ def main() -> int:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     header = "| n | d | copy GB/s | op | ms | GB/s (X read + result written) | % of copy BW | x one read | vs torch |"
-    lines = [f"Device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, float32", "", header,
-             "|" + "---|" * 9]
+    lines = [
+        f"Device: {name}, torch {torch.__version__}, CUDA {torch.version.cuda}, float32",
+        "",
+        header,
+        "|" + "---|" * 9,
+    ]
     print("\n".join(lines), flush=True)
     for d in args.d:
         for n in args.n:
@@ -177,7 +214,7 @@ def main() -> int:
             f = (n - 1) // 4
             fd = (n - 3) // 4  # distance rules: Bulyan needs n >= 4f + 3
             out = torch.empty_like(inputs[0])
-            copy_ms = time_ms(lambda X: out.copy_(X), inputs, args.repeats)
+            copy_ms = time_ms(out.copy_, inputs, args.repeats)
             del out
             read_ms = time_ms(lambda X: X.sum(0), inputs, args.repeats)
             median_ms = None
@@ -209,11 +246,23 @@ def main() -> int:
                     vs = f"{median_ms / ms:.1f}x torch.median"
                 elif op == "pairwise_sq_distances":
                     vs = f"{cdist_ms / ms:.1f}x torch.cdist (float32)"
-                row = dict(n=n, d=d, op=op, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs,
-                           x_one_read=ms / read_ms, torch_median_ms=median_ms, device=name)
+                row = dict(
+                    n=n,
+                    d=d,
+                    op=op,
+                    ms=ms,
+                    gbs=gbs,
+                    copy_gbs=copy_gbs,
+                    pct_copy=100 * gbs / copy_gbs,
+                    x_one_read=ms / read_ms,
+                    torch_median_ms=median_ms,
+                    device=name,
+                )
                 rows.append(row)
-                line = (f"| {n} | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} | {row['pct_copy']:.0f}% | "
-                        f"{ms / read_ms:.2f} | {vs} |")
+                line = (
+                    f"| {n} | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} | {row['pct_copy']:.0f}% | "
+                    f"{ms / read_ms:.2f} | {vs} |"
+                )
                 lines.append(line)
                 print(line, flush=True)
             del inputs

@@ -34,17 +34,19 @@ import robustagg  # noqa: E402
 from robustagg.bench.byzfl_peer import byzfl_status  # noqa: E402
 from robustagg.bench.calibration import calibrate_geometric_median  # noqa: E402
 from robustagg.bench.cases import (  # noqa: E402
-    DISTANCE_OPS, OPS, byzfl_baseline, op_callable, op_params, torch_baseline,
+    DISTANCE_OPS,
+    OPS,
+    byzfl_baseline,
+    op_callable,
+    op_params,
+    torch_baseline,
 )
 from robustagg.bench.host import default_budget, pin_malloc  # noqa: E402
 from robustagg.bench.params import GB  # noqa: E402
 from robustagg.bench.timing import make_inputs, rotation_count  # noqa: E402
 
 # (family, ops, CPU n, CUDA n): the grids of `robustagg bench` at one d per device.
-FAMILIES = (
-    ("coordinate", OPS, (8, 25, 64), (8, 25, 64)),
-    ("distance", DISTANCE_OPS, (10, 25, 64), (10, 25, 64)),
-)
+FAMILIES = (("coordinate", OPS, (8, 25, 64), (8, 25, 64)), ("distance", DISTANCE_OPS, (10, 25, 64), (10, 25, 64)))
 CPU_D = 1_000_000
 CUDA_D = 16_000_000
 DTYPE = torch.float32
@@ -152,8 +154,16 @@ def test_bench(benchmark, device: str, n: int, d: int, impl: str, op: str) -> No
     benchmark.group = f"{device} n={n} d={d} float32"
     benchmark.name = f"{op} {impl}" if op != "-" else impl
     benchmark.extra_info.update(
-        op=op, impl=impl, function=label, n=n, d=d, dtype="float32", device=device, input_bytes=_xbytes(n, d),
-        copies=len(inputs), **info,
+        op=op,
+        impl=impl,
+        function=label,
+        n=n,
+        d=d,
+        dtype="float32",
+        device=device,
+        input_bytes=_xbytes(n, d),
+        copies=len(inputs),
+        **info,
     )
     rounds = BASELINE_ROUNDS if impl in ("torch", "byzfl") else OP_ROUNDS
     out = benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=1, iterations=1)

@@ -56,8 +56,7 @@ inline bool is_supported_float(at::ScalarType t) {
 inline void check_matrix(const at::Tensor& X, const char* rule) {
   TORCH_CHECK_TYPE(is_supported_float(X.scalar_type()),
                    message(rule, ": X must be float32, float64, float16 or bfloat16, got ", X.scalar_type()));
-  TORCH_CHECK_VALUE(X.dim() == 2,
-                    message(rule, ": X must be 2-D (n, d), got ", X.dim(), "-D with shape ", X.sizes()));
+  TORCH_CHECK_VALUE(X.dim() == 2, message(rule, ": X must be 2-D (n, d), got ", X.dim(), "-D with shape ", X.sizes()));
   TORCH_CHECK_VALUE(X.size(0) >= 1, message(rule, ": X needs at least one row, got n=0"));
 }
 
@@ -147,9 +146,9 @@ inline at::Tensor unit_column_stride(const at::Tensor& X) {
 // shape, dtype and device; every tensor floating point and on `device`.
 inline void check_tensor_pairs(at::TensorList a, at::TensorList b, const char* a_name, const char* b_name,
                                const char* rule) {
-  TORCH_CHECK_VALUE(a.size() == b.size(), message(rule, ": ", a_name, " and ", b_name, " must be equally long lists, got ",
-                                                  static_cast<long long>(a.size()), " and ",
-                                                  static_cast<long long>(b.size()), " tensors"));
+  TORCH_CHECK_VALUE(a.size() == b.size(),
+                    message(rule, ": ", a_name, " and ", b_name, " must be equally long lists, got ",
+                            static_cast<long long>(a.size()), " and ", static_cast<long long>(b.size()), " tensors"));
   for (size_t i = 0; i < a.size(); ++i) {
     const long long k = static_cast<long long>(i);
     TORCH_CHECK_TYPE(is_supported_float(a[i].scalar_type()),
@@ -158,12 +157,11 @@ inline void check_tensor_pairs(at::TensorList a, at::TensorList b, const char* a
     TORCH_CHECK_TYPE(b[i].scalar_type() == a[i].scalar_type(),
                      message(rule, ": ", b_name, "[", k, "] must have ", a_name, "[", k, "]'s dtype ",
                              a[i].scalar_type(), ", got ", b[i].scalar_type()));
-    TORCH_CHECK_VALUE(b[i].sizes() == a[i].sizes(), message(rule, ": ", b_name, "[", k, "] must have ", a_name, "[",
-                                                            k, "]'s shape ", a[i].sizes(), ", got ", b[i].sizes()));
+    TORCH_CHECK_VALUE(b[i].sizes() == a[i].sizes(), message(rule, ": ", b_name, "[", k, "] must have ", a_name, "[", k,
+                                                            "]'s shape ", a[i].sizes(), ", got ", b[i].sizes()));
     TORCH_CHECK_VALUE(a[i].device() == a[0].device() && b[i].device() == a[0].device(),
-                      message(rule, ": all tensors must be on one device; ", a_name, "[0] is on ", a[0].device(),
-                              ", ", a_name, "[", k, "] on ", a[i].device(), ", ", b_name, "[", k, "] on ",
-                              b[i].device()));
+                      message(rule, ": all tensors must be on one device; ", a_name, "[0] is on ", a[0].device(), ", ",
+                              a_name, "[", k, "] on ", a[i].device(), ", ", b_name, "[", k, "] on ", b[i].device()));
   }
 }
 

@@ -57,7 +57,7 @@ struct AdamScalars {
   double step_size, beta1, beta2, sqrt_bc2, eps;
   template <typename Acc>
   AdamCoefs<Acc> as() const {
-    return {static_cast<Acc>(step_size), static_cast<Acc>(beta1), static_cast<Acc>(1.0 - beta1),
+    return {static_cast<Acc>(step_size), static_cast<Acc>(beta1),       static_cast<Acc>(1.0 - beta1),
             static_cast<Acc>(beta2),     static_cast<Acc>(1.0 - beta2), static_cast<Acc>(sqrt_bc2),
             static_cast<Acc>(eps)};
   }

@@ -40,9 +40,9 @@ inline void check_momentum_update(at::TensorList buffers, at::TensorList grads, 
 
 inline void check_client_step(at::TensorList params, at::TensorList grads,
                               const std::optional<at::TensorList>& anchor_grads,
-                              const std::optional<at::TensorList>& control, const std::optional<at::TensorList>& momentum,
-                              double lr, double coef_grad, double coef_anchor, double coef_control,
-                              double coef_momentum) {
+                              const std::optional<at::TensorList>& control,
+                              const std::optional<at::TensorList>& momentum, double lr, double coef_grad,
+                              double coef_anchor, double coef_control, double coef_momentum) {
   constexpr const char* kRule = "client_step_";
   check_tensor_pairs(params, grads, "params", "grads", kRule);
   check_optional_pairs(params, anchor_grads, "anchor_grads", kRule);
@@ -115,10 +115,10 @@ inline void check_weighted_step(at::TensorList params, at::TensorList grads,
   const size_t count = params.size();
   const size_t users = weights.size();
   TORCH_CHECK_VALUE(users >= 1, message(kRule, ": weights must hold N + 1 >= 1 numbers, got none"));
-  TORCH_CHECK_VALUE(grads.size() == users * count,
-                    message(kRule, ": grads must hold N + 1 = ", static_cast<long long>(users), " lists of ",
-                            static_cast<long long>(count), " tensors, got ", static_cast<long long>(grads.size()),
-                            " tensors"));
+  TORCH_CHECK_VALUE(
+      grads.size() == users * count,
+      message(kRule, ": grads must hold N + 1 = ", static_cast<long long>(users), " lists of ",
+              static_cast<long long>(count), " tensors, got ", static_cast<long long>(grads.size()), " tensors"));
   for (size_t u = 0; u < users; ++u) {
     const std::string name = message("grads[", static_cast<long long>(u), "]");
     TORCH_CHECK_VALUE(std::isfinite(weights[u]), message(kRule, ": weights must be finite, got weights[",
@@ -149,10 +149,9 @@ inline void check_weighted_step(at::TensorList params, at::TensorList grads,
 // one kind for the whole call.
 inline MaskKind check_masks(at::TensorList params, const std::optional<at::TensorList>& masks, const char* rule) {
   if (!masks.has_value()) return MaskKind::kNone;
-  TORCH_CHECK_VALUE(masks->size() == params.size(),
-                    message(rule, ": params and masks must be equally long lists, got ",
-                            static_cast<long long>(params.size()), " and ", static_cast<long long>(masks->size()),
-                            " tensors"));
+  TORCH_CHECK_VALUE(masks->size() == params.size(), message(rule, ": params and masks must be equally long lists, got ",
+                                                            static_cast<long long>(params.size()), " and ",
+                                                            static_cast<long long>(masks->size()), " tensors"));
   if (params.empty()) return MaskKind::kBool;
   const MaskKind kind = (*masks)[0].scalar_type() == at::kBool ? MaskKind::kBool : MaskKind::kPacked;
   for (size_t i = 0; i < params.size(); ++i) {
@@ -163,9 +162,8 @@ inline MaskKind check_masks(at::TensorList params, const std::optional<at::Tenso
     TORCH_CHECK_TYPE((m.scalar_type() == at::kBool) == (kind == MaskKind::kBool),
                      message(rule, ": masks must be all bool or all uint8 (packed), masks[0] is ",
                              (*masks)[0].scalar_type(), " and masks[", k, "] ", m.scalar_type()));
-    TORCH_CHECK_VALUE(m.device() == params[i].device(),
-                      message(rule, ": masks[", k, "] is on ", m.device(), " but params[", k, "] on ",
-                              params[i].device()));
+    TORCH_CHECK_VALUE(m.device() == params[i].device(), message(rule, ": masks[", k, "] is on ", m.device(),
+                                                                " but params[", k, "] on ", params[i].device()));
     if (kind == MaskKind::kBool) {
       TORCH_CHECK_VALUE(m.sizes() == params[i].sizes(), message(rule, ": masks[", k, "] must have params[", k,
                                                                 "]'s shape ", params[i].sizes(), ", got ", m.sizes()));

@@ -38,8 +38,8 @@ template <typename T, bool A, bool C, bool M>
 struct ClientStepOp {
   ClientCoefs<at::opmath_type<T>> k;
   C10_HOST_DEVICE C10_ALWAYS_INLINE void operator()(T* const* p, int64_t i) const {
-    p[0][i] = client_step_value<A, C, M>(p[0][i], p[1][i], A ? p[2][i] : T(0), C ? p[3][i] : T(0),
-                                         M ? p[4][i] : T(0), k);
+    p[0][i] =
+        client_step_value<A, C, M>(p[0][i], p[1][i], A ? p[2][i] : T(0), C ? p[3][i] : T(0), M ? p[4][i] : T(0), k);
   }
 };
 
@@ -151,7 +151,7 @@ void masked_sgd_step(at::TensorList params, at::TensorList grads, at::TensorList
   const MaskKind kind = check_masked_sgd_step(params, grads, momentum, masks, lr, mu, weight_decay);
   with_mask_kind(kind, weight_decay != 0.0, [&](auto decay, auto kind_tag) {
     Device::template masked_sgd_step<decltype(decay)::value, decltype(kind_tag)::value>(params, momentum, grads, masks,
-                                                                                       lr, mu, weight_decay);
+                                                                                        lr, mu, weight_decay);
   });
 }
 

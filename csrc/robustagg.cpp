@@ -77,17 +77,20 @@ TORCH_LIBRARY(robustagg, m) {
   //                           + coef_control * control) + coef_momentum * momentum);
   // absent lists are not read. Covers SGD / SGD with momentum / MVR client
   // steps of Mime and MimeLite, FedAvg and SCAFFOLD.
-  m.def("client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
-        "Tensor[]? momentum, float lr, float coef_grad, float coef_anchor, float coef_control, "
-        "float coef_momentum) -> ()");
+  m.def(
+      "client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
+      "Tensor[]? momentum, float lr, float coef_grad, float coef_anchor, float coef_control, "
+      "float coef_momentum) -> ()");
   // Mime client step with base Adam: the Adam step from the frozen state
   // (exp_avg, exp_avg_sq, step - 1 steps taken) with gradient
   // (grads - anchor_grads) + control; params written only.
-  m.def("adam_client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
-        "Tensor[] exp_avg, Tensor[] exp_avg_sq, float lr, float beta1, float beta2, float eps, int step) -> ()");
+  m.def(
+      "adam_client_step_(Tensor(a!)[] params, Tensor[] grads, Tensor[]? anchor_grads, Tensor[]? control, "
+      "Tensor[] exp_avg, Tensor[] exp_avg_sq, float lr, float beta1, float beta2, float eps, int step) -> ()");
   // Adam's statistics: exp_avg <- b1 exp_avg + (1 - b1) g; exp_avg_sq <- b2 exp_avg_sq + (1 - b2) g^2.
-  m.def("adam_stats_update_(Tensor(a!)[] exp_avg, Tensor(b!)[] exp_avg_sq, Tensor[] grads, float beta1, "
-        "float beta2) -> ()");
+  m.def(
+      "adam_stats_update_(Tensor(a!)[] exp_avg, Tensor(b!)[] exp_avg_sq, Tensor[] grads, float beta1, "
+      "float beta2) -> ()");
   // Momentum-based variance reduction: m <- a g + (1 - a) ((m + g) - prev_grads).
   m.def("mvr_update_(Tensor(a!)[] momentum, Tensor[] grads, Tensor[] prev_grads, float a) -> ()");
   // Weighted gradient averaging for user 0 with N collaborators, optionally
@@ -95,13 +98,15 @@ TORCH_LIBRARY(robustagg, m) {
   // other; corrections: the N collaborators' lists; weights: N + 1 numbers.
   // u = a_0 g_0, then u = (u + a_i g_i) + c_i for i = 1..N; params -= lr * u;
   // then c_i <- (1 - beta) c_i + beta * a_i (g_0 - g_i).
-  m.def("weighted_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[]? corrections, float[] weights, "
-        "float lr, float beta) -> ()");
+  m.def(
+      "weighted_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[]? corrections, float[] weights, "
+      "float lr, float beta) -> ()");
   // SGD with momentum where the mask is set (SPEC 6.4), in place on params and
   // momentum_buffers: d = grads (+ weight_decay * params), m <- momentum * m + d,
   // params -= lr * m. Masks: bool like params, or uint8 packed bits; absent: all set.
-  m.def("masked_sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[]? masks, "
-        "float lr, float momentum, float weight_decay) -> ()");
+  m.def(
+      "masked_sgd_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] momentum_buffers, Tensor[]? masks, "
+      "float lr, float momentum, float weight_decay) -> ()");
   // Which CPU instruction set the selection kernels run with on this machine.
   m.def("cpu_kernel_isa() -> str", [] { return std::string(robustagg::cpu::isa_name(robustagg::cpu::active_isa())); });
 }

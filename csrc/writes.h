@@ -93,8 +93,7 @@ inline void check_writes(std::initializer_list<CallList> lists, const char* rule
       spans.push_back({begin, begin + extent * static_cast<int64_t>(t.element_size()), &l, k, &t});
     }
   }
-  std::sort(spans.begin(), spans.end(),
-            [](const detail::Span& a, const detail::Span& b) { return a.begin < b.begin; });
+  std::sort(spans.begin(), spans.end(), [](const detail::Span& a, const detail::Span& b) { return a.begin < b.begin; });
   // Sweep by start address, against the spans that still reach it (few:
   // tensors rarely share memory).
   std::vector<const detail::Span*> open;
@@ -102,11 +101,11 @@ inline void check_writes(std::initializer_list<CallList> lists, const char* rule
     open.erase(std::remove_if(open.begin(), open.end(), [&](const detail::Span* o) { return o->end <= s.begin; }),
                open.end());
     for (const detail::Span* o : open) {
-      TORCH_CHECK_VALUE(detail::may_overlap(*o, s),
-                        message(rule, ": ", detail::tensor_name(*o->list, o->index), " and ",
-                                detail::tensor_name(*s.list, s.index),
-                                " share memory; a tensor the update writes may share memory with no other tensor "
-                                "of the call but itself as a read argument at the same position (clone() one)"));
+      TORCH_CHECK_VALUE(
+          detail::may_overlap(*o, s),
+          message(rule, ": ", detail::tensor_name(*o->list, o->index), " and ", detail::tensor_name(*s.list, s.index),
+                  " share memory; a tensor the update writes may share memory with no other tensor "
+                  "of the call but itself as a read argument at the same position (clone() one)"));
     }
     open.push_back(&s);
   }

@@ -6,10 +6,11 @@ aggregator objects that any trainer can call, Byzantine attacks
 (``robustagg.attacks``) and the optimizer layer (``robustagg.optim``).
 """
 
-from . import attacks, optim
+from . import attacks, optim  # noqa: F401  (subpackages of the public API: robustagg.attacks, robustagg.optim)
 from .aggregators import (
     ARC,
     NNM,
+    RULES,
     Aggregator,
     Bucketing,
     Bulyan,
@@ -18,12 +19,11 @@ from .aggregators import (
     CoordinateMedian,
     GeometricMedian,
     Krum,
-    Mean,
     MeaMed,
+    Mean,
     MultiKrum,
     Pipeline,
     PreAggregator,
-    RULES,
     TrimmedMean,
     make_aggregator,
 )
@@ -36,7 +36,7 @@ from .distance import (
     multi_krum,
     pairwise_sq_distances,
 )
-from .ops import coordinate_median, cpu_kernel_isa, cuda_kernels_built, mean, meamed, trimmed_mean
+from .ops import coordinate_median, cpu_kernel_isa, cuda_kernels_built, meamed, mean, trimmed_mean
 from .preaggregators import arc, bucketing, clip, nnm
 
 __version__ = "0.1.0"

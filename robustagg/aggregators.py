@@ -19,14 +19,14 @@ Pre-aggregators (:class:`Bucketing`, :class:`NNM`, :class:`Clip`,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Union
+from typing import Any
 
 import torch
 
 from . import distance, ops, preaggregators
 from .validation import check_generator, check_int, check_optional_tensor, check_positive, check_real
 
-Contributions = Union[torch.Tensor, Sequence[torch.Tensor], Sequence[Sequence[torch.Tensor]]]
+Contributions = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]]
 
 __all__ = [
     "Aggregator",
@@ -90,10 +90,14 @@ def flatten_contributions(inputs: Contributions) -> tuple[torch.Tensor, object]:
     for i, params in enumerate(inputs):
         if not isinstance(params, torch.Tensor) and not _is_tensor_list(params):
             raise TypeError(f"{_EXPECTED}; worker {i} sent {_describe_contribution(params)}")
-        if isinstance(params, torch.Tensor) or len(params) != len(shapes) or any(
-            t.shape != s for t, s in zip(params, shapes)
+        if (
+            isinstance(params, torch.Tensor)
+            or len(params) != len(shapes)
+            or any(t.shape != s for t, s in zip(params, shapes))
         ):
-            raise ValueError(f"aggregator: worker {i}'s parameter list does not match worker 0's shapes {[tuple(s) for s in shapes]}")
+            raise ValueError(
+                f"aggregator: worker {i}'s parameter list does not match worker 0's shapes {[tuple(s) for s in shapes]}"
+            )
         rows.append(torch.cat([t.reshape(-1) for t in params]))
     return torch.stack(rows), ("list", shapes)
 
@@ -376,7 +380,11 @@ _NO_F = {"mean": Mean, "cm": CoordinateMedian, "gm": GeometricMedian, "cc": Cent
 
 
 def make_aggregator(
-    rule: str | Aggregator, f: int | None = None, *, f_if_used: bool = False, owner: str = "make_aggregator",
+    rule: str | Aggregator,
+    f: int | None = None,
+    *,
+    f_if_used: bool = False,
+    owner: str = "make_aggregator",
     **options: Any,
 ) -> Aggregator:
     """The aggregator object of a rule name in :data:`RULES`; an aggregator object is returned as it is.
@@ -392,12 +400,15 @@ def make_aggregator(
     """
     if isinstance(rule, Aggregator):
         if (f is not None and not f_if_used) or options:
-            raise ValueError(f"{owner}: f and rule options go with a rule name; an aggregator object already "
-                             "holds them")
+            raise ValueError(
+                f"{owner}: f and rule options go with a rule name; an aggregator object already holds them"
+            )
         return rule
     if not isinstance(rule, str):
-        raise TypeError(f"{owner}: aggregator must be a robustagg Aggregator (a rule, or pre-aggregators >> rule) "
-                        f"or a rule name, got {type(rule).__name__}")
+        raise TypeError(
+            f"{owner}: aggregator must be a robustagg Aggregator (a rule, or pre-aggregators >> rule) "
+            f"or a rule name, got {type(rule).__name__}"
+        )
     if rule not in RULES:
         raise ValueError(f"{owner}: unknown rule {rule!r}; choose from {', '.join(RULES)}")
     if rule in _NEEDS_F:

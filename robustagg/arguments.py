@@ -14,9 +14,25 @@ from typing import Any
 from .validation import check_real, describe_interval
 
 __all__ = [
-    "add_options", "check_output_dir", "check_output_path", "checked", "closed_unit_interval", "finite_float",
-    "fraction", "int_list", "nonnegative_float", "nonnegative_int", "option", "option_values", "output_dir",
-    "output_path", "positive_float", "positive_float_or_inf", "positive_int", "real_type", "unit_interval",
+    "add_options",
+    "check_output_dir",
+    "check_output_path",
+    "checked",
+    "closed_unit_interval",
+    "finite_float",
+    "fraction",
+    "int_list",
+    "nonnegative_float",
+    "nonnegative_int",
+    "option",
+    "option_values",
+    "output_dir",
+    "output_path",
+    "positive_float",
+    "positive_float_or_inf",
+    "positive_int",
+    "real_type",
+    "unit_interval",
     "write_text",
 ]
 
@@ -53,16 +69,23 @@ def int_list(text: str) -> list[int]:
     return out
 
 
-def real_type(low: float | None = None, high: float | None = None, *, low_open: bool = False,
-              high_open: bool = False, allow_inf: bool = False) -> Callable[[str], float]:
+def real_type(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+) -> Callable[[str], float]:
     """An argparse type: a float meeting :func:`robustagg.validation.check_real`'s condition with these bounds."""
     condition = describe_interval(low, high, low_open, high_open, allow_inf)
     what = f"a number {condition}" if condition.startswith("in ") else f"a number ({condition})"
 
     def convert(text: str) -> float:
         try:
-            return check_real(float(text), "value", "option", low, high, low_open=low_open, high_open=high_open,
-                              allow_inf=allow_inf)
+            return check_real(
+                float(text), "value", "option", low, high, low_open=low_open, high_open=high_open, allow_inf=allow_inf
+            )
         except ValueError:  # not a number, or out of bounds
             raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
 
@@ -129,8 +152,9 @@ output_path = checked(check_output_path)
 output_dir = checked(check_output_dir)
 
 
-def option(default: Any, help: str, *, type: Callable[[str], Any] | None = None,
-           choices: Iterable[str] | None = None) -> Any:
+def option(
+    default: Any, help: str, *, type: Callable[[str], Any] | None = None, choices: Iterable[str] | None = None
+) -> Any:
     """A dataclass field that is also the command-line option ``--<name with dashes>`` (see :func:`add_options`).
 
     ``help`` says what the option means; `` (default <default>)`` is appended unless it states its default

@@ -22,8 +22,22 @@ from .aggregators import Aggregator
 from .validation import FLOAT_DTYPES, check_generator, check_int, check_positive, check_real
 
 __all__ = [
-    "Attack", "NoAttack", "SignFlip", "IPM", "ALIE", "alie_z", "Gaussian", "NaNAttack", "InfAttack", "Mimic",
-    "LabelFlip", "OptimalALIE", "OptimalIPM", "ATTACKS", "check_attack_rows", "make_attack",
+    "Attack",
+    "NoAttack",
+    "SignFlip",
+    "IPM",
+    "ALIE",
+    "alie_z",
+    "Gaussian",
+    "NaNAttack",
+    "InfAttack",
+    "Mimic",
+    "LabelFlip",
+    "OptimalALIE",
+    "OptimalIPM",
+    "ATTACKS",
+    "check_attack_rows",
+    "make_attack",
 ]
 
 AggregatorLike = Aggregator | Callable[[torch.Tensor], torch.Tensor]
@@ -402,8 +416,19 @@ class OptimalIPM(_LineSearch):
 
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
-    for cls in (NoAttack, SignFlip, IPM, ALIE, Gaussian, NaNAttack, InfAttack, Mimic, LabelFlip, OptimalALIE,
-                OptimalIPM)
+    for cls in (
+        NoAttack,
+        SignFlip,
+        IPM,
+        ALIE,
+        Gaussian,
+        NaNAttack,
+        InfAttack,
+        Mimic,
+        LabelFlip,
+        OptimalALIE,
+        OptimalIPM,
+    )
 }
 
 
@@ -418,8 +443,10 @@ def check_attack_rows(name: str, n: int, f: int, z: float | None = None) -> None
     n, f = check_int(n, "n", cls.name, low=1), check_int(f, "f", cls.name, low=0, high=n)
     if f and n - f < cls.min_honest:
         rows = "rows" if cls.min_honest > 1 else "row"
-        raise ValueError(f"{cls.name}: needs at least {cls.min_honest} honest {rows} {cls.needs_for}, "
-                         f"got {n - f} of n={n} with f={f}")
+        raise ValueError(
+            f"{cls.name}: needs at least {cls.min_honest} honest {rows} {cls.needs_for}, "
+            f"got {n - f} of n={n} with f={f}"
+        )
     if f and name == "alie" and z is None:
         alie_z(n, f)
 

@@ -25,7 +25,12 @@ import torch
 from . import ops
 
 __all__ = [
-    "GeometricMedianInfo", "cc_coefficients", "combine", "distances_to", "gm_coefficients", "krum_coefficients",
+    "GeometricMedianInfo",
+    "cc_coefficients",
+    "combine",
+    "distances_to",
+    "gm_coefficients",
+    "krum_coefficients",
     "krum_order",
 ]
 
@@ -56,7 +61,9 @@ def krum_order(D: torch.Tensor, finite: torch.Tensor, neighbours: int) -> torch.
     k = D.shape[0]
     others = D.clone()
     others.fill_diagonal_(math.inf)
-    scores = torch.sort(others, dim=1).values[:, :neighbours].sum(1) if neighbours > 0 else torch.zeros(k, dtype=D.dtype)
+    scores = (
+        torch.sort(others, dim=1).values[:, :neighbours].sum(1) if neighbours > 0 else torch.zeros(k, dtype=D.dtype)
+    )
     by_score = torch.sort(scores, stable=True).indices
     return by_score[torch.sort((~finite[by_score]).to(torch.int8), stable=True).indices]
 

@@ -110,8 +110,9 @@ def _in_doubt(D: torch.Tensor, finite: torch.Tensor, refs: list[int]) -> torch.T
     return both & (D < 2.0**-_LOST_BITS * (B.reshape(-1, 1) + B.reshape(1, -1)))
 
 
-def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, Dc: torch.Tensor,
-                          fc: torch.Tensor) -> torch.Tensor:
+def _without_cancellation(
+    X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, Dc: torch.Tensor, fc: torch.Tensor
+) -> torch.Tensor:
     """D with the distances that may have cancelled computed again; Dc, fc: host copies of D and the finite flags."""
     n = X.shape[0]
     if X.shape[1] == 0 or (n < 4 and center is None):
@@ -148,8 +149,9 @@ def _without_cancellation(X: torch.Tensor, center: torch.Tensor | None, D: torch
 def _direct(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, doubt: torch.Tensor) -> torch.Tensor:
     """D with the pairs in doubt summed directly, sum_k (p_ik - p_jk)**2 in float64."""
     pairs = doubt.triu(1).nonzero().tolist()
-    values = torch.stack([(_point(X, center, i).double() - _point(X, center, j).double()).square().sum()
-                          for i, j in pairs])
+    values = torch.stack(
+        [(_point(X, center, i).double() - _point(X, center, j).double()).square().sum() for i, j in pairs]
+    )
     i, j = (torch.tensor(t, device=D.device) for t in zip(*pairs))
     D = D.index_put((i, j), values.to(D.device))
     return D.index_put((j, i), values.to(D.device))

@@ -23,7 +23,11 @@ def _one_device(rule: str, **tensors: torch.Tensor | Sequence[torch.Tensor] | No
     """
     seen: dict[torch.device, str] = {}
     for name, value in tensors.items():
-        items = [(name, value)] if not isinstance(value, (list, tuple)) else [(f"{name}[{i}]", t) for i, t in enumerate(value)]
+        items = (
+            [(name, value)]
+            if not isinstance(value, (list, tuple))
+            else [(f"{name}[{i}]", t) for i, t in enumerate(value)]
+        )
         for label, t in items:
             if t is not None:
                 seen.setdefault(t.device, label)
@@ -87,14 +91,22 @@ def _(buffers, grads, beta):
 
 @torch.library.register_fake("robustagg::client_step_")
 def _(params, grads, anchor_grads, control, momentum, lr, coef_grad, coef_anchor, coef_control, coef_momentum):
-    _one_device("client_step_", params=params, grads=grads, anchor_grads=anchor_grads, control=control,
-                momentum=momentum)
+    _one_device(
+        "client_step_", params=params, grads=grads, anchor_grads=anchor_grads, control=control, momentum=momentum
+    )
 
 
 @torch.library.register_fake("robustagg::adam_client_step_")
 def _(params, grads, anchor_grads, control, exp_avg, exp_avg_sq, lr, beta1, beta2, eps, step):
-    _one_device("adam_client_step_", params=params, grads=grads, anchor_grads=anchor_grads, control=control,
-                exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+    _one_device(
+        "adam_client_step_",
+        params=params,
+        grads=grads,
+        anchor_grads=anchor_grads,
+        control=control,
+        exp_avg=exp_avg,
+        exp_avg_sq=exp_avg_sq,
+    )
 
 
 @torch.library.register_fake("robustagg::adam_stats_update_")

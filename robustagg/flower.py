@@ -50,10 +50,12 @@ from .validation import check_real
 
 __all__ = ["RULES", "RobustMessageStrategy", "RobustStrategy", "aggregate_ndarrays", "make_aggregator"]
 
+
 def _check_dtype(dtype: object) -> torch.dtype | None:
     if dtype is not None and not isinstance(dtype, torch.dtype):
-        raise TypeError(f"flower: dtype must be torch.float32, torch.float64 or None, "
-                        f"got {type(dtype).__name__} {dtype!r}")
+        raise TypeError(
+            f"flower: dtype must be torch.float32, torch.float64 or None, got {type(dtype).__name__} {dtype!r}"
+        )
     if dtype not in (None, torch.float32, torch.float64):
         raise ValueError(f"flower: dtype must be torch.float32 or torch.float64, got {dtype}")
     return dtype
@@ -77,8 +79,10 @@ def _check_array(a: np.ndarray, who: str, j: int, np_dtype: type) -> None:
     limit = _EXACT_INT[np_dtype]
     if a.size and (int(a.max()) > limit or int(a.min()) < -limit):
         hint = "pass dtype=torch.float64" if np_dtype is np.float32 else "send floats"
-        raise ValueError(f"flower: {who}'s array {j} ({a.dtype}) holds values beyond +-2**{limit.bit_length() - 1}, "
-                         f"which {np.dtype(np_dtype)} does not hold exactly; {hint}")
+        raise ValueError(
+            f"flower: {who}'s array {j} ({a.dtype}) holds values beyond +-2**{limit.bit_length() - 1}, "
+            f"which {np.dtype(np_dtype)} does not hold exactly; {hint}"
+        )
 
 
 def _run_rule(agg: Aggregator, X: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
@@ -196,13 +200,7 @@ def aggregate_ndarrays(
 _FLOWER_HELP = "robustagg.flower's strategies need Flower: pip install flwr"
 
 try:
-    from flwr.common import (
-        FitRes,
-        Parameters,
-        Scalar,
-        ndarrays_to_parameters,
-        parameters_to_ndarrays,
-    )
+    from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.server.client_manager import ClientManager
     from flwr.server.client_proxy import ClientProxy
     from flwr.server.strategy import FedAvg as _LegacyFedAvg
@@ -343,16 +341,12 @@ if _MESSAGE_ERROR is None:
         ``robustagg_seconds``.
         """
 
-        def configure_train(
-            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-        ) -> Any:
+        def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Any:
             """FedAvg's sampling and messages; also keeps ``arrays`` as the reference of ``on_updates``."""
             self._reference = {k: v.numpy() for k, v in arrays.items()}
             return super().configure_train(server_round, arrays, config, grid)
 
-        def aggregate_train(
-            self, server_round: int, replies: Any
-        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        def aggregate_train(self, server_round: int, replies: Any) -> tuple[ArrayRecord | None, MetricRecord | None]:
             """Aggregate the replies' ArrayRecords with the robustagg rule."""
             valid, _ = self._check_and_log_replies(replies, is_train=True)
             if not valid:
@@ -378,10 +372,7 @@ if _MESSAGE_ERROR is None:
         def summary(self) -> None:
             """Log the settings, then FedAvg's."""
             logging.getLogger("flwr").info(
-                "\t├──> robustagg: %r (on_updates=%s, weighted=%s)",
-                self.aggregator,
-                self.on_updates,
-                self.weighted,
+                "\t├──> robustagg: %r (on_updates=%s, weighted=%s)", self.aggregator, self.on_updates, self.weighted
             )
             super().summary()
 

@@ -14,8 +14,11 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _C  # noqa: F401  (loads the library that registers the ops)
-from . import derivatives, fakes  # noqa: F401  (fakes: registers them)
+from . import (  # noqa: F401  (fakes: registers them)
+    _C,  # noqa: F401  (loads the library that registers the ops)
+    derivatives,
+    fakes,
+)
 from .exact_geometry import distances_and_finite, has_values
 from .validation import check_int as _check_int
 from .validation import check_tensor as _check_tensor
@@ -227,8 +230,10 @@ def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], sc
     for name, seq in zip(names[1:], present[1:]):
         # Checked here too: with an empty first list the op would find no tensor to dispatch on.
         if len(seq) != len(present[0]):
-            raise ValueError(f"{rule}: {names[0]} and {name} must be equally long lists, "
-                             f"got {len(present[0])} and {len(seq)} tensors")
+            raise ValueError(
+                f"{rule}: {names[0]} and {name} must be equally long lists, "
+                f"got {len(present[0])} and {len(seq)} tensors"
+            )
     if all(len(seq) == 0 for seq in present):
         return [None if seq is None else [torch.empty(0)] for seq in out]
     first = present[0]
@@ -283,8 +288,13 @@ def client_step_(
     lists = _tensor_lists(
         "client_step_",
         {"params": params, "grads": grads, "anchor_grads": anchor_grads, "control": control, "momentum": momentum},
-        {"lr": lr, "coef_grad": coef_grad, "coef_anchor": coef_anchor, "coef_control": coef_control,
-         "coef_momentum": coef_momentum},
+        {
+            "lr": lr,
+            "coef_grad": coef_grad,
+            "coef_anchor": coef_anchor,
+            "coef_control": coef_control,
+            "coef_momentum": coef_momentum,
+        },
     )
     _NS.client_step_(*lists, float(lr), float(coef_grad), float(coef_anchor), float(coef_control), float(coef_momentum))
 
@@ -318,15 +328,24 @@ def adam_client_step_(
     """
     lists = _tensor_lists(
         "adam_client_step_",
-        {"params": params, "grads": grads, "anchor_grads": anchor_grads, "control": control, "exp_avg": exp_avg,
-         "exp_avg_sq": exp_avg_sq},
+        {
+            "params": params,
+            "grads": grads,
+            "anchor_grads": anchor_grads,
+            "control": control,
+            "exp_avg": exp_avg,
+            "exp_avg_sq": exp_avg_sq,
+        },
         {"lr": lr, "beta1": beta1, "beta2": beta2, "eps": eps, "step": step},
     )
     _NS.adam_client_step_(*lists, float(lr), float(beta1), float(beta2), float(eps), int(step))
 
 
 def adam_stats_update_(
-    exp_avg: Sequence[torch.Tensor], exp_avg_sq: Sequence[torch.Tensor], grads: Sequence[torch.Tensor], beta1: float,
+    exp_avg: Sequence[torch.Tensor],
+    exp_avg_sq: Sequence[torch.Tensor],
+    grads: Sequence[torch.Tensor],
+    beta1: float,
     beta2: float,
 ) -> None:
     r"""Adam's statistics, in place: :math:`m \leftarrow \beta_1 m + (1-\beta_1) g`, :math:`v \leftarrow \beta_2 v + (1-\beta_2) g^2`.
@@ -334,8 +353,11 @@ def adam_stats_update_(
     The server update ``s <- V(c, s)`` of Mime with base Adam (Kingma & Ba
     2015; Karimireddy et al., NeurIPS 2021). One pass over the three lists.
     """
-    lists = _tensor_lists("adam_stats_update_", {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grads": grads},
-                          {"beta1": beta1, "beta2": beta2})
+    lists = _tensor_lists(
+        "adam_stats_update_",
+        {"exp_avg": exp_avg, "exp_avg_sq": exp_avg_sq, "grads": grads},
+        {"beta1": beta1, "beta2": beta2},
+    )
     _NS.adam_stats_update_(*lists, float(beta1), float(beta2))
 
 
@@ -392,10 +414,13 @@ def weighted_step_(
         raise ValueError(f"{rule}: weights must hold one number per gradient list ({users}), got {weights!r}")
     if corrections is not None:
         if isinstance(corrections, torch.Tensor) or not isinstance(corrections, Sequence):
-            raise TypeError(f"{rule}: corrections must be a list of N correction lists, got {type(corrections).__name__}")
+            raise TypeError(
+                f"{rule}: corrections must be a list of N correction lists, got {type(corrections).__name__}"
+            )
         if len(corrections) != users - 1:
-            raise ValueError(f"{rule}: corrections must hold N = {users - 1} lists (one per collaborator), "
-                             f"got {len(corrections)}")
+            raise ValueError(
+                f"{rule}: corrections must hold N = {users - 1} lists (one per collaborator), got {len(corrections)}"
+            )
     lists = {"params": params}
     lists.update({f"grads[{i}]": g for i, g in enumerate(grads)})
     lists.update({f"corrections[{i}]": c for i, c in enumerate(corrections or [])})
@@ -403,8 +428,14 @@ def weighted_step_(
     scalars.update({f"weights[{i}]": w for i, w in enumerate(weights)})
     checked = _tensor_lists(rule, lists, scalars)
     p, g, c = checked[0], checked[1 : 1 + users], checked[1 + users :]
-    _NS.weighted_step_(p, [t for gl in g for t in gl], [t for cl in c for t in cl] if corrections is not None else None,
-                       [float(w) for w in weights], float(lr), float(beta))
+    _NS.weighted_step_(
+        p,
+        [t for gl in g for t in gl],
+        [t for cl in c for t in cl] if corrections is not None else None,
+        [float(w) for w in weights],
+        float(lr),
+        float(beta),
+    )
 
 
 def pack_mask(mask: torch.Tensor) -> torch.Tensor:
@@ -453,7 +484,8 @@ def masked_sgd_step_(
     """
     rule = "masked_sgd_step_"
     lists = _tensor_lists(
-        rule, {"params": params, "grads": grads, "momentum_buffers": momentum_buffers},
+        rule,
+        {"params": params, "grads": grads, "momentum_buffers": momentum_buffers},
         {"lr": lr, "momentum": momentum, "weight_decay": weight_decay},
     )
     if masks is not None:
@@ -463,7 +495,9 @@ def masked_sgd_step_(
             if not isinstance(mask, torch.Tensor):
                 raise TypeError(f"{rule}: masks[{i}] must be a torch.Tensor, got {type(mask).__name__}")
         if len(masks) != len(params):
-            raise ValueError(f"{rule}: params and masks must be equally long lists, got {len(params)} and {len(masks)} tensors")
+            raise ValueError(
+                f"{rule}: params and masks must be equally long lists, got {len(params)} and {len(masks)} tensors"
+            )
         masks = list(masks) if len(params) else [torch.empty(0, dtype=torch.bool)]
     _NS.masked_sgd_step_(*lists, masks, float(lr), float(momentum), float(weight_decay))
 

@@ -198,9 +198,11 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
         vals = sorted((float(v) for v in S[:, c]), key=nan_last)
         lo, hi = vals[(theta - 1) // 2], vals[theta // 2]
         med = lo if theta % 2 else (lo + hi) / 2
+
         def dist(v):
             r = abs(v - med)
             return float("inf") if r != r else r
+
         keep = sorted(range(theta), key=lambda t: (dist(vals[t]), t))[:beta]
         acc = 0.0
         for t in sorted(keep):  # ascending value order
@@ -209,9 +211,14 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
     return out.to(X.dtype)
 
 
-def geometric_median(X: torch.Tensor, weights: torch.Tensor | None = None, nu: float = 1e-6,
-                     tol: float = 1e-10, max_iter: int = 200,
-                     trace: list | None = None) -> tuple[torch.Tensor, int, float]:
+def geometric_median(
+    X: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    nu: float = 1e-6,
+    tol: float = 1e-10,
+    max_iter: int = 200,
+    trace: list | None = None,
+) -> tuple[torch.Tensor, int, float]:
     """Smoothed Weiszfeld in X space; returns (z in X's dtype, iterations, objective at z).
     ``trace``, if given, receives the objective at the start and after each update."""
     X64, finite = _rows64(X)
@@ -331,14 +338,24 @@ def momentum_update(buffers: list[torch.Tensor], grads: list[torch.Tensor], beta
     """New float64 tensors beta * m_i + (1 - beta) * g_i, one per pair (m_i, g_i),
     computed in float64 with beta and 1 - beta as Python floats; the inputs are
     not modified. NaN/inf follow IEEE arithmetic term by term (0 * inf is NaN)."""
-    return [beta * m.to(torch.float64) + (1.0 - beta) * g.to(torch.float64)
-            for m, g in zip(buffers, grads, strict=True)]
+    return [
+        beta * m.to(torch.float64) + (1.0 - beta) * g.to(torch.float64) for m, g in zip(buffers, grads, strict=True)
+    ]
 
 
-def client_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float, *,
-                anchor_grads: list[torch.Tensor] | None = None, control: list[torch.Tensor] | None = None,
-                momentum: list[torch.Tensor] | None = None, coef_grad: float = 1.0, coef_anchor: float = 0.0,
-                coef_control: float = 0.0, coef_momentum: float = 0.0) -> list[torch.Tensor]:
+def client_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    lr: float,
+    *,
+    anchor_grads: list[torch.Tensor] | None = None,
+    control: list[torch.Tensor] | None = None,
+    momentum: list[torch.Tensor] | None = None,
+    coef_grad: float = 1.0,
+    coef_anchor: float = 0.0,
+    coef_control: float = 0.0,
+    coef_momentum: float = 0.0,
+) -> list[torch.Tensor]:
     """New float64 tensors p - lr * (((k_g g + k_a a) + k_c c) + k_m m), one per tensor of params,
     computed in float64 with the coefficients as Python floats; the inputs are not modified.
 
@@ -361,10 +378,20 @@ def client_step(params: list[torch.Tensor], grads: list[torch.Tensor], lr: float
     return out
 
 
-def adam_client_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avg: list[torch.Tensor],
-                     exp_avg_sq: list[torch.Tensor], lr: float, beta1: float, beta2: float, eps: float, step: int, *,
-                     anchor_grads: list[torch.Tensor] | None = None,
-                     control: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+def adam_client_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avg: list[torch.Tensor],
+    exp_avg_sq: list[torch.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    step: int,
+    *,
+    anchor_grads: list[torch.Tensor] | None = None,
+    control: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
     """New float64 tensors: the parameters after the step torch.optim.Adam would take from the
     frozen state (exp_avg m, exp_avg_sq v, ``step - 1`` steps taken) with the gradient
     gt = (g - a) + c (absent a / c: no term):
@@ -395,8 +422,9 @@ def adam_client_step(params: list[torch.Tensor], grads: list[torch.Tensor], exp_
     return out
 
 
-def adam_stats_update(exp_avg: list[torch.Tensor], exp_avg_sq: list[torch.Tensor], grads: list[torch.Tensor],
-                      beta1: float, beta2: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def adam_stats_update(
+    exp_avg: list[torch.Tensor], exp_avg_sq: list[torch.Tensor], grads: list[torch.Tensor], beta1: float, beta2: float
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """New float64 tensors (beta1 m + (1 - beta1) g, beta2 v + (1 - beta2) g^2) for every
     (m, v, g) of (exp_avg, exp_avg_sq, grads): two lists; the inputs are not modified."""
     ms, vs = [], []
@@ -407,8 +435,9 @@ def adam_stats_update(exp_avg: list[torch.Tensor], exp_avg_sq: list[torch.Tensor
     return ms, vs
 
 
-def mvr_update(momentum: list[torch.Tensor], grads: list[torch.Tensor], prev_grads: list[torch.Tensor],
-               a: float) -> list[torch.Tensor]:
+def mvr_update(
+    momentum: list[torch.Tensor], grads: list[torch.Tensor], prev_grads: list[torch.Tensor], a: float
+) -> list[torch.Tensor]:
     """New float64 tensors a g + (1 - a) ((m + g) - g_prev) for every (m, g, g_prev) of
     (momentum, grads, prev_grads) (STORM / MVR), computed in float64; the inputs are not modified."""
     out = []
@@ -418,9 +447,15 @@ def mvr_update(momentum: list[torch.Tensor], grads: list[torch.Tensor], prev_gra
     return out
 
 
-def weighted_step(params: list[torch.Tensor], grads: list[list[torch.Tensor]], weights: list[float], lr: float, *,
-                  corrections: list[list[torch.Tensor]] | None = None, beta: float = 0.0
-                  ) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
+def weighted_step(
+    params: list[torch.Tensor],
+    grads: list[list[torch.Tensor]],
+    weights: list[float],
+    lr: float,
+    *,
+    corrections: list[list[torch.Tensor]] | None = None,
+    beta: float = 0.0,
+) -> tuple[list[torch.Tensor], list[list[torch.Tensor]] | None]:
     """(new params, new corrections) of the (bias-corrected) weighted averaging step, float64.
 
     ``u = a_0 g_0 + sum_{i>=1} (a_i g_i + c_i)``, ``p - lr * u``, and
@@ -441,9 +476,16 @@ def weighted_step(params: list[torch.Tensor], grads: list[list[torch.Tensor]], w
     return new_params, new_corr
 
 
-def masked_sgd_step(params: list[torch.Tensor], grads: list[torch.Tensor], momentum_buffers: list[torch.Tensor],
-                    lr: float, momentum: float, *, masks: list[torch.Tensor] | None = None, weight_decay: float = 0.0
-                    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def masked_sgd_step(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    momentum_buffers: list[torch.Tensor],
+    lr: float,
+    momentum: float,
+    *,
+    masks: list[torch.Tensor] | None = None,
+    weight_decay: float = 0.0,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """(new params, new momentum) of SGD with momentum where the bool mask is set, float64.
 
     ``d = g + wd p`` (no term when wd = 0), ``m' = mu m + d``, ``p' = p - lr m'``

@@ -89,8 +89,17 @@ def describe_interval(low: float | None, high: float | None, low_open: bool, hig
     return " and ".join(["finite", *bounds])
 
 
-def check_real(value: object, name: str, rule: str, low: float | None = None, high: float | None = None, *,
-               low_open: bool = False, high_open: bool = False, allow_inf: bool = False) -> float:
+def check_real(
+    value: object,
+    name: str,
+    rule: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    allow_inf: bool = False,
+) -> float:
     """A real number (bool, complex, strings and tensors refused with TypeError), not NaN, finite unless
     allow_inf, and within the bounds given (each inclusive unless its ``*_open`` flag is set)."""
     if isinstance(value, (bool, numpy.bool_)) or not isinstance(value, numbers.Real):
@@ -102,8 +111,10 @@ def check_real(value: object, name: str, rule: str, low: float | None = None, hi
     if ok and high is not None:
         ok = value < high if high_open else value <= high
     if not ok:
-        raise ValueError(f"{rule}: {name} must be {describe_interval(low, high, low_open, high_open, allow_inf)}, "
-                         f"got {name}={value!r}")
+        raise ValueError(
+            f"{rule}: {name} must be {describe_interval(low, high, low_open, high_open, allow_inf)}, "
+            f"got {name}={value!r}"
+        )
     return value
 
 
@@ -154,8 +165,9 @@ def check_counts(counts: object, name: str, rule: str) -> list[float]:
     return out
 
 
-def check_tensor_list(values: object, like: Sequence[torch.Tensor], name: str, rule: str,
-                      like_name: str = "params") -> list[torch.Tensor]:
+def check_tensor_list(
+    values: object, like: Sequence[torch.Tensor], name: str, rule: str, like_name: str = "params"
+) -> list[torch.Tensor]:
     """One tensor per tensor of ``like``, each with its shape, dtype and device.
 
     Checked in full before an update writes anything, so that a list missing a
@@ -163,22 +175,28 @@ def check_tensor_list(values: object, like: Sequence[torch.Tensor], name: str, r
     with the entry named, instead of failing half-way through the writes.
     """
     if isinstance(values, (str, bytes, torch.Tensor)) or not isinstance(values, Sequence):
-        raise TypeError(f"{rule}: {name} must be a list of {len(like)} tensors shaped like {like_name}, "
-                        f"got {type(values).__name__}")
+        raise TypeError(
+            f"{rule}: {name} must be a list of {len(like)} tensors shaped like {like_name}, got {type(values).__name__}"
+        )
     if len(values) != len(like):
         k = min(len(values), len(like))
-        what = (f"no tensor for {like_name}[{k}]" if len(values) < len(like)
-                else f"{len(values) - len(like)} more than {like_name}")
-        raise ValueError(f"{rule}: {name} must hold {len(like)} tensors, one per tensor of {like_name}, "
-                         f"got {len(values)} ({what})")
+        what = (
+            f"no tensor for {like_name}[{k}]"
+            if len(values) < len(like)
+            else f"{len(values) - len(like)} more than {like_name}"
+        )
+        raise ValueError(
+            f"{rule}: {name} must hold {len(like)} tensors, one per tensor of {like_name}, got {len(values)} ({what})"
+        )
     for j, (t, p) in enumerate(zip(values, like)):
         if t is None:
             raise ValueError(f"{rule}: {name}[{j}] is None; the tensor for {like_name}[{j}] is missing")
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{rule}: {name}[{j}] must be a torch.Tensor, got {type(t).__name__}")
         if t.shape != p.shape:
-            raise ValueError(f"{rule}: {name}[{j}] must have {like_name}[{j}]'s shape {list(p.shape)}, "
-                             f"got {list(t.shape)}")
+            raise ValueError(
+                f"{rule}: {name}[{j}] must have {like_name}[{j}]'s shape {list(p.shape)}, got {list(t.shape)}"
+            )
         if t.dtype != p.dtype:
             raise TypeError(f"{rule}: {name}[{j}] must have {like_name}[{j}]'s dtype {p.dtype}, got {t.dtype}")
         if t.device != p.device:
@@ -216,13 +234,17 @@ def check_disjoint(written: Sequence[torch.Tensor], read: Sequence[torch.Tensor]
                 continue
             extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
             if kind == "params" and extent < t.numel():
-                raise ValueError(f"{rule}: params[{i}] has several elements at one address (an expanded view); clone() it")
+                raise ValueError(
+                    f"{rule}: params[{i}] has several elements at one address (an expanded view); clone() it"
+                )
             begin = t.data_ptr()
             spans.append((begin, begin + extent * t.element_size(), kind, i))
     spans.sort()
     reach = None  # the span reaching furthest so far
     for span in spans:
         if reach is not None and reach[1] > span[0] and "params" in (reach[2], span[2]):
-            raise ValueError(f"{rule}: {reach[2]}[{reach[3]}] and {span[2]}[{span[3]}] share memory; clone() one of them")
+            raise ValueError(
+                f"{rule}: {reach[2]}[{reach[3]}] and {span[2]}[{span[3]}] share memory; clone() one of them"
+            )
         if reach is None or span[1] > reach[1]:
             reach = span

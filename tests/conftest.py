@@ -28,12 +28,7 @@ TRIM_OPS = ("trimmed_mean", "meamed")
 # Orders of magnitude (powers of ten) for the "magnitudes" pattern, per dtype:
 # as far as the dtype reaches (subnormals included) without letting a sum of
 # a few hundred values overflow float64 or the result's dtype.
-_EXP_RANGE = {
-    torch.float64: (-310, 300),
-    torch.float32: (-44, 34),
-    torch.bfloat16: (-40, 34),
-    torch.float16: (-7, 4),
-}
+_EXP_RANGE = {torch.float64: (-310, 300), torch.float32: (-44, 34), torch.bfloat16: (-40, 34), torch.float16: (-7, 4)}
 
 PATTERNS = ["gaussian", "ties", "zeros", "magnitudes", "mixed"]
 MAX_ELEMENTS = 200_000
@@ -287,8 +282,10 @@ def _raw_bits(x: torch.Tensor) -> torch.Tensor:
 def _first_difference(got: torch.Tensor, want: torch.Tensor, bad: torch.Tensor, what: str, how: str) -> None:
     if bad.any():
         j = int(bad.nonzero()[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} elements {how}; first at flat index {j}: "
-                             f"{got.reshape(-1)[j].item()!r} vs {want.reshape(-1)[j].item()!r}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} elements {how}; first at flat index {j}: "
+            f"{got.reshape(-1)[j].item()!r} vs {want.reshape(-1)[j].item()!r}"
+        )
 
 
 def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
@@ -342,7 +339,7 @@ def assert_sum_close(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor, what: st
     nan_a, nan_b = torch.isnan(a64), torch.isnan(b64)
     inf_b = torch.isinf(b64)
     fin_b = torch.isfinite(b64)
-    bad = (nan_a != nan_b)
+    bad = nan_a != nan_b
     bad |= inf_b & (a64 != b64)
     bad |= fin_b & ~(torch.isfinite(a64) & ((a64 - b64).abs() <= tol))
     if bad.any():
@@ -354,8 +351,14 @@ def assert_sum_close(a: torch.Tensor, b: torch.Tensor, X: torch.Tensor, what: st
         )
 
 
-def assert_matches_reference(op: str, X: torch.Tensor, f: int = 0, weights: torch.Tensor | None = None,
-                             out: torch.Tensor | None = None, what: str = "") -> None:
+def assert_matches_reference(
+    op: str,
+    X: torch.Tensor,
+    f: int = 0,
+    weights: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    what: str = "",
+) -> None:
     """Run op (unless out is given) and compare with the reference under the op's contract."""
     if out is None:
         out = run_op(op, X, f, weights)

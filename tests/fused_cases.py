@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 import robustagg._C as _kernels
 import robustagg.ops
+
 from conftest import DTYPES, PATTERNS, MatrixSpec, assert_identical, make_matrix
 
 PIECE = _kernels.FUSED_CPU_PIECE
@@ -114,8 +115,9 @@ def small_shapes(draw):
 @st.composite
 def piece_shapes(draw):
     """More than one CPU piece, piece boundaries included."""
-    numel = draw(st.one_of(st.sampled_from([PIECE + 1, 2 * PIECE, 2 * PIECE + 1, 3 * PIECE + 7]),
-                           st.integers(PIECE + 1, 70_000)))
+    numel = draw(
+        st.one_of(st.sampled_from([PIECE + 1, 2 * PIECE, 2 * PIECE + 1, 3 * PIECE + 7]), st.integers(PIECE + 1, 70_000))
+    )
     if draw(st.booleans()):
         return (numel,)
     rows = draw(st.integers(2, 7))
@@ -125,10 +127,24 @@ def piece_shapes(draw):
 @st.composite
 def block_shapes(draw, most: int):
     """Block and piece boundaries, and more than one piece (up to most elements)."""
-    numel = draw(st.one_of(
-        st.sampled_from([BLOCK - 1, BLOCK, BLOCK + 1, 3 * BLOCK + 5, PIECE - 1, PIECE, PIECE + 1, PIECE + BLOCK + 3,
-                         2 * PIECE + 1]),
-        st.integers(BLOCK + 1, most)))
+    numel = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    BLOCK - 1,
+                    BLOCK,
+                    BLOCK + 1,
+                    3 * BLOCK + 5,
+                    PIECE - 1,
+                    PIECE,
+                    PIECE + 1,
+                    PIECE + BLOCK + 3,
+                    2 * PIECE + 1,
+                ]
+            ),
+            st.integers(BLOCK + 1, most),
+        )
+    )
     if draw(st.booleans()):
         return (numel,)
     rows = draw(st.integers(2, 7))
@@ -138,6 +154,7 @@ def block_shapes(draw, most: int):
 @dataclass(frozen=True)
 class ListsSpec:
     """Tensor i of each of an op's lists: one shape and dtype, a value pattern per list."""
+
     shape: tuple
     dtype: torch.dtype
     seed: int
@@ -161,9 +178,15 @@ def lists_specs(draw, k: int, dtypes):
     out = []
     for i in range(count):
         shape = draw(piece_shapes() if i == big_at else small_shapes())
-        out.append(ListsSpec(shape, draw(st.sampled_from(dtypes)), draw(st.integers(0, 2**31 - 8)),
-                             tuple(draw(st.sampled_from(PATTERNS)) for _ in range(k)),
-                             draw(st.sampled_from([0.0, 0.0, 0.01, 0.2]))))
+        out.append(
+            ListsSpec(
+                shape,
+                draw(st.sampled_from(dtypes)),
+                draw(st.integers(0, 2**31 - 8)),
+                tuple(draw(st.sampled_from(PATTERNS)) for _ in range(k)),
+                draw(st.sampled_from([0.0, 0.0, 0.01, 0.2])),
+            )
+        )
     return out
 
 
@@ -171,6 +194,7 @@ def lists_specs(draw, k: int, dtypes):
 class ParamSpec:
     """One parameter of the weighted or masked step: its params, gradients, corrections,
     buffers are tensors 0, 1, 2... of it."""
+
     shape: tuple
     dtype: torch.dtype
     seed: int
@@ -195,9 +219,15 @@ def param_lists(draw, dtypes, most: int = 2 * PIECE + 300):
     out = []
     for i in range(k):
         shape = draw(block_shapes(most) if i == big_at else small_shapes())
-        out.append(ParamSpec(shape, draw(st.sampled_from(dtypes)), draw(st.integers(0, 2**31 - 2)),
-                             tuple(draw(st.sampled_from(PATTERNS)) for _ in range(3)),
-                             draw(st.sampled_from([0.0, 0.0, 0.01, 0.2]))))
+        out.append(
+            ParamSpec(
+                shape,
+                draw(st.sampled_from(dtypes)),
+                draw(st.integers(0, 2**31 - 2)),
+                tuple(draw(st.sampled_from(PATTERNS)) for _ in range(3)),
+                draw(st.sampled_from([0.0, 0.0, 0.01, 0.2])),
+            )
+        )
     return out
 
 
@@ -274,8 +304,10 @@ def adam_stats_expr(m, v, g, beta1, beta2):
     """adam_stats_update_: (new exp_avg, new exp_avg_sq)."""
     A, r = acc_dtype(m.dtype), (lambda x: acc_scalar(x, m.dtype))
     gg = g.to(A)
-    return ((m.to(A) * r(beta1) + gg * r(1.0 - beta1)).to(m.dtype),
-            (v.to(A) * r(beta2) + (gg * gg) * r(1.0 - beta2)).to(m.dtype))
+    return (
+        (m.to(A) * r(beta1) + gg * r(1.0 - beta1)).to(m.dtype),
+        (v.to(A) * r(beta2) + (gg * gg) * r(1.0 - beta2)).to(m.dtype),
+    )
 
 
 def mvr_expr(m, g, h, a):
@@ -350,9 +382,11 @@ def check_tolerance(got, want, tol, skip, what) -> None:
     bad &= ~skip
     if bad.any():
         j = int(bad.reshape(-1).nonzero()[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} out of tolerance; first at flat index {j}: "
-                             f"got {got64.reshape(-1)[j].item()!r}, oracle {want.reshape(-1)[j].item()!r}, "
-                             f"tol {tol.reshape(-1)[j].item()!r}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} out of tolerance; first at flat index {j}: "
+            f"got {got64.reshape(-1)[j].item()!r}, oracle {want.reshape(-1)[j].item()!r}, "
+            f"tol {tol.reshape(-1)[j].item()!r}"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -413,8 +447,14 @@ def error_table_tests(errors: dict, valid):
 def assert_refused(op: str, kwargs: dict, exc: type, message: str, what: str) -> None:
     """robustagg.ops.<op>(**kwargs) raises exc with message, and before writing anything: every
     tensor of the written arguments keeps its bits."""
-    written = [t for n in WRITTEN[op] if isinstance(kwargs.get(n), list)
-               for x in kwargs[n] for t in (x if isinstance(x, list) else [x]) if isinstance(t, torch.Tensor)]
+    written = [
+        t
+        for n in WRITTEN[op]
+        if isinstance(kwargs.get(n), list)
+        for x in kwargs[n]
+        for t in (x if isinstance(x, list) else [x])
+        if isinstance(t, torch.Tensor)
+    ]
     before = [t.clone() for t in written]
     with pytest.raises(exc, match=re.escape(message)):
         getattr(robustagg.ops, op)(**kwargs)
@@ -438,8 +478,14 @@ def assert_opcheck(op: str, args: tuple) -> None:
 def opcheck_tensors(gen: torch.Generator, device: str, big: int | None = None) -> list[torch.Tensor]:
     """A small mixed list: several dtypes, transposed, 0-D, empty, and one of big elements if
     given (no NaN: opcheck compares with equal_nan=False)."""
-    shapes = [((3, 4), torch.float32), ((5,), torch.float64), ((6, 4), torch.float32), ((2, 3), torch.bfloat16),
-              ((), torch.float16), ((0, 3), torch.float32)] + ([((big,), torch.bfloat16)] if big else [])
+    shapes = [
+        ((3, 4), torch.float32),
+        ((5,), torch.float64),
+        ((6, 4), torch.float32),
+        ((2, 3), torch.bfloat16),
+        ((), torch.float16),
+        ((0, 3), torch.float32),
+    ] + ([((big,), torch.bfloat16)] if big else [])
     xs = [randn(s, gen, dt) for s, dt in shapes]
     xs[2] = xs[2].t()
     return [to_device(x, device) for x in xs]

@@ -59,8 +59,11 @@ def _call(name: str, X, **override):
     kwargs = dict(kwargs, **override)
     if name == "centered_clip" and "center" not in kwargs:
         width = X.shape[-1] if isinstance(X, torch.Tensor) and X.dim() >= 1 else 1
-        kwargs["center"] = torch.zeros(width, dtype=X.dtype if isinstance(X, torch.Tensor) else torch.float32,
-                                       device=X.device if isinstance(X, torch.Tensor) else "cpu")
+        kwargs["center"] = torch.zeros(
+            width,
+            dtype=X.dtype if isinstance(X, torch.Tensor) else torch.float32,
+            device=X.device if isinstance(X, torch.Tensor) else "cpu",
+        )
     if name == "bucketing":
         kwargs.setdefault("generator", torch.Generator().manual_seed(0))
     return fn(X, **kwargs)
@@ -111,8 +114,10 @@ def _rule_cases() -> dict[str, Callable[[], None]]:
     }
     finite_extremes = {
         "huge-float64": lambda: _x(dtype=torch.float64) * 1e200,
-        "largest-float64": lambda: torch.full((9, 5), BIG, dtype=torch.float64) * torch.tensor([1.0, -1.0] * 4 + [1.0],
-                                                                                                 dtype=torch.float64)[:, None],
+        "largest-float64": lambda: (
+            torch.full((9, 5), BIG, dtype=torch.float64)
+            * torch.tensor([1.0, -1.0] * 4 + [1.0], dtype=torch.float64)[:, None]
+        ),
         "tiny-float64": lambda: _x(dtype=torch.float64) * 1e-310,
         "huge-float32": lambda: _x() * 1e37,
         "float16": lambda: _x(dtype=torch.float16),
@@ -129,14 +134,28 @@ def _rule_cases() -> dict[str, Callable[[], None]]:
                 continue  # their float64 results may overflow by definition: checked in test_magnitudes
             cases[f"{name}/X={label}"] = lambda name=name, make=make: finite_result(name, make())
         cases[f"{name}/X=nan-and-inf-rows"] = lambda name=name: _non_finite_rows(name)
-    ints = {"negative": -1, "2**62": 2**62, "2**63": 2**63, "2**64": 2**64, "-2**63": -(2**63), "bool": True,
-            "float": 1.5, "string": "2", "none": None, "nan": math.nan}
+    ints = {
+        "negative": -1,
+        "2**62": 2**62,
+        "2**63": 2**63,
+        "2**64": 2**64,
+        "-2**63": -(2**63),
+        "bool": True,
+        "float": 1.5,
+        "string": "2",
+        "none": None,
+        "nan": math.nan,
+    }
     # Counts that are only bounds or sizes may be huge: the result is that of the bound reached first.
     large_ok = {("bucketing", "s"), ("centered_clip", "iters"), ("geometric_median", "max_iter")}
-    for name, arg, small in [("bucketing", "s", 9), ("centered_clip", "iters", 10_000),
-                             ("geometric_median", "max_iter", 10_000)]:
+    for name, arg, small in [
+        ("bucketing", "s", 9),
+        ("centered_clip", "iters", 10_000),
+        ("geometric_median", "max_iter", 10_000),
+    ]:
         cases[f"{name}/{arg}=2**62"] = lambda name=name, arg=arg, small=small: _same(
-            _call(name, _x(), **{arg: 2**62}), _call(name, _x(), **{arg: small}))
+            _call(name, _x(), **{arg: 2**62}), _call(name, _x(), **{arg: small})
+        )
     for name, (_, kwargs) in RULES.items():
         for arg in ("f", "keep", "s"):
             if arg in kwargs:
@@ -144,35 +163,45 @@ def _rule_cases() -> dict[str, Callable[[], None]]:
                     if (name, arg) in large_ok and label == "2**62":
                         continue
                     cases[f"{name}/{arg}={label}"] = lambda name=name, arg=arg, value=value: refused(
-                        lambda: _call(name, _x(), **{arg: value}), match=arg)
+                        lambda: _call(name, _x(), **{arg: value}), match=arg
+                    )
     for name, arg in [("krum", "m"), ("multi_krum", "m"), ("centered_clip", "iters"), ("geometric_median", "max_iter")]:
         for label, value in ints.items():
             if label == "none" and name == "multi_krum" or (name, arg) in large_ok and label == "2**62":
                 continue  # m=None is multi_krum's default
             cases[f"{name}/{arg}={label}"] = lambda name=name, arg=arg, value=value: refused(
-                lambda: _call(name, _x(), **{arg: value}), match=arg)
+                lambda: _call(name, _x(), **{arg: value}), match=arg
+            )
     reals = {"nan": math.nan, "negative": -1.0, "zero": 0.0, "string": "1", "complex": 1j, "bool": True, "list": [1.0]}
     for name, arg in [("centered_clip", "tau"), ("clip", "c"), ("geometric_median", "nu"), ("geometric_median", "tol")]:
         for label, value in reals.items():
             if arg == "tol" and label == "zero":
                 continue  # tol=0 runs max_iter updates
             cases[f"{name}/{arg}={label}"] = lambda name=name, arg=arg, value=value: refused(
-                lambda: _call(name, _x(), **{arg: value}), match=arg)
-    cases["bucketing/generator=seed"] = lambda: refused(lambda: robustagg.bucketing(_x(), 2, generator=0),
-                                                        match="generator")
+                lambda: _call(name, _x(), **{arg: value}), match=arg
+            )
+    cases["bucketing/generator=seed"] = lambda: refused(
+        lambda: robustagg.bucketing(_x(), 2, generator=0), match="generator"
+    )
     cases["mean/weights=list"] = lambda: refused(lambda: robustagg.mean(_x(), [1.0] * 9), match="weights")
-    cases["mean/weights=nan"] = lambda: refused(lambda: robustagg.mean(_x(), torch.full((9,), math.nan)),
-                                                match="weights")
-    cases["mean/weights=meta"] = lambda: refused(lambda: robustagg.mean(_x(), torch.ones(9, device="meta")),
-                                                 match="meta")
+    cases["mean/weights=nan"] = lambda: refused(
+        lambda: robustagg.mean(_x(), torch.full((9,), math.nan)), match="weights"
+    )
+    cases["mean/weights=meta"] = lambda: refused(
+        lambda: robustagg.mean(_x(), torch.ones(9, device="meta")), match="meta"
+    )
     cases["mix_rows/C=meta"] = lambda: refused(
-        lambda: ops.mix_rows(torch.ones(1, 9, dtype=torch.float64, device="meta"), _x()), match="meta")
-    cases["mix_rows/X=meta"] = lambda: refused(lambda: ops.mix_rows(torch.ones(1, 9, dtype=torch.float64),
-                                                                    _x().to("meta")), match="meta")
+        lambda: ops.mix_rows(torch.ones(1, 9, dtype=torch.float64, device="meta"), _x()), match="meta"
+    )
+    cases["mix_rows/X=meta"] = lambda: refused(
+        lambda: ops.mix_rows(torch.ones(1, 9, dtype=torch.float64), _x().to("meta")), match="meta"
+    )
     cases["centered_clip/center=meta"] = lambda: refused(
-        lambda: robustagg.centered_clip(_x(), torch.zeros(5, device="meta"), tau=1.0), match="meta")
+        lambda: robustagg.centered_clip(_x(), torch.zeros(5, device="meta"), tau=1.0), match="meta"
+    )
     cases["centered_clip/center=zero-far-rows"] = lambda: finite_result(
-        "centered_clip", _x(dtype=torch.float64) * 1e200)
+        "centered_clip", _x(dtype=torch.float64) * 1e200
+    )
     return cases
 
 
@@ -194,8 +223,17 @@ def _meta(name: str) -> None:
 
 # Rules whose result stays finite with two non-finite rows of nine (f = 2, or weight 0 for NaN/inf rows);
 # the others pass non-finite rows on by their contract (the mean, norms, distances, the rows themselves).
-_ROBUST_TO_TWO = {"coordinate_median", "trimmed_mean", "meamed", "mean_around_median", "krum", "multi_krum", "bulyan",
-                  "geometric_median", "centered_clip"}
+_ROBUST_TO_TWO = {
+    "coordinate_median",
+    "trimmed_mean",
+    "meamed",
+    "mean_around_median",
+    "krum",
+    "multi_krum",
+    "bulyan",
+    "geometric_median",
+    "centered_clip",
+}
 
 
 def _non_finite_rows(name: str) -> None:
@@ -213,28 +251,39 @@ def _non_finite_rows(name: str) -> None:
 # The fused in-place ops: a valid call, and ways of spoiling it. Every refusal
 # must leave every tensor as it was.
 
+
 def _fused_call(op: str, L: dict) -> None:
     if op == "momentum_update_":
         ops.momentum_update_(L["a"], L["b"], L.get("beta", 0.9))
     elif op == "client_step_":
         ops.client_step_(L["a"], L["b"], L.get("lr", 0.1), momentum=L["c"], coef_momentum=0.5)
     elif op == "adam_client_step_":
-        ops.adam_client_step_(L["a"], L["b"], L["c"], [t.abs() for t in L["c"]], L.get("lr", 0.1), 0.9, 0.99, 1e-8,
-                              L.get("step", 1))
+        ops.adam_client_step_(
+            L["a"], L["b"], L["c"], [t.abs() for t in L["c"]], L.get("lr", 0.1), 0.9, 0.99, 1e-8, L.get("step", 1)
+        )
     elif op == "adam_stats_update_":
         ops.adam_stats_update_(L["a"], L["c"], L["b"], L.get("beta", 0.9), 0.99)
     elif op == "mvr_update_":
         ops.mvr_update_(L["a"], L["b"], L["c"], L.get("beta", 0.1))
     elif op == "weighted_step_":
-        ops.weighted_step_(L["a"], [L["b"], L["c"]], [0.5, 0.5], L.get("lr", 0.1), corrections=[L["d"]],
-                           beta=L.get("beta", 0.2))
+        ops.weighted_step_(
+            L["a"], [L["b"], L["c"]], [0.5, 0.5], L.get("lr", 0.1), corrections=[L["d"]], beta=L.get("beta", 0.2)
+        )
     elif op == "masked_sgd_step_":
-        ops.masked_sgd_step_(L["a"], L["b"], L["c"], L.get("lr", 0.1), L.get("beta", 0.9),
-                             weight_decay=L.get("weight_decay", 0.0))
+        ops.masked_sgd_step_(
+            L["a"], L["b"], L["c"], L.get("lr", 0.1), L.get("beta", 0.9), weight_decay=L.get("weight_decay", 0.0)
+        )
 
 
-FUSED = ["momentum_update_", "client_step_", "adam_client_step_", "adam_stats_update_", "mvr_update_",
-         "weighted_step_", "masked_sgd_step_"]
+FUSED = [
+    "momentum_update_",
+    "client_step_",
+    "adam_client_step_",
+    "adam_stats_update_",
+    "mvr_update_",
+    "weighted_step_",
+    "masked_sgd_step_",
+]
 
 
 def _lists() -> dict:

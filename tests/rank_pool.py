@@ -74,8 +74,10 @@ class Pool:
         self.closed = False
         self.tasks = [ctx.Queue() for _ in range(world)]
         self.results = ctx.Queue()
-        self.procs = [ctx.Process(target=_pool_rank, args=(r, world, port, self.tasks[r], self.results), daemon=True)
-                      for r in range(world)]
+        self.procs = [
+            ctx.Process(target=_pool_rank, args=(r, world, port, self.tasks[r], self.results), daemon=True)
+            for r in range(world)
+        ]
         for p in self.procs:
             p.start()
 
@@ -93,8 +95,9 @@ class Pool:
                 rank, ok, value = self.results.get(timeout=max(deadline - time.monotonic(), 0.1))
             except queue.Empty:
                 self.close()
-                pytest.fail(f"{target}: ranks {sorted(set(range(self.world)) - set(out))} gave no result "
-                            f"within {DEADLINE} s")
+                pytest.fail(
+                    f"{target}: ranks {sorted(set(range(self.world)) - set(out))} gave no result within {DEADLINE} s"
+                )
             if not ok:
                 self.close()
                 pytest.fail(f"{target} failed on rank {rank}:\n{value}")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import robustagg
+
 from conftest import MatrixSpec, assert_bitwise, make_matrix
 
 
@@ -24,8 +25,10 @@ def _aggregators():
         (robustagg.MultiKrum(1), lambda X: robustagg.multi_krum(X, 1)),
         (robustagg.Bulyan(1), lambda X: robustagg.bulyan(X, 1)),
         (robustagg.GeometricMedian(), robustagg.geometric_median),
-        (robustagg.GeometricMedian(weights=w, nu=1e-3, tol=1e-8, max_iter=20),
-         lambda X: robustagg.geometric_median(X, w, nu=1e-3, tol=1e-8, max_iter=20)),
+        (
+            robustagg.GeometricMedian(weights=w, nu=1e-3, tol=1e-8, max_iter=20),
+            lambda X: robustagg.geometric_median(X, w, nu=1e-3, tol=1e-8, max_iter=20),
+        ),
         (robustagg.NNM(2) >> robustagg.Krum(2), lambda X: robustagg.krum(robustagg.nnm(X, 2), 2)),
         (robustagg.Clip(1.0) >> robustagg.Mean(), lambda X: robustagg.mean(robustagg.clip(X, 1.0))),
         (robustagg.ARC(2) >> robustagg.TrimmedMean(2), lambda X: robustagg.trimmed_mean(robustagg.arc(X, 2), 2)),
@@ -33,9 +36,23 @@ def _aggregators():
 
 
 AGGS = _aggregators()
-IDS = ["Mean", "Mean-weights", "CoordinateMedian", "TrimmedMean2", "MeaMed3", "TrimmedMean0", "Krum2", "Krum1-m3",
-       "MultiKrum1", "Bulyan1", "GeometricMedian", "GeometricMedian-weights", "NNM-Krum", "Clip-Mean",
-       "ARC-TrimmedMean"]
+IDS = [
+    "Mean",
+    "Mean-weights",
+    "CoordinateMedian",
+    "TrimmedMean2",
+    "MeaMed3",
+    "TrimmedMean0",
+    "Krum2",
+    "Krum1-m3",
+    "MultiKrum1",
+    "Bulyan1",
+    "GeometricMedian",
+    "GeometricMedian-weights",
+    "NNM-Krum",
+    "Clip-Mean",
+    "ARC-TrimmedMean",
+]
 N = 7
 
 
@@ -176,7 +193,10 @@ def test_geometric_median_info():
         z, info = robustagg.geometric_median(X, tol=1e-12, return_info=True)
         assert_bitwise(out, z, "GeometricMedian")
         assert (agg.info.iterations, agg.info.objective, agg.info.converged) == (
-            info.iterations, info.objective, info.converged)
+            info.iterations,
+            info.objective,
+            info.converged,
+        )
         assert agg.info.converged and agg.info.iterations > 0
 
 
@@ -214,8 +234,11 @@ def test_centered_clip_state_on_structured_input():
     expected1 = robustagg.centered_clip(X, zeros, 1.0, 3)
     assert_bitwise(torch.cat([t.reshape(-1) for t in first]), expected1, "parameter lists, first call")
     second = agg(params)
-    assert_bitwise(torch.cat([t.reshape(-1) for t in second]), robustagg.centered_clip(X, expected1, 1.0, 3),
-                   "parameter lists, second call")
+    assert_bitwise(
+        torch.cat([t.reshape(-1) for t in second]),
+        robustagg.centered_clip(X, expected1, 1.0, 3),
+        "parameter lists, second call",
+    )
 
 
 def test_distance_rule_errors_pass_through():

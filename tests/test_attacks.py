@@ -32,8 +32,19 @@ from robustagg.attacks import (
     make_attack,
 )
 
-NAMES = ["none", "sign_flip", "ipm", "alie", "gaussian", "nan", "inf", "mimic", "label_flip", "optimal_alie",
-         "optimal_ipm"]
+NAMES = [
+    "none",
+    "sign_flip",
+    "ipm",
+    "alie",
+    "gaussian",
+    "nan",
+    "inf",
+    "mimic",
+    "label_flip",
+    "optimal_alie",
+    "optimal_ipm",
+]
 
 
 def _make(name: str):
@@ -55,6 +66,7 @@ def _np(X):
 
 # ---------------------------------------------------------------------------
 # Formulas on hand-made inputs
+
 
 def test_none_returns_a_copy():
     H, B = _rows(4, 3, 0), _rows(2, 3, 1)
@@ -140,6 +152,7 @@ def test_nan_and_inf_rows():
 # ---------------------------------------------------------------------------
 # Mimic
 
+
 def test_mimic_fixed_index():
     H, B = _rows(5, 3, 0), _rows(4, 3, 1)
     out = Mimic(index=2)(H, B)
@@ -217,6 +230,7 @@ def test_mimic_f0_leaves_state():
 # ---------------------------------------------------------------------------
 # Label flip
 
+
 def test_label_flip():
     attack = LabelFlip(num_classes=10)
     assert attack.flips_labels and not any(ATTACKS[n].flips_labels for n in NAMES if n != "label_flip")
@@ -237,6 +251,7 @@ def test_label_flip():
 # ---------------------------------------------------------------------------
 # Line searches against brute force (NumPy aggregators written here)
 
+
 def np_median(X):
     return np.median(X, axis=0)
 
@@ -246,7 +261,7 @@ def np_mean(X):
 
 
 def np_trimmed(X, f=4):
-    return np.sort(X, axis=0)[f:X.shape[0] - f].mean(0)
+    return np.sort(X, axis=0)[f : X.shape[0] - f].mean(0)
 
 
 def np_krum(X, f=4):
@@ -377,9 +392,16 @@ def test_optimal_never_chooses_non_finite(bad):
 # ---------------------------------------------------------------------------
 # Properties, dtypes, f = 0
 
+
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(2, 9), f=st.integers(1, 4), d=st.integers(1, 7), seed=st.integers(0, 2**31),
-       z=st.floats(-5, 5), eps=st.floats(1e-3, 100))
+@given(
+    h=st.integers(2, 9),
+    f=st.integers(1, 4),
+    d=st.integers(1, 7),
+    seed=st.integers(0, 2**31),
+    z=st.floats(-5, 5),
+    eps=st.floats(1e-3, 100),
+)
 def test_alie_and_ipm_properties(h, f, d, seed, z, eps):
     H, B = _rows(h, d, seed, scale=10.0, shift=3.0), _rows(f, d, seed + 1)
     Hn = _np(H)
@@ -419,13 +441,16 @@ def test_f_zero(name):
 # ---------------------------------------------------------------------------
 # Registry and bad arguments
 
+
 def test_registry():
     assert sorted(ATTACKS) == sorted(NAMES)
     assert all(cls.name == name for name, cls in ATTACKS.items())
     assert all(hasattr(attacks, n) for n in attacks.__all__)
     a = make_attack("alie", z=0.7)
     assert isinstance(a, ALIE) and a.z == 0.7
-    with pytest.raises(ValueError, match="^make_attack: unknown attack 'lie'; valid names: " + ", ".join(sorted(NAMES))):
+    with pytest.raises(
+        ValueError, match="^make_attack: unknown attack 'lie'; valid names: " + ", ".join(sorted(NAMES))
+    ):
         make_attack("lie")
 
 
@@ -456,47 +481,61 @@ def test_bad_rows(name):
         attack(H, B.float())
     with pytest.raises(ValueError, match=f"^{name}: byzantine is on meta, honest on cpu; they must match"):
         attack(H, B.to("meta"))
-    with pytest.raises(TypeError, match=f"^{name}: honest must be float32, float64, float16 or bfloat16, got torch.int64"):
+    with pytest.raises(
+        TypeError, match=f"^{name}: honest must be float32, float64, float16 or bfloat16, got torch.int64"
+    ):
         attack(H.long(), B.long())
 
 
-@pytest.mark.parametrize("name,h,message", [
-    ("alie", 1, "alie: needs at least 2 honest rows for the standard deviation, got h=1"),
-    ("optimal_alie", 1, "optimal_alie: needs at least 2 honest rows for the standard deviation, got h=1"),
-    ("ipm", 0, "ipm: needs at least 1 honest row for the mean, got h=0"),
-    ("optimal_ipm", 0, "optimal_ipm: needs at least 1 honest row for the mean, got h=0"),
-    ("mimic", 0, "mimic: needs at least 1 honest row to copy, got h=0"),
-])
+@pytest.mark.parametrize(
+    "name,h,message",
+    [
+        ("alie", 1, "alie: needs at least 2 honest rows for the standard deviation, got h=1"),
+        ("optimal_alie", 1, "optimal_alie: needs at least 2 honest rows for the standard deviation, got h=1"),
+        ("ipm", 0, "ipm: needs at least 1 honest row for the mean, got h=0"),
+        ("optimal_ipm", 0, "optimal_ipm: needs at least 1 honest row for the mean, got h=0"),
+        ("mimic", 0, "mimic: needs at least 1 honest row to copy, got h=0"),
+    ],
+)
 def test_too_few_honest_rows(name, h, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         _make(name)(_rows(h, 3, 0), _rows(2, 3, 1))
 
 
-@pytest.mark.parametrize("build,exc,message", [
-    (lambda: IPM(eps=0), ValueError, "ipm: eps must be finite and > 0, got eps=0.0"),
-    (lambda: IPM(eps=-1.0), ValueError, "ipm: eps must be finite and > 0"),
-    (lambda: IPM(eps=math.nan), ValueError, "ipm: eps must be finite and > 0"),
-    (lambda: IPM(eps="0.1"), TypeError, "ipm: eps must be a real number"),
-    (lambda: ALIE(z=math.inf), ValueError, "alie: z must be finite, got z=inf"),
-    (lambda: ALIE(z="1"), TypeError, "alie: z must be a real number"),
-    (lambda: Gaussian(std=0.0), ValueError, "gaussian: std must be finite and > 0"),
-    (lambda: Gaussian(std=-2.0), ValueError, "gaussian: std must be finite and > 0"),
-    (lambda: Gaussian(generator=3), TypeError, "gaussian: generator must be a torch.Generator"),
-    (lambda: Mimic(index=-1), ValueError, "mimic: index must be >= 0, got index=-1"),
-    (lambda: Mimic(index=1.0), TypeError, "mimic: index must be an int"),
-    (lambda: Mimic(warmup=0), ValueError, "mimic: warmup must be >= 1, got warmup=0"),
-    (lambda: LabelFlip(num_classes=1), ValueError, "label_flip: num_classes must be >= 2"),
-    (lambda: OptimalALIE(robustagg.Mean(), steps=1), ValueError, "optimal_alie: steps must be >= 2, got steps=1"),
-    (lambda: OptimalIPM(robustagg.Mean(), steps=2.5), TypeError, "optimal_ipm: steps must be an int"),
-    (lambda: OptimalALIE(robustagg.Mean(), z_max=0.0), ValueError, "optimal_alie: z_max must be finite and > 0"),
-    (lambda: OptimalIPM(robustagg.Mean(), eps_max=math.inf), ValueError, "optimal_ipm: eps_max must be finite and > 0"),
-    (lambda: OptimalIPM(3), TypeError, "optimal_ipm: aggregator must be callable"),
-])
+@pytest.mark.parametrize(
+    "build,exc,message",
+    [
+        (lambda: IPM(eps=0), ValueError, "ipm: eps must be finite and > 0, got eps=0.0"),
+        (lambda: IPM(eps=-1.0), ValueError, "ipm: eps must be finite and > 0"),
+        (lambda: IPM(eps=math.nan), ValueError, "ipm: eps must be finite and > 0"),
+        (lambda: IPM(eps="0.1"), TypeError, "ipm: eps must be a real number"),
+        (lambda: ALIE(z=math.inf), ValueError, "alie: z must be finite, got z=inf"),
+        (lambda: ALIE(z="1"), TypeError, "alie: z must be a real number"),
+        (lambda: Gaussian(std=0.0), ValueError, "gaussian: std must be finite and > 0"),
+        (lambda: Gaussian(std=-2.0), ValueError, "gaussian: std must be finite and > 0"),
+        (lambda: Gaussian(generator=3), TypeError, "gaussian: generator must be a torch.Generator"),
+        (lambda: Mimic(index=-1), ValueError, "mimic: index must be >= 0, got index=-1"),
+        (lambda: Mimic(index=1.0), TypeError, "mimic: index must be an int"),
+        (lambda: Mimic(warmup=0), ValueError, "mimic: warmup must be >= 1, got warmup=0"),
+        (lambda: LabelFlip(num_classes=1), ValueError, "label_flip: num_classes must be >= 2"),
+        (lambda: OptimalALIE(robustagg.Mean(), steps=1), ValueError, "optimal_alie: steps must be >= 2, got steps=1"),
+        (lambda: OptimalIPM(robustagg.Mean(), steps=2.5), TypeError, "optimal_ipm: steps must be an int"),
+        (lambda: OptimalALIE(robustagg.Mean(), z_max=0.0), ValueError, "optimal_alie: z_max must be finite and > 0"),
+        (
+            lambda: OptimalIPM(robustagg.Mean(), eps_max=math.inf),
+            ValueError,
+            "optimal_ipm: eps_max must be finite and > 0",
+        ),
+        (lambda: OptimalIPM(3), TypeError, "optimal_ipm: aggregator must be callable"),
+    ],
+)
 def test_bad_parameters(build, exc, message):
     with pytest.raises(exc, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         build()
 
 
 def test_aggregator_returning_wrong_shape():
-    with pytest.raises(ValueError, match=r"^optimal_alie: aggregator returned \[3, 4\], expected a tensor of shape \[4\]"):
+    with pytest.raises(
+        ValueError, match=r"^optimal_alie: aggregator returned \[3, 4\], expected a tensor of shape \[4\]"
+    ):
         OptimalALIE(lambda X: X[:3])(H_OPT, torch.zeros(2, 4, dtype=torch.float64))

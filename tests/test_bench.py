@@ -14,8 +14,18 @@ import robustagg
 from robustagg.bench.byzfl_peer import byzfl_status
 from robustagg.bench.calibration import calibrate_geometric_median, gm_objective
 from robustagg.bench.cases import (
-    ALL_OPS, CASES, CHECK_COLUMNS, DISTANCE_OPS, OPS, PREAGGREGATOR_OPS, case, expand_ops, min_n, op_callable,
-    op_params, torch_baseline,
+    ALL_OPS,
+    CASES,
+    CHECK_COLUMNS,
+    DISTANCE_OPS,
+    OPS,
+    PREAGGREGATOR_OPS,
+    case,
+    expand_ops,
+    min_n,
+    op_callable,
+    op_params,
+    torch_baseline,
 )
 from robustagg.bench.params import GM_NU, GM_RTOL, GM_TOL, GM_TRIAL_T, dist_f
 from robustagg.bench.report import format_markdown, format_table
@@ -119,7 +129,9 @@ def test_dist_f_admits_every_rule() -> None:
 
 
 def test_cli_parses_op_groups_and_sizes() -> None:
-    args = build_parser().parse_args(["bench", "--ops", "distance", "mean", "--n", "10,25", "64", "--d", "1M,4M", "100k"])
+    args = build_parser().parse_args(
+        ["bench", "--ops", "distance", "mean", "--n", "10,25", "64", "--d", "1M,4M", "100k"]
+    )
     assert [op for ops in args.ops for op in ops] == list(DISTANCE_OPS) + ["mean"]
     assert [n for ns in args.n for n in ns] == [10, 25, 64]
     assert [d for ds in args.d for d in ds] == [1_000_000, 4_000_000, 100_000]

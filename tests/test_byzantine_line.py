@@ -45,7 +45,9 @@ def test_worker_momentum_per_worker_lists_match_the_matrix_form() -> None:
         out = by_list(step)
         rows = by_matrix(torch.stack([torch.cat([t.reshape(-1) for t in worker]) for worker in step]))
         assert [[t.shape for t in worker] for worker in out] == [[torch.Size(s) for s in shapes]] * 4
-        torch.testing.assert_close(torch.stack([torch.cat([t.reshape(-1) for t in w]) for w in out]), rows, rtol=0, atol=0)
+        torch.testing.assert_close(
+            torch.stack([torch.cat([t.reshape(-1) for t in w]) for w in out]), rows, rtol=0, atol=0
+        )
 
 
 def test_worker_momentum_beta_zero_passes_gradients_and_forgets_nonfinite() -> None:
@@ -245,8 +247,28 @@ def test_worker_momentum_lets_the_median_recover_most_of_the_gap(alie_runs: dict
 
 def test_train_byzantine_command_writes_json_and_plot(tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
-    code = main(["train", "byzantine", "--agg", "krum", "--attack", "sign_flip", "--byzantine", "3", "--rounds", "20",
-                 "--eval-every", "10", "--bucketing", "2", "--split", "dirichlet:0.5", "--json", str(out)])
+    code = main(
+        [
+            "train",
+            "byzantine",
+            "--agg",
+            "krum",
+            "--attack",
+            "sign_flip",
+            "--byzantine",
+            "3",
+            "--rounds",
+            "20",
+            "--eval-every",
+            "10",
+            "--bucketing",
+            "2",
+            "--split",
+            "dirichlet:0.5",
+            "--json",
+            str(out),
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["config"]["agg"] == "krum" and result["config"]["bucketing"] == 2
@@ -264,8 +286,23 @@ def test_train_byzantine_grid_writes_table_plots_and_json(tmp_path, monkeypatch)
     monkeypatch.setattr(byzantine_grid, "ATTACKS", ["none", "alie"])
     monkeypatch.setattr(byzantine_grid, "RULES", ["cm", "cc"])
     monkeypatch.setattr(byzantine_grid, "BUCKETING_RULES", ["cm"])
-    code = main(["train", "byzantine", "--grid", "--seeds", "2", "--rounds", "20", "--eval-every", "10",
-                 "--jobs", "1", "--out", str(tmp_path)])
+    code = main(
+        [
+            "train",
+            "byzantine",
+            "--grid",
+            "--seeds",
+            "2",
+            "--rounds",
+            "20",
+            "--eval-every",
+            "10",
+            "--jobs",
+            "1",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     text = (tmp_path / "byzantine.md").read_text()
     assert "## iid split, f = 11 of 25" in text and "| ALIE | 0.9 |" in text and " ± " in text

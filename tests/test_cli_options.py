@@ -40,10 +40,19 @@ def no_work(monkeypatch):
         report,
     )
 
-    for module, name in ((byzantine, "run_byzantine"), (federated, "run_federated"), (personalized, "run_personalized"),
-                         (masked, "run_masked"), (byzantine_grid, "run_grid"), (federated_grid, "run_grid"),
-                         (personalized_grid, "run_grid"), (masked_grid, "run_grid"), (report, "progress_bar"),
-                         (robustagg.bench.suite, "run_suite"), (ddp_train, "_launch")):
+    for module, name in (
+        (byzantine, "run_byzantine"),
+        (federated, "run_federated"),
+        (personalized, "run_personalized"),
+        (masked, "run_masked"),
+        (byzantine_grid, "run_grid"),
+        (federated_grid, "run_grid"),
+        (personalized_grid, "run_grid"),
+        (masked_grid, "run_grid"),
+        (report, "progress_bar"),
+        (robustagg.bench.suite, "run_suite"),
+        (ddp_train, "_launch"),
+    ):
         monkeypatch.setattr(module, name, _ran)
 
 
@@ -100,17 +109,23 @@ BAD = [
     # byzantine: combinations the rule, the workers or the data cannot take
     (BYZ + ["--byzantine", "25"], "byzantine must be in [0, workers), got 25 of 25"),
     (BYZ + ["--workers", "10", "--byzantine", "12"], "got 12 of 10"),
-    (BYZ + ["--agg", "krum", "--byzantine", "12"],
-     "rule krum cannot take f=12 of 25 workers: krum: f=12 needs n > 2*f + 2"),
+    (
+        BYZ + ["--agg", "krum", "--byzantine", "12"],
+        "rule krum cannot take f=12 of 25 workers: krum: f=12 needs n > 2*f + 2",
+    ),
     (BYZ + ["--agg", "mkrum", "--workers", "10", "--byzantine", "4"], "multi_krum: f=4 needs n > 2*f + 2, got n=10"),
     (BYZ + ["--agg", "tm", "--byzantine", "13"], "trimmed_mean: f=13 needs n > 2*f, got n=25"),
     (BYZ + ["--agg", "bulyan", "--byzantine", "6"], "bulyan: f=6 needs n >= 4*f + 3, got n=25"),
-    (BYZ + ["--agg", "krum", "--byzantine", "3", "--bucketing", "5"],
-     "in buckets of 5: krum: f=3 needs n > 2*f + 2, got n=5"),
+    (
+        BYZ + ["--agg", "krum", "--byzantine", "3", "--bucketing", "5"],
+        "in buckets of 5: krum: f=3 needs n > 2*f + 2, got n=5",
+    ),
     (BYZ + ["--agg", "krum", "--byzantine", "1", "--rule-f", "12"], "rule krum cannot take f=12"),
     (BYZ + ["--agg", "cm", "--attack", "alie", "--byzantine", "13"], "alie: default z needs"),
-    (BYZ + ["--agg", "cm", "--attack", "alie", "--workers", "2", "--byzantine", "1"],
-     "alie: needs at least 2 honest rows"),
+    (
+        BYZ + ["--agg", "cm", "--attack", "alie", "--workers", "2", "--byzantine", "1"],
+        "alie: needs at least 2 honest rows",
+    ),
     (BYZ + ["--bucketing", "26"], "bucketing must be <= 25, got bucketing=26"),
     (BYZ + ["--batch", "1401"], "batch must be <= 1400 (the training examples), got batch=1401"),
     (BYZ + ["--workers", "1401", "--byzantine", "0"], "workers must be <= 1400, got workers=1401"),
@@ -240,18 +255,22 @@ def test_default_output_paths_are_checked_before_the_run(tmp_path, monkeypatch, 
 # What the checks must let through
 
 
-@pytest.mark.parametrize("argv", [
-    BYZ + ["--agg", "krum", "--byzantine", "11"],
-    BYZ + ["--agg", "bulyan", "--byzantine", "5", "--cc-tau", "inf", "--momentum", "0"],
-    BYZ + ["--agg", "tm", "--byzantine", "12", "--attack", "alie", "--alie-z", "-1.5", "--batch", "1400"],
-    BYZ + ["--grid", "--seeds", "1"],
-    FED + ["--mvr-a", "1", "--beta", "0", "--local-epochs", "0", "--per-round", "100"],
-    PER + ["--beta", "1", "--beta-floor", "0", "--noise", "0", "--collaborators", "0"],
-    MSK + ["--core-fraction", "1", "--density", "1", "--training", "full", "--core-steps", "0"],
-    DDP + ["--nproc", "3", "--agg", "krum"],
-    DDP + ["--nproc", "4", "--agg", "cm", "--byzantine-ranks", "3", "--attack", "alie"],
-    ["bench", "--quick", "--max-seconds", "0.5"],
-], ids=lambda argv: " ".join(argv[1:4]))
+@pytest.mark.parametrize(
+    "argv",
+    [
+        BYZ + ["--agg", "krum", "--byzantine", "11"],
+        BYZ + ["--agg", "bulyan", "--byzantine", "5", "--cc-tau", "inf", "--momentum", "0"],
+        BYZ + ["--agg", "tm", "--byzantine", "12", "--attack", "alie", "--alie-z", "-1.5", "--batch", "1400"],
+        BYZ + ["--grid", "--seeds", "1"],
+        FED + ["--mvr-a", "1", "--beta", "0", "--local-epochs", "0", "--per-round", "100"],
+        PER + ["--beta", "1", "--beta-floor", "0", "--noise", "0", "--collaborators", "0"],
+        MSK + ["--core-fraction", "1", "--density", "1", "--training", "full", "--core-steps", "0"],
+        DDP + ["--nproc", "3", "--agg", "krum"],
+        DDP + ["--nproc", "4", "--agg", "cm", "--byzantine-ranks", "3", "--attack", "alie"],
+        ["bench", "--quick", "--max-seconds", "0.5"],
+    ],
+    ids=lambda argv: " ".join(argv[1:4]),
+)
 def test_good_options_reach_the_run(argv, tmp_path, capsys) -> None:
     out = tmp_path / "new" / "folder"  # missing folders are made at the end, as before
     paths = ["--out", str(out)] if "--grid" in argv else ["--json", str(out / "r.json")]

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 
 import robustagg
 from robustagg import reference
+
 from conftest import (
     DEVICES,
     DTYPES,
-    MatrixSpec,
     OPS,
     TRIM_OPS,
+    MatrixSpec,
     assert_bitwise,
     assert_exact,
     assert_matches_reference,
@@ -67,8 +68,15 @@ def test_every_f(op, dtype):
     """f over its whole range 0..(n-1)//2 for odd and even n, with ties and non-finite rows."""
     for n in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17, 31, 32, 33, 64, 65]:
         for pattern, rows in (("gaussian", (0, 0, 0)), ("ties", (0, 0, 0)), ("mixed", (n // 5, n // 7, n // 6))):
-            spec = MatrixSpec(n, 37, seed=n * 31 + len(pattern), pattern=pattern,
-                              nan_rows=rows[0], posinf_rows=rows[1], neginf_rows=rows[2])
+            spec = MatrixSpec(
+                n,
+                37,
+                seed=n * 31 + len(pattern),
+                pattern=pattern,
+                nan_rows=rows[0],
+                posinf_rows=rows[1],
+                neginf_rows=rows[2],
+            )
             X = make_matrix(spec, dtype)
             for f in range((n - 1) // 2 + 1):
                 assert_matches_reference(op, X, f, what=repr(spec))
@@ -179,8 +187,9 @@ def test_column_tails(dtype):
 @pytest.mark.parametrize("n,d", [(257, 33), (1000, 21), (511, 16), (513, 17), (2049, 3)])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=str)
 def test_large_n(n, d, dtype):
-    spec = MatrixSpec(n, d, seed=n + d, pattern="mixed", nan_rows=n // 10, posinf_rows=n // 20, neginf_rows=n // 15,
-                      scatter=0.01)
+    spec = MatrixSpec(
+        n, d, seed=n + d, pattern="mixed", nan_rows=n // 10, posinf_rows=n // 20, neginf_rows=n // 15, scatter=0.01
+    )
     X = make_matrix(spec, dtype)
     assert_matches_reference("coordinate_median", X)
     assert_matches_reference("mean", X)
@@ -249,8 +258,9 @@ def test_isa_sweep(isa, dtype, monkeypatch):
     """Each instruction-set build against the reference, and bit-identical to
     the best one (same source, same operation order, no FMA contraction)."""
     for n in [1, 2, 3, 4, 7, 8, 9, 16, 17, 33, 64, 100]:
-        spec = MatrixSpec(n, 53, seed=100 + n, pattern="mixed", nan_rows=n // 4, posinf_rows=n // 6,
-                          neginf_rows=n // 8, scatter=0.05)
+        spec = MatrixSpec(
+            n, 53, seed=100 + n, pattern="mixed", nan_rows=n // 4, posinf_rows=n // 6, neginf_rows=n // 8, scatter=0.05
+        )
         X = make_matrix(spec, dtype)
         for op in OPS[1:]:
             for f in sorted({0, 1 if n > 2 else 0, (n - 1) // 2}):
@@ -428,8 +438,15 @@ def _device_fs(n: int) -> list[int]:
     return sorted({0, 1, 2, n // 8, n // 4, n // 3, top - 1, top})
 
 
-def check_on_device(device: str, op: str, X: torch.Tensor, f: int, X_dev: torch.Tensor | None = None,
-                    weights: torch.Tensor | None = None, what: str = "") -> None:
+def check_on_device(
+    device: str,
+    op: str,
+    X: torch.Tensor,
+    f: int,
+    X_dev: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
+    what: str = "",
+) -> None:
     """op on device (X_dev: X's copy there, by default X.to(device)) equals the CPU kernel bit for
     bit, and the reference under the op's contract."""
     X_dev = X.to(device) if X_dev is None else X_dev
@@ -448,8 +465,9 @@ def test_cuda_all_ops(n, dtype):
     """n across the CUDA register and shared-memory kernels, every f for small n."""
     device = "cuda"
     d = 257 if n <= 300 else 67
-    spec = MatrixSpec(n, d, seed=n, pattern="mixed", nan_rows=n // 6, posinf_rows=n // 9, neginf_rows=n // 11,
-                      scatter=0.03)
+    spec = MatrixSpec(
+        n, d, seed=n, pattern="mixed", nan_rows=n // 6, posinf_rows=n // 9, neginf_rows=n // 11, scatter=0.03
+    )
     X = make_matrix(spec, dtype)
     check_on_device(device, "coordinate_median", X, 0)
     check_on_device(device, "mean", X, 0)

@@ -137,8 +137,12 @@ def test_underived_rules_do_not_require_grad():
 
 
 @settings(max_examples=30, deadline=None)
-@given(n=st.integers(1, 9), d=st.integers(1, 6), seed=st.integers(0, 2**31 - 1),
-       op=st.sampled_from(["coordinate_median", "trimmed_mean", "meamed", "mean_around_median"]))
+@given(
+    n=st.integers(1, 9),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 2**31 - 1),
+    op=st.sampled_from(["coordinate_median", "trimmed_mean", "meamed", "mean_around_median"]),
+)
 def test_any_shape(n, d, seed, op):
     """Random shapes and seeds: Gaussian values have no ties, so every rule is differentiable there."""
     X = rows(n, d, seed=seed)

@@ -19,12 +19,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 from hypothesis import HealthCheck, given, note, settings
-from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
 import robustagg
 import robustagg.ops
 from robustagg import reference
+
 from conftest import (
     DEVICES,
     DTYPES,
@@ -192,9 +193,13 @@ def krum_ambiguous(X: torch.Tensor, f: int, m: int) -> bool:
     s = krum_scores(D, rows, f)
     order = sorted(rows, key=lambda i: (not fin[i], s[i], i))
     return any(
-        fin[a] and fin[b] and near(s[a], s[b]) and not same_row(X64, a, b)
+        fin[a]
+        and fin[b]
+        and near(s[a], s[b])
+        and not same_row(X64, a, b)
         and not shared_nearest(D, rows, n - f - 2, a, b)
-        for a in order[:m] for b in order[m:]
+        for a in order[:m]
+        for b in order[m:]
     )
 
 
@@ -210,7 +215,10 @@ def bulyan_ambiguous(X: torch.Tensor, f: int) -> bool:
         w = order[0]
         q = len(remaining) - f - 2
         if q > 0 and any(
-            fin[w] and fin[b] and near(s[w], s[b]) and not same_row(X64, w, b)
+            fin[w]
+            and fin[b]
+            and near(s[w], s[b])
+            and not same_row(X64, w, b)
             and not shared_nearest(D, remaining, q, w, b)
             for b in order[1:]
         ):
@@ -492,8 +500,9 @@ def test_krum_every_f_and_m(dtype):
     """f over 0..(n-3)//2 and m over 1..n for odd and even n, with ties, duplicates and non-finite rows."""
     for n in range(3, 13):
         for pattern in ("gaussian", "ties"):
-            spec = RowsSpec(n, 29, seed=n, pattern=pattern, dups=n // 4, nan_rows=n // 6, posinf_rows=n // 8,
-                            partial_rows=n // 5)
+            spec = RowsSpec(
+                n, 29, seed=n, pattern=pattern, dups=n // 4, nan_rows=n // 6, posinf_rows=n // 8, partial_rows=n // 5
+            )
             X = make_rows(spec, dtype)
             for f in range((n - 3) // 2 + 1):
                 for m in range(1, n + 1):
@@ -596,16 +605,18 @@ def test_bulyan_hand_built():
     selected values per coordinate: {1, 1, 0, 0, 9}, median 1, the 3 closest 1, 1, 0 -> 2/3.
     (Choosing row 6 at step 5 would give 1 in the second coordinate.)"""
     X = torch.tensor([[0, 0], [1, 0], [0, 1], [9, 9], [1, 1], [-9, 0], [2, 1]], dtype=torch.float64)
-    torch.testing.assert_close(robustagg.bulyan(X, 1), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64),
-                               rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        robustagg.bulyan(X, 1), torch.tensor([2 / 3, 2 / 3], dtype=torch.float64), rtol=1e-15, atol=0
+    )
 
 
 def test_bulyan_coordinate_step():
     """Rows 0-4 are close, row 5 is far, row 6 is NaN: the selection is rows 0-4.
     Per coordinate: {0,1,2,4,10}: median 2, keeps 2, 1 and, of 0 and 4 (both at
     distance 2), the smaller -> 1;  {3,3,3,-5,7} -> 3;  {5,-5,1,2,3}: median 2 -> 2, 1, 3 -> 2."""
-    X = torch.tensor([[0, 3, 5], [1, 3, -5], [2, 3, 1], [4, -5, 2], [10, 7, 3], [1000, 0, 0],
-                      [math.nan, 0, 0]], dtype=torch.float64)
+    X = torch.tensor(
+        [[0, 3, 5], [1, 3, -5], [2, 3, 1], [4, -5, 2], [10, 7, 3], [1000, 0, 0], [math.nan, 0, 0]], dtype=torch.float64
+    )
     for dtype in DTYPES:
         out = robustagg.bulyan(X.to(dtype), 1)
         assert_vec_close(out, torch.tensor([1.0, 3.0, 2.0], dtype=dtype), 0.0, 0.0, f"bulyan {dtype}")
@@ -618,8 +629,9 @@ def test_bulyan_coordinate_step():
 def test_bulyan_every_f(dtype):
     for n in range(3, 20, 2 if dtype == torch.bfloat16 else 1):
         for pattern in ("gaussian", "ties"):
-            spec = RowsSpec(n, 31, seed=n, pattern=pattern, dups=n // 5, nan_rows=n // 7, neginf_rows=n // 9,
-                            partial_rows=n // 6)
+            spec = RowsSpec(
+                n, 31, seed=n, pattern=pattern, dups=n // 5, nan_rows=n // 7, neginf_rows=n // 9, partial_rows=n // 6
+            )
             X = make_rows(spec, dtype)
             for f in range((n - 3) // 4 + 1):
                 out = robustagg.bulyan(X, f)
@@ -736,8 +748,9 @@ def gm_borderline(X, w, nu, tol, lo, hi):
 
 
 def check_geometric_median(X, w=None, nu=1e-6, tol=1e-10, max_iter=200, what="", device="cpu"):
-    z, info = robustagg.geometric_median(X.to(device), None if w is None else w.to(device), nu=nu, tol=tol,
-                                         max_iter=max_iter, return_info=True)
+    z, info = robustagg.geometric_median(
+        X.to(device), None if w is None else w.to(device), nu=nu, tol=tol, max_iter=max_iter, return_info=True
+    )
     assert z.device.type == device
     z = z.cpu()
     assert isinstance(info.iterations, int) and isinstance(info.objective, float)
@@ -933,13 +946,18 @@ def test_centered_clip_matches_reference(dtype, case):
 def test_centered_clip_hand_built():
     X = torch.tensor([[3.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
     # row 0 is clipped to (0.6, 0.8); row 1 sits at the center and adds 0
-    assert torch.allclose(robustagg.centered_clip(X, torch.zeros(2, dtype=torch.float64), 1.0),
-                          torch.tensor([0.3, 0.4], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert torch.allclose(
+        robustagg.centered_clip(X, torch.zeros(2, dtype=torch.float64), 1.0),
+        torch.tensor([0.3, 0.4], dtype=torch.float64),
+        rtol=1e-15,
+        atol=0,
+    )
     # second iteration from v = (0.3, 0.4): row 0 at distance 4.5, row 1 at 0.5 (kept whole)
     v = torch.tensor([0.3, 0.4], dtype=torch.float64)
     v2 = v + ((X[0] - v) / 4.5 + (X[1] - v)) / 2
-    torch.testing.assert_close(robustagg.centered_clip(X, torch.zeros(2, dtype=torch.float64), 1.0, 2), v2,
-                               rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(
+        robustagg.centered_clip(X, torch.zeros(2, dtype=torch.float64), 1.0, 2), v2, rtol=1e-14, atol=1e-15
+    )
     # tau = inf: one step is the mean, from any center
     Y = skewed(7, 30, 9)
     c = torch.randn(30, generator=torch.Generator().manual_seed(13), dtype=torch.float64)
@@ -1076,8 +1094,17 @@ def check_rules_on_device(device: str, X: torch.Tensor, f: int, what: str = "") 
 @pytest.mark.parametrize("n", [1, 3, 7, 8, 11, 16, 33])
 def test_cuda_all_rules(n, dtype):
     for pattern, layout in (("gaussian", "contiguous"), ("clustered", "transposed"), ("ties", "strided")):
-        spec = RowsSpec(n, 300, seed=n, pattern=pattern, dups=n // 4, nan_rows=n // 7, posinf_rows=n // 9,
-                        partial_rows=n // 5, layout=layout)
+        spec = RowsSpec(
+            n,
+            300,
+            seed=n,
+            pattern=pattern,
+            dups=n // 4,
+            nan_rows=n // 7,
+            posinf_rows=n // 9,
+            partial_rows=n // 5,
+            layout=layout,
+        )
         X = make_rows(spec, dtype)
         for f in sorted({0, 1, (n - 3) // 4 if n >= 3 else 0}):
             check_rules_on_device("cuda", X, f, what=repr(spec))
@@ -1121,6 +1148,7 @@ def test_devices_mix_rows_and_norms(device):
 @pytest.mark.parametrize("device", DEVICES)
 def test_devices_deterministic(device):
     X = make_rows(RowsSpec(33, 20_000, 3, "clustered", nan_rows=2), torch.float32).to(device)
-    assert_bitwise(robustagg.pairwise_sq_distances(X), robustagg.pairwise_sq_distances(X),
-                   f"pairwise twice on {device}")
+    assert_bitwise(
+        robustagg.pairwise_sq_distances(X), robustagg.pairwise_sq_distances(X), f"pairwise twice on {device}"
+    )
     assert_bitwise(robustagg.geometric_median(X), robustagg.geometric_median(X), f"geometric_median twice on {device}")

@@ -48,7 +48,6 @@ def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
     return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
 
 
-
 def _model(seed: int = 0, dtype: torch.dtype = torch.float64, widths: tuple[int, ...] = ODD_WIDTHS) -> torch.nn.Module:
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
@@ -108,9 +107,16 @@ def _counting(hook):
 # Tasks: run on every rank of the pool, return picklable results (None outside the group)
 
 
-def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", beta: float = 0.0,
-                                   attack: str | None = None, steps: int = 3,
-                                   widths: tuple[int, ...] = ODD_WIDTHS, biases_only: bool = False) -> dict | None:
+def task_rule_on_stacked_gradients(
+    size: int,
+    rule: str,
+    mode: str = "sharded",
+    beta: float = 0.0,
+    attack: str | None = None,
+    steps: int = 3,
+    widths: tuple[int, ...] = ODD_WIDTHS,
+    biases_only: bool = False,
+) -> dict | None:
     """Hooked DDP gradients vs the rule on the stacked per-rank whole-model vectors, over SGD steps.
 
     The reference gathers the ranks' local gradients with a collective of its
@@ -124,8 +130,14 @@ def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", 
     rank = dist.get_rank(pg)
     f = rule_f(rule, size)
     byzantine = [size - 1] if attack else []
-    state = RobustHookState(make_rule(rule, f), process_group=pg, momentum=beta, mode=mode,
-                            attack=make_attack(attack) if attack else None, byzantine_ranks=byzantine)
+    state = RobustHookState(
+        make_rule(rule, f),
+        process_group=pg,
+        momentum=beta,
+        mode=mode,
+        attack=make_attack(attack) if attack else None,
+        byzantine_ranks=byzantine,
+    )
     reference = make_rule(rule, f)
     threat = make_attack(attack) if attack else None
     module = _model(widths=widths)
@@ -139,8 +151,16 @@ def task_rule_on_stacked_gradients(size: int, rule: str, mode: str = "sharded", 
     local = copy.deepcopy(model.module)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     momentum = robustagg.optim.WorkerMomentum(beta)
-    out = {"errors": [], "bits_equal": [], "ranks_differ": False, "buckets": [], "sizes": [], "bytes": [],
-           "dim": sum(p.numel() for p in local.parameters()), "finite": True}
+    out = {
+        "errors": [],
+        "bits_equal": [],
+        "ranks_differ": False,
+        "buckets": [],
+        "sizes": [],
+        "bytes": [],
+        "dim": sum(p.numel() for p in local.parameters()),
+        "finite": True,
+    }
     for step in range(steps):
         x, y = _batch(rank, step)
         local.load_state_dict(model.module.state_dict())
@@ -194,8 +214,10 @@ def task_cc_second_step_center(size: int, mode: str) -> dict | None:
     second = _flat_grad(model)
     from_first = robustagg.centered_clip(grads[1], first, tau, 3)
     from_zero = robustagg.centered_clip(grads[1], torch.zeros_like(first), tau, 3)
-    return {"from_first": float((second - from_first).abs().max() / from_first.abs().max()),
-            "from_zero": float((second - from_zero).abs().max() / from_zero.abs().max())}
+    return {
+        "from_first": float((second - from_first).abs().max() / from_first.abs().max()),
+        "from_zero": float((second - from_zero).abs().max() / from_zero.abs().max()),
+    }
 
 
 def task_hook_error_fails_backward(size: int, mode: str) -> str | None:
@@ -245,8 +267,9 @@ def task_attack_only_on_byzantine_ranks(size: int, mode: str) -> str | None:
         return None
     byzantine = dist.get_rank(pg) == size - 1
     try:
-        RobustHookState("cm", process_group=pg, mode=mode, byzantine_ranks=[size - 1],
-                        attack="alie" if byzantine else None)
+        RobustHookState(
+            "cm", process_group=pg, mode=mode, byzantine_ranks=[size - 1], attack="alie" if byzantine else None
+        )
     except ValueError as exc:
         return str(exc)
     return "no error"
@@ -257,8 +280,9 @@ def task_byzantine_training(size: int, rule: str, attack: str, mode: str, steps:
     if pg is None:
         return None
     rank = dist.get_rank(pg)
-    state = RobustHookState(make_rule(rule, 1), process_group=pg, attack=attack,
-                            byzantine_ranks=[size - 1], momentum=0.5, mode=mode)
+    state = RobustHookState(
+        make_rule(rule, 1), process_group=pg, attack=attack, byzantine_ranks=[size - 1], momentum=0.5, mode=mode
+    )
     model = DDP(_model(dtype=torch.float32, widths=(16, 32, 32, 4)), bucket_cap_mb=BUCKET_MB, process_group=pg)
     model.register_comm_hook(state, robust_hook)
     opt = torch.optim.SGD(model.parameters(), lr=0.3)
@@ -316,8 +340,9 @@ def test_sharded_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, size: int
 def test_sharded_hook_with_empty_shards(pool: Pool, rule: str, attack: str | None) -> None:
     """A bucket smaller than n (a 16-4 linear layer whose weight is frozen: 4 values on 5 ranks): rank 4's
     shard is empty."""
-    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack,
-                      widths=(16, 4), biases_only=True):
+    for r in pool.run(
+        f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack, widths=(16, 4), biases_only=True
+    ):
         assert r["sizes"][-1] == [4], r["sizes"]
         assert r["finite"]
         _assert_is_the_rule(rule, r)
@@ -347,8 +372,9 @@ def test_replicated_hook_is_the_rule_on_the_stacked_gradients(pool: Pool, rule: 
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated"):
         _assert_is_the_rule(rule, r)
         assert r["exposed"] == 0.0  # replicated mode finishes inside the hook
-    for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated",
-                      attack="alie"):  # the two-gather path of the Byzantine simulation
+    for r in pool.run(
+        f"{HERE}:task_rule_on_stacked_gradients", size=4, rule=rule, mode="replicated", attack="alie"
+    ):  # the two-gather path of the Byzantine simulation
         _assert_is_the_rule(rule, r)
 
 
@@ -366,8 +392,19 @@ def test_centered_clipping_second_step_starts_from_the_first_aggregate(pool: Poo
         assert r["from_zero"] > 1e-3, r  # the check can tell the two centers apart
 
 
-@pytest.mark.parametrize("rule,attack", [("cm", "nan"), ("tm", "inf"), ("krum", "nan"), ("gm", "inf"),
-                                         ("cc", "nan"), ("cm", "alie"), ("cc", "ipm"), ("mkrum", "sign_flip")])
+@pytest.mark.parametrize(
+    "rule,attack",
+    [
+        ("cm", "nan"),
+        ("tm", "inf"),
+        ("krum", "nan"),
+        ("gm", "inf"),
+        ("cc", "nan"),
+        ("cm", "alie"),
+        ("cc", "ipm"),
+        ("mkrum", "sign_flip"),
+    ],
+)
 def test_sharded_attack_simulation_is_the_attack_on_the_stacked_rows(pool: Pool, rule: str, attack: str) -> None:
     """A shard owner's attack on its shard equals the attack on the whole vectors (NaN/inf rows included)."""
     for r in pool.run(f"{HERE}:task_rule_on_stacked_gradients", size=5, rule=rule, attack=attack, beta=0.5):
@@ -395,10 +432,15 @@ def test_rule_error_fails_backward_instead_of_waiting(pool: Pool, mode: str) -> 
         assert "geometric_median: weights must have shape" in message, message
 
 
-@pytest.mark.parametrize("what,match", [("rule", "other RobustHookState arguments"),
-                                        ("option", "other RobustHookState arguments"),
-                                        ("mode", "other RobustHookState arguments"),
-                                        ("model", "DDP expects same model across all ranks")])
+@pytest.mark.parametrize(
+    "what,match",
+    [
+        ("rule", "other RobustHookState arguments"),
+        ("option", "other RobustHookState arguments"),
+        ("mode", "other RobustHookState arguments"),
+        ("model", "DDP expects same model across all ranks"),
+    ],
+)
 def test_ranks_that_disagree_get_a_clear_error(pool: Pool, what: str, match: str) -> None:
     for message in pool.run(f"{HERE}:task_mismatch", size=3, what=what):
         assert match in message, message
@@ -444,8 +486,9 @@ def test_dead_or_hung_rank_makes_the_others_fail(fault: str, mode: str) -> None:
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_fault_rank, args=(r, world, port, fault, mode, results), daemon=True)
-             for r in range(world)]
+    procs = [
+        ctx.Process(target=_fault_rank, args=(r, world, port, fault, mode, results), daemon=True) for r in range(world)
+    ]
     for p in procs:
         p.start()
     try:
@@ -500,8 +543,11 @@ def test_bad_arguments_raise(one_rank_group) -> None:
         (dict(aggregator="mean", byzantine=True), ValueError, "disagrees with byzantine_ranks"),
         (dict(aggregator="mean", byzantine=1), TypeError, "byzantine must be a bool"),
         (dict(aggregator="mean", attack="mimic"), ValueError, "needs the whole vector"),
-        (dict(aggregator="mean", attack=robustagg.attacks.OptimalALIE(robustagg.Mean())), ValueError,
-         "needs the whole vector"),
+        (
+            dict(aggregator="mean", attack=robustagg.attacks.OptimalALIE(robustagg.Mean())),
+            ValueError,
+            "needs the whole vector",
+        ),
         (dict(aggregator="mean", attack="nope"), ValueError, "unknown attack"),
         (dict(aggregator="mean", attack=3), TypeError, "attack must be"),
         (dict(aggregator="mean", process_group="world"), TypeError, "process_group"),
@@ -528,8 +574,30 @@ def test_example_trains_with_a_byzantine_rank(tmp_path, mode: str) -> None:
     from robustagg.cli import main
 
     out = tmp_path / "run.json"  # through the command line: robustagg train ddp -> robustagg.examples.ddp_train
-    code = main(["train", "ddp", "--nproc", "3", "--agg", "cc", "--byzantine-ranks", "2", "--attack", "alie",
-                 "--mode", mode, "--steps", "60", "--eval-every", "30", "--json", str(out), "--timeout", "60"])
+    code = main(
+        [
+            "train",
+            "ddp",
+            "--nproc",
+            "3",
+            "--agg",
+            "cc",
+            "--byzantine-ranks",
+            "2",
+            "--attack",
+            "alie",
+            "--mode",
+            mode,
+            "--steps",
+            "60",
+            "--eval-every",
+            "30",
+            "--json",
+            str(out),
+            "--timeout",
+            "60",
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["world_size"] == 3 and result["byzantine_ranks"] == [2] and result["mode"] == mode

@@ -11,6 +11,7 @@ import torch
 
 import robustagg
 import robustagg.ops
+
 from conftest import DTYPES, OPS, TRIM_OPS, cuda_ready, run_op
 
 
@@ -118,8 +119,14 @@ def test_f_largest_valid(op):
 @pytest.mark.parametrize("op", TRIM_OPS)
 @pytest.mark.parametrize(
     "f,shown",
-    [(1.5, "float 1.5"), (True, "bool True"), (False, "bool False"), ("2", "str '2'"), (None, "NoneType None"),
-     (2.0, "float 2.0")],
+    [
+        (1.5, "float 1.5"),
+        (True, "bool True"),
+        (False, "bool False"),
+        ("2", "str '2'"),
+        (None, "NoneType None"),
+        (2.0, "float 2.0"),
+    ],
     ids=["1.5", "True", "False", "'2'", "None", "2.0"],
 )
 def test_f_not_an_int(op, f, shown):
@@ -217,7 +224,9 @@ def test_cuda_tensor_without_cuda_kernels(op, monkeypatch):
         pytest.skip(f"cannot make a fake CUDA tensor here: {exc}")
     assert X.device.type == "cuda"
     monkeypatch.setattr(robustagg.validation, "cuda_kernels_built", lambda: False)
-    with pytest.raises(RuntimeError, match=rf"^{op}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
+    with pytest.raises(
+        RuntimeError, match=rf"^{op}: X is a CUDA tensor but robustagg was built without CUDA kernels"
+    ) as info:
         _call(op, X, 1)
     msg = str(info.value)
     assert "nvcc" in msg and "pip install --no-build-isolation -e ." in msg and "move X to the CPU" in msg
@@ -288,11 +297,20 @@ def test_distance_rules_no_columns(dtype):
     X = torch.empty(n, 0, dtype=dtype)
     D = robustagg.pairwise_sq_distances(X)
     assert D.shape == (n, n) and D.dtype == torch.float64 and (D == 0).all()
-    for out in (robustagg.krum(X, 1), robustagg.multi_krum(X, 2), robustagg.bulyan(X, 1),
-                robustagg.geometric_median(X), robustagg.centered_clip(X, torch.empty(0, dtype=dtype), 1.0)):
+    for out in (
+        robustagg.krum(X, 1),
+        robustagg.multi_krum(X, 2),
+        robustagg.bulyan(X, 1),
+        robustagg.geometric_median(X),
+        robustagg.centered_clip(X, torch.empty(0, dtype=dtype), 1.0),
+    ):
         assert out.shape == (0,) and out.dtype == dtype
-    for out, rows in ((robustagg.bucketing(X, 3), 3), (robustagg.nnm(X, 2), n), (robustagg.clip(X, 1.0), n),
-                      (robustagg.arc(X, 3), n)):
+    for out, rows in (
+        (robustagg.bucketing(X, 3), 3),
+        (robustagg.nnm(X, 2), n),
+        (robustagg.clip(X, 1.0), n),
+        (robustagg.arc(X, 3), n),
+    ):
         assert out.shape == (rows, 0) and out.dtype == dtype
     # argument checks still apply when d == 0
     with _raises(ValueError, "krum", "f"):
@@ -354,8 +372,14 @@ def test_geometric_median_bad_arguments():
     for max_iter in (2.0, "3", None):
         with _raises(TypeError, "geometric_median", "max_iter"):
             gm(X, max_iter=max_iter)
-    for w in (torch.ones(4), torch.ones(6), torch.ones(5, 1), torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0]),
-              torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0]), torch.zeros(5)):
+    for w in (
+        torch.ones(4),
+        torch.ones(6),
+        torch.ones(5, 1),
+        torch.tensor([1.0, -1.0, 1.0, 1.0, 1.0]),
+        torch.tensor([1.0, 1.0, math.nan, 1.0, 1.0]),
+        torch.zeros(5),
+    ):
         with _raises(ValueError, "geometric_median", "weights"):
             gm(X, w)
     with _raises(TypeError, "geometric_median", "weights"):
@@ -372,8 +396,13 @@ def test_geometric_median_weights_on_another_device():
 def test_centered_clip_bad_arguments():
     X = torch.randn(5, 3)
     cc = robustagg.centered_clip
-    for center in (torch.zeros(4), torch.zeros(1, 3), torch.zeros(()), torch.tensor([0.0, math.nan, 0.0]),
-                   torch.tensor([math.inf, 0.0, 0.0])):
+    for center in (
+        torch.zeros(4),
+        torch.zeros(1, 3),
+        torch.zeros(()),
+        torch.tensor([0.0, math.nan, 0.0]),
+        torch.tensor([math.inf, 0.0, 0.0]),
+    ):
         with _raises(ValueError, "centered_clip", "center"):
             cc(X, center, 1.0)
     for tau in (0.0, -1.0, math.nan):
@@ -420,7 +449,9 @@ def test_distance_rules_cuda_tensor_without_cuda_kernels(rule, monkeypatch):
     except Exception as exc:  # pragma: no cover - depends on the torch build
         pytest.skip(f"cannot make a fake CUDA tensor here: {exc}")
     monkeypatch.setattr(robustagg.validation, "cuda_kernels_built", lambda: False)
-    with pytest.raises(RuntimeError, match=rf"^{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels") as info:
+    with pytest.raises(
+        RuntimeError, match=rf"^{rule}: X is a CUDA tensor but robustagg was built without CUDA kernels"
+    ) as info:
         DISTANCE_RULES[rule](X)
     assert "move X to the CPU" in str(info.value)
 

@@ -20,8 +20,14 @@ def _vec(seed: int) -> torch.Tensor:
     return torch.randn(D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
-def _linear_round(server: FederatedServer, a: list[torch.Tensor], counts: list[float], steps: int, lr: float,
-                  ids: list[int] | None = None) -> list[torch.Tensor]:
+def _linear_round(
+    server: FederatedServer,
+    a: list[torch.Tensor],
+    counts: list[float],
+    steps: int,
+    lr: float,
+    ids: list[int] | None = None,
+) -> list[torch.Tensor]:
     """One round on linear losses f_i(y) = <a_i, y>: every gradient is a_i, wherever it is taken."""
     x = server.params[0]
     server.begin_round([[ai] for ai in a], counts)
@@ -108,7 +114,7 @@ def test_scaffold_controls_on_linear_losses() -> None:
 
 
 def test_mvr_statistic_and_client_step() -> None:
-    a_mvr, lr, K = 0.3, 0.1, 2
+    a_mvr, lr = 0.3, 0.1
     server = FederatedServer([torch.zeros(D, dtype=torch.float64)], "mimemvr", mvr_a=a_mvr)
     g1 = [_vec(1), _vec(2)]
     counts = [1.0, 1.0]
@@ -136,8 +142,10 @@ def test_mvr_statistic_and_client_step() -> None:
 # Frozen statistics, full-batch gradient, weighting
 
 
-@pytest.mark.parametrize(("algo", "base"), [("mime", "sgdm"), ("mimelite", "sgdm"), ("mime", "adam"), ("mimelite", "adam"),
-                                             ("mimemvr", "sgdm")])
+@pytest.mark.parametrize(
+    ("algo", "base"),
+    [("mime", "sgdm"), ("mimelite", "sgdm"), ("mime", "adam"), ("mimelite", "adam"), ("mimemvr", "sgdm")],
+)
 def test_client_steps_leave_the_statistics_frozen(algo: str, base: str) -> None:
     server = FederatedServer([torch.zeros(D, dtype=torch.float64)], algo, base)
     gen = torch.Generator().manual_seed(0)
@@ -160,7 +168,9 @@ def test_client_steps_leave_the_statistics_frozen(algo: str, base: str) -> None:
         # SGDm and Adam update their statistics at the end of the round (SGDm's first
         # update is a no-op: its statistic starts at the first round's c).
         if algo != "mimemvr" and (rnd > 0 or base == "adam"):
-            assert any(not torch.equal(b, n) for b, n in zip(frozen, (server.momentum or []) + (server.exp_avg_sq or [])))
+            assert any(
+                not torch.equal(b, n) for b, n in zip(frozen, (server.momentum or []) + (server.exp_avg_sq or []))
+            )
 
 
 def test_statistics_use_the_full_batch_gradient_at_x_not_the_client_gradients() -> None:
@@ -177,8 +187,9 @@ def test_statistics_use_the_full_batch_gradient_at_x_not_the_client_gradients() 
         opt.step()
         server.add_client([y], 1.0)
         server.end_round()
-        torch.testing.assert_close(server.momentum[0], beta * m_before + (1 - beta) * _mean(full, counts),
-                                   rtol=1e-14, atol=1e-14)
+        torch.testing.assert_close(
+            server.momentum[0], beta * m_before + (1 - beta) * _mean(full, counts), rtol=1e-14, atol=1e-14
+        )
 
 
 def test_client_points_are_averaged_by_example_count() -> None:
@@ -205,8 +216,11 @@ def test_mime_adam_client_step_is_the_adam_step_from_the_frozen_state() -> None:
     # torch.optim.Adam from the same state, one step with gradient g~ = gy - gx + c.
     p = torch.nn.Parameter(server.params[0].clone())
     adam = torch.optim.Adam([p], lr=lr, betas=(b1, b2), eps=eps)
-    adam.state[p] = {"step": torch.tensor(float(server.rounds)), "exp_avg": server.momentum[0].clone(),
-                     "exp_avg_sq": server.exp_avg_sq[0].clone()}
+    adam.state[p] = {
+        "step": torch.tensor(float(server.rounds)),
+        "exp_avg": server.momentum[0].clone(),
+        "exp_avg_sq": server.exp_avg_sq[0].clone(),
+    }
     p.grad = (gy - gx) + c
     adam.step()
     y = server.params[0].clone()
@@ -242,15 +256,19 @@ def test_client_optimizer_trains_a_module_in_a_plain_loop() -> None:
             loss_of(list(model.parameters()), X, y).backward()
             full.append([p.grad.clone() for p in model.parameters()])
         server.begin_round(full, [64, 64, 64])
-        for i, (X, y) in enumerate(data):
+        for _i, (X, y) in enumerate(data):
             local = torch.nn.Linear(4, 1, bias=False)
             local.load_state_dict(model.state_dict())
             opt = server.client_optimizer(local.parameters(), lr=0.02)
-            for k in range(5):
+            for _k in range(5):
                 idx = torch.randint(64, (16,), generator=gen)
-                anchor = torch.autograd.grad(loss_of(list(model.parameters()), X[idx], y[idx]), list(model.parameters()))
+                anchor = torch.autograd.grad(
+                    loss_of(list(model.parameters()), X[idx], y[idx]), list(model.parameters())
+                )
                 opt.zero_grad()
-                opt.step(closure=lambda: loss_of(list(local.parameters()), X[idx], y[idx]).backward(), anchor_grads=anchor)
+                opt.step(
+                    closure=lambda: loss_of(list(local.parameters()), X[idx], y[idx]).backward(), anchor_grads=anchor
+                )
             server.add_client(list(local.parameters()), 64)
         server.end_round()
     assert total() < 0.01 * first
@@ -312,8 +330,13 @@ def test_local_epochs_give_each_client_its_own_number_of_steps() -> None:
 
 
 def test_config_errors() -> None:
-    for bad, match in ((dict(algo="fedprox"), "unknown algo"), (dict(per_round=0), "per_round"),
-                       (dict(alpha=0.0), "split"), (dict(local_steps=0), "local_steps"), (dict(lr=0.0), "lr")):
+    for bad, match in (
+        (dict(algo="fedprox"), "unknown algo"),
+        (dict(per_round=0), "per_round"),
+        (dict(alpha=0.0), "split"),
+        (dict(local_steps=0), "local_steps"),
+        (dict(lr=0.0), "lr"),
+    ):
         with pytest.raises(ValueError, match=match):
             sim.run_federated(sim.FederatedConfig(**bad))
 
@@ -335,8 +358,29 @@ def test_mime_correction_keeps_large_steps_stable_under_heterogeneity() -> None:
 
 def test_train_federated_command_writes_json_and_plot(tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
-    assert main(["train", "federated", "--algo", "mime", "--base", "adam", "--lr", "0.005", "--rounds", "5",
-                 "--clients", "20", "--per-round", "4", "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "federated",
+                "--algo",
+                "mime",
+                "--base",
+                "adam",
+                "--lr",
+                "0.005",
+                "--rounds",
+                "5",
+                "--clients",
+                "20",
+                "--per-round",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert result["config"]["base"] == "adam" and len(result["curve"]) == 5
     assert (tmp_path / "run.png").stat().st_size > 1000
@@ -347,8 +391,28 @@ def test_train_federated_grid_writes_table_plot_and_json(tmp_path, monkeypatch) 
     from robustagg.sim import federated_grid
 
     monkeypatch.setattr(federated_grid, "ALGOS", [("FedAvg", "fedavg", "sgd"), ("Mime (SGDm)", "mime", "sgdm")])
-    assert main(["train", "federated", "--grid", "--seeds", "2", "--rounds", "4", "--clients", "20", "--per-round", "4",
-                 "--jobs", "1", "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "federated",
+                "--grid",
+                "--seeds",
+                "2",
+                "--rounds",
+                "4",
+                "--clients",
+                "20",
+                "--per-round",
+                "4",
+                "--jobs",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "federated.md").read_text()
     assert "## alpha = 0.1" in text and "## alpha = 10" in text and "**FedAvg**" in text
     runs = json.loads((tmp_path / "federated.json").read_text())["runs"]
@@ -367,4 +431,8 @@ def test_former_import_path_names_the_same_objects():
     from robustagg.optim import federated, mime
 
     assert (mime.FederatedServer, mime.ClientOptimizer, mime.ALGORITHMS, mime.BASES) == (
-        federated.FederatedServer, federated.ClientOptimizer, federated.ALGORITHMS, federated.BASES)
+        federated.FederatedServer,
+        federated.ClientOptimizer,
+        federated.ALGORITHMS,
+        federated.BASES,
+    )

@@ -101,8 +101,11 @@ def test_dtypes_shapes_and_integer_arrays():
 
 def test_byzantine_clients_do_not_move_the_median():
     honest = make_clients(7, seed=3)
-    byz = [[np.full(s, 1e30, np.float32) for s in SHAPES], [np.full(s, np.nan, np.float32) for s in SHAPES],
-           [np.full(s, -np.inf, np.float32) for s in SHAPES]]
+    byz = [
+        [np.full(s, 1e30, np.float32) for s in SHAPES],
+        [np.full(s, np.nan, np.float32) for s in SHAPES],
+        [np.full(s, -np.inf, np.float32) for s in SHAPES],
+    ]
     out = flat(aggregate_ndarrays([(c, 1) for c in honest + byz], "cm"))
     H = rows(honest)
     assert torch.isfinite(out).all()
@@ -221,9 +224,12 @@ def test_strategy_repr_names_the_rule():
     pytest.importorskip("flwr")
     from robustagg.flower import RobustMessageStrategy, RobustStrategy
 
-    assert repr(RobustStrategy("cm")) == "RobustStrategy(aggregator=CoordinateMedian(), on_updates=False, weighted=True)"
+    assert (
+        repr(RobustStrategy("cm")) == "RobustStrategy(aggregator=CoordinateMedian(), on_updates=False, weighted=True)"
+    )
     assert repr(RobustMessageStrategy("cm", on_updates=True, weighted=False)) == (
-        "RobustMessageStrategy(aggregator=CoordinateMedian(), on_updates=True, weighted=False)")
+        "RobustMessageStrategy(aggregator=CoordinateMedian(), on_updates=True, weighted=False)"
+    )
 
 
 def test_strategy_aggregate_fit_matches_rules():
@@ -280,8 +286,9 @@ def test_strategy_failures_empty_metrics_and_on_updates():
     with pytest.raises(ValueError, match="on_updates=True needs"):
         RobustStrategy("cc", rule_options={"tau": 0.3}, on_updates=True).aggregate_fit(1, results, [])
     ref = [np.full(s, 3.0, np.float32) for s in SHAPES]
-    strategy = RobustStrategy("cc", rule_options={"tau": 0.3, "iters": 2}, on_updates=True, min_fit_clients=2,
-                              min_available_clients=2)
+    strategy = RobustStrategy(
+        "cc", rule_options={"tau": 0.3, "iters": 2}, on_updates=True, min_fit_clients=2, min_available_clients=2
+    )
     manager = SimpleClientManager()
     for p, _ in results:
         manager.register(p)
@@ -290,8 +297,9 @@ def test_strategy_failures_empty_metrics_and_on_updates():
     R = flat(ref)
     torch.testing.assert_close(flat(out), R + robustagg.centered_clip(rows(clients) - R, torch.zeros(D), 0.3, 2))
     # initial_parameters serve as the first reference too.
-    s2 = RobustStrategy("cc", rule_options={"tau": 0.3, "iters": 2}, on_updates=True,
-                        initial_parameters=ndarrays_to_parameters(ref))
+    s2 = RobustStrategy(
+        "cc", rule_options={"tau": 0.3, "iters": 2}, on_updates=True, initial_parameters=ndarrays_to_parameters(ref)
+    )
     torch.testing.assert_close(flat(parameters_to_ndarrays(s2.aggregate_fit(1, results, [])[0])), flat(out))
 
 
@@ -301,7 +309,7 @@ def _least_squares_clients(n_honest: int, n_byz: int, seed: int = 0):
     rng = np.random.default_rng(seed)
     W_true, c_true = rng.standard_normal((3, 2)), rng.standard_normal(2)
     trains = []
-    for i in range(n_honest):
+    for _ in range(n_honest):
         m = int(rng.integers(20, 60))
         A = rng.standard_normal((m, 3))
         Y = A @ W_true + c_true + 0.01 * rng.standard_normal((m, 2))
@@ -336,9 +344,15 @@ def test_flower_server_loop_in_process():
     init = [np.zeros((3, 2)), np.zeros(2)]
     # Centered clipping keeps a bias of about tau * f / n per round from the 1e30 clients.
     for agg, on_updates, tol in [("tm", False, 0.05), (robustagg.CenteredClip(tau=0.5, iters=3), True, 0.2)]:
-        strategy = RobustStrategy(agg, f=3 if agg == "tm" else None, on_updates=on_updates, fraction_evaluate=0.0,
-                                  min_fit_clients=11, min_available_clients=11,
-                                  initial_parameters=ndarrays_to_parameters(init))
+        strategy = RobustStrategy(
+            agg,
+            f=3 if agg == "tm" else None,
+            on_updates=on_updates,
+            fraction_evaluate=0.0,
+            min_fit_clients=11,
+            min_available_clients=11,
+            initial_parameters=ndarrays_to_parameters(init),
+        )
         server = Server(client_manager=manager, strategy=strategy)
         start = time.perf_counter()
         history, _ = server.fit(num_rounds=8, timeout=None)
@@ -351,12 +365,25 @@ def test_flower_server_loop_in_process():
 def _reply(arrays: dict[str, np.ndarray], count: int, node: int, error: bool = False):
     from flwr.app import Array, ArrayRecord, Error, Message, Metadata, MetricRecord, RecordDict
 
-    meta = Metadata(run_id=1, message_id=f"m{node}", src_node_id=node, dst_node_id=0, reply_to_message_id="x",
-                    group_id="", created_at=time.time(), ttl=60.0, message_type="train")
+    meta = Metadata(
+        run_id=1,
+        message_id=f"m{node}",
+        src_node_id=node,
+        dst_node_id=0,
+        reply_to_message_id="x",
+        group_id="",
+        created_at=time.time(),
+        ttl=60.0,
+        message_type="train",
+    )
     if error:
         return Message(metadata=meta, error=Error(code=0, reason="lost"))
-    content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
-                          "metrics": MetricRecord({"num-examples": count, "loss": float(node)})})
+    content = RecordDict(
+        {
+            "arrays": ArrayRecord({k: Array(v) for k, v in arrays.items()}),
+            "metrics": MetricRecord({"num-examples": count, "loss": float(node)}),
+        }
+    )
     return Message(metadata=meta, content=content)
 
 
@@ -409,8 +436,12 @@ def test_message_strategy_start_in_process(monkeypatch):
             for msg in messages:
                 rec = msg.content["arrays"]
                 arrays, count = trains[msg.metadata.dst_node_id - 1]([rec["w"].numpy(), rec["c"].numpy()])
-                content = RecordDict({"arrays": ArrayRecord({"w": Array(arrays[0]), "c": Array(arrays[1])}),
-                                      "metrics": MetricRecord({"num-examples": count})})
+                content = RecordDict(
+                    {
+                        "arrays": ArrayRecord({"w": Array(arrays[0]), "c": Array(arrays[1])}),
+                        "metrics": MetricRecord({"num-examples": count}),
+                    }
+                )
                 out.append(Message(content=content, reply_to=msg))
             return out
 
@@ -430,8 +461,13 @@ def test_message_strategy_start_in_process(monkeypatch):
         def pull_messages(self, message_ids):
             raise NotImplementedError
 
-    strategy = RobustMessageStrategy(robustagg.CenteredClip(tau=0.5, iters=3), on_updates=True, fraction_evaluate=0.0,
-                                     min_train_nodes=11, min_available_nodes=11)
+    strategy = RobustMessageStrategy(
+        robustagg.CenteredClip(tau=0.5, iters=3),
+        on_updates=True,
+        fraction_evaluate=0.0,
+        min_train_nodes=11,
+        min_available_nodes=11,
+    )
     init = ArrayRecord({"w": Array(np.zeros((3, 2))), "c": Array(np.zeros(2))})
     result = strategy.start(grid=LocalGrid(), initial_arrays=init, num_rounds=8)
     W, c = result.arrays["w"].numpy(), result.arrays["c"].numpy()

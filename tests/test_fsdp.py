@@ -48,7 +48,6 @@ def make_rule(name: str, f: int = 0) -> robustagg.Aggregator:
     return robustagg.make_aggregator(name, f, f_if_used=True, **(CC_OPTIONS if name == "cc" else {}))
 
 
-
 def _model(dtype: torch.dtype, seed: int = 0) -> torch.nn.Sequential:
     torch.manual_seed(seed)
     layers: list[torch.nn.Module] = []
@@ -88,17 +87,24 @@ class _Recorder:
 
     def __call__(self, output_tensor, input_tensor, group, op, async_op=False):
         code = getattr(op, "op", op)
-        self.calls.append({"op": str(code).split(".")[-1], "factor": getattr(op, "factor", None),
-                           "s": output_tensor.numel(), "element": input_tensor.element_size(),
-                           "input_max": float(input_tensor.abs().max())})
+        self.calls.append(
+            {
+                "op": str(code).split(".")[-1],
+                "factor": getattr(op, "factor", None),
+                "s": output_tensor.numel(),
+                "element": input_tensor.element_size(),
+                "input_max": float(input_tensor.abs().max()),
+            }
+        )
         return self.comm(output_tensor, input_tensor, group, op, async_op)
 
 
 class _Setup:
     """An FSDP model (each Linear a unit, then the root) on the group's mesh, a plain copy of it, and the comms."""
 
-    def __init__(self, pg, dtype: torch.dtype, rule, f: int = 0, layerwise: bool = False,
-                 divide_factor: float | None = None) -> None:
+    def __init__(
+        self, pg, dtype: torch.dtype, rule, f: int = 0, layerwise: bool = False, divide_factor: float | None = None
+    ) -> None:
         self.pg, self.rank = pg, dist.get_rank(pg)
         self.dtype = dtype
         self.model = _model(dtype)
@@ -109,8 +115,9 @@ class _Setup:
             fully_shard(self.model.get_submodule(name), mesh=mesh)
         fully_shard(self.model, mesh=mesh)
         # The factor reaches FSDP too, on every unit (FSDP's own setter acts on one unit).
-        self.comms = use_robust_reduce_scatter(self.model, rule, f=f, layerwise=layerwise,
-                                               gradient_divide_factor=divide_factor)
+        self.comms = use_robust_reduce_scatter(
+            self.model, rule, f=f, layerwise=layerwise, gradient_divide_factor=divide_factor
+        )
         self.recorders = {name: _Recorder(c) for name, c in self.comms.items()}
         for name, rec in self.recorders.items():
             self.model.get_submodule(name).set_custom_reduce_scatter(rec)
@@ -140,19 +147,23 @@ class _Setup:
 
     def shard_numels(self) -> dict[str, int]:
         """Per unit: the largest local shard over the ranks, summed over its parameters (FSDP's padded shard)."""
-        local = torch.tensor([[p.to_local().numel() for p in self.model.get_submodule(name).parameters()]
-                              for name in self.units], dtype=torch.int64).reshape(-1)
+        local = torch.tensor(
+            [[p.to_local().numel() for p in self.model.get_submodule(name).parameters()] for name in self.units],
+            dtype=torch.int64,
+        ).reshape(-1)
         dist.all_reduce(local, op=dist.ReduceOp.MAX, group=self.pg)
         out, k = {}, 0
         for name in self.units:
             count = len(list(self.model.get_submodule(name).parameters()))
-            out[name] = int(local[k:k + count].sum())
+            out[name] = int(local[k : k + count].sum())
             k += count
         return out
 
     def stats(self) -> dict:
-        return {name: {"calls": c.calls, "sent_bytes": c.sent_bytes, "seen": list(self.recorders[name].calls)}
-                for name, c in self.comms.items()}
+        return {
+            name: {"calls": c.calls, "sent_bytes": c.sent_bytes, "seen": list(self.recorders[name].calls)}
+            for name, c in self.comms.items()
+        }
 
 
 def _relerr(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -181,9 +192,14 @@ def _common(s: _Setup, rows0: torch.Tensor) -> dict:
     for name in s.units:
         seen = stats[name]["seen"]
         pre[name] = float(rows0[s.rank, s.slices[name]].abs().max()) / seen[0]["input_max"] if seen else None
-    return {"stats": stats, "shards": s.shard_numels(), "pre": pre, "units": list(s.units),
-            "unit_numel": {name: s.slices[name].stop - s.slices[name].start for name in s.units},
-            "root_params": len(list(s.model.parameters(recurse=False)))}
+    return {
+        "stats": stats,
+        "shards": s.shard_numels(),
+        "pre": pre,
+        "units": list(s.units),
+        "unit_numel": {name: s.slices[name].stop - s.slices[name].start for name in s.units},
+        "root_params": len(list(s.model.parameters(recurse=False))),
+    }
 
 
 def task_coordinate_rules(size: int, dtype: str, steps: int = 2) -> dict | None:
@@ -258,8 +274,14 @@ def task_divide_factor(size: int, dtype: str, k: float, rule: str) -> dict | Non
     s = _Setup(pg, DTYPES[dtype], agg, layerwise=rule == "cc", divide_factor=k)
     rows, got, _ = s.step(0)
     if rule == "cc":
-        want = torch.cat([robustagg.centered_clip(rows[:, s.slices[name]], rows.new_zeros(rows[:, s.slices[name]]
-                                                  .shape[1]), TAU, ITERS) for name in s.units])
+        want = torch.cat(
+            [
+                robustagg.centered_clip(
+                    rows[:, s.slices[name]], rows.new_zeros(rows[:, s.slices[name]].shape[1]), TAU, ITERS
+                )
+                for name in s.units
+            ]
+        )
     else:
         want = make_rule(rule).aggregate(rows)
     return {"error": _relerr(got, size / k * want), **_common(s, rows)}
@@ -359,8 +381,9 @@ def test_distance_rule_needs_layerwise() -> None:
         RobustReduceScatter(copy.deepcopy(agg), layerwise=True)  # construction needs no process group
 
 
-@pytest.mark.parametrize("size,rule", [(3, "krum"), (4, "krum"), (2, "gm"), (3, "gm"), (4, "gm"),
-                                       (2, "cc"), (3, "cc"), (4, "cc")])
+@pytest.mark.parametrize(
+    "size,rule", [(3, "krum"), (4, "krum"), (2, "gm"), (3, "gm"), (4, "gm"), (2, "cc"), (3, "cc"), (4, "cc")]
+)
 def test_distance_rules_run_per_unit(pool: Pool, size: int, rule: str) -> None:
     """Each unit's FSDP gradient is the rule on that unit's stacked rows (to 1e-12, float64, 2 steps); for
     centered clipping the second step's center is the unit's first aggregate, not zeros."""
@@ -397,10 +420,21 @@ def test_custom_divide_factor_scales_by_n_over_k(pool: Pool, size: int, dtype: s
             assert r["error"] < 1e-12, r["error"]
 
 
-@pytest.mark.parametrize("rule,dtype,size", [(rule, dtype, size) for rule, dtype in
-                                             [("cm", "float32"), ("cm", "float64"), ("krum", "float64"),
-                                              ("gm", "float64"), ("cc", "float64")]
-                                             for size in (2, 3, 4) if not (rule == "krum" and size < 3)])
+@pytest.mark.parametrize(
+    "rule,dtype,size",
+    [
+        (rule, dtype, size)
+        for rule, dtype in [
+            ("cm", "float32"),
+            ("cm", "float64"),
+            ("krum", "float64"),
+            ("gm", "float64"),
+            ("cc", "float64"),
+        ]
+        for size in (2, 3, 4)
+        if not (rule == "krum" and size < 3)
+    ],
+)
 def test_sent_bytes_after_one_step(pool: Pool, size: int, rule: str, dtype: str) -> None:
     """(n-1) s values per call, s the unit's padded shard; plus the distances' all-reduce for distance rules."""
     if rule == "cm":
@@ -498,8 +532,29 @@ def test_example_trains_with_fsdp(tmp_path) -> None:
     from robustagg.cli import main
 
     out = tmp_path / "run.json"
-    code = main(["train", "ddp", "--nproc", "3", "--fsdp", "--agg", "cm", "--byzantine-ranks", "2", "--attack",
-                 "label_flip", "--steps", "60", "--eval-every", "30", "--json", str(out), "--timeout", "60"])
+    code = main(
+        [
+            "train",
+            "ddp",
+            "--nproc",
+            "3",
+            "--fsdp",
+            "--agg",
+            "cm",
+            "--byzantine-ranks",
+            "2",
+            "--attack",
+            "label_flip",
+            "--steps",
+            "60",
+            "--eval-every",
+            "30",
+            "--json",
+            str(out),
+            "--timeout",
+            "60",
+        ]
+    )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["mode"] == "fsdp" and result["world_size"] == 3 and result["byzantine_ranks"] == [2]

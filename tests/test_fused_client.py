@@ -39,9 +39,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DEVICES, DTYPES, MatrixSpec, assert_same_bits, make_matrix
-import fused_cases as fc
 from robustagg import reference
+
+import fused_cases as fc
+from conftest import DEVICES, DTYPES, MatrixSpec, assert_same_bits, make_matrix
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
@@ -78,11 +79,17 @@ def expression_values(op: str, t: dict, s: dict) -> dict:
     """The written tensors' new values by the step-by-step expression; t maps list names to
     one tensor each (None: list absent), s holds the op's scalars."""
     if op == "client_step_":
-        return {"params": fc.client_expr(t["params"], t["grads"], t.get("anchor_grads"), t.get("control"),
-                                      t.get("momentum"), **s)}
+        return {
+            "params": fc.client_expr(
+                t["params"], t["grads"], t.get("anchor_grads"), t.get("control"), t.get("momentum"), **s
+            )
+        }
     if op == "adam_client_step_":
-        return {"params": fc.adam_client_expr(t["params"], t["grads"], t.get("anchor_grads"), t.get("control"),
-                                           t["exp_avg"], t["exp_avg_sq"], **s)}
+        return {
+            "params": fc.adam_client_expr(
+                t["params"], t["grads"], t.get("anchor_grads"), t.get("control"), t["exp_avg"], t["exp_avg_sq"], **s
+            )
+        }
     if op == "adam_stats_update_":
         m, v = fc.adam_stats_expr(t["exp_avg"], t["exp_avg_sq"], t["grads"], **s)
         return {"exp_avg": m, "exp_avg_sq": v}
@@ -138,8 +145,10 @@ def client_error(t, s):
     u, sa, big = _units(t["params"].dtype)
     p = _f64(t["params"])
     terms = [(s.get("coef_grad", 1.0), _f64(t["grads"]))]
-    terms += [(s.get(k, 0.0), _f64(t.get(n))) for n, k in
-              (("anchor_grads", "coef_anchor"), ("control", "coef_control"), ("momentum", "coef_momentum"))]
+    terms += [
+        (s.get(k, 0.0), _f64(t.get(n)))
+        for n, k in (("anchor_grads", "coef_anchor"), ("control", "coef_control"), ("momentum", "coef_momentum"))
+    ]
     terms = [(k, x) for k, x in terms if x is not None]
     X = sum(x.abs() for _, x in terms)
     S = sum(abs(k) * x.abs() for k, x in terms)
@@ -189,8 +198,9 @@ def adam_client_error(t, s):
     e_q = (e_m1 + m1.abs() * e_D / D_lo) / D_lo + u * q.abs() + sa
     err = (u * ss + sa) * (q.abs() + e_q) + ss * e_q + u * ss * q.abs() + sa + u * (p.abs() + ss * q.abs())
     fin = _all_finite(p, g, a, c, m, v)
-    skip = (fin & (D_lo <= 0)) | _exceeds(big, G, gt, gg, b2 * v, t2 * gg, v1, b1 * m, t1 * gt, m1, root / sb, D, q,
-                                          ss * q)
+    skip = (fin & (D_lo <= 0)) | _exceeds(
+        big, G, gt, gg, b2 * v, t2 * gg, v1, b1 * m, t1 * gt, m1, root / sb, D, q, ss * q
+    )
     if _scalar_underflows(dtype, s["lr"] / (1.0 - b1**step), b1, t1, b2, t2, sb, eps):
         skip |= ~fin
     return err, skip
@@ -205,8 +215,7 @@ def adam_stats_error(t, s):
     err_m = 3 * u * (b1 * m.abs() + (1 - b1) * g.abs()) + sa * (m.abs() + g.abs() + 2)
     err_v = 4 * u * (b2 * v.abs() + (1 - b2) * gg) + sa * (v.abs() + gg + 3)
     fin = _all_finite(m, v, g)
-    skip = _exceeds(big, gg, b2 * v, (1 - b2) * gg, b2 * v + (1 - b2) * gg, b1 * m, (1 - b1) * g,
-                    m.abs() + g.abs())
+    skip = _exceeds(big, gg, b2 * v, (1 - b2) * gg, b2 * v + (1 - b2) * gg, b1 * m, (1 - b1) * g, m.abs() + g.abs())
     if _scalar_underflows(t["exp_avg"].dtype, b1, 1 - b1, b2, 1 - b2):
         skip |= ~fin
     return {"exp_avg": (err_m, skip), "exp_avg_sq": (err_v, skip)}
@@ -232,12 +241,25 @@ def oracle(op: str, t: dict, s: dict) -> dict:
     """{written list: (float64 oracle value, error bound, entries to skip)}."""
     one = {k: (None if v is None else [v]) for k, v in t.items()}
     if op == "client_step_":
-        want = reference.client_step(one["params"], one["grads"], anchor_grads=one.get("anchor_grads"),
-                                     control=one.get("control"), momentum=one.get("momentum"), **s)[0]
+        want = reference.client_step(
+            one["params"],
+            one["grads"],
+            anchor_grads=one.get("anchor_grads"),
+            control=one.get("control"),
+            momentum=one.get("momentum"),
+            **s,
+        )[0]
         return {"params": (want, *client_error(t, s))}
     if op == "adam_client_step_":
-        want = reference.adam_client_step(one["params"], one["grads"], one["exp_avg"], one["exp_avg_sq"],
-                                          anchor_grads=one.get("anchor_grads"), control=one.get("control"), **s)[0]
+        want = reference.adam_client_step(
+            one["params"],
+            one["grads"],
+            one["exp_avg"],
+            one["exp_avg_sq"],
+            anchor_grads=one.get("anchor_grads"),
+            control=one.get("control"),
+            **s,
+        )[0]
         return {"params": (want, *adam_client_error(t, s))}
     if op == "adam_stats_update_":
         ms, vs = reference.adam_stats_update(one["exp_avg"], one["exp_avg_sq"], one["grads"], **s)
@@ -247,8 +269,14 @@ def oracle(op: str, t: dict, s: dict) -> dict:
     return {"momentum": (want, *mvr_error(t, s))}
 
 
-def assert_within(got: torch.Tensor, want: torch.Tensor, err: torch.Tensor, what: str,
-                  skip: torch.Tensor | None = None, inputs: dict | None = None) -> None:
+def assert_within(
+    got: torch.Tensor,
+    want: torch.Tensor,
+    err: torch.Tensor,
+    what: str,
+    skip: torch.Tensor | None = None,
+    inputs: dict | None = None,
+) -> None:
     """got (any dtype) against the float64 oracle: |got - want| <= 2 err + eps(dtype) |want|
     + 4 subnormal steps of the dtype (the final rounding); NaN exactly where want has NaN;
     infinities equal, or got = +-inf where want is within that tolerance of the dtype's
@@ -290,12 +318,20 @@ def check_written(op: str, t: dict, s: dict, got: dict, what: str, with_oracle: 
 coefs = st.one_of(st.sampled_from([0.0, 1.0, -1.0, 0.9, 0.1, -0.1, 0.5, 1 / 3]), st.floats(-2.0, 2.0))
 unit_open = st.one_of(st.sampled_from([0.0, 0.9, 0.99, 0.999, 0.5]), st.floats(0.0, 1.0, exclude_max=True))
 SCALAR_STRATEGIES = {
-    "client_step_": dict(lr=st.one_of(st.sampled_from([0.1, 1.0, 1e-3, 0.0, -0.5]), st.floats(-2.0, 2.0)),
-                         coef_grad=coefs, coef_anchor=coefs, coef_control=coefs, coef_momentum=coefs),
-    "adam_client_step_": dict(lr=st.one_of(st.sampled_from([1e-3, 0.1, 1.0, 0.0, -0.01]), st.floats(-1.0, 1.0)),
-                              beta1=unit_open, beta2=unit_open,
-                              eps=st.one_of(st.sampled_from([1e-8, 1e-6, 1e-3, 0.1]), st.floats(1e-12, 1.0)),
-                              step=st.one_of(st.sampled_from([1, 2, 10, 1000]), st.integers(1, 10**6))),
+    "client_step_": dict(
+        lr=st.one_of(st.sampled_from([0.1, 1.0, 1e-3, 0.0, -0.5]), st.floats(-2.0, 2.0)),
+        coef_grad=coefs,
+        coef_anchor=coefs,
+        coef_control=coefs,
+        coef_momentum=coefs,
+    ),
+    "adam_client_step_": dict(
+        lr=st.one_of(st.sampled_from([1e-3, 0.1, 1.0, 0.0, -0.01]), st.floats(-1.0, 1.0)),
+        beta1=unit_open,
+        beta2=unit_open,
+        eps=st.one_of(st.sampled_from([1e-8, 1e-6, 1e-3, 0.1]), st.floats(1e-12, 1.0)),
+        step=st.one_of(st.sampled_from([1, 2, 10, 1000]), st.integers(1, 10**6)),
+    ),
     "adam_stats_update_": dict(beta1=fc.unit_interval, beta2=fc.unit_interval),
     "mvr_update_": dict(a=fc.unit_interval),
 }
@@ -310,8 +346,10 @@ def run_random_case(op: str, specs: list, present: dict, scalars: dict, device: 
     ptrs = {n: [x.data_ptr() for x in lists[n]] for n in fc.WRITTEN[op]}
     call_op(op, lists, scalars)
     for i, (spec, col) in enumerate(zip(specs, cols)):
-        what = (f"{device}: {op} tensor {i} of {len(specs)}: {spec}, {scalars}, "
-                f"absent {[n for n in names if lists[n] is None]}")
+        what = (
+            f"{device}: {op} tensor {i} of {len(specs)}: {spec}, {scalars}, "
+            f"absent {[n for n in names if lists[n] is None]}"
+        )
         t = {n: (col[n] if lists[n] is not None else None) for n in names}
         for n in fc.WRITTEN[op]:
             assert lists[n][i].data_ptr() == ptrs[n][i], f"{what}: {n} not updated in place"
@@ -327,6 +365,7 @@ def random_cases(draw, op, dtypes):
     present = {n: draw(st.booleans()) for n in OPTIONAL[op]}
     scalars = {k: draw(v) for k, v in SCALAR_STRATEGIES[op].items()}
     return specs, present, scalars
+
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -357,9 +396,16 @@ def test_client_step_each_coefficient_weighs_its_own_list(dtype):
         vals = {n: torch.zeros(3, dtype=dtype) for n in names}
         vals[name] = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
         p = torch.full((3,), 16.0, dtype=dtype)
-        robustagg.ops.client_step_([p], [vals["grads"]], 2.0, anchor_grads=[vals["anchor_grads"]],
-                                   control=[vals["control"]], momentum=[vals["momentum"]], **k)
-        w = 2.0 ** j
+        robustagg.ops.client_step_(
+            [p],
+            [vals["grads"]],
+            2.0,
+            anchor_grads=[vals["anchor_grads"]],
+            control=[vals["control"]],
+            momentum=[vals["momentum"]],
+            **k,
+        )
+        w = 2.0**j
         assert p.tolist() == [16.0 - 2 * w, 16.0 + 4 * w, 16.0 - w], (name, p.tolist())
 
 
@@ -394,15 +440,24 @@ def test_client_step_mime_sgdm_with_grads_equal_to_anchor(dtype):
     p, g, c, m = (fc.randn(n, gen, dtype) for _ in range(4))
     b, lr = 0.9, 0.1
     mime = p.clone()
-    robustagg.ops.client_step_([mime], [g], lr, anchor_grads=[g.clone()], control=[c], momentum=[m],
-                               coef_grad=1 - b, coef_anchor=-(1 - b), coef_control=1 - b, coef_momentum=b)
+    robustagg.ops.client_step_(
+        [mime],
+        [g],
+        lr,
+        anchor_grads=[g.clone()],
+        control=[c],
+        momentum=[m],
+        coef_grad=1 - b,
+        coef_anchor=-(1 - b),
+        coef_control=1 - b,
+        coef_momentum=b,
+    )
     lite = p.clone()
     robustagg.ops.client_step_([lite], [c], lr, momentum=[m], coef_grad=1 - b, coef_momentum=b)
     assert torch.equal(mime, lite)
     want = p.double() - lr * ((1 - b) * c.double() + b * m.double())
     t = dict(params=p, grads=g, anchor_grads=g, control=c, momentum=m)
-    err, _ = client_error(t, dict(lr=lr, coef_grad=1 - b, coef_anchor=-(1 - b), coef_control=1 - b,
-                                  coef_momentum=b))
+    err, _ = client_error(t, dict(lr=lr, coef_grad=1 - b, coef_anchor=-(1 - b), coef_control=1 - b, coef_momentum=b))
     assert_within(mime, want, err, "Mime SGDm vs p - lr((1 - b) c + b m)")
 
 
@@ -422,8 +477,9 @@ def test_client_step_absent_lists_are_not_read(dtype):
             robustagg.ops.client_step_([got], [g], 0.1, **{name: [poison]})  # its coefficient defaults to 0
             assert got.isnan().all(), (name, bad_value)
             got = p.clone()
-            robustagg.ops.client_step_([got], [g], 0.1, **{name: [poison]}, coef_anchor=0.0, coef_control=0.0,
-                                       coef_momentum=0.0)
+            robustagg.ops.client_step_(
+                [got], [g], 0.1, **{name: [poison]}, coef_anchor=0.0, coef_control=0.0, coef_momentum=0.0
+            )
             assert got.isnan().all(), (name, bad_value)
     got = p.clone()
     robustagg.ops.client_step_([got], [g], 0.1, coef_anchor=1.0, coef_control=1.0, coef_momentum=1.0)
@@ -453,8 +509,9 @@ def test_adam_client_step_absent_lists_are_not_read(dtype):
     for name in OPTIONAL["adam_client_step_"]:
         for bad_value in (math.nan, math.inf):
             got = p.clone()
-            robustagg.ops.adam_client_step_([got], [g], [m], [v], **s,
-                                             **{name: [torch.full(shape, bad_value, dtype=dtype)]})
+            robustagg.ops.adam_client_step_(
+                [got], [g], [m], [v], **s, **{name: [torch.full(shape, bad_value, dtype=dtype)]}
+            )
             assert got.isnan().all(), (name, bad_value)
     got = p.clone()
     robustagg.ops.adam_client_step_([got], [g], [m], [v], **s)
@@ -537,8 +594,11 @@ def test_adam_ops_match_torch_optim_adam():
     makes from state (m, v, t - 1 steps) with gradient (g - a) + c, and adam_stats_update_
     is the state it leaves (torch uses lerp for m, so rounding differs slightly)."""
     gen = torch.Generator().manual_seed(27)
-    for t, (b1, b2), eps, lr in ((1, (0.9, 0.999), 1e-8, 1e-3), (5, (0.8, 0.99), 1e-6, 0.1),
-                                 (1234, (0.5, 0.9), 1e-3, 1.0)):
+    for t, (b1, b2), eps, lr in (
+        (1, (0.9, 0.999), 1e-8, 1e-3),
+        (5, (0.8, 0.99), 1e-6, 0.1),
+        (1234, (0.5, 0.9), 1e-3, 1.0),
+    ):
         p, g, a, c, m = (fc.randn((17, 33), gen, torch.float64) for _ in range(5))
         v = fc.randn((17, 33), gen, torch.float64) ** 2
         gt = (g - a) + c
@@ -675,17 +735,32 @@ def test_empty_lists_are_a_no_op_but_scalars_are_still_checked():
     ops.mvr_update_([], [], [], 0.5)
     bad = [
         (lambda: ops.client_step_([], [], math.nan), ValueError, "client_step_: lr must be finite, got lr=nan"),
-        (lambda: ops.client_step_([], [], 0.1, control=[], coef_control=math.inf), ValueError,
-         "client_step_: coef_control must be finite, got coef_control=inf"),
+        (
+            lambda: ops.client_step_([], [], 0.1, control=[], coef_control=math.inf),
+            ValueError,
+            "client_step_: coef_control must be finite, got coef_control=inf",
+        ),
         (lambda: ops.client_step_([], [], "0.1"), TypeError, "client_step_: lr must be a float, got str"),
-        (lambda: ops.adam_client_step_([], [], [], [], 1e-3, 1.0, 0.999, 1e-8, 1), ValueError,
-         "adam_client_step_: beta1 must be in [0, 1), got beta1=1"),
-        (lambda: ops.adam_client_step_([], [], [], [], 1e-3, 0.9, 0.999, 0.0, 1), ValueError,
-         "adam_client_step_: eps must be finite and > 0, got eps=0"),
-        (lambda: ops.adam_client_step_([], [], [], [], 1e-3, 0.9, 0.999, 1e-8, 0, control=[]), ValueError,
-         "adam_client_step_: step must be >= 1, got step=0"),
-        (lambda: ops.adam_stats_update_([], [], [], 0.9, 1.5), ValueError,
-         "adam_stats_update_: beta2 must be in [0, 1], got beta2=1.5"),
+        (
+            lambda: ops.adam_client_step_([], [], [], [], 1e-3, 1.0, 0.999, 1e-8, 1),
+            ValueError,
+            "adam_client_step_: beta1 must be in [0, 1), got beta1=1",
+        ),
+        (
+            lambda: ops.adam_client_step_([], [], [], [], 1e-3, 0.9, 0.999, 0.0, 1),
+            ValueError,
+            "adam_client_step_: eps must be finite and > 0, got eps=0",
+        ),
+        (
+            lambda: ops.adam_client_step_([], [], [], [], 1e-3, 0.9, 0.999, 1e-8, 0, control=[]),
+            ValueError,
+            "adam_client_step_: step must be >= 1, got step=0",
+        ),
+        (
+            lambda: ops.adam_stats_update_([], [], [], 0.9, 1.5),
+            ValueError,
+            "adam_stats_update_: beta2 must be in [0, 1], got beta2=1.5",
+        ),
         (lambda: ops.mvr_update_([], [], [], -0.5), ValueError, "mvr_update_: a must be in [0, 1], got a=-0.5"),
         (lambda: ops.mvr_update_([], [], [], True), TypeError, "mvr_update_: a must be a float, got bool"),
     ]
@@ -698,8 +773,9 @@ def test_empty_lists_are_a_no_op_but_scalars_are_still_checked():
 def test_empty_params_with_a_non_empty_optional_list_is_a_length_error(op):
     lists = {n: [] for n in OP_LISTS[op]}
     lists["control"] = [torch.ones(3)]
-    with pytest.raises(ValueError, match=re.escape(f"{op}: params and control must be equally long lists, "
-                                                   "got 0 and 1 tensors")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{op}: params and control must be equally long lists, got 0 and 1 tensors")
+    ):
         call_op(op, lists, SCALARS[op])
 
 
@@ -716,132 +792,371 @@ _LIST_MSG = "must be equally long lists, got 2 and "
 # id: (op, overrides of the valid arguments, exception, message, also raised by the native op)
 ERRORS = {
     # client_step_
-    "client: grads shorter": ("client_step_", dict(grads=[fc.ones(3)]), ValueError,
-                              "client_step_: params and grads must be equally long lists, got 2 and 1 tensors", True),
-    "client: anchor_grads longer": ("client_step_", dict(anchor_grads=[fc.ones(3), fc.ones(2, 2), fc.ones(1)]), ValueError,
-                                    "client_step_: params and anchor_grads " + _LIST_MSG + "3 tensors", True),
-    "client: control shape": ("client_step_", dict(control=[fc.ones(3), fc.ones(4)]), ValueError,
-                              "client_step_: control[1] must have params[1]'s shape [2, 2], got [4]", True),
-    "client: momentum dtype": ("client_step_", dict(momentum=[fc.ones(3), fc.ones(2, 2, dtype=torch.float64)]), TypeError,
-                               "client_step_: momentum[1] must have params[1]'s dtype Float, got Double", True),
-    "client: integer params": ("client_step_", dict(params=[fc.ones(3, **_int)], grads=[fc.ones(3, **_int)],
-                                                    anchor_grads=None, control=None, momentum=None), TypeError,
-                               "client_step_: params[0] must be float32, float64, float16 or bfloat16, got Long",
-                               True),
-    "client: integer control": ("client_step_", dict(control=[fc.ones(3, dtype=torch.int32), fc.ones(2, 2)]), TypeError,
-                                "client_step_: control[0] must have params[0]'s dtype Float, got Int", True),
-    "client: lr nan": ("client_step_", dict(lr=math.nan), ValueError, "client_step_: lr must be finite, got lr=nan",
-                       True),
-    "client: lr inf": ("client_step_", dict(lr=math.inf), ValueError, "client_step_: lr must be finite, got lr=inf",
-                       True),
-    "client: coef_grad -inf": ("client_step_", dict(coef_grad=-math.inf), ValueError,
-                               "client_step_: coef_grad must be finite, got coef_grad=-inf", True),
-    "client: coef_anchor nan": ("client_step_", dict(coef_anchor=math.nan), ValueError,
-                                "client_step_: coef_anchor must be finite, got coef_anchor=nan", True),
-    "client: coef_control inf": ("client_step_", dict(coef_control=math.inf), ValueError,
-                                 "client_step_: coef_control must be finite, got coef_control=inf", True),
-    "client: coef_momentum nan, list absent": ("client_step_", dict(momentum=None, coef_momentum=math.nan),
-                                               ValueError,
-                                               "client_step_: coef_momentum must be finite, got coef_momentum=nan",
-                                               True),
-    "client: params a tensor": ("client_step_", dict(params=fc.ones(3)), TypeError,
-                                "client_step_: params must be a list of tensors, got Tensor", False),
-    "client: momentum a generator": ("client_step_", dict(momentum=(t for t in [fc.ones(3), fc.ones(2, 2)])), TypeError,
-                                     "client_step_: momentum must be a list of tensors, got generator", False),
-    "client: grads element": ("client_step_", dict(grads=[fc.ones(3), None]), TypeError,
-                              "client_step_: grads[1] must be a torch.Tensor, got NoneType", False),
-    "client: lr a bool": ("client_step_", dict(lr=True), TypeError, "client_step_: lr must be a float, got bool",
-                          False),
-    "client: coef_control a str": ("client_step_", dict(coef_control="1"), TypeError,
-                                   "client_step_: coef_control must be a float, got str", False),
+    "client: grads shorter": (
+        "client_step_",
+        dict(grads=[fc.ones(3)]),
+        ValueError,
+        "client_step_: params and grads must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "client: anchor_grads longer": (
+        "client_step_",
+        dict(anchor_grads=[fc.ones(3), fc.ones(2, 2), fc.ones(1)]),
+        ValueError,
+        "client_step_: params and anchor_grads " + _LIST_MSG + "3 tensors",
+        True,
+    ),
+    "client: control shape": (
+        "client_step_",
+        dict(control=[fc.ones(3), fc.ones(4)]),
+        ValueError,
+        "client_step_: control[1] must have params[1]'s shape [2, 2], got [4]",
+        True,
+    ),
+    "client: momentum dtype": (
+        "client_step_",
+        dict(momentum=[fc.ones(3), fc.ones(2, 2, dtype=torch.float64)]),
+        TypeError,
+        "client_step_: momentum[1] must have params[1]'s dtype Float, got Double",
+        True,
+    ),
+    "client: integer params": (
+        "client_step_",
+        dict(params=[fc.ones(3, **_int)], grads=[fc.ones(3, **_int)], anchor_grads=None, control=None, momentum=None),
+        TypeError,
+        "client_step_: params[0] must be float32, float64, float16 or bfloat16, got Long",
+        True,
+    ),
+    "client: integer control": (
+        "client_step_",
+        dict(control=[fc.ones(3, dtype=torch.int32), fc.ones(2, 2)]),
+        TypeError,
+        "client_step_: control[0] must have params[0]'s dtype Float, got Int",
+        True,
+    ),
+    "client: lr nan": (
+        "client_step_",
+        dict(lr=math.nan),
+        ValueError,
+        "client_step_: lr must be finite, got lr=nan",
+        True,
+    ),
+    "client: lr inf": (
+        "client_step_",
+        dict(lr=math.inf),
+        ValueError,
+        "client_step_: lr must be finite, got lr=inf",
+        True,
+    ),
+    "client: coef_grad -inf": (
+        "client_step_",
+        dict(coef_grad=-math.inf),
+        ValueError,
+        "client_step_: coef_grad must be finite, got coef_grad=-inf",
+        True,
+    ),
+    "client: coef_anchor nan": (
+        "client_step_",
+        dict(coef_anchor=math.nan),
+        ValueError,
+        "client_step_: coef_anchor must be finite, got coef_anchor=nan",
+        True,
+    ),
+    "client: coef_control inf": (
+        "client_step_",
+        dict(coef_control=math.inf),
+        ValueError,
+        "client_step_: coef_control must be finite, got coef_control=inf",
+        True,
+    ),
+    "client: coef_momentum nan, list absent": (
+        "client_step_",
+        dict(momentum=None, coef_momentum=math.nan),
+        ValueError,
+        "client_step_: coef_momentum must be finite, got coef_momentum=nan",
+        True,
+    ),
+    "client: params a tensor": (
+        "client_step_",
+        dict(params=fc.ones(3)),
+        TypeError,
+        "client_step_: params must be a list of tensors, got Tensor",
+        False,
+    ),
+    "client: momentum a generator": (
+        "client_step_",
+        dict(momentum=(t for t in [fc.ones(3), fc.ones(2, 2)])),
+        TypeError,
+        "client_step_: momentum must be a list of tensors, got generator",
+        False,
+    ),
+    "client: grads element": (
+        "client_step_",
+        dict(grads=[fc.ones(3), None]),
+        TypeError,
+        "client_step_: grads[1] must be a torch.Tensor, got NoneType",
+        False,
+    ),
+    "client: lr a bool": (
+        "client_step_",
+        dict(lr=True),
+        TypeError,
+        "client_step_: lr must be a float, got bool",
+        False,
+    ),
+    "client: coef_control a str": (
+        "client_step_",
+        dict(coef_control="1"),
+        TypeError,
+        "client_step_: coef_control must be a float, got str",
+        False,
+    ),
     # adam_client_step_
-    "adam: exp_avg shorter": ("adam_client_step_", dict(exp_avg=[fc.ones(3)]), ValueError,
-                              "adam_client_step_: params and exp_avg must be equally long lists, got 2 and 1 tensors",
-                              True),
-    "adam: exp_avg_sq shape": ("adam_client_step_", dict(exp_avg_sq=[fc.ones(3), fc.ones(2, 3)]), ValueError,
-                               "adam_client_step_: exp_avg_sq[1] must have params[1]'s shape [2, 2], got [2, 3]",
-                               True),
-    "adam: anchor_grads dtype": ("adam_client_step_", dict(anchor_grads=[fc.ones(3, dtype=torch.float16), fc.ones(2, 2)]),
-                                 TypeError,
-                                 "adam_client_step_: anchor_grads[0] must have params[0]'s dtype Float, got Half",
-                                 True),
-    "adam: control longer": ("adam_client_step_", dict(control=[fc.ones(3), fc.ones(2, 2), fc.ones(2)]), ValueError,
-                             "adam_client_step_: params and control " + _LIST_MSG + "3 tensors", True),
-    "adam: integer params": ("adam_client_step_", {n: [fc.ones(3, **_int)] for n in OP_LISTS["adam_client_step_"]},
-                             TypeError,
-                             "adam_client_step_: params[0] must be float32, float64, float16 or bfloat16, got Long",
-                             True),
-    "adam: lr nan": ("adam_client_step_", dict(lr=math.nan), ValueError,
-                     "adam_client_step_: lr must be finite, got lr=nan", True),
-    "adam: beta1 = 1": ("adam_client_step_", dict(beta1=1.0), ValueError,
-                        "adam_client_step_: beta1 must be in [0, 1), got beta1=1", True),
-    "adam: beta1 < 0": ("adam_client_step_", dict(beta1=-0.1), ValueError,
-                        "adam_client_step_: beta1 must be in [0, 1), got beta1=-0.1", True),
-    "adam: beta2 = 1": ("adam_client_step_", dict(beta2=1.0), ValueError,
-                        "adam_client_step_: beta2 must be in [0, 1), got beta2=1", True),
-    "adam: beta2 nan": ("adam_client_step_", dict(beta2=math.nan), ValueError,
-                        "adam_client_step_: beta2 must be in [0, 1), got beta2=nan", True),
-    "adam: eps = 0": ("adam_client_step_", dict(eps=0.0), ValueError,
-                      "adam_client_step_: eps must be finite and > 0, got eps=0", True),
-    "adam: eps < 0": ("adam_client_step_", dict(eps=-1e-8), ValueError,
-                      "adam_client_step_: eps must be finite and > 0, got eps=-1e-08", True),
-    "adam: eps inf": ("adam_client_step_", dict(eps=math.inf), ValueError,
-                      "adam_client_step_: eps must be finite and > 0, got eps=inf", True),
-    "adam: step 0": ("adam_client_step_", dict(step=0), ValueError, "adam_client_step_: step must be >= 1, got step=0",
-                     True),
-    "adam: step < 0": ("adam_client_step_", dict(step=-3), ValueError,
-                       "adam_client_step_: step must be >= 1, got step=-3", True),
-    "adam: step a float": ("adam_client_step_", dict(step=1.0), TypeError,
-                           "adam_client_step_: step must be an int, got float", False),
-    "adam: step a bool": ("adam_client_step_", dict(step=True), TypeError,
-                          "adam_client_step_: step must be an int, got bool", False),
-    "adam: beta2 a str": ("adam_client_step_", dict(beta2="0.99"), TypeError,
-                          "adam_client_step_: beta2 must be a float, got str", False),
-    "adam: exp_avg a tensor": ("adam_client_step_", dict(exp_avg=fc.ones(3)), TypeError,
-                               "adam_client_step_: exp_avg must be a list of tensors, got Tensor", False),
-    "adam: exp_avg_sq element": ("adam_client_step_", dict(exp_avg_sq=[fc.ones(3), 2.0]), TypeError,
-                                 "adam_client_step_: exp_avg_sq[1] must be a torch.Tensor, got float", False),
+    "adam: exp_avg shorter": (
+        "adam_client_step_",
+        dict(exp_avg=[fc.ones(3)]),
+        ValueError,
+        "adam_client_step_: params and exp_avg must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "adam: exp_avg_sq shape": (
+        "adam_client_step_",
+        dict(exp_avg_sq=[fc.ones(3), fc.ones(2, 3)]),
+        ValueError,
+        "adam_client_step_: exp_avg_sq[1] must have params[1]'s shape [2, 2], got [2, 3]",
+        True,
+    ),
+    "adam: anchor_grads dtype": (
+        "adam_client_step_",
+        dict(anchor_grads=[fc.ones(3, dtype=torch.float16), fc.ones(2, 2)]),
+        TypeError,
+        "adam_client_step_: anchor_grads[0] must have params[0]'s dtype Float, got Half",
+        True,
+    ),
+    "adam: control longer": (
+        "adam_client_step_",
+        dict(control=[fc.ones(3), fc.ones(2, 2), fc.ones(2)]),
+        ValueError,
+        "adam_client_step_: params and control " + _LIST_MSG + "3 tensors",
+        True,
+    ),
+    "adam: integer params": (
+        "adam_client_step_",
+        {n: [fc.ones(3, **_int)] for n in OP_LISTS["adam_client_step_"]},
+        TypeError,
+        "adam_client_step_: params[0] must be float32, float64, float16 or bfloat16, got Long",
+        True,
+    ),
+    "adam: lr nan": (
+        "adam_client_step_",
+        dict(lr=math.nan),
+        ValueError,
+        "adam_client_step_: lr must be finite, got lr=nan",
+        True,
+    ),
+    "adam: beta1 = 1": (
+        "adam_client_step_",
+        dict(beta1=1.0),
+        ValueError,
+        "adam_client_step_: beta1 must be in [0, 1), got beta1=1",
+        True,
+    ),
+    "adam: beta1 < 0": (
+        "adam_client_step_",
+        dict(beta1=-0.1),
+        ValueError,
+        "adam_client_step_: beta1 must be in [0, 1), got beta1=-0.1",
+        True,
+    ),
+    "adam: beta2 = 1": (
+        "adam_client_step_",
+        dict(beta2=1.0),
+        ValueError,
+        "adam_client_step_: beta2 must be in [0, 1), got beta2=1",
+        True,
+    ),
+    "adam: beta2 nan": (
+        "adam_client_step_",
+        dict(beta2=math.nan),
+        ValueError,
+        "adam_client_step_: beta2 must be in [0, 1), got beta2=nan",
+        True,
+    ),
+    "adam: eps = 0": (
+        "adam_client_step_",
+        dict(eps=0.0),
+        ValueError,
+        "adam_client_step_: eps must be finite and > 0, got eps=0",
+        True,
+    ),
+    "adam: eps < 0": (
+        "adam_client_step_",
+        dict(eps=-1e-8),
+        ValueError,
+        "adam_client_step_: eps must be finite and > 0, got eps=-1e-08",
+        True,
+    ),
+    "adam: eps inf": (
+        "adam_client_step_",
+        dict(eps=math.inf),
+        ValueError,
+        "adam_client_step_: eps must be finite and > 0, got eps=inf",
+        True,
+    ),
+    "adam: step 0": (
+        "adam_client_step_",
+        dict(step=0),
+        ValueError,
+        "adam_client_step_: step must be >= 1, got step=0",
+        True,
+    ),
+    "adam: step < 0": (
+        "adam_client_step_",
+        dict(step=-3),
+        ValueError,
+        "adam_client_step_: step must be >= 1, got step=-3",
+        True,
+    ),
+    "adam: step a float": (
+        "adam_client_step_",
+        dict(step=1.0),
+        TypeError,
+        "adam_client_step_: step must be an int, got float",
+        False,
+    ),
+    "adam: step a bool": (
+        "adam_client_step_",
+        dict(step=True),
+        TypeError,
+        "adam_client_step_: step must be an int, got bool",
+        False,
+    ),
+    "adam: beta2 a str": (
+        "adam_client_step_",
+        dict(beta2="0.99"),
+        TypeError,
+        "adam_client_step_: beta2 must be a float, got str",
+        False,
+    ),
+    "adam: exp_avg a tensor": (
+        "adam_client_step_",
+        dict(exp_avg=fc.ones(3)),
+        TypeError,
+        "adam_client_step_: exp_avg must be a list of tensors, got Tensor",
+        False,
+    ),
+    "adam: exp_avg_sq element": (
+        "adam_client_step_",
+        dict(exp_avg_sq=[fc.ones(3), 2.0]),
+        TypeError,
+        "adam_client_step_: exp_avg_sq[1] must be a torch.Tensor, got float",
+        False,
+    ),
     # adam_stats_update_
-    "stats: exp_avg_sq shorter": ("adam_stats_update_", dict(exp_avg_sq=[fc.ones(3)]), ValueError,
-                                  "adam_stats_update_: exp_avg and exp_avg_sq must be equally long lists, "
-                                  "got 2 and 1 tensors", True),
-    "stats: grads shape": ("adam_stats_update_", dict(grads=[fc.ones(4), fc.ones(2, 2)]), ValueError,
-                           "adam_stats_update_: grads[0] must have exp_avg[0]'s shape [3], got [4]", True),
-    "stats: grads dtype": ("adam_stats_update_", dict(grads=[fc.ones(3), fc.ones(2, 2, dtype=torch.bfloat16)]), TypeError,
-                           "adam_stats_update_: grads[1] must have exp_avg[1]'s dtype Float, got BFloat16", True),
-    "stats: integer exp_avg": ("adam_stats_update_", {n: [fc.ones(3, **_int)] for n in OP_LISTS["adam_stats_update_"]},
-                               TypeError,
-                               "adam_stats_update_: exp_avg[0] must be float32, float64, float16 or bfloat16, got Long",
-                               True),
-    "stats: beta1 > 1": ("adam_stats_update_", dict(beta1=1.5), ValueError,
-                         "adam_stats_update_: beta1 must be in [0, 1], got beta1=1.5", True),
-    "stats: beta2 < 0": ("adam_stats_update_", dict(beta2=-0.25), ValueError,
-                         "adam_stats_update_: beta2 must be in [0, 1], got beta2=-0.25", True),
-    "stats: beta2 nan": ("adam_stats_update_", dict(beta2=math.nan), ValueError,
-                         "adam_stats_update_: beta2 must be in [0, 1], got beta2=nan", True),
-    "stats: beta1 a bool": ("adam_stats_update_", dict(beta1=False), TypeError,
-                            "adam_stats_update_: beta1 must be a float, got bool", False),
-    "stats: grads a tensor": ("adam_stats_update_", dict(grads=fc.ones(3)), TypeError,
-                              "adam_stats_update_: grads must be a list of tensors, got Tensor", False),
+    "stats: exp_avg_sq shorter": (
+        "adam_stats_update_",
+        dict(exp_avg_sq=[fc.ones(3)]),
+        ValueError,
+        "adam_stats_update_: exp_avg and exp_avg_sq must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "stats: grads shape": (
+        "adam_stats_update_",
+        dict(grads=[fc.ones(4), fc.ones(2, 2)]),
+        ValueError,
+        "adam_stats_update_: grads[0] must have exp_avg[0]'s shape [3], got [4]",
+        True,
+    ),
+    "stats: grads dtype": (
+        "adam_stats_update_",
+        dict(grads=[fc.ones(3), fc.ones(2, 2, dtype=torch.bfloat16)]),
+        TypeError,
+        "adam_stats_update_: grads[1] must have exp_avg[1]'s dtype Float, got BFloat16",
+        True,
+    ),
+    "stats: integer exp_avg": (
+        "adam_stats_update_",
+        {n: [fc.ones(3, **_int)] for n in OP_LISTS["adam_stats_update_"]},
+        TypeError,
+        "adam_stats_update_: exp_avg[0] must be float32, float64, float16 or bfloat16, got Long",
+        True,
+    ),
+    "stats: beta1 > 1": (
+        "adam_stats_update_",
+        dict(beta1=1.5),
+        ValueError,
+        "adam_stats_update_: beta1 must be in [0, 1], got beta1=1.5",
+        True,
+    ),
+    "stats: beta2 < 0": (
+        "adam_stats_update_",
+        dict(beta2=-0.25),
+        ValueError,
+        "adam_stats_update_: beta2 must be in [0, 1], got beta2=-0.25",
+        True,
+    ),
+    "stats: beta2 nan": (
+        "adam_stats_update_",
+        dict(beta2=math.nan),
+        ValueError,
+        "adam_stats_update_: beta2 must be in [0, 1], got beta2=nan",
+        True,
+    ),
+    "stats: beta1 a bool": (
+        "adam_stats_update_",
+        dict(beta1=False),
+        TypeError,
+        "adam_stats_update_: beta1 must be a float, got bool",
+        False,
+    ),
+    "stats: grads a tensor": (
+        "adam_stats_update_",
+        dict(grads=fc.ones(3)),
+        TypeError,
+        "adam_stats_update_: grads must be a list of tensors, got Tensor",
+        False,
+    ),
     # mvr_update_
-    "mvr: prev_grads shorter": ("mvr_update_", dict(prev_grads=[fc.ones(3)]), ValueError,
-                                "mvr_update_: momentum and prev_grads must be equally long lists, got 2 and 1 tensors",
-                                True),
-    "mvr: grads shape": ("mvr_update_", dict(grads=[fc.ones(3), fc.ones(4)]), ValueError,
-                         "mvr_update_: grads[1] must have momentum[1]'s shape [2, 2], got [4]", True),
-    "mvr: prev_grads dtype": ("mvr_update_", dict(prev_grads=[fc.ones(3, dtype=torch.float64), fc.ones(2, 2)]), TypeError,
-                              "mvr_update_: prev_grads[0] must have momentum[0]'s dtype Float, got Double", True),
-    "mvr: integer momentum": ("mvr_update_", {n: [fc.ones(3, dtype=torch.int16)] for n in OP_LISTS["mvr_update_"]},
-                              TypeError,
-                              "mvr_update_: momentum[0] must be float32, float64, float16 or bfloat16, got Short",
-                              True),
+    "mvr: prev_grads shorter": (
+        "mvr_update_",
+        dict(prev_grads=[fc.ones(3)]),
+        ValueError,
+        "mvr_update_: momentum and prev_grads must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "mvr: grads shape": (
+        "mvr_update_",
+        dict(grads=[fc.ones(3), fc.ones(4)]),
+        ValueError,
+        "mvr_update_: grads[1] must have momentum[1]'s shape [2, 2], got [4]",
+        True,
+    ),
+    "mvr: prev_grads dtype": (
+        "mvr_update_",
+        dict(prev_grads=[fc.ones(3, dtype=torch.float64), fc.ones(2, 2)]),
+        TypeError,
+        "mvr_update_: prev_grads[0] must have momentum[0]'s dtype Float, got Double",
+        True,
+    ),
+    "mvr: integer momentum": (
+        "mvr_update_",
+        {n: [fc.ones(3, dtype=torch.int16)] for n in OP_LISTS["mvr_update_"]},
+        TypeError,
+        "mvr_update_: momentum[0] must be float32, float64, float16 or bfloat16, got Short",
+        True,
+    ),
     "mvr: a > 1": ("mvr_update_", dict(a=1.5), ValueError, "mvr_update_: a must be in [0, 1], got a=1.5", True),
     "mvr: a < 0": ("mvr_update_", dict(a=-1e-3), ValueError, "mvr_update_: a must be in [0, 1], got a=-0.001", True),
     "mvr: a nan": ("mvr_update_", dict(a=math.nan), ValueError, "mvr_update_: a must be in [0, 1], got a=nan", True),
     "mvr: a inf": ("mvr_update_", dict(a=math.inf), ValueError, "mvr_update_: a must be in [0, 1], got a=inf", True),
     "mvr: a a str": ("mvr_update_", dict(a="0.5"), TypeError, "mvr_update_: a must be a float, got str", False),
-    "mvr: prev_grads element": ("mvr_update_", dict(prev_grads=[fc.ones(3), 1.0]), TypeError,
-                                "mvr_update_: prev_grads[1] must be a torch.Tensor, got float", False),
+    "mvr: prev_grads element": (
+        "mvr_update_",
+        dict(prev_grads=[fc.ones(3), 1.0]),
+        TypeError,
+        "mvr_update_: prev_grads[1] must be a torch.Tensor, got float",
+        False,
+    ),
 }
 
 
@@ -881,10 +1196,15 @@ def _opcheck_args(op: str, present, device: str) -> tuple:
     return tuple(fc.native_args(op, kwargs))
 
 
-OPCHECK_CASES = [("client_step_", ()), ("client_step_", ("anchor_grads", "control", "momentum")),
-                 ("client_step_", ("momentum",)), ("adam_client_step_", ()),
-                 ("adam_client_step_", ("anchor_grads", "control")), ("adam_stats_update_", ()), ("mvr_update_", ())]
-
+OPCHECK_CASES = [
+    ("client_step_", ()),
+    ("client_step_", ("anchor_grads", "control", "momentum")),
+    ("client_step_", ("momentum",)),
+    ("adam_client_step_", ()),
+    ("adam_client_step_", ("anchor_grads", "control")),
+    ("adam_stats_update_", ()),
+    ("mvr_update_", ()),
+]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -917,11 +1237,15 @@ def _long_lists(op: str, device: str, of) -> list[dict]:
 
 
 LONG_LIST_SCALARS = {
-    "client_step_": [({}, SCALARS["client_step_"]),
-                     ({"anchor_grads", "control", "momentum"}, SCALARS["client_step_"]),
-                     ({"momentum"}, dict(lr=0.1, coef_grad=0.1, coef_momentum=0.9))],
-    "adam_client_step_": [({}, SCALARS["adam_client_step_"]),
-                          ({"anchor_grads", "control"}, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1))],
+    "client_step_": [
+        ({}, SCALARS["client_step_"]),
+        ({"anchor_grads", "control", "momentum"}, SCALARS["client_step_"]),
+        ({"momentum"}, dict(lr=0.1, coef_grad=0.1, coef_momentum=0.9)),
+    ],
+    "adam_client_step_": [
+        ({}, SCALARS["adam_client_step_"]),
+        ({"anchor_grads", "control"}, dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, step=1)),
+    ],
     "adam_stats_update_": [({}, SCALARS["adam_stats_update_"]), ({}, dict(beta1=0.0, beta2=1.0))],
     "mvr_update_": [({}, SCALARS["mvr_update_"]), ({}, dict(a=1.0)), ({}, dict(a=0.0))],
 }

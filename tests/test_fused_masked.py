@@ -27,13 +27,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DEVICES, DTYPES, assert_identical, assert_same_bits
-import fused_cases as fc
-from fused_cases import ones
 from robustagg import reference
+
+import fused_cases as fc
+from conftest import DEVICES, DTYPES, assert_identical, assert_same_bits
+from fused_cases import ones
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 S = "masked_sgd_step_: "
+
 
 def assert_sgd_close_to_oracle(p_new, m_new, p, m, g, mask, lr, mu, wd, what=""):
     """Within the rounding of the Acc computation of the float64 oracle: the momentum errs by
@@ -41,8 +43,9 @@ def assert_sgd_close_to_oracle(p_new, m_new, p, m, g, mask, lr, mu, wd, what="")
     by |lr| times the stored momentum's error plus 3 u (|p| + |lr m'|); plus sa per operation and
     sa times the other factor where a coefficient rounds to a subnormal or 0."""
     u, sa, big, et, st_, tmax = fc.tolerance_units(p.dtype)
-    want_p, want_m = reference.masked_sgd_step([p], [g], [m], lr, mu, masks=None if mask is None else [mask],
-                                               weight_decay=wd)
+    want_p, want_m = reference.masked_sgd_step(
+        [p], [g], [m], lr, mu, masks=None if mask is None else [mask], weight_decay=wd
+    )
     want_p, want_m = want_p[0], want_m[0]
     p64, m64, g64, L = p.to(torch.float64), m.to(torch.float64), g.to(torch.float64), abs(lr)
     scale = abs(mu) * m64.abs() + g64.abs() + abs(wd) * p64.abs()
@@ -59,13 +62,11 @@ def assert_sgd_close_to_oracle(p_new, m_new, p, m, g, mask, lr, mu, wd, what="")
     fc.check_tolerance(p_new, want_p, err_p, skip_p, f"{what}: params vs oracle")
 
 
-
 def unpack(packed: torch.Tensor, shape) -> torch.Tensor:
     """A packed mask (pack_mask's layout) as a bool tensor of the given shape, by NumPy."""
     numel = math.prod(shape)
     bits = np.unpackbits(packed.cpu().numpy(), bitorder="little")[:numel]
     return torch.from_numpy(bits.astype(bool)).reshape(shape)
-
 
 
 mus = st.one_of(st.sampled_from([0.0, 0.9, 0.99, 0.5]), st.floats(0.0, 1.0))
@@ -89,8 +90,7 @@ def check_sgd(specs: list[fc.ParamSpec], kind: str | None, density: float, lr, m
     masks_before = None if masks is None else [x.clone() for x in masks]
     sgd(params, grads, moms, lr, mu, masks, wd)
     for j, spec in enumerate(specs):
-        what = (f"{device}: param {j} of {len(specs)}: {spec}, masks {kind} ({density}), lr={lr!r}, mu={mu!r}, "
-                f"wd={wd!r}")
+        what = f"{device}: param {j} of {len(specs)}: {spec}, masks {kind} ({density}), lr={lr!r}, mu={mu!r}, wd={wd!r}"
         mask = None if bools is None else bools[j]
         want_p, want_m = fc.sgd_expr(ps[j], ms[j], gs[j], lr, mu, wd, mask)
         got_p, got_m = params[j].cpu(), moms[j].cpu()
@@ -119,12 +119,16 @@ densities = st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0])
 @settings(max_examples=200, **fc.SETTINGS)
 @given(data=st.data(), dtype=st.sampled_from(DTYPES), kind=mask_kinds, density=densities, lr=fc.lrs, mu=mus, wd=wds)
 def test_random_lists_one_dtype(device, data, dtype, kind, density, lr, mu, wd):
-    check_sgd(data.draw(fc.param_lists([dtype], most=3 * fc.PIECE + 300), label="specs"), kind, density, lr, mu, wd, device)
+    check_sgd(
+        data.draw(fc.param_lists([dtype], most=3 * fc.PIECE + 300), label="specs"), kind, density, lr, mu, wd, device
+    )
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @settings(max_examples=200, **fc.SETTINGS)
-@given(specs=fc.param_lists(DTYPES, most=3 * fc.PIECE + 300), kind=mask_kinds, density=densities, lr=fc.lrs, mu=mus, wd=wds)
+@given(
+    specs=fc.param_lists(DTYPES, most=3 * fc.PIECE + 300), kind=mask_kinds, density=densities, lr=fc.lrs, mu=mus, wd=wds
+)
 def test_random_lists_mixed_dtypes(device, specs, kind, density, lr, mu, wd):
     check_sgd(specs, kind, density, lr, mu, wd, device)
 
@@ -159,10 +163,12 @@ def test_known_values(dtype):
 
 def _payload_nans(dtype) -> torch.Tensor:
     """NaNs with distinct payloads (negative and signalling ones too), and infinities."""
-    bits = {torch.float32: [0x7FC00123, 0xFFC00001, 0x7F800001, 0x7FFFFFFF],
-            torch.float64: [0x7FF8000000000123, 0xFFF8000000000001, 0x7FF0000000000001, 0x7FFFFFFFFFFFFFFF],
-            torch.float16: [0x7E01, 0xFE01, 0x7C01, 0x7FFF],
-            torch.bfloat16: [0x7FC1, 0xFFC1, 0x7F81, 0x7FFF]}[dtype]
+    bits = {
+        torch.float32: [0x7FC00123, 0xFFC00001, 0x7F800001, 0x7FFFFFFF],
+        torch.float64: [0x7FF8000000000123, 0xFFF8000000000001, 0x7FF0000000000001, 0x7FFFFFFFFFFFFFFF],
+        torch.float16: [0x7E01, 0xFE01, 0x7C01, 0x7FFF],
+        torch.bfloat16: [0x7FC1, 0xFFC1, 0x7F81, 0x7FFF],
+    }[dtype]
     nbits = torch.finfo(dtype).bits
     signed = [b - (1 << nbits) if b >> (nbits - 1) else b for b in bits]
     nans = torch.tensor(signed, dtype={2: torch.int16, 4: torch.int32, 8: torch.int64}[nbits // 8]).view(dtype)
@@ -219,8 +225,11 @@ def test_all_true_all_false_and_none(dtype):
         assert_same_bits(ref_m[j], want_m, f"masks=None, momentum {j}")
     ones = [torch.ones(s, dtype=torch.bool) for s in shapes]
     padded = [torch.full(((math.prod(s) + 7) // 8,), 255, dtype=torch.uint8) for s in shapes]
-    for name, masks in (("bool", ones), ("packed", [robustagg.ops.pack_mask(o) for o in ones]),
-                        ("packed, padding set", padded)):
+    for name, masks in (
+        ("bool", ones),
+        ("packed", [robustagg.ops.pack_mask(o) for o in ones]),
+        ("packed, padding set", padded),
+    ):
         p, m = [x.clone() for x in ps], [x.clone() for x in ms]
         sgd(p, gs, m, 0.01, 0.5, masks, 1e-3)
         for j in range(len(shapes)):
@@ -258,14 +267,19 @@ def test_packed_padding_bits_are_ignored(dtype):
             assert_same_bits(m, want_m, f"numel {numel}, {name} mask: momentum")
 
 
-@pytest.mark.parametrize("shape", [(0,), (1,), (7,), (8,), (9,), (3, 5), (2, 3, 7), (), (4, 0), (fc.PIECE + 3,)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(0,), (1,), (7,), (8,), (9,), (3, 5), (2, 3, 7), (), (4, 0), (fc.PIECE + 3,)], ids=str
+)
 def test_pack_mask_bit_order(shape):
     """Bit j of byte k is element 8k + j in row-major order, as numpy.packbits(bitorder="little"),
     for contiguous and transposed / sliced masks; 1-D uint8 of ceil(numel / 8) bytes."""
     gen = torch.Generator().manual_seed(len(shape))
     base = torch.rand(*shape, 3, generator=gen) < 0.5
-    for name, mask in (("contiguous", base[..., 0].contiguous()), ("strided", base[..., 1]),
-                       ("transposed", base[..., 2].t() if base.dim() == 3 else base[..., 2])):
+    for name, mask in (
+        ("contiguous", base[..., 0].contiguous()),
+        ("strided", base[..., 1]),
+        ("transposed", base[..., 2].t() if base.dim() == 3 else base[..., 2]),
+    ):
         packed = robustagg.ops.pack_mask(mask)
         want = np.packbits(mask.numpy().reshape(-1), bitorder="little")
         assert packed.dtype == torch.uint8 and packed.shape == ((mask.numel() + 7) // 8,), (name, packed.shape)
@@ -295,8 +309,10 @@ def assert_within_one_ulp_of_terms(got, want, terms, what=""):
     bad = ~(diff <= tol)
     if bad.any():
         j = int(bad.nonzero()[0])
-        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.numel()} differ by more than one ulp of the terms; "
-                             f"first at {j}: {got.reshape(-1)[j].item()!r} vs {want.reshape(-1)[j].item()!r}")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {bad.numel()} differ by more than one ulp of the terms; "
+            f"first at {j}: {got.reshape(-1)[j].item()!r} vs {want.reshape(-1)[j].item()!r}"
+        )
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -316,18 +332,21 @@ def test_first_step_matches_torch_optim_sgd(dtype):
         sgd(ours, gs, bufs, lr, mu, None, wd)
         for foreach in (False, True):
             theirs = [torch.nn.Parameter(p.clone()) for p in ps]
-            opt = torch.optim.SGD(theirs, lr=lr, momentum=mu, dampening=0, nesterov=False, weight_decay=wd,
-                                  foreach=foreach)
+            opt = torch.optim.SGD(
+                theirs, lr=lr, momentum=mu, dampening=0, nesterov=False, weight_decay=wd, foreach=foreach
+            )
             for t, g in zip(theirs, gs):
                 t.grad = g.clone()
             opt.step()
             for j, t in enumerate(theirs):
                 what = f"wd={wd} foreach={foreach} param {j}"
                 buf = opt.state[t]["momentum_buffer"]
-                assert_within_one_ulp_of_terms(bufs[j], buf, [gs[j], wd * ps[j].to(torch.float64), buf],
-                                               f"{what}: momentum")
-                assert_within_one_ulp_of_terms(ours[j], t.detach(), [ps[j], lr * buf.to(torch.float64), t.detach()],
-                                               f"{what}: params")
+                assert_within_one_ulp_of_terms(
+                    bufs[j], buf, [gs[j], wd * ps[j].to(torch.float64), buf], f"{what}: momentum"
+                )
+                assert_within_one_ulp_of_terms(
+                    ours[j], t.detach(), [ps[j], lr * buf.to(torch.float64), t.detach()], f"{what}: params"
+                )
                 if wd == 0.0:
                     assert_identical(bufs[j], gs[j], what)
                     assert_identical(buf, gs[j], what)
@@ -439,9 +458,15 @@ def test_thread_count_does_not_change_results():
 
 
 def valid() -> dict:
-    return dict(params=[ones(3), ones(2, 2)], grads=[ones(3), ones(2, 2)], momentum_buffers=[ones(3), ones(2, 2)],
-                lr=0.1, momentum=0.9, masks=[torch.ones(3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)],
-                weight_decay=0.0)
+    return dict(
+        params=[ones(3), ones(2, 2)],
+        grads=[ones(3), ones(2, 2)],
+        momentum_buffers=[ones(3), ones(2, 2)],
+        lr=0.1,
+        momentum=0.9,
+        masks=[torch.ones(3, dtype=torch.bool), torch.ones(2, 2, dtype=torch.bool)],
+        weight_decay=0.0,
+    )
 
 
 _u8 = dict(dtype=torch.uint8)
@@ -449,70 +474,173 @@ _b = dict(dtype=torch.bool)
 # id: (op, overrides of valid(), exception, message, also raised by the native op)
 ERRORS = {
     # masked_sgd_step_: lists and scalars
-    "sgd: grads shorter": ("masked_sgd_step_", dict(grads=[ones(3)]), ValueError,
-                           S + "params and grads must be equally long lists, got 2 and 1 tensors", True),
-    "sgd: momentum longer": ("masked_sgd_step_", dict(momentum_buffers=[ones(3), ones(2, 2), ones(1)]), ValueError,
-                             S + "params and momentum_buffers must be equally long lists, got 2 and 3 tensors", True),
-    "sgd: grads shape": ("masked_sgd_step_", dict(grads=[ones(3), ones(4)]), ValueError,
-                         S + "grads[1] must have params[1]'s shape [2, 2], got [4]", True),
-    "sgd: momentum dtype": ("masked_sgd_step_", dict(momentum_buffers=[ones(3, dtype=torch.float16), ones(2, 2)]),
-                            TypeError, S + "momentum_buffers[0] must have params[0]'s dtype Float, got Half", True),
-    "sgd: integer params": ("masked_sgd_step_", dict(params=[ones(3, dtype=torch.int32)],
-                                                     grads=[ones(3, dtype=torch.int32)],
-                                                     momentum_buffers=[ones(3, dtype=torch.int32)], masks=None),
-                            TypeError, S + "params[0] must be float32, float64, float16 or bfloat16, got Int", True),
+    "sgd: grads shorter": (
+        "masked_sgd_step_",
+        dict(grads=[ones(3)]),
+        ValueError,
+        S + "params and grads must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "sgd: momentum longer": (
+        "masked_sgd_step_",
+        dict(momentum_buffers=[ones(3), ones(2, 2), ones(1)]),
+        ValueError,
+        S + "params and momentum_buffers must be equally long lists, got 2 and 3 tensors",
+        True,
+    ),
+    "sgd: grads shape": (
+        "masked_sgd_step_",
+        dict(grads=[ones(3), ones(4)]),
+        ValueError,
+        S + "grads[1] must have params[1]'s shape [2, 2], got [4]",
+        True,
+    ),
+    "sgd: momentum dtype": (
+        "masked_sgd_step_",
+        dict(momentum_buffers=[ones(3, dtype=torch.float16), ones(2, 2)]),
+        TypeError,
+        S + "momentum_buffers[0] must have params[0]'s dtype Float, got Half",
+        True,
+    ),
+    "sgd: integer params": (
+        "masked_sgd_step_",
+        dict(
+            params=[ones(3, dtype=torch.int32)],
+            grads=[ones(3, dtype=torch.int32)],
+            momentum_buffers=[ones(3, dtype=torch.int32)],
+            masks=None,
+        ),
+        TypeError,
+        S + "params[0] must be float32, float64, float16 or bfloat16, got Int",
+        True,
+    ),
     "sgd: lr nan": ("masked_sgd_step_", dict(lr=math.nan), ValueError, S + "lr must be finite, got lr=nan", True),
-    "sgd: momentum inf": ("masked_sgd_step_", dict(momentum=math.inf), ValueError,
-                          S + "momentum must be finite, got momentum=inf", True),
-    "sgd: weight_decay nan": ("masked_sgd_step_", dict(weight_decay=math.nan), ValueError,
-                              S + "weight_decay must be finite, got weight_decay=nan", True),
+    "sgd: momentum inf": (
+        "masked_sgd_step_",
+        dict(momentum=math.inf),
+        ValueError,
+        S + "momentum must be finite, got momentum=inf",
+        True,
+    ),
+    "sgd: weight_decay nan": (
+        "masked_sgd_step_",
+        dict(weight_decay=math.nan),
+        ValueError,
+        S + "weight_decay must be finite, got weight_decay=nan",
+        True,
+    ),
     "sgd: lr a str": ("masked_sgd_step_", dict(lr="0.1"), TypeError, S + "lr must be a float, got str", False),
-    "sgd: momentum a bool": ("masked_sgd_step_", dict(momentum=True), TypeError,
-                             S + "momentum must be a float, got bool", False),
-    "sgd: grads a tensor": ("masked_sgd_step_", dict(grads=ones(3)), TypeError,
-                            S + "grads must be a list of tensors, got Tensor", False),
+    "sgd: momentum a bool": (
+        "masked_sgd_step_",
+        dict(momentum=True),
+        TypeError,
+        S + "momentum must be a float, got bool",
+        False,
+    ),
+    "sgd: grads a tensor": (
+        "masked_sgd_step_",
+        dict(grads=ones(3)),
+        TypeError,
+        S + "grads must be a list of tensors, got Tensor",
+        False,
+    ),
     # masked_sgd_step_: masks
-    "sgd: masks a tensor": ("masked_sgd_step_", dict(masks=torch.ones(3, **_b)), TypeError,
-                            S + "masks must be a list of tensors, got Tensor", False),
-    "sgd: masks shorter": ("masked_sgd_step_", dict(masks=[torch.ones(3, **_b)]), ValueError,
-                           S + "params and masks must be equally long lists, got 2 and 1 tensors", True),
-    "sgd: masks longer": ("masked_sgd_step_", dict(masks=[torch.ones(3, **_b)] * 3), ValueError,
-                          S + "params and masks must be equally long lists, got 2 and 3 tensors", True),
-    "sgd: float mask": ("masked_sgd_step_", dict(masks=[torch.ones(3), torch.ones(2, 2)]), TypeError,
-                        S + "masks[0] must be bool or uint8 (packed bits), got Float", True),
-    "sgd: int mask second": ("masked_sgd_step_", dict(masks=[torch.ones(3, **_b), torch.ones(2, 2, dtype=torch.int8)]),
-                             TypeError, S + "masks[1] must be bool or uint8 (packed bits), got Char", True),
-    "sgd: bool then packed": ("masked_sgd_step_", dict(masks=[torch.ones(3, **_b), torch.zeros(1, **_u8)]), TypeError,
-                              S + "masks must be all bool or all uint8 (packed), masks[0] is Bool and masks[1] Byte",
-                              True),
-    "sgd: packed then bool": ("masked_sgd_step_", dict(masks=[torch.zeros(1, **_u8), torch.ones(2, 2, **_b)]),
-                              TypeError,
-                              S + "masks must be all bool or all uint8 (packed), masks[0] is Byte and masks[1] Bool",
-                              True),
-    "sgd: bool mask shape": ("masked_sgd_step_", dict(masks=[torch.ones(3, **_b), torch.ones(4, **_b)]), ValueError,
-                             S + "masks[1] must have params[1]'s shape [2, 2], got [4]", True),
-    "sgd: bool mask transposed shape": ("masked_sgd_step_", dict(params=[ones(3), ones(2, 3)],
-                                                                 grads=[ones(3), ones(2, 3)],
-                                                                 momentum_buffers=[ones(3), ones(2, 3)],
-                                                                 masks=[torch.ones(3, **_b), torch.ones(3, 2, **_b)]),
-                                        ValueError, S + "masks[1] must have params[1]'s shape [2, 3], got [3, 2]",
-                                        True),
-    "sgd: packed too long": ("masked_sgd_step_", dict(masks=[torch.zeros(1, **_u8), torch.zeros(2, **_u8)]),
-                             ValueError,
-                             S + "packed masks[1] must be 1-D with ceil(numel / 8) = 1 bytes, got shape [2]",
-                             True),
-    "sgd: packed too short": ("masked_sgd_step_", dict(params=[ones(9)], grads=[ones(9)], momentum_buffers=[ones(9)],
-                                                       masks=[torch.zeros(1, **_u8)]),
-                              ValueError,
-                              S + "packed masks[0] must be 1-D with ceil(numel / 8) = 2 bytes, got shape [1]",
-                              True),
-    "sgd: packed unpacked bytes": ("masked_sgd_step_", dict(params=[ones(9)], grads=[ones(9)],
-                                                            momentum_buffers=[ones(9)], masks=[torch.ones(9, **_u8)]),
-                                   ValueError,
-                                   S + "packed masks[0] must be 1-D with ceil(numel / 8) = 2 bytes, got shape [9]",
-                                   True),
-    "sgd: packed 2-D": ("masked_sgd_step_", dict(masks=[torch.zeros(1, 1, **_u8), torch.zeros(1, **_u8)]), ValueError,
-                        S + "packed masks[0] must be 1-D with ceil(numel / 8) = 1 bytes, got shape [1, 1]", True),
+    "sgd: masks a tensor": (
+        "masked_sgd_step_",
+        dict(masks=torch.ones(3, **_b)),
+        TypeError,
+        S + "masks must be a list of tensors, got Tensor",
+        False,
+    ),
+    "sgd: masks shorter": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3, **_b)]),
+        ValueError,
+        S + "params and masks must be equally long lists, got 2 and 1 tensors",
+        True,
+    ),
+    "sgd: masks longer": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3, **_b)] * 3),
+        ValueError,
+        S + "params and masks must be equally long lists, got 2 and 3 tensors",
+        True,
+    ),
+    "sgd: float mask": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3), torch.ones(2, 2)]),
+        TypeError,
+        S + "masks[0] must be bool or uint8 (packed bits), got Float",
+        True,
+    ),
+    "sgd: int mask second": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3, **_b), torch.ones(2, 2, dtype=torch.int8)]),
+        TypeError,
+        S + "masks[1] must be bool or uint8 (packed bits), got Char",
+        True,
+    ),
+    "sgd: bool then packed": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3, **_b), torch.zeros(1, **_u8)]),
+        TypeError,
+        S + "masks must be all bool or all uint8 (packed), masks[0] is Bool and masks[1] Byte",
+        True,
+    ),
+    "sgd: packed then bool": (
+        "masked_sgd_step_",
+        dict(masks=[torch.zeros(1, **_u8), torch.ones(2, 2, **_b)]),
+        TypeError,
+        S + "masks must be all bool or all uint8 (packed), masks[0] is Byte and masks[1] Bool",
+        True,
+    ),
+    "sgd: bool mask shape": (
+        "masked_sgd_step_",
+        dict(masks=[torch.ones(3, **_b), torch.ones(4, **_b)]),
+        ValueError,
+        S + "masks[1] must have params[1]'s shape [2, 2], got [4]",
+        True,
+    ),
+    "sgd: bool mask transposed shape": (
+        "masked_sgd_step_",
+        dict(
+            params=[ones(3), ones(2, 3)],
+            grads=[ones(3), ones(2, 3)],
+            momentum_buffers=[ones(3), ones(2, 3)],
+            masks=[torch.ones(3, **_b), torch.ones(3, 2, **_b)],
+        ),
+        ValueError,
+        S + "masks[1] must have params[1]'s shape [2, 3], got [3, 2]",
+        True,
+    ),
+    "sgd: packed too long": (
+        "masked_sgd_step_",
+        dict(masks=[torch.zeros(1, **_u8), torch.zeros(2, **_u8)]),
+        ValueError,
+        S + "packed masks[1] must be 1-D with ceil(numel / 8) = 1 bytes, got shape [2]",
+        True,
+    ),
+    "sgd: packed too short": (
+        "masked_sgd_step_",
+        dict(params=[ones(9)], grads=[ones(9)], momentum_buffers=[ones(9)], masks=[torch.zeros(1, **_u8)]),
+        ValueError,
+        S + "packed masks[0] must be 1-D with ceil(numel / 8) = 2 bytes, got shape [1]",
+        True,
+    ),
+    "sgd: packed unpacked bytes": (
+        "masked_sgd_step_",
+        dict(params=[ones(9)], grads=[ones(9)], momentum_buffers=[ones(9)], masks=[torch.ones(9, **_u8)]),
+        ValueError,
+        S + "packed masks[0] must be 1-D with ceil(numel / 8) = 2 bytes, got shape [9]",
+        True,
+    ),
+    "sgd: packed 2-D": (
+        "masked_sgd_step_",
+        dict(masks=[torch.zeros(1, 1, **_u8), torch.zeros(1, **_u8)]),
+        ValueError,
+        S + "packed masks[0] must be 1-D with ceil(numel / 8) = 1 bytes, got shape [1, 1]",
+        True,
+    ),
 }
 
 
@@ -529,9 +657,11 @@ def test_mask_element_not_a_tensor(element):
 def test_empty_lists_are_a_no_op_but_scalars_are_still_checked():
     sgd([], [], [], 0.1, 0.9)
     sgd([], [], [], 0.1, 0.9, masks=[], wd=0.5)
-    for kwargs, message in ((dict(lr=math.inf), "lr must be finite, got lr=inf"),
-                            (dict(momentum=math.nan), "momentum must be finite, got momentum=nan"),
-                            (dict(weight_decay=-math.inf), "weight_decay must be finite, got weight_decay=-inf")):
+    for kwargs, message in (
+        (dict(lr=math.inf), "lr must be finite, got lr=inf"),
+        (dict(momentum=math.nan), "momentum must be finite, got momentum=nan"),
+        (dict(weight_decay=-math.inf), "weight_decay must be finite, got weight_decay=-inf"),
+    ):
         for masks in (None, []):
             args = {**dict(params=[], grads=[], momentum_buffers=[], lr=0.1, momentum=0.9, masks=masks), **kwargs}
             with pytest.raises(ValueError, match=re.escape(S + message)):
@@ -541,15 +671,21 @@ def test_empty_lists_are_a_no_op_but_scalars_are_still_checked():
 @pytest.mark.cuda
 def test_tensors_on_two_devices_are_refused():
     """grads, momentum, a second param, a mask on the CPU."""
+
     def c(*shape):
         return torch.ones(shape, device="cuda")
 
-    for params, grads, moms in (([c(3)], [ones(3)], [c(3)]), ([c(3)], [c(3)], [ones(3)]),
-                                ([c(3), ones(2)], [c(3), ones(2)], [c(3), ones(2)])):
+    for params, grads, moms in (
+        ([c(3)], [ones(3)], [c(3)]),
+        ([c(3)], [c(3)], [ones(3)]),
+        ([c(3), ones(2)], [c(3), ones(2)], [c(3), ones(2)]),
+    ):
         with pytest.raises(ValueError, match=re.escape(S + "all tensors must be on one device")):
             sgd(params, grads, moms, 0.1, 0.9)
-    for masks in ([torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool, device="cuda")],
-                  [torch.ones(1, dtype=torch.uint8, device="cuda"), torch.ones(1, dtype=torch.uint8)]):
+    for masks in (
+        [torch.ones(3, dtype=torch.bool), torch.ones(2, dtype=torch.bool, device="cuda")],
+        [torch.ones(1, dtype=torch.uint8, device="cuda"), torch.ones(1, dtype=torch.uint8)],
+    ):
         k = 0 if masks[0].device.type == "cpu" else 1
         with pytest.raises(ValueError, match=re.escape(f"{S}masks[{k}] is on cpu but params[{k}] on cuda:0")):
             sgd([c(3), c(2)], [c(3), c(2)], [c(3), c(2)], 0.1, 0.9, masks)

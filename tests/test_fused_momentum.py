@@ -19,9 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DEVICES, DTYPES, assert_same_bits
-import fused_cases as fc
 from robustagg import reference
+
+import fused_cases as fc
+from conftest import DEVICES, DTYPES, assert_same_bits
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 NAMES = ("buffers", "grads")
@@ -293,33 +294,84 @@ BETA_RANGE = M + "beta must be in [0, 1]"
 VALID = dict(buffers=[fc.ones(3)], grads=[fc.ones(3)], beta=0.5)
 # id: (op, overrides of VALID, exception, message, also raised by the native op)
 ERRORS = {
-    "lengths differ": ("momentum_update_", dict(buffers=[fc.ones(3), fc.ones(2)], grads=[fc.ones(3), fc.ones(2), fc.ones(1)]),
-                       ValueError, M + "buffers and grads must be equally long lists, got 2 and 3 tensors", True),
-    "shape mismatch": ("momentum_update_", dict(buffers=[fc.ones(3), fc.ones(2, 3)], grads=[fc.ones(3), fc.ones(3, 2)]),
-                       ValueError, M + "grads[1] must have buffers[1]'s shape [2, 3], got [3, 2]", True),
-    "dtype mismatch": ("momentum_update_",
-                       dict(buffers=[fc.ones(3), fc.ones(4)], grads=[fc.ones(3), fc.ones(4, dtype=torch.float64)]),
-                       TypeError, M + "grads[1] must have buffers[1]'s dtype Float, got Double", True),
-    "integer buffer": ("momentum_update_", dict(buffers=[fc.ones(3), fc.ones(2), fc.ones(2, dtype=torch.int64)],
-                                                grads=[fc.ones(3), fc.ones(2), fc.ones(2, dtype=torch.int64)]),
-                       TypeError, M + "buffers[2] must be float32, float64, float16 or bfloat16, got Long", True),
-    "integer grad": ("momentum_update_", dict(grads=[fc.ones(3, dtype=torch.int32)]), TypeError,
-                     M + "grads[0] must have buffers[0]'s dtype Float, got Int", True),
+    "lengths differ": (
+        "momentum_update_",
+        dict(buffers=[fc.ones(3), fc.ones(2)], grads=[fc.ones(3), fc.ones(2), fc.ones(1)]),
+        ValueError,
+        M + "buffers and grads must be equally long lists, got 2 and 3 tensors",
+        True,
+    ),
+    "shape mismatch": (
+        "momentum_update_",
+        dict(buffers=[fc.ones(3), fc.ones(2, 3)], grads=[fc.ones(3), fc.ones(3, 2)]),
+        ValueError,
+        M + "grads[1] must have buffers[1]'s shape [2, 3], got [3, 2]",
+        True,
+    ),
+    "dtype mismatch": (
+        "momentum_update_",
+        dict(buffers=[fc.ones(3), fc.ones(4)], grads=[fc.ones(3), fc.ones(4, dtype=torch.float64)]),
+        TypeError,
+        M + "grads[1] must have buffers[1]'s dtype Float, got Double",
+        True,
+    ),
+    "integer buffer": (
+        "momentum_update_",
+        dict(
+            buffers=[fc.ones(3), fc.ones(2), fc.ones(2, dtype=torch.int64)],
+            grads=[fc.ones(3), fc.ones(2), fc.ones(2, dtype=torch.int64)],
+        ),
+        TypeError,
+        M + "buffers[2] must be float32, float64, float16 or bfloat16, got Long",
+        True,
+    ),
+    "integer grad": (
+        "momentum_update_",
+        dict(grads=[fc.ones(3, dtype=torch.int32)]),
+        TypeError,
+        M + "grads[0] must have buffers[0]'s dtype Float, got Int",
+        True,
+    ),
     "beta < 0": ("momentum_update_", dict(beta=-0.1), ValueError, BETA_RANGE + ", got beta=-0.1", True),
     "beta > 1": ("momentum_update_", dict(beta=1.5), ValueError, BETA_RANGE + ", got beta=1.5", True),
     "beta just > 1": ("momentum_update_", dict(beta=1.0 + 2**-40), ValueError, BETA_RANGE, True),
     "beta NaN": ("momentum_update_", dict(beta=math.nan), ValueError, BETA_RANGE + ", got beta=nan", True),
     "beta inf": ("momentum_update_", dict(beta=math.inf), ValueError, BETA_RANGE + ", got beta=inf", True),
-    "buffers a tensor": ("momentum_update_", dict(buffers=fc.ones(3)), TypeError,
-                         M + "buffers must be a list of tensors, got Tensor", False),
-    "buffers a generator": ("momentum_update_", dict(buffers=(t for t in [fc.ones(3)])), TypeError,
-                            M + "buffers must be a list of tensors, got generator", False),
-    "grads an int": ("momentum_update_", dict(grads=3), TypeError, M + "grads must be a list of tensors, got int",
-                     False),
-    "buffer element": ("momentum_update_", dict(buffers=[fc.ones(3), 1.0], grads=[fc.ones(3), fc.ones(3)]), TypeError,
-                       M + "buffers[1] must be a torch.Tensor, got float", False),
-    "grad element": ("momentum_update_", dict(buffers=[fc.ones(3), fc.ones(2)], grads=[fc.ones(3), None]), TypeError,
-                     M + "grads[1] must be a torch.Tensor, got NoneType", False),
+    "buffers a tensor": (
+        "momentum_update_",
+        dict(buffers=fc.ones(3)),
+        TypeError,
+        M + "buffers must be a list of tensors, got Tensor",
+        False,
+    ),
+    "buffers a generator": (
+        "momentum_update_",
+        dict(buffers=(t for t in [fc.ones(3)])),
+        TypeError,
+        M + "buffers must be a list of tensors, got generator",
+        False,
+    ),
+    "grads an int": (
+        "momentum_update_",
+        dict(grads=3),
+        TypeError,
+        M + "grads must be a list of tensors, got int",
+        False,
+    ),
+    "buffer element": (
+        "momentum_update_",
+        dict(buffers=[fc.ones(3), 1.0], grads=[fc.ones(3), fc.ones(3)]),
+        TypeError,
+        M + "buffers[1] must be a torch.Tensor, got float",
+        False,
+    ),
+    "grad element": (
+        "momentum_update_",
+        dict(buffers=[fc.ones(3), fc.ones(2)], grads=[fc.ones(3), None]),
+        TypeError,
+        M + "grads[1] must be a torch.Tensor, got NoneType",
+        False,
+    ),
     "beta a string": ("momentum_update_", dict(beta="0.5"), TypeError, M + "beta must be a float, got str", False),
     "beta a bool": ("momentum_update_", dict(beta=True), TypeError, M + "beta must be a float, got bool", False),
 }

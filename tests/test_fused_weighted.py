@@ -28,12 +28,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import robustagg.ops
-from conftest import DEVICES, DTYPES, assert_identical, assert_same_bits
-import fused_cases as fc
 from robustagg import reference
+
+import fused_cases as fc
+from conftest import DEVICES, DTYPES, assert_identical, assert_same_bits
 
 pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 W = "weighted_step_: "
+
 
 def assert_wga_close_to_oracle(p_new, c_new, p, gs, cs, weights, lr, beta, what=""):
     """The kernel's results within the first-order rounding bound of the Acc computation of the
@@ -44,8 +46,9 @@ def assert_wga_close_to_oracle(p_new, c_new, p, gs, cs, weights, lr, beta, what=
     times the other factor where a coefficient (lr, a weight, beta) rounds to a subnormal or 0."""
     u, sa, big, et, st_, tmax = fc.tolerance_units(p.dtype)
     n = len(gs) - 1
-    want_p, want_c = reference.weighted_step([p], [[g] for g in gs], weights, lr,
-                                             corrections=None if cs is None else [[c] for c in cs], beta=beta)
+    want_p, want_c = reference.weighted_step(
+        [p], [[g] for g in gs], weights, lr, corrections=None if cs is None else [[c] for c in cs], beta=beta
+    )
     want_p = want_p[0]
     g64 = [g.to(torch.float64) for g in gs]
     c64 = [] if cs is None else [c.to(torch.float64) for c in cs]
@@ -67,7 +70,6 @@ def assert_wga_close_to_oracle(p_new, c_new, p, gs, cs, weights, lr, beta, what=
         tol = 2 * err + et * want.abs() + st_
         skip = fc.skip_mask(big, tmax, want, [c, g64[0], g64[i]], [keep * c, abs(weights[i]) * d])
         fc.check_tolerance(c_new[i - 1], want, tol, skip, f"{what}: corrections[{i - 1}] vs oracle")
-
 
 
 weights_st = st.one_of(st.sampled_from([1.0, 0.5, 0.0, -0.25, 1 / 3, 0.1]), st.floats(-2.0, 2.0))
@@ -101,8 +103,17 @@ def check_wga(specs: list[fc.ParamSpec], n: int, weights, lr, beta, corrected: b
             assert_same_bits(corr[i][j], want_c[i], f"{what}: corrections[{i}]")
         for u in range(n + 1):
             assert_identical(grads[u][j], gs[u][j], f"{what}: grads[{u}] changed")
-        assert_wga_close_to_oracle(params[j].cpu(), None if cs is None else [cl[j].cpu() for cl in corr], ps[j], g_j,
-                                   c_j, weights, lr, beta, what)
+        assert_wga_close_to_oracle(
+            params[j].cpu(),
+            None if cs is None else [cl[j].cpu() for cl in corr],
+            ps[j],
+            g_j,
+            c_j,
+            weights,
+            lr,
+            beta,
+            what,
+        )
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -173,7 +184,10 @@ def test_each_weight_weighs_its_own_user(dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_plain_ignores_beta(dtype):
     """Without corrections beta has no term: any beta gives the bits of beta = 0."""
-    specs = [fc.ParamSpec((fc.PIECE + 99,), dtype, 3, ("gaussian",), 0.01), fc.ParamSpec((7, 5), dtype, 4, ("mixed",), 0.1)]
+    specs = [
+        fc.ParamSpec((fc.PIECE + 99,), dtype, 3, ("gaussian",), 0.01),
+        fc.ParamSpec((7, 5), dtype, 4, ("mixed",), 0.1),
+    ]
     n, weights = 2, [0.5, 0.3, 0.2]
     ps = [s.tensor(0) for s in specs]
     gs = [[s.tensor(1 + u) for s in specs] for u in range(n + 1)]
@@ -199,6 +213,7 @@ def test_correction_applies_from_the_next_step(dtype):
             c1 = 3/4 * 0.875 + 1/8 = 0.78125,  c2 = 3/4 * (-1.25) + 1/4 = -0.6875.
     (Swapping keep and take, the sign of g0 - gi, or using the new corrections in the step,
     each changes these numbers.)"""
+
     def full(v):
         return torch.full((2, 3), v, dtype=dtype)
 
@@ -222,8 +237,11 @@ def test_weights_as_a_tensor_or_ints():
     gen = torch.Generator().manual_seed(2)
     p = torch.randn(40, generator=gen)
     gs = [[torch.randn(40, generator=gen)] for _ in range(3)]
-    for w, other in (([0.2, 0.5, 0.3], torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)),
-                     ([2.0, 0.0, -1.0], [2, 0, -1]), ([1.0, 1.0, 1.0], (1, 1.0, torch.tensor(1.0).item()))):
+    for w, other in (
+        ([0.2, 0.5, 0.3], torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64)),
+        ([2.0, 0.0, -1.0], [2, 0, -1]),
+        ([1.0, 1.0, 1.0], (1, 1.0, torch.tensor(1.0).item())),
+    ):
         a, b = p.clone(), p.clone()
         wga([a], gs, w, 0.1)
         wga([b], gs, other, 0.1)
@@ -365,81 +383,194 @@ def test_thread_count_does_not_change_results():
 
 def valid() -> dict:
     """Valid wrapper arguments: two params, N = 2, corrections."""
-    return dict(params=[fc.ones(3), fc.ones(2, 2)], grads=[[fc.ones(3), fc.ones(2, 2)] for _ in range(3)], weights=[0.5, 0.3, 0.2],
-                lr=0.1, corrections=[[fc.ones(3), fc.ones(2, 2)] for _ in range(2)], beta=0.5)
+    return dict(
+        params=[fc.ones(3), fc.ones(2, 2)],
+        grads=[[fc.ones(3), fc.ones(2, 2)] for _ in range(3)],
+        weights=[0.5, 0.3, 0.2],
+        lr=0.1,
+        corrections=[[fc.ones(3), fc.ones(2, 2)] for _ in range(2)],
+        beta=0.5,
+    )
 
 
 # id: (op, overrides of valid(), exception, message, also raised by the native op)
 ERRORS = {
     # weighted_step_: lists
-    "wga: grads not a list": ("weighted_step_", dict(grads=fc.ones(3), corrections=None), TypeError,
-                              W + "grads must be a non-empty list of N + 1 gradient lists, got Tensor", False),
-    "wga: grads empty": ("weighted_step_", dict(grads=[], corrections=None), TypeError,
-                         W + "grads must be a non-empty list of N + 1 gradient lists, got list", False),
-    "wga: weights shorter": ("weighted_step_", dict(weights=[0.5, 0.5]), ValueError,
-                             W + "weights must hold one number per gradient list (3), got [0.5, 0.5]", False),
-    "wga: weights longer": ("weighted_step_", dict(weights=[0.5, 0.5, 0.1, 0.1]), ValueError,
-                            W + "weights must hold one number per gradient list (3)", False),
-    "wga: weights a float": ("weighted_step_", dict(weights=1.0), ValueError,
-                             W + "weights must hold one number per gradient list (3), got 1.0", False),
-    "wga: weight a str": ("weighted_step_", dict(weights=[0.5, "0.3", 0.2]), TypeError,
-                          W + "weights[1] must be a float, got str", False),
-    "wga: weight a bool": ("weighted_step_", dict(weights=[0.5, 0.3, True]), TypeError,
-                           W + "weights[2] must be a float, got bool", False),
-    "wga: corrections too many": ("weighted_step_", dict(corrections=[[fc.ones(3), fc.ones(2, 2)]] * 3), ValueError,
-                                  W + "corrections must hold N = 2 lists (one per collaborator), got 3", False),
-    "wga: corrections too few": ("weighted_step_", dict(corrections=[[fc.ones(3), fc.ones(2, 2)]]), ValueError,
-                                 W + "corrections must hold N = 2 lists (one per collaborator), got 1", False),
-    "wga: corrections a tensor": ("weighted_step_", dict(corrections=fc.ones(3)), TypeError,
-                                  W + "corrections must be a list of N correction lists, got Tensor", False),
-    "wga: grads[1] shorter": ("weighted_step_", dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3)], [fc.ones(3), fc.ones(2, 2)]]),
-                              ValueError, W + "params and grads[1] must be equally long lists, got 2 and 1 tensors",
-                              False),
-    "wga: corrections[1] longer": ("weighted_step_",
-                                   dict(corrections=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2), fc.ones(1)]]),
-                                   ValueError,
-                                   W + "params and corrections[1] must be equally long lists, got 2 and 3 tensors",
-                                   False),
-    "wga: grads[2] a tensor": ("weighted_step_", dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)], fc.ones(3)]),
-                               TypeError, W + "grads[2] must be a list of tensors, got Tensor", False),
-    "wga: grads[0] element": ("weighted_step_",
-                              dict(grads=[[fc.ones(3), 1.0], [fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)]]),
-                              TypeError, W + "grads[0][1] must be a torch.Tensor, got float", False),
+    "wga: grads not a list": (
+        "weighted_step_",
+        dict(grads=fc.ones(3), corrections=None),
+        TypeError,
+        W + "grads must be a non-empty list of N + 1 gradient lists, got Tensor",
+        False,
+    ),
+    "wga: grads empty": (
+        "weighted_step_",
+        dict(grads=[], corrections=None),
+        TypeError,
+        W + "grads must be a non-empty list of N + 1 gradient lists, got list",
+        False,
+    ),
+    "wga: weights shorter": (
+        "weighted_step_",
+        dict(weights=[0.5, 0.5]),
+        ValueError,
+        W + "weights must hold one number per gradient list (3), got [0.5, 0.5]",
+        False,
+    ),
+    "wga: weights longer": (
+        "weighted_step_",
+        dict(weights=[0.5, 0.5, 0.1, 0.1]),
+        ValueError,
+        W + "weights must hold one number per gradient list (3)",
+        False,
+    ),
+    "wga: weights a float": (
+        "weighted_step_",
+        dict(weights=1.0),
+        ValueError,
+        W + "weights must hold one number per gradient list (3), got 1.0",
+        False,
+    ),
+    "wga: weight a str": (
+        "weighted_step_",
+        dict(weights=[0.5, "0.3", 0.2]),
+        TypeError,
+        W + "weights[1] must be a float, got str",
+        False,
+    ),
+    "wga: weight a bool": (
+        "weighted_step_",
+        dict(weights=[0.5, 0.3, True]),
+        TypeError,
+        W + "weights[2] must be a float, got bool",
+        False,
+    ),
+    "wga: corrections too many": (
+        "weighted_step_",
+        dict(corrections=[[fc.ones(3), fc.ones(2, 2)]] * 3),
+        ValueError,
+        W + "corrections must hold N = 2 lists (one per collaborator), got 3",
+        False,
+    ),
+    "wga: corrections too few": (
+        "weighted_step_",
+        dict(corrections=[[fc.ones(3), fc.ones(2, 2)]]),
+        ValueError,
+        W + "corrections must hold N = 2 lists (one per collaborator), got 1",
+        False,
+    ),
+    "wga: corrections a tensor": (
+        "weighted_step_",
+        dict(corrections=fc.ones(3)),
+        TypeError,
+        W + "corrections must be a list of N correction lists, got Tensor",
+        False,
+    ),
+    "wga: grads[1] shorter": (
+        "weighted_step_",
+        dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3)], [fc.ones(3), fc.ones(2, 2)]]),
+        ValueError,
+        W + "params and grads[1] must be equally long lists, got 2 and 1 tensors",
+        False,
+    ),
+    "wga: corrections[1] longer": (
+        "weighted_step_",
+        dict(corrections=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2), fc.ones(1)]]),
+        ValueError,
+        W + "params and corrections[1] must be equally long lists, got 2 and 3 tensors",
+        False,
+    ),
+    "wga: grads[2] a tensor": (
+        "weighted_step_",
+        dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)], fc.ones(3)]),
+        TypeError,
+        W + "grads[2] must be a list of tensors, got Tensor",
+        False,
+    ),
+    "wga: grads[0] element": (
+        "weighted_step_",
+        dict(grads=[[fc.ones(3), 1.0], [fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)]]),
+        TypeError,
+        W + "grads[0][1] must be a torch.Tensor, got float",
+        False,
+    ),
     "wga: lr a str": ("weighted_step_", dict(lr="0.1"), TypeError, W + "lr must be a float, got str", False),
     "wga: beta None": ("weighted_step_", dict(beta=None), TypeError, W + "beta must be a float, got NoneType", False),
     # weighted_step_: values and tensors (the native op checks these)
-    "wga: weight nan": ("weighted_step_", dict(weights=[0.5, math.nan, 0.2]), ValueError,
-                        W + "weights must be finite, got weights[1]=nan", True),
-    "wga: weight inf": ("weighted_step_", dict(weights=[0.5, 0.3, -math.inf]), ValueError,
-                        W + "weights must be finite, got weights[2]=-inf", True),
+    "wga: weight nan": (
+        "weighted_step_",
+        dict(weights=[0.5, math.nan, 0.2]),
+        ValueError,
+        W + "weights must be finite, got weights[1]=nan",
+        True,
+    ),
+    "wga: weight inf": (
+        "weighted_step_",
+        dict(weights=[0.5, 0.3, -math.inf]),
+        ValueError,
+        W + "weights must be finite, got weights[2]=-inf",
+        True,
+    ),
     "wga: lr nan": ("weighted_step_", dict(lr=math.nan), ValueError, W + "lr must be finite, got lr=nan", True),
     "wga: lr inf": ("weighted_step_", dict(lr=math.inf), ValueError, W + "lr must be finite, got lr=inf", True),
     "wga: beta > 1": ("weighted_step_", dict(beta=1.5), ValueError, W + "beta must be in [0, 1], got beta=1.5", True),
-    "wga: beta < 0": ("weighted_step_", dict(beta=-0.1), ValueError, W + "beta must be in [0, 1], got beta=-0.1",
-                      True),
+    "wga: beta < 0": ("weighted_step_", dict(beta=-0.1), ValueError, W + "beta must be in [0, 1], got beta=-0.1", True),
     "wga: beta just > 1": ("weighted_step_", dict(beta=1.0 + 2**-40), ValueError, W + "beta must be in [0, 1]", True),
-    "wga: beta nan": ("weighted_step_", dict(beta=math.nan), ValueError, W + "beta must be in [0, 1], got beta=nan",
-                      True),
-    "wga: beta checked without corrections": ("weighted_step_", dict(beta=2.0, corrections=None), ValueError,
-                                              W + "beta must be in [0, 1], got beta=2", True),
-    "wga: grads[2] shape": ("weighted_step_",
-                            dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(4)]]),
-                            ValueError, W + "grads[2][1] must have params[1]'s shape [2, 2], got [4]", True),
-    "wga: grads[0] dtype": ("weighted_step_",
-                            dict(grads=[[fc.ones(3, dtype=torch.float64), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)],
-                                        [fc.ones(3), fc.ones(2, 2)]]),
-                            TypeError, W + "grads[0][0] must have params[0]'s dtype Float, got Double", True),
-    "wga: corrections[1] shape": ("weighted_step_", dict(corrections=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 3)]]),
-                                  ValueError, W + "corrections[1][1] must have params[1]'s shape [2, 2], got [2, 3]",
-                                  True),
-    "wga: corrections[0] dtype": ("weighted_step_",
-                                  dict(corrections=[[fc.ones(3, dtype=torch.bfloat16), fc.ones(2, 2)],
-                                                    [fc.ones(3), fc.ones(2, 2)]]),
-                                  TypeError, W + "corrections[0][0] must have params[0]'s dtype Float, got BFloat16",
-                                  True),
-    "wga: integer params": ("weighted_step_", dict(params=[fc.ones(3, dtype=torch.int64)],
-                                                   grads=[[fc.ones(3, dtype=torch.int64)]] * 3, corrections=None),
-                            TypeError, W + "params[0] must be float32, float64, float16 or bfloat16, got Long", True),
+    "wga: beta nan": (
+        "weighted_step_",
+        dict(beta=math.nan),
+        ValueError,
+        W + "beta must be in [0, 1], got beta=nan",
+        True,
+    ),
+    "wga: beta checked without corrections": (
+        "weighted_step_",
+        dict(beta=2.0, corrections=None),
+        ValueError,
+        W + "beta must be in [0, 1], got beta=2",
+        True,
+    ),
+    "wga: grads[2] shape": (
+        "weighted_step_",
+        dict(grads=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(4)]]),
+        ValueError,
+        W + "grads[2][1] must have params[1]'s shape [2, 2], got [4]",
+        True,
+    ),
+    "wga: grads[0] dtype": (
+        "weighted_step_",
+        dict(
+            grads=[
+                [fc.ones(3, dtype=torch.float64), fc.ones(2, 2)],
+                [fc.ones(3), fc.ones(2, 2)],
+                [fc.ones(3), fc.ones(2, 2)],
+            ]
+        ),
+        TypeError,
+        W + "grads[0][0] must have params[0]'s dtype Float, got Double",
+        True,
+    ),
+    "wga: corrections[1] shape": (
+        "weighted_step_",
+        dict(corrections=[[fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 3)]]),
+        ValueError,
+        W + "corrections[1][1] must have params[1]'s shape [2, 2], got [2, 3]",
+        True,
+    ),
+    "wga: corrections[0] dtype": (
+        "weighted_step_",
+        dict(corrections=[[fc.ones(3, dtype=torch.bfloat16), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2)]]),
+        TypeError,
+        W + "corrections[0][0] must have params[0]'s dtype Float, got BFloat16",
+        True,
+    ),
+    "wga: integer params": (
+        "weighted_step_",
+        dict(params=[fc.ones(3, dtype=torch.int64)], grads=[[fc.ones(3, dtype=torch.int64)]] * 3, corrections=None),
+        TypeError,
+        W + "params[0] must be float32, float64, float16 or bfloat16, got Long",
+        True,
+    ),
 }
 
 
@@ -447,16 +578,31 @@ test_errors, test_errors_native_op = fc.error_table_tests(ERRORS, lambda op: val
 
 
 NATIVE_ONLY = {  # list counts that only the native op sees (the wrapper builds them)
-    "grads count": (([fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2), fc.ones(3)], None, [0.5, 0.5], 0.1, 0.0), ValueError,
-                    W + "grads must hold N + 1 = 2 lists of 2 tensors, got 3 tensors"),
-    "grads count, one user": (([fc.ones(3)], [fc.ones(3), fc.ones(3)], None, [1.0], 0.1, 0.0), ValueError,
-                              W + "grads must hold N + 1 = 1 lists of 1 tensors, got 2 tensors"),
-    "no weights": (([fc.ones(3)], [], None, [], 0.1, 0.0), ValueError,
-                   W + "weights must hold N + 1 >= 1 numbers, got none"),
-    "corrections count": (([fc.ones(3)], [fc.ones(3)] * 3, [fc.ones(3)], [0.2, 0.3, 0.5], 0.1, 0.5), ValueError,
-                          W + "corrections must hold N = 2 lists of 1 tensors, got 1 tensors"),
-    "corrections for N = 0": (([fc.ones(3)], [fc.ones(3)], [fc.ones(3)], [1.0], 0.1, 0.5), ValueError,
-                              W + "corrections must hold N = 0 lists of 1 tensors, got 1 tensors"),
+    "grads count": (
+        ([fc.ones(3), fc.ones(2, 2)], [fc.ones(3), fc.ones(2, 2), fc.ones(3)], None, [0.5, 0.5], 0.1, 0.0),
+        ValueError,
+        W + "grads must hold N + 1 = 2 lists of 2 tensors, got 3 tensors",
+    ),
+    "grads count, one user": (
+        ([fc.ones(3)], [fc.ones(3), fc.ones(3)], None, [1.0], 0.1, 0.0),
+        ValueError,
+        W + "grads must hold N + 1 = 1 lists of 1 tensors, got 2 tensors",
+    ),
+    "no weights": (
+        ([fc.ones(3)], [], None, [], 0.1, 0.0),
+        ValueError,
+        W + "weights must hold N + 1 >= 1 numbers, got none",
+    ),
+    "corrections count": (
+        ([fc.ones(3)], [fc.ones(3)] * 3, [fc.ones(3)], [0.2, 0.3, 0.5], 0.1, 0.5),
+        ValueError,
+        W + "corrections must hold N = 2 lists of 1 tensors, got 1 tensors",
+    ),
+    "corrections for N = 0": (
+        ([fc.ones(3)], [fc.ones(3)], [fc.ones(3)], [1.0], 0.1, 0.5),
+        ValueError,
+        W + "corrections must hold N = 0 lists of 1 tensors, got 1 tensors",
+    ),
 }
 
 
@@ -467,14 +613,14 @@ def test_errors_native_op_list_counts(case):
         torch.ops.robustagg.weighted_step_(*args)
 
 
-
-
 def test_empty_lists_are_a_no_op_but_scalars_are_still_checked():
     wga([], [[]], [1.0], 0.1)
     wga([], [[], [], []], [0.2, 0.3, 0.5], 0.1, corrections=[[], []], beta=0.5)
-    for kwargs, message in ((dict(lr=math.nan), "lr must be finite, got lr=nan"),
-                            (dict(beta=1.5), "beta must be in [0, 1], got beta=1.5"),
-                            (dict(weights=[0.5, math.inf]), "weights must be finite, got weights[1]=inf")):
+    for kwargs, message in (
+        (dict(lr=math.nan), "lr must be finite, got lr=nan"),
+        (dict(beta=1.5), "beta must be in [0, 1], got beta=1.5"),
+        (dict(weights=[0.5, math.inf]), "weights must be finite, got weights[1]=inf"),
+    ):
         args = {**dict(params=[], grads=[[], []], weights=[0.5, 0.5], lr=0.1, corrections=[[]], beta=0.5), **kwargs}
         with pytest.raises(ValueError, match=re.escape(W + message)):
             robustagg.ops.weighted_step_(**args)
@@ -491,12 +637,15 @@ def test_weights_as_numpy_array():
 @pytest.mark.cuda
 def test_tensors_on_two_devices_are_refused():
     """A second param, a collaborator's gradient, a correction on the CPU; beta still checked."""
+
     def c(*shape):
         return torch.ones(shape, device="cuda")
 
-    cases = [([c(3), fc.ones(2)], [[c(3), fc.ones(2)], [c(3), fc.ones(2)]], [[c(3), fc.ones(2)]]),
-             ([c(3)], [[c(3)], [fc.ones(3)]], [[c(3)]]),
-             ([c(3)], [[c(3)], [c(3)]], [[fc.ones(3)]])]
+    cases = [
+        ([c(3), fc.ones(2)], [[c(3), fc.ones(2)], [c(3), fc.ones(2)]], [[c(3), fc.ones(2)]]),
+        ([c(3)], [[c(3)], [fc.ones(3)]], [[c(3)]]),
+        ([c(3)], [[c(3)], [c(3)]], [[fc.ones(3)]]),
+    ]
     for params, grads, corr in cases:
         with pytest.raises(ValueError, match=re.escape(W + "all tensors must be on one device")):
             wga(params, grads, [0.5, 0.5], 0.1, corrections=corr, beta=0.5)
@@ -582,8 +731,9 @@ def test_long_lists_match_the_cpu_kernel_bitwise(device, n, dtype):
                 assert_same_bits(dev_c[i][j], cpu_c[i][j], f"{device} vs CPU: {what}: corrections[{i}]")
             for u in range(n + 1):
                 assert_identical(dev_g[u][j], grads[u][j], f"{device}: {what}: grads[{u}] changed")
-            want_p, want_c = fc.wga_expr(params[j], [gl[j] for gl in grads], weights, lr,
-                                      None if cs is None else [cl[j] for cl in cs], beta)
+            want_p, want_c = fc.wga_expr(
+                params[j], [gl[j] for gl in grads], weights, lr, None if cs is None else [cl[j] for cl in cs], beta
+            )
             assert_same_bits(cpu_p[j], want_p, f"CPU vs expression: {what}")
             for i in range(n if corrected else 0):
                 assert_same_bits(cpu_c[i][j], want_c[i], f"CPU vs expression: {what}: corrections[{i}]")

@@ -28,8 +28,13 @@ def _run_table() -> dict[int, dict]:
     results: dict[int, dict] = {}
     first = 0
     while first < len(LABELS):
-        child = subprocess.run([sys.executable, os.path.join(HERE, "hostile_cases.py"), str(first)],
-                               capture_output=True, text=True, timeout=900, env=_CHILD_ENV)
+        child = subprocess.run(
+            [sys.executable, os.path.join(HERE, "hostile_cases.py"), str(first)],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env=_CHILD_ENV,
+        )
         started = None
         for line in child.stdout.splitlines():
             record = json.loads(line)
@@ -40,8 +45,12 @@ def _run_table() -> dict[int, dict]:
         if child.returncode == 0:
             break
         crashed = started if started is not None else first
-        results[crashed] = {"index": crashed, "label": LABELS[crashed], "ok": False,
-                            "detail": f"the process died (exit status {child.returncode}): {child.stderr[-2000:]}"}
+        results[crashed] = {
+            "index": crashed,
+            "label": LABELS[crashed],
+            "ok": False,
+            "detail": f"the process died (exit status {child.returncode}): {child.stderr[-2000:]}",
+        }
         first = crashed + 1
     return results
 

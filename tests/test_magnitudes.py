@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import robustagg
 from robustagg import exact_geometry, ops, reference
+
 from conftest import assert_exact, assert_sum_close
 
 BIG = 1.7976931348623157e308
@@ -74,8 +75,12 @@ def test_the_reference_is_the_rule_at_a_safe_scale():
     g = torch.Generator().manual_seed(3)
     X = torch.randn(7, 50, generator=g, dtype=torch.float64) * 1e300
     k = exponent_of(X)
-    for rule in (reference.coordinate_median, reference.mean, lambda X: reference.trimmed_mean(X, 2),
-                 lambda X: reference.meamed(X, 2)):
+    for rule in (
+        reference.coordinate_median,
+        reference.mean,
+        lambda X: reference.trimmed_mean(X, 2),
+        lambda X: reference.meamed(X, 2),
+    ):
         scaled = rule(X * 2.0**-k) * 2.0**k
         assert torch.equal(rule(X), scaled)
 
@@ -174,8 +179,12 @@ def test_clipping_far_finite_rows(X):
 
 def test_rows_of_1e200_through_every_distance_rule():
     X = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e200
-    for out in (robustagg.krum(X, 1), robustagg.multi_krum(X, 1), robustagg.geometric_median(X),
-                robustagg.centered_clip(X, torch.zeros(4, dtype=torch.float64), 1.0)):
+    for out in (
+        robustagg.krum(X, 1),
+        robustagg.multi_krum(X, 1),
+        robustagg.geometric_median(X),
+        robustagg.centered_clip(X, torch.zeros(4, dtype=torch.float64), 1.0),
+    ):
         assert torch.isfinite(out).all()
     s = 2.0**-700
     assert not torch.equal(robustagg.clip(X, 1.0), X)  # clipped, not returned as they were
@@ -202,8 +211,14 @@ def test_a_row_is_not_finite_only_when_an_entry_is_not():
 
 
 @settings(max_examples=60, deadline=None)
-@given(n=st.integers(4, 12), d=st.integers(1, 50), seed=st.integers(0, 2**31 - 1), far=st.floats(1e3, 1e15),
-       dtype=st.sampled_from([torch.float32, torch.float64]), outliers=st.sampled_from(["ends", "all-refs", "ends-nan"]))
+@given(
+    n=st.integers(4, 12),
+    d=st.integers(1, 50),
+    seed=st.integers(0, 2**31 - 1),
+    far=st.floats(1e3, 1e15),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    outliers=st.sampled_from(["ends", "all-refs", "ends-nan"]),
+)
 def test_far_rows_at_the_reference_positions(n, d, seed, far, dtype, outliers):
     """Rows far from the rest at the positions whose median shifts the Gram matrix (0, (n-1)/2, n-1) must not
     wash out the distances between the other rows."""

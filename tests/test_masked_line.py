@@ -79,7 +79,7 @@ def test_full_steps_match_torch_sgd_and_skip_parameters_without_gradients() -> N
     ref = [nn.Parameter(p.detach().clone()) for p in ours]
     opt = MaskedSGD(ours, lr=0.1, momentum=0.8, weight_decay=0.05)
     sgd = torch.optim.SGD(ref, lr=0.1, momentum=0.8, weight_decay=0.05)
-    for step in range(5):
+    for _step in range(5):
         for a, b in zip(ours[:2], ref[:2]):
             a.grad = torch.randn(a.shape, generator=g)
             b.grad = a.grad.clone()
@@ -134,8 +134,11 @@ def test_packed_masks_are_packed_once_per_mask_tensor() -> None:
 
 def test_optimizer_errors() -> None:
     p = [nn.Parameter(torch.zeros(3))]
-    for kwargs, match in ((dict(lr=0.0), "lr"), (dict(lr=0.1, momentum=1.0), "momentum"),
-                          (dict(lr=0.1, weight_decay=-1.0), "weight_decay")):
+    for kwargs, match in (
+        (dict(lr=0.0), "lr"),
+        (dict(lr=0.1, momentum=1.0), "momentum"),
+        (dict(lr=0.1, weight_decay=-1.0), "weight_decay"),
+    ):
         with pytest.raises(ValueError, match=match):
             MaskedSGD(p, **kwargs)
     opt = MaskedSGD(p, lr=0.1)
@@ -156,8 +159,11 @@ def test_width_core_keeps_the_first_units_and_their_inputs() -> None:
     want = {"0.weight": (4, 5), "2.weight": (3, 4), "4.weight": (3, 3)}
     for name, (rows, cols) in want.items():
         m = core[name]
-        assert torch.equal(m, torch.zeros_like(m).index_fill(0, torch.arange(rows), True) &
-                           torch.zeros_like(m).index_fill(1, torch.arange(cols), True))
+        assert torch.equal(
+            m,
+            torch.zeros_like(m).index_fill(0, torch.arange(rows), True)
+            & torch.zeros_like(m).index_fill(1, torch.arange(cols), True),
+        )
     assert core["0.bias"].tolist() == [True] * 4 + [False] * 4
     assert core["4.bias"].all()  # the output layer keeps all its outputs
     assert sum(int(m.sum()) for m in core.values()) == 4 * 5 + 4 + 3 * 4 + 3 + 3 * 3 + 3
@@ -170,7 +176,9 @@ def test_width_core_keeps_the_first_units_and_their_inputs() -> None:
 
 
 def test_width_core_follows_channels_from_conv_to_linear() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 3))
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 1), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 2 * 2, 3)
+    )
     core = width_core(model, 0.5)
     assert core["0.weight"][:2].all() and not core["0.weight"][2:].any()
     assert torch.equal(core["2.weight"].any(0).reshape(-1), torch.tensor([True, True, False, False]))
@@ -249,7 +257,9 @@ def test_random_and_magnitude_cores_have_exact_densities() -> None:
     assert set(top) == {"0.weight", "2.weight"}  # biases stay dense by default
     assert sum(int(m.sum()) for m in top.values()) == 30  # round(0.1 * 300)
     kept = torch.cat([model[0].weight.detach().abs()[top["0.weight"]], model[2].weight.detach().abs()[top["2.weight"]]])
-    dropped = torch.cat([model[0].weight.detach().abs()[~top["0.weight"]], model[2].weight.detach().abs()[~top["2.weight"]]])
+    dropped = torch.cat(
+        [model[0].weight.detach().abs()[~top["0.weight"]], model[2].weight.detach().abs()[~top["2.weight"]]]
+    )
     assert kept.min() >= dropped.max()
     assert set(magnitude_core(model, 0.5, include=["2.bias"])) == {"2.bias"}
     with pytest.raises(KeyError, match="no parameter"):
@@ -268,8 +278,11 @@ def test_alternating_schedule_sequences() -> None:
     assert seq(AlternatingSchedule(period=4, core_steps=3)) == "CCCFCCCFCC"
     assert seq(AlternatingSchedule(period=3, core_steps=1, warmup=4)) == "FFFFCFFCFF"
     assert seq(AlternatingSchedule(1, 0)) == "F" * 10 and seq(AlternatingSchedule(1, 1)) == "C" * 10
-    for kwargs, match in ((dict(period=0), "period"), (dict(period=2, core_steps=3), "core_steps"),
-                          (dict(warmup=-1), "warmup")):
+    for kwargs, match in (
+        (dict(period=0), "period"),
+        (dict(period=2, core_steps=3), "core_steps"),
+        (dict(warmup=-1), "warmup"),
+    ):
         with pytest.raises(ValueError, match=match):
             AlternatingSchedule(**kwargs)
     with pytest.raises(TypeError, match="period"):
@@ -284,8 +297,11 @@ def test_acdc_schedule_phases() -> None:
     merged = ACDCSchedule(100, 0.1, warmup_fraction=0.2, phase_steps=35, final_sparse_fraction=0.1)
     assert [t for t in range(100) if merged.new_sparse_phase(t)] == [20, 90]
     assert ACDCSchedule(3000, 0.1).phase_steps == 150
-    for kwargs, match in ((dict(density=0.0), "density"), (dict(warmup_fraction=0.6, final_sparse_fraction=0.5), "<= 1"),
-                          (dict(phase_steps=0), "phase_steps")):
+    for kwargs, match in (
+        (dict(density=0.0), "density"),
+        (dict(warmup_fraction=0.6, final_sparse_fraction=0.5), "<= 1"),
+        (dict(phase_steps=0), "phase_steps"),
+    ):
         with pytest.raises(ValueError, match=match):
             ACDCSchedule(**{"total_steps": 100, "density": 0.1, **kwargs})
 
@@ -431,8 +447,9 @@ def test_train_masked_command_writes_json_and_plot(tmp_path, capsys) -> None:
     from robustagg.cli import main
 
     out = tmp_path / "run.json"
-    assert main(["train", "masked", "--training", "acdc", "--rounds", "20", "--eval-every", "10",
-                 "--json", str(out)]) == 0
+    assert (
+        main(["train", "masked", "--training", "acdc", "--rounds", "20", "--eval-every", "10", "--json", str(out)]) == 0
+    )
     result = json.loads(out.read_text())
     assert result["config"]["training"] == "acdc" and [p["round"] for p in result["curve"]][-1] == 20
     assert (tmp_path / "run.png").stat().st_size > 1000
@@ -447,15 +464,39 @@ def test_train_masked_grid_keeps_the_reading_section(tmp_path, capsys) -> None:
     from robustagg.cli import main
 
     (tmp_path / "masked.md").write_text("# old table\n\n## Reading\n\nWhat the table says.\n")
-    assert main(["train", "masked", "--grid", "--seeds", "1", "--rounds", "20", "--eval-every", "10", "--jobs", "1",
-                 "--out", str(tmp_path)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "masked",
+                "--grid",
+                "--seeds",
+                "1",
+                "--rounds",
+                "20",
+                "--eval-every",
+                "10",
+                "--jobs",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     text = (tmp_path / "masked.md").read_text()
     assert text.startswith("# Masked / partial training\n") and "# old table" not in text
     assert text.endswith("\n## Reading\n\nWhat the table says.\n")
     runs = json.loads((tmp_path / "masked.json").read_text())["runs"]
     assert len(runs) == len(masked_grid.ROWS)
-    assert set(runs[0]) <= {"config", "final_full_accuracy", "final_core_accuracy", "final_sparse_accuracy",
-                            "seconds_per_step", "wall_seconds"}
+    assert set(runs[0]) <= {
+        "config",
+        "final_full_accuracy",
+        "final_core_accuracy",
+        "final_sparse_accuracy",
+        "seconds_per_step",
+        "wall_seconds",
+    }
     out, err = capsys.readouterr()
     assert f"masked grid: {len(masked_grid.ROWS)} runs of 20 rounds in 1 processes" in err
     assert f"{len(masked_grid.ROWS)} runs in " in out and f"table: {tmp_path / 'masked.md'}" in out

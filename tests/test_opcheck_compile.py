@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import robustagg
+
 from conftest import MatrixSpec, assert_bitwise, cuda_ready, make_matrix
 
 OPS = torch.ops.robustagg
@@ -67,8 +68,13 @@ def test_fake_tensor_shapes():
 
     with FakeTensorMode():
         X = torch.empty(7, 13, dtype=torch.bfloat16)
-        for out in (OPS.mean(X), OPS.mean(X, torch.ones(7)), OPS.coordinate_median(X), OPS.trimmed_mean(X, 2),
-                    OPS.meamed(X, 3)):
+        for out in (
+            OPS.mean(X),
+            OPS.mean(X, torch.ones(7)),
+            OPS.coordinate_median(X),
+            OPS.trimmed_mean(X, 2),
+            OPS.meamed(X, 3),
+        ):
             assert out.shape == (13,) and out.dtype == torch.bfloat16
 
 
@@ -123,8 +129,11 @@ def _distance_samples(device="cpu"):
             # rows without the NaN: opcheck compares outputs without equal_nan
             out.append((OPS.row_sq_norms.default, (X[::2, 1:],)))
     Xt = torch.randn(30, 7, generator=g).t().to(device)  # non-contiguous (7, 30)
-    out += [(OPS.pairwise_sq_distances.default, (Xt, None)), (OPS.row_sq_norms.default, (Xt,)),
-            (OPS.mix_rows.default, (torch.rand(2, 7, generator=g, dtype=torch.float64).to(device), Xt, None))]
+    out += [
+        (OPS.pairwise_sq_distances.default, (Xt, None)),
+        (OPS.row_sq_norms.default, (Xt,)),
+        (OPS.mix_rows.default, (torch.rand(2, 7, generator=g, dtype=torch.float64).to(device), Xt, None)),
+    ]
     return out
 
 
@@ -132,8 +141,10 @@ def _distance_id(sample):
     op, args = sample
     X = args[1] if op is OPS.mix_rows.default else args[0]
     center = args[-1] is not None and op is not OPS.row_sq_norms.default
-    return (f"{op.name().split('::')[1]}-{str(X.dtype).split('.')[1]}-{X.shape[0]}x{X.shape[1]}"
-            f"{'-center' if center else ''}-{'contig' if X.is_contiguous() else 'strided'}")
+    return (
+        f"{op.name().split('::')[1]}-{str(X.dtype).split('.')[1]}-{X.shape[0]}x{X.shape[1]}"
+        f"{'-center' if center else ''}-{'contig' if X.is_contiguous() else 'strided'}"
+    )
 
 
 @pytest.mark.parametrize("sample", _distance_samples(), ids=_distance_id)

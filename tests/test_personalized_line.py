@@ -34,9 +34,11 @@ def _t(*values: float) -> torch.Tensor:
 
 def test_wga_step_moves_by_lr_times_the_weighted_gradients() -> None:
     params = [_t(1.0, 2.0), torch.tensor([[3.0]], dtype=F64)]
-    grads = [[_t(1.0, 0.0), torch.tensor([[4.0]], dtype=F64)],
-             [_t(2.0, 2.0), torch.tensor([[0.0]], dtype=F64)],
-             [_t(-4.0, 8.0), torch.tensor([[8.0]], dtype=F64)]]
+    grads = [
+        [_t(1.0, 0.0), torch.tensor([[4.0]], dtype=F64)],
+        [_t(2.0, 2.0), torch.tensor([[0.0]], dtype=F64)],
+        [_t(-4.0, 8.0), torch.tensor([[8.0]], dtype=F64)],
+    ]
     opt = WeightedGradientAveraging(params, [0.5, 0.25, 0.25], lr=0.5)
     opt.step(grads)
     # u = 0.5 g0 + 0.25 g1 + 0.25 g2 = (0, 2.5) and (4); p - 0.5 u
@@ -95,8 +97,9 @@ def test_beta_callable_gets_the_step_index_and_decaying_beta_is_a_running_mean()
     for s in samples:
         opt.step([[s[0]], [s[1]], [s[2]]])
     for i in (1, 2):
-        torch.testing.assert_close(opt.corrections()[i - 1][0], (0.25 * (samples[:, 0] - samples[:, i])).mean(0),
-                                   rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(
+            opt.corrections()[i - 1][0], (0.25 * (samples[:, 0] - samples[:, i])).mean(0), rtol=1e-12, atol=1e-14
+        )
 
 
 def test_no_collaborators_is_plain_sgd_for_both_optimizers() -> None:
@@ -222,8 +225,7 @@ def test_optimal_weights_can_be_negative_and_handle_a_noiseless_user_0() -> None
 
 
 def test_estimate_bias_variance_by_hand_and_on_synthetic_samples() -> None:
-    samples = torch.tensor([[[0.0, 0.0], [1.0, 1.0]],
-                            [[2.0, 0.0], [1.0, 3.0]]])  # (T=2, users=2, d=2)
+    samples = torch.tensor([[[0.0, 0.0], [1.0, 1.0]], [[2.0, 0.0], [1.0, 3.0]]])  # (T=2, users=2, d=2)
     variances, gram = estimate_bias_variance(samples)
     assert variances.dtype == F64 and gram.dtype == F64
     torch.testing.assert_close(variances, _t(2.0, 2.0), rtol=0, atol=1e-15)  # means (1, 0) and (1, 2)
@@ -249,9 +251,13 @@ def test_estimate_bias_variance_by_hand_and_on_synthetic_samples() -> None:
 
 
 def test_simulator_repeats_bit_for_bit_and_seeds_differ() -> None:
-    pytest.importorskip("sklearn", reason="the digits task's data set ships with scikit-learn (README set-up installs it)")
-    for cfg in (PersonalizedConfig(task="hessian", method="bias_corrected_decay", collaborators=3, rounds=300),
-                PersonalizedConfig(task="digits", method="optimal", collaborators=2, rounds=40, eval_every=10)):
+    pytest.importorskip(
+        "sklearn", reason="the digits task's data set ships with scikit-learn (README set-up installs it)"
+    )
+    for cfg in (
+        PersonalizedConfig(task="hessian", method="bias_corrected_decay", collaborators=3, rounds=300),
+        PersonalizedConfig(task="digits", method="optimal", collaborators=2, rounds=40, eval_every=10),
+    ):
         a, b = run_personalized(cfg), run_personalized(cfg)
         assert a["curve"] == b["curve"] and a["tail_error"] == b["tail_error"] and a["weights"] == b["weights"]
         c = run_personalized(PersonalizedConfig(**{**a["config"], "seed": 1}))
@@ -260,8 +266,9 @@ def test_simulator_repeats_bit_for_bit_and_seeds_differ() -> None:
 
 def test_local_sgd_does_not_depend_on_the_collaborators() -> None:
     # user 0 draws its noise from its own generator: local runs repeat bit for bit across N
-    runs = [run_personalized(PersonalizedConfig(method="local", collaborators=n, rounds=200, eval_every=20))
-            for n in (0, 3)]
+    runs = [
+        run_personalized(PersonalizedConfig(method="local", collaborators=n, rounds=200, eval_every=20)) for n in (0, 3)
+    ]
     assert runs[0]["curve"] == runs[1]["curve"]
     assert runs[1]["weights"] == [1.0, 0.0, 0.0, 0.0]
     # with N = 0 every method is local SGD
@@ -270,10 +277,14 @@ def test_local_sgd_does_not_depend_on_the_collaborators() -> None:
 
 
 def test_simulator_result_fields_and_tail() -> None:
-    pytest.importorskip("sklearn", reason="the digits task's data set ships with scikit-learn (README set-up installs it)")
+    pytest.importorskip(
+        "sklearn", reason="the digits task's data set ships with scikit-learn (README set-up installs it)"
+    )
     seen: list[int] = []
-    r = run_personalized(PersonalizedConfig(method="wga", collaborators=2, rounds=60, eval_every=1),
-                         progress=lambda t, err: seen.append(t))
+    r = run_personalized(
+        PersonalizedConfig(method="wga", collaborators=2, rounds=60, eval_every=1),
+        progress=lambda t, err: seen.append(t),
+    )
     assert seen == list(range(61)) and [p["round"] for p in r["curve"]] == seen
     # tail = the last sixth (10 steps) of a 60-step run, every step
     assert r["tail_error"] == pytest.approx(sum(p["error"] for p in r["curve"][-10:]) / 10, rel=1e-12)
@@ -318,8 +329,9 @@ def test_config_errors() -> None:
 @pytest.fixture(scope="module")
 def quadratic_runs() -> dict[str, list[dict]]:
     methods = ("local", "wga", "optimal", "bias_corrected")
-    return {m: [run_personalized(PersonalizedConfig(method=m, collaborators=4, seed=s)) for s in range(3)]
-            for m in methods}
+    return {
+        m: [run_personalized(PersonalizedConfig(method=m, collaborators=4, seed=s)) for s in range(3)] for m in methods
+    }
 
 
 def test_bias_correction_ends_much_closer_to_user_0s_optimum(quadratic_runs: dict[str, list[dict]]) -> None:
@@ -353,12 +365,18 @@ def test_grid_configs_and_a_tiny_grid_report(tmp_path) -> None:
     configs = grid.grid_configs()
     assert len(configs) == 3 * 7 * 5 * 2 and all(c.rounds is None for c in configs)
     assert {(c.task, c.collaborators, c.method, c.seed) for c in configs} == {
-        (t, n, m, s) for t in ("quadratic", "hessian", "digits") for n in (0, 1, 2, 4, 8, 16, 32)
-        for m in ("local", "wga", "optimal", "bias_corrected", "bias_corrected_decay") for s in (0, 1)}
+        (t, n, m, s)
+        for t in ("quadratic", "hessian", "digits")
+        for n in (0, 1, 2, 4, 8, 16, 32)
+        for m in ("local", "wga", "optimal", "bias_corrected", "bias_corrected_decay")
+        for s in (0, 1)
+    }
     assert {c.rounds for c in grid.grid_configs(1, rounds=50)} == {50}
 
-    tiny = [PersonalizedConfig(method=m, collaborators=4, rounds=600, eval_every=100)
-            for m in ("local", "wga", "bias_corrected")]
+    tiny = [
+        PersonalizedConfig(method=m, collaborators=4, rounds=600, eval_every=100)
+        for m in ("local", "wga", "bias_corrected")
+    ]
     results = grid.run_grid(tiny, jobs=1)
     assert [r["config"]["method"] for r in results] == ["local", "wga", "bias_corrected"]
     text = grid.grid_markdown(results, "robustagg train personalized --grid", 12.0, 1, "test machine")
@@ -384,8 +402,25 @@ def test_train_personalized_command_writes_json_and_plot_at_the_default_paths(tm
     from robustagg.cli import main
 
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "personalized", "--task", "digits", "--method", "wga", "--collaborators", "2",
-                 "--rounds", "60", "--eval-every", "20"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "personalized",
+                "--task",
+                "digits",
+                "--method",
+                "wga",
+                "--collaborators",
+                "2",
+                "--rounds",
+                "60",
+                "--eval-every",
+                "20",
+            ]
+        )
+        == 0
+    )
     result = json.loads((tmp_path / "runs" / "personalized-digits-wga-N2-s0.json").read_text())
     assert result["config"]["rounds"] == 60 and result["config"]["lr"] == 1.0  # the task's lr
     assert [p["round"] for p in result["curve"]] == [0, 20, 40, 60]

@@ -9,14 +9,10 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import robustagg
-from robustagg import reference
-from conftest import DTYPES, assert_bitwise
 from test_distance import (
     SETTINGS,
-    _note,
     RowsSpec,
+    _note,
     assert_vec_close,
     clustered,
     exact_data,
@@ -27,6 +23,11 @@ from test_distance import (
     rows_specs,
     same_row,
 )
+
+import robustagg
+from robustagg import reference
+
+from conftest import DTYPES, assert_bitwise
 
 
 def check_rows(out: torch.Tensor, expected: torch.Tensor, X: torch.Tensor, what: str = "") -> None:
@@ -99,7 +100,7 @@ def nnm_ambiguous_rows(X: torch.Tensor, f: int) -> set[int]:
     """Rows whose neighbour set rounding may change (a near tie across the cut)."""
     if exact_data(X):
         return set()
-    X64, fin = X.to(torch.float64), finite_rows(X)
+    X64 = X.to(torch.float64)
     n = X.shape[0]
     D = reference.pairwise_sq_distances(X)
     out = set()
@@ -157,8 +158,12 @@ def test_nnm_every_f(dtype):
 def test_nnm_hand_built():
     # f = 1, two neighbours each: 0 -> {1, 3}, 1 -> {0, 3}, 3 -> {1, 0}, 10 -> {3, 1}
     X = torch.tensor([[0.0], [1.0], [3.0], [10.0]], dtype=torch.float64)
-    torch.testing.assert_close(robustagg.nnm(X, 1), torch.tensor([[4 / 3], [4 / 3], [4 / 3], [14 / 3]],
-                                                                  dtype=torch.float64), rtol=1e-15, atol=0)
+    torch.testing.assert_close(
+        robustagg.nnm(X, 1),
+        torch.tensor([[4 / 3], [4 / 3], [4 / 3], [14 / 3]], dtype=torch.float64),
+        rtol=1e-15,
+        atol=0,
+    )
     # f = 2, one neighbour: row 0 has rows 1 and 2 at distance 1, the lower index wins
     X = torch.tensor([[0.0], [1.0], [-1.0], [5.0]], dtype=torch.float64)
     assert torch.equal(robustagg.nnm(X, 2), torch.tensor([[0.5], [0.5], [-0.5], [3.0]], dtype=torch.float64))
@@ -323,10 +328,14 @@ def test_chains(dtype):
     # with a coordinate-wise rule
     out = (robustagg.ARC(f) >> robustagg.TrimmedMean(f))(X)
     assert_bitwise(out, robustagg.trimmed_mean(robustagg.arc(X, f), f), "ARC >> TrimmedMean")
-    out = (robustagg.Clip(c) >> robustagg.Bucketing(3, generator=torch.Generator().manual_seed(1))
-           >> robustagg.MultiKrum(0))(X)
-    expected = robustagg.multi_krum(robustagg.bucketing(robustagg.clip(X, c), 3,
-                                                        generator=torch.Generator().manual_seed(1)), 0)
+    out = (
+        robustagg.Clip(c)
+        >> robustagg.Bucketing(3, generator=torch.Generator().manual_seed(1))
+        >> robustagg.MultiKrum(0)
+    )(X)
+    expected = robustagg.multi_krum(
+        robustagg.bucketing(robustagg.clip(X, c), 3, generator=torch.Generator().manual_seed(1)), 0
+    )
     assert_bitwise(out, expected, "Clip >> Bucketing >> MultiKrum")
 
 
@@ -336,8 +345,10 @@ def test_preaggregator_objects_match_functions():
         (robustagg.NNM(2), robustagg.nnm(X, 2)),
         (robustagg.Clip(1.5), robustagg.clip(X, 1.5)),
         (robustagg.ARC(3), robustagg.arc(X, 3)),
-        (robustagg.Bucketing(4, generator=torch.Generator().manual_seed(0)),
-         robustagg.bucketing(X, 4, generator=torch.Generator().manual_seed(0))),
+        (
+            robustagg.Bucketing(4, generator=torch.Generator().manual_seed(0)),
+            robustagg.bucketing(X, 4, generator=torch.Generator().manual_seed(0)),
+        ),
     ]
     for pre, expected in cases:
         out = pre(X)

@@ -50,8 +50,11 @@ def dangling(text: str, sections: set[str], where: str) -> list[str]:
 
 def old_contract(text: str, where: str) -> list[str]:
     """``where:line: <line>`` for every line that names the contract's former file."""
-    return [f"{where}:{lineno}: {line.strip()}" for lineno, line in enumerate(text.splitlines(), start=1)
-            if _OUT_OF_TREE_CONTRACT.search(line)]
+    return [
+        f"{where}:{lineno}: {line.strip()}"
+        for lineno, line in enumerate(text.splitlines(), start=1)
+        if _OUT_OF_TREE_CONTRACT.search(line)
+    ]
 
 
 def repository_files() -> list[str]:
@@ -61,8 +64,11 @@ def repository_files() -> list[str]:
     inside = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
     if inside.returncode != 0 or Path(inside.stdout.strip()).resolve() != ROOT:
         pytest.skip("not a git checkout of the repository")
-    listed = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-                            capture_output=True, check=True).stdout.decode()
+    listed = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
     paths = sorted({p for p in listed.split("\0") if p})
     return [p for p in paths if p not in NOT_SCANNED and not p.startswith(NOT_SCANNED_DIRS) and (ROOT / p).is_file()]
 
@@ -101,11 +107,13 @@ def test_the_checker_flags_dangling_citations():
     sections = spec_sections(contract)
     assert sections == {"1", "1.7", "3", "4"}
     cite = _WORD
-    text = (f"x = 1  # see {cite} 9.9\n"
-            f"# ({cite} 1, \"Writes\"; {cite} 3, 4 and 1.7)\n"
-            f"# ({cite} 3, 12)\n"
-            f"# {cite}s and {cite} without a number are no citations\n"
-            f"# {cite} 1.7.\n")
+    text = (
+        f"x = 1  # see {cite} 9.9\n"
+        f'# ({cite} 1, "Writes"; {cite} 3, 4 and 1.7)\n'
+        f"# ({cite} 3, 12)\n"
+        f"# {cite}s and {cite} without a number are no citations\n"
+        f"# {cite} 1.7.\n"
+    )
     assert dangling(text, sections, "t.py") == [f"t.py:1: {cite} 9.9", f"t.py:3: {cite} 12"]
     assert dangling(f"{cite} 1.2", sections, "t.py") == [f"t.py:1: {cite} 1.2"]
 

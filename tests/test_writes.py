@@ -10,14 +10,15 @@ is refused. Every refusal happens before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 import torch
 
-from conftest import assert_identical
 from robustagg import ops
+
+from conftest import assert_identical
 
 
 @dataclass(frozen=True)
@@ -29,28 +30,71 @@ class FusedOp:
 
 
 def _weighted(L):
-    ops.weighted_step_(L["params"], [L["grads0"], L["grads1"]], [0.5, 0.5], 0.1,
-                       corrections=[L["corrections0"]], beta=0.3)
+    ops.weighted_step_(
+        L["params"], [L["grads0"], L["grads1"]], [0.5, 0.5], 0.1, corrections=[L["corrections0"]], beta=0.3
+    )
 
 
 FUSED = [
-    FusedOp("momentum_update_", ("buffers", "grads"), ("buffers",),
-            lambda L: ops.momentum_update_(L["buffers"], L["grads"], 0.9)),
-    FusedOp("client_step_", ("params", "grads", "anchor_grads", "control", "momentum"), ("params",),
-            lambda L: ops.client_step_(L["params"], L["grads"], 0.1, anchor_grads=L["anchor_grads"],
-                                       control=L["control"], momentum=L["momentum"], coef_anchor=-1.0,
-                                       coef_control=1.0, coef_momentum=0.5)),
-    FusedOp("adam_client_step_", ("params", "grads", "anchor_grads", "control", "exp_avg", "exp_avg_sq"), ("params",),
-            lambda L: ops.adam_client_step_(L["params"], L["grads"], L["exp_avg"], L["exp_avg_sq"], 0.1, 0.9, 0.99,
-                                            1e-8, 3, anchor_grads=L["anchor_grads"], control=L["control"])),
-    FusedOp("adam_stats_update_", ("exp_avg", "exp_avg_sq", "grads"), ("exp_avg", "exp_avg_sq"),
-            lambda L: ops.adam_stats_update_(L["exp_avg"], L["exp_avg_sq"], L["grads"], 0.9, 0.99)),
-    FusedOp("mvr_update_", ("momentum", "grads", "prev_grads"), ("momentum",),
-            lambda L: ops.mvr_update_(L["momentum"], L["grads"], L["prev_grads"], 0.1)),
+    FusedOp(
+        "momentum_update_",
+        ("buffers", "grads"),
+        ("buffers",),
+        lambda L: ops.momentum_update_(L["buffers"], L["grads"], 0.9),
+    ),
+    FusedOp(
+        "client_step_",
+        ("params", "grads", "anchor_grads", "control", "momentum"),
+        ("params",),
+        lambda L: ops.client_step_(
+            L["params"],
+            L["grads"],
+            0.1,
+            anchor_grads=L["anchor_grads"],
+            control=L["control"],
+            momentum=L["momentum"],
+            coef_anchor=-1.0,
+            coef_control=1.0,
+            coef_momentum=0.5,
+        ),
+    ),
+    FusedOp(
+        "adam_client_step_",
+        ("params", "grads", "anchor_grads", "control", "exp_avg", "exp_avg_sq"),
+        ("params",),
+        lambda L: ops.adam_client_step_(
+            L["params"],
+            L["grads"],
+            L["exp_avg"],
+            L["exp_avg_sq"],
+            0.1,
+            0.9,
+            0.99,
+            1e-8,
+            3,
+            anchor_grads=L["anchor_grads"],
+            control=L["control"],
+        ),
+    ),
+    FusedOp(
+        "adam_stats_update_",
+        ("exp_avg", "exp_avg_sq", "grads"),
+        ("exp_avg", "exp_avg_sq"),
+        lambda L: ops.adam_stats_update_(L["exp_avg"], L["exp_avg_sq"], L["grads"], 0.9, 0.99),
+    ),
+    FusedOp(
+        "mvr_update_",
+        ("momentum", "grads", "prev_grads"),
+        ("momentum",),
+        lambda L: ops.mvr_update_(L["momentum"], L["grads"], L["prev_grads"], 0.1),
+    ),
     FusedOp("weighted_step_", ("params", "corrections0", "grads0", "grads1"), ("params", "corrections0"), _weighted),
-    FusedOp("masked_sgd_step_", ("params", "momentum_buffers", "grads"), ("params", "momentum_buffers"),
-            lambda L: ops.masked_sgd_step_(L["params"], L["grads"], L["momentum_buffers"], 0.1, 0.9,
-                                           weight_decay=0.01)),
+    FusedOp(
+        "masked_sgd_step_",
+        ("params", "momentum_buffers", "grads"),
+        ("params", "momentum_buffers"),
+        lambda L: ops.masked_sgd_step_(L["params"], L["grads"], L["momentum_buffers"], 0.1, 0.9, weight_decay=0.01),
+    ),
 ]
 IDS = [op.name for op in FUSED]
 WRITTEN = [(op, name) for op in FUSED for name in op.written]
@@ -280,6 +324,7 @@ def test_a_meta_mask_among_cpu_tensors_is_refused():
     p = torch.randn(6)
     before = p.clone()
     with pytest.raises(ValueError, match="meta"):
-        ops.masked_sgd_step_([p], [torch.randn(6)], [torch.randn(6)], 0.1, 0.9,
-                             masks=[torch.ones(6, dtype=torch.bool, device="meta")])
+        ops.masked_sgd_step_(
+            [p], [torch.randn(6)], [torch.randn(6)], 0.1, 0.9, masks=[torch.ones(6, dtype=torch.bool, device="meta")]
+        )
     assert torch.equal(p, before)

@@ -50,8 +50,7 @@ std::vector<int32_t> runtime_network(ColumnRule rule, int64_t n, int64_t f) {
 // Runs `rule` over all columns of X. float32 results are written directly;
 // other dtypes go through a float64 buffer (O(d)) so that each result is
 // rounded once from float64, as the reference rounds.
-at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const double* weights,
-                       double weight_sum) {
+at::Tensor run_columns(const at::Tensor& X_in, ColumnRule rule, int64_t f, const double* weights, double weight_sum) {
   const at::Tensor X = unit_column_stride(X_in);
   const int64_t n = X.size(0);
   const int64_t d = X.size(1);

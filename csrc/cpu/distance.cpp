@@ -101,7 +101,8 @@ Rows rows_of(const at::Tensor& X_in, const std::optional<at::Tensor>& center, co
   return r;
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cpu(const at::Tensor& X_in, const std::optional<at::Tensor>& center) {
+std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cpu(const at::Tensor& X_in,
+                                                             const std::optional<at::Tensor>& center) {
   const Rows rows = rows_of(X_in, center, "pairwise_sq_distances");
   const int64_t d = rows.X.size(1);
   const int64_t m = rows.source.n + (center.has_value() ? 1 : 0);

@@ -11,15 +11,15 @@ namespace robustagg::cpu {
 
 // Rows of X (and an optional extra row, `center`) in a column range.
 struct RowSource {
-  const void* x;        // row-major (n, d) with unit column stride
+  const void* x;  // row-major (n, d) with unit column stride
   int64_t n;
-  int64_t row_stride;   // elements between rows
-  const void* center;   // contiguous (d,) of the same kind, or nullptr
+  int64_t row_stride;  // elements between rows
+  const void* center;  // contiguous (d,) of the same kind, or nullptr
   InputKind kind;
   int64_t col_begin;
   int64_t col_end;
-  double* scratch;      // staging buffer, aligned to kLaneBytes
-  int64_t chunk;        // columns staged at once, a multiple of kStageColumns
+  double* scratch;  // staging buffer, aligned to kLaneBytes
+  int64_t chunk;    // columns staged at once, a multiple of kStageColumns
 };
 
 // Gram matrix of the shifted points p_i = x_i - r over the column range,
@@ -40,7 +40,7 @@ struct MixTarget {
   const int64_t* begin;  // k + 1 offsets into index / value
   const int64_t* index;
   const double* value;
-  const int64_t* uses;   // m counts
+  const int64_t* uses;  // m counts
   int64_t k;
   void* out;
   int64_t out_stride;

@@ -190,18 +190,18 @@ void gram_columns(const RowSource& s, double* gram) {
     // The three source rows raw, the shift from them, then every row shifted as it is staged.
     for (int k = 0; k < 3; ++k) stage_row<K>(row_ptr<K>(s, source[k], c0), count, padded, buf + k * s.chunk);
     for (int64_t v = 0; v < vecs; ++v) {
-      const F64v r = shift_of(load_vec(buf + v * kD), load_vec(buf + s.chunk + v * kD),
-                              load_vec(buf + 2 * s.chunk + v * kD));
+      const F64v r =
+          shift_of(load_vec(buf + v * kD), load_vec(buf + s.chunk + v * kD), load_vec(buf + 2 * s.chunk + v * kD));
       __builtin_memcpy(shift + v * kD, &r, sizeof(r));
     }
-    for (int64_t i = 0; i < m; ++i)
-      stage_shifted<K>(row_ptr<K>(s, i, c0), count, padded, shift, buf + i * s.chunk);
+    for (int64_t i = 0; i < m; ++i) stage_shifted<K>(row_ptr<K>(s, i, c0), count, padded, shift, buf + i * s.chunk);
     for (int64_t i = m; i < mp; ++i)
       for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
 
     const int64_t next = c0 + s.chunk;
     const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
-    Prefetcher<K> prefetch{s, next, next_count > 0 ? next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) : 0,
+    Prefetcher<K> prefetch{s, next,
+                           next_count > 0 ? next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) : 0,
                            next_count > 0 ? m : 0};
     // Blocks of kTileRows rows: the triangle of each diagonal block (10
     // pairs), then its pairs with every later block, kTI rows at a time.
@@ -274,7 +274,8 @@ void mix_columns(const RowSource& s, const MixTarget& t) {
       for (int64_t r = 0; r < t.k; ++r) {
         F64v acc[kMixVecs];
 #pragma GCC unroll 8
-        for (int q = 0; q < kMixVecs; ++q) acc[q] = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
+        for (int q = 0; q < kMixVecs; ++q)
+          acc[q] = -F64v{};  // -0.0, the additive identity: a lone term keeps its sign of zero
         for (int64_t p = t.begin[r]; p < t.begin[r + 1]; ++p) {
           const double coef = t.value[p];
           const int64_t i = t.index[p];
@@ -341,16 +342,16 @@ void norms_columns(const RowSource& s, double* norms) {
 
 }  // namespace
 
-#define ROBUSTAGG_BY_KIND(body, kind, ...)          \
-  switch (kind) {                                   \
-    case InputKind::kF32:                           \
-      return body<InputKind::kF32>(__VA_ARGS__);    \
-    case InputKind::kF64:                           \
-      return body<InputKind::kF64>(__VA_ARGS__);    \
-    case InputKind::kF16:                           \
-      return body<InputKind::kF16>(__VA_ARGS__);    \
-    case InputKind::kBF16:                          \
-      return body<InputKind::kBF16>(__VA_ARGS__);   \
+#define ROBUSTAGG_BY_KIND(body, kind, ...)        \
+  switch (kind) {                                 \
+    case InputKind::kF32:                         \
+      return body<InputKind::kF32>(__VA_ARGS__);  \
+    case InputKind::kF64:                         \
+      return body<InputKind::kF64>(__VA_ARGS__);  \
+    case InputKind::kF16:                         \
+      return body<InputKind::kF16>(__VA_ARGS__);  \
+    case InputKind::kBF16:                        \
+      return body<InputKind::kBF16>(__VA_ARGS__); \
   }
 
 void ROBUSTAGG_CAT(gram_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* gram) {

@@ -156,14 +156,22 @@ struct Cpu {
           const auto gp = [&](int64_t q) { return g[i + (q < group ? q : 0)] + b; };
           const auto cp = [&](int64_t q) { return kCorrected ? c[i - 1 + (q < group ? q : 0)] + b : nullptr; };
           const auto run = [&](auto size) {
-            add_terms<decltype(size)::value, kCorrected>(u, g0, gp(0), gp(1), gp(2), gp(3), cp(0), cp(1), cp(2),
-                                                         cp(3), a.data() + i, m, keep, take);
+            add_terms<decltype(size)::value, kCorrected>(u, g0, gp(0), gp(1), gp(2), gp(3), cp(0), cp(1), cp(2), cp(3),
+                                                         a.data() + i, m, keep, take);
           };
           switch (group) {
-            case 1: run(std::integral_constant<int, 1>{}); break;
-            case 2: run(std::integral_constant<int, 2>{}); break;
-            case 3: run(std::integral_constant<int, 3>{}); break;
-            default: run(std::integral_constant<int, 4>{}); break;
+            case 1:
+              run(std::integral_constant<int, 1>{});
+              break;
+            case 2:
+              run(std::integral_constant<int, 2>{});
+              break;
+            case 3:
+              run(std::integral_constant<int, 3>{});
+              break;
+            default:
+              run(std::integral_constant<int, 4>{});
+              break;
           }
         }
         for (int64_t j = 0; j < m; ++j) p[b + j] = descend(p[b + j], step, u[j]);

@@ -24,8 +24,8 @@ typedef int32_t I32v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
 typedef float F32v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
 typedef int64_t I64v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
 typedef double F64v __attribute__((vector_size(ROBUSTAGG_VEC_BYTES)));
-typedef double F64w __attribute__((vector_size(2 * ROBUSTAGG_VEC_BYTES)));  // kLanes32 doubles
-typedef float F32h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));    // kLanes64 floats
+typedef double F64w __attribute__((vector_size(2 * ROBUSTAGG_VEC_BYTES)));    // kLanes32 doubles
+typedef float F32h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));     // kLanes64 floats
 typedef uint16_t U16h __attribute__((vector_size(ROBUSTAGG_VEC_BYTES / 2)));  // kLanes32 halves
 
 #define RA_INLINE static inline __attribute__((always_inline))

@@ -139,10 +139,9 @@ __device__ __forceinline__ double finish_sorted(Get get, ColumnRule rule, int64_
 constexpr int kRegisterThreads = 128;
 
 template <int N, typename T>
-__global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(const T* __restrict__ x, int64_t n,
-                                                                          int64_t row_stride, int64_t d,
-                                                                          T* __restrict__ out, ColumnRule rule,
-                                                                          int64_t f) {
+__global__ void __launch_bounds__(kRegisterThreads)
+    select_registers_kernel(const T* __restrict__ x, int64_t n, int64_t row_stride, int64_t d, T* __restrict__ out,
+                            ColumnRule rule, int64_t f) {
   using Key = typename KeyOf<T>::type;
   extern __shared__ unsigned char smem_raw[];
   const int64_t col = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -172,8 +171,8 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
       if (trimmed && i >= f && i < n - f) sum += key_value(k[i]);
     }
     const double lo_mid = key_value(lo_key);
-    result = trimmed ? sum / static_cast<double>(n - 2 * f)
-                     : ((n % 2 == 1) ? lo_mid : midpoint(lo_mid, key_value(hi_key)));
+    result =
+        trimmed ? sum / static_cast<double>(n - 2 * f) : ((n % 2 == 1) ? lo_mid : midpoint(lo_mid, key_value(hi_key)));
   }
   if (active) store(out + col, result);
 }
@@ -186,10 +185,9 @@ __global__ void __launch_bounds__(kRegisterThreads) select_registers_kernel(cons
 constexpr int kTileThreads = 256;
 
 template <typename T>
-__global__ void __launch_bounds__(kTileThreads) select_tile_kernel(const T* __restrict__ x, int64_t n,
-                                                                  int64_t row_stride, int64_t d, T* __restrict__ out,
-                                                                  ColumnRule rule, int64_t f, int log2_rows,
-                                                                  int log2_cols) {
+__global__ void __launch_bounds__(kTileThreads)
+    select_tile_kernel(const T* __restrict__ x, int64_t n, int64_t row_stride, int64_t d, T* __restrict__ out,
+                       ColumnRule rule, int64_t f, int log2_rows, int log2_cols) {
   using Key = typename KeyOf<T>::type;
   extern __shared__ unsigned char smem_raw[];
   Key* tile = reinterpret_cast<Key*>(smem_raw);  // tile[row * cols + c]

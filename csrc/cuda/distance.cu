@@ -102,8 +102,7 @@ __global__ void __launch_bounds__(kSumThreads)
   out[group * stride + e] = s;
 }
 
-void sum_parts(const double* in, int64_t stride, int64_t parts, int64_t per_group, double* out,
-               cudaStream_t stream) {
+void sum_parts(const double* in, int64_t stride, int64_t parts, int64_t per_group, double* out, cudaStream_t stream) {
   const dim3 grid(static_cast<unsigned>(ceil_div(stride, kSumThreads)),
                   static_cast<unsigned>(ceil_div(parts, per_group)));
   sum_parts_kernel<<<grid, kSumThreads, 0, stream>>>(in, stride, parts, per_group, out);
@@ -113,10 +112,10 @@ void sum_parts(const double* in, int64_t stride, int64_t parts, int64_t per_grou
 // ---------------------------------------------------------------------------
 // Pairwise squared distances.
 
-constexpr int kTile = 32;          // rows per side of an output tile
-constexpr int kSlab = 32;          // columns staged per step
-constexpr int kGramThreads = 64;   // an 8 x 8 thread grid
-constexpr int kSide = 8;           // threads per side of the grid
+constexpr int kTile = 32;            // rows per side of an output tile
+constexpr int kSlab = 32;            // columns staged per step
+constexpr int kGramThreads = 64;     // an 8 x 8 thread grid
+constexpr int kSide = 8;             // threads per side of the grid
 constexpr int kSub = kTile / kSide;  // 4: rows (and columns) per thread, for loads and outputs
 // Shared rows are kTile + kPad doubles: with 4, the staging stores of a warp
 // (8 columns x 4 rows) hit every bank pair exactly twice.
@@ -177,7 +176,7 @@ __global__ void __launch_bounds__(kGramThreads)
   int64_t ti, tj;
   tile_pair(pair, tiles, ti, tj);
   const bool diagonal = ti == tj;  // both row tiles are the same: stage one
-  const double(*sbr)[kTile + kPad] = diagonal ? sa : sb;
+  const double (*sbr)[kTile + kPad] = diagonal ? sa : sb;
   const int64_t slab_begin = chunk * slabs_per_chunk;
   const int64_t slab_end = min(slab_begin + slabs_per_chunk, slabs);
   const int t = threadIdx.x;
@@ -229,7 +228,7 @@ __global__ void __launch_bounds__(kGramThreads)
     }
   };
   // Shifted points; padded rows and columns stage 0, so they add nothing.
-  auto stage_tile = [&](double(*dst)[kTile + kPad], const R(&v)[kSub][kSub], const T* const(&rows)[kSub],
+  auto stage_tile = [&](double (*dst)[kTile + kPad], const R(&v)[kSub][kSub], const T* const(&rows)[kSub],
                         int64_t col0) {
 #pragma unroll
     for (int i = 0; i < kSub; ++i)
@@ -285,10 +284,10 @@ __global__ void __launch_bounds__(kGramThreads)
 
 // D from the partial Gram tiles ([part][pair][row][column]), one tile pair per block.
 __global__ void __launch_bounds__(kFinishThreads)
-    distance_finish_kernel(const double* __restrict__ partial, int64_t m, int64_t tiles, int64_t pairs,
-                           int64_t parts, double* __restrict__ dist, bool* __restrict__ finite) {
+    distance_finish_kernel(const double* __restrict__ partial, int64_t m, int64_t tiles, int64_t pairs, int64_t parts,
+                           double* __restrict__ dist, bool* __restrict__ finite) {
   constexpr int kPerThread = static_cast<int>(kTileElems / kFinishThreads);
-  __shared__ double diag[2 * kTile];           // S_ii of tile ti's rows, then of tile tj's
+  __shared__ double diag[2 * kTile];  // S_ii of tile ti's rows, then of tile tj's
   __shared__ double tile[kTile][kTile + 1];
   const int64_t pair = blockIdx.x;
   int64_t ti, tj;
@@ -351,7 +350,8 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& center_in) {
+std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cuda(const at::Tensor& X_in,
+                                                              const std::optional<at::Tensor>& center_in) {
   constexpr const char* rule = "pairwise_sq_distances";
   check_rows(X_in, center_in, rule);
   const c10::cuda::CUDAGuard guard(X_in.device());
@@ -380,9 +380,10 @@ std::tuple<at::Tensor, at::Tensor> pairwise_sq_distances_cuda(const at::Tensor& 
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "pairwise_sq_distances_cuda", [&] {
     const scalar_t* c = center.defined() ? center.const_data_ptr<scalar_t>() : nullptr;
-    gram_kernel<scalar_t><<<dim3(static_cast<unsigned>(pairs), static_cast<unsigned>(chunks)), kGramThreads, 0,
-                            stream>>>(X.const_data_ptr<scalar_t>(), c, n, m, row_stride, d, tiles, pairs, slabs,
-                                      slabs_per_chunk, partial.mutable_data_ptr<double>());
+    gram_kernel<scalar_t>
+        <<<dim3(static_cast<unsigned>(pairs), static_cast<unsigned>(chunks)), kGramThreads, 0, stream>>>(
+            X.const_data_ptr<scalar_t>(), c, n, m, row_stride, d, tiles, pairs, slabs, slabs_per_chunk,
+            partial.mutable_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   at::Tensor sums = partial;
@@ -465,8 +466,8 @@ at::Tensor mix_rows_cuda(const at::Tensor& C_in, const at::Tensor& X_in, const s
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "mix_rows_cuda", [&] {
     const scalar_t* c = center.defined() ? center.const_data_ptr<scalar_t>() : nullptr;
     mix_rows_kernel<scalar_t><<<grid, kMixThreads, 0, stream>>>(C.const_data_ptr<double>(),
-                                                                X.const_data_ptr<scalar_t>(), c, n, row_stride, d,
-                                                                k, out.mutable_data_ptr<scalar_t>());
+                                                                X.const_data_ptr<scalar_t>(), c, n, row_stride, d, k,
+                                                                out.mutable_data_ptr<scalar_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;

@@ -42,9 +42,8 @@ void for_each_dtype_group(const TensorLists& lists, size_t writes, const Launch&
       if ((*lists[0])[i].scalar_type() == dtype) group.push_back(work[i]);
     }
     if (group.empty()) continue;
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_update", [&] {
-      launch(scalar_t{}, group);
-    });
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fused_update",
+                                    [&] { launch(scalar_t{}, group); });
   }
   write_back(lists, writes, work);
 }

@@ -16,8 +16,21 @@ import torch
 from .params import BUCKET_S, CC_ITERS, CC_TAU, GM_MAX_ITER, GM_NU, GM_TOL, bucket_generator, zeros_center
 
 __all__ = [
-    "Baseline", "arc", "bucketing", "bulyan", "centered_clip", "clip", "krum", "krum_scores", "median", "multi_krum",
-    "nnm", "sort_meamed", "sort_trimmed_mean", "sq_cdist", "weiszfeld",
+    "Baseline",
+    "arc",
+    "bucketing",
+    "bulyan",
+    "centered_clip",
+    "clip",
+    "krum",
+    "krum_scores",
+    "median",
+    "multi_krum",
+    "nnm",
+    "sort_meamed",
+    "sort_trimmed_mean",
+    "sq_cdist",
+    "weiszfeld",
 ]
 
 

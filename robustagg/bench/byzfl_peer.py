@@ -16,8 +16,20 @@ from .baselines import Baseline
 from .params import BUCKET_S, CC_ITERS, CC_TAU, GM_NU, clip_c
 
 __all__ = [
-    "Adapter", "arc", "average", "bucketing", "byzfl_status", "centered_clipping", "clipping", "geometric_median",
-    "krum", "meamed", "median", "multi_krum", "nnm", "trmean",
+    "Adapter",
+    "arc",
+    "average",
+    "bucketing",
+    "byzfl_status",
+    "centered_clipping",
+    "clipping",
+    "geometric_median",
+    "krum",
+    "meamed",
+    "median",
+    "multi_krum",
+    "nnm",
+    "trmean",
 ]
 
 Adapter = Callable[[Any, int | None, int | None], Baseline]

@@ -71,5 +71,7 @@ def gm_summary(gm: dict[str, Any]) -> str:
         if gm["byzfl_reached"]:
             bits.append(f"byzfl T={gm['byzfl_T']} (first within {GM_RTOL:g}: objective {rel:+.1e} relative)")
         else:
-            bits.append(f"byzfl did not reach it by T={gm['byzfl_T']} (objective {rel:+.1e} relative): timed with that T")
+            bits.append(
+                f"byzfl did not reach it by T={gm['byzfl_T']} (objective {rel:+.1e} relative): timed with that T"
+            )
     return "; ".join(bits)

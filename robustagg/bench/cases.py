@@ -20,13 +20,40 @@ from . import baselines, byzfl_peer
 from .baselines import Baseline
 from .byzfl_peer import Adapter, byzfl_status
 from .params import (
-    BUCKET_S, BUCKET_SEED, CC_ITERS, CC_TAU, GM_MAX_ITER, GM_NU, GM_RTOL, GM_TOL, GM_TRIAL_T, bucket_generator,
-    clip_c, dist_f, trim_f, zeros_center,
+    BUCKET_S,
+    BUCKET_SEED,
+    CC_ITERS,
+    CC_TAU,
+    GM_MAX_ITER,
+    GM_NU,
+    GM_RTOL,
+    GM_TOL,
+    GM_TRIAL_T,
+    bucket_generator,
+    clip_c,
+    dist_f,
+    trim_f,
+    zeros_center,
 )
 
 __all__ = [
-    "ALL_OPS", "CASES", "CHECK_COLUMNS", "DISTANCE_OPS", "OPS", "OP_GROUPS", "PREAGGREGATOR_OPS", "Case",
-    "byzfl_baseline", "case", "check_op", "expand_ops", "min_n", "op_callable", "op_f", "op_family", "op_params",
+    "ALL_OPS",
+    "CASES",
+    "CHECK_COLUMNS",
+    "DISTANCE_OPS",
+    "OPS",
+    "OP_GROUPS",
+    "PREAGGREGATOR_OPS",
+    "Case",
+    "byzfl_baseline",
+    "case",
+    "check_op",
+    "expand_ops",
+    "min_n",
+    "op_callable",
+    "op_f",
+    "op_family",
+    "op_params",
     "torch_baseline",
 ]
 
@@ -76,65 +103,102 @@ _cdist_extra = lambda n, d, s: 4 * n * d * s  # noqa: E731
 CASES: tuple[Case, ...] = (
     # The coordinate-wise rules.
     Case(
-        name="coordinate_median", family="coordinate", ours=ops.coordinate_median,
+        name="coordinate_median",
+        family="coordinate",
+        ours=ops.coordinate_median,
         # CPU: a copy of X plus values and indices; CUDA: a sort (values + int64 indices).
         torch=Baseline("torch.median(X, 0)", baselines.median, lambda n, d, s: n * d * (s + 8) + d * (s + 8)),
-        reference=reference.coordinate_median, byzfl=byzfl_peer.median,
+        reference=reference.coordinate_median,
+        byzfl=byzfl_peer.median,
     ),
     Case(
-        name="trimmed_mean", family="coordinate", ours=ops.trimmed_mean, f=trim_f, params=_f_only,
-        torch=Baseline("X.sort(0)[f:n-f].mean(0)", baselines.sort_trimmed_mean,
-                       lambda n, d, s: n * d * (s + 8) + 2 * d * s),
-        reference=reference.trimmed_mean, byzfl=byzfl_peer.trmean,
+        name="trimmed_mean",
+        family="coordinate",
+        ours=ops.trimmed_mean,
+        f=trim_f,
+        params=_f_only,
+        torch=Baseline(
+            "X.sort(0)[f:n-f].mean(0)", baselines.sort_trimmed_mean, lambda n, d, s: n * d * (s + 8) + 2 * d * s
+        ),
+        reference=reference.trimmed_mean,
+        byzfl=byzfl_peer.trmean,
     ),
     Case(
-        name="meamed", family="coordinate", ours=ops.meamed, f=trim_f, params=_f_only,
+        name="meamed",
+        family="coordinate",
+        ours=ops.meamed,
+        f=trim_f,
+        params=_f_only,
         # measured on CPU: ~19 bytes per float32 element (S, |S - med|, argsort's values + indices, gather)
         torch=Baseline("sort+argsort+gather", baselines.sort_meamed, lambda n, d, s: n * d * (3 * s + 8)),
-        reference=reference.meamed, byzfl=byzfl_peer.meamed,
+        reference=reference.meamed,
+        byzfl=byzfl_peer.meamed,
     ),
     Case(
-        name="mean", family="coordinate", ours=ops.mean,
+        name="mean",
+        family="coordinate",
+        ours=ops.mean,
         torch=Baseline("X.mean(0)", lambda X: X.mean(0), lambda n, d, s: d * 8),
-        reference=reference.mean, byzfl=byzfl_peer.average,
+        reference=reference.mean,
+        byzfl=byzfl_peer.average,
     ),
     # The distance rules: all work from row distances plus one mixing pass.
     Case(
-        name="pairwise_sq_distances", family="distance", ours=distance.pairwise_sq_distances,
+        name="pairwise_sq_distances",
+        family="distance",
+        ours=distance.pairwise_sq_distances,
         torch=Baseline("torch.cdist(X, X)**2", baselines.sq_cdist, _cdist_extra),
         reference=reference.pairwise_sq_distances,
         note="robustagg returns the (n, n) float64 distances (shifted float64 Gram matrix); torch.cdist works in "
         "X's dtype (above 25 rows as ||x||^2 + ||y||^2 - 2 x.y, inaccurate for close rows); byzfl has none",
     ),
     Case(
-        name="krum", family="distance", ours=distance.krum, f=dist_f, min_n=3,
+        name="krum",
+        family="distance",
+        ours=distance.krum,
+        f=dist_f,
+        min_n=3,
         params=lambda f, n, d: f"f={f}, m=1",
         torch=Baseline("cdist+sort+argmin", baselines.krum, _cdist_extra),
-        reference=reference.krum, byzfl=byzfl_peer.krum,
+        reference=reference.krum,
+        byzfl=byzfl_peer.krum,
         note="f = floor((n-3)/4), m = 1; robustagg (SPEC) and the torch baseline score a row by the sum of its "
         "n-f-2 smallest squared distances to the others; byzfl.Krum by the mean of its n-f-1 smallest",
     ),
     Case(
-        name="multi_krum", family="distance", ours=distance.multi_krum, f=dist_f, min_n=3,
+        name="multi_krum",
+        family="distance",
+        ours=distance.multi_krum,
+        f=dist_f,
+        min_n=3,
         params=lambda f, n, d: f"f={f}, m={n - f}",
         torch=Baseline("cdist+sort+argsort+X[idx].mean", baselines.multi_krum, lambda n, d, s: 5 * n * d * s),
-        reference=reference.multi_krum, byzfl=byzfl_peer.multi_krum,
+        reference=reference.multi_krum,
+        byzfl=byzfl_peer.multi_krum,
         note="m = n - f best rows averaged; byzfl.MultiKrum ranks with n-f-1 neighbours (as its Krum)",
     ),
     Case(
-        name="bulyan", family="distance", ours=distance.bulyan, f=dist_f, min_n=3, params=_f_only,
+        name="bulyan",
+        family="distance",
+        ours=distance.bulyan,
+        f=dist_f,
+        min_n=3,
+        params=_f_only,
         torch=Baseline("cdist+Krum loop+sort/argsort/gather", baselines.bulyan, lambda n, d, s: n * d * (4 * s + 24)),
         reference=reference.bulyan,
         note="f = floor((n-3)/4) (n >= 4f+3): n-2f rows by repeated Krum, then per coordinate the mean of the "
         "n-4f selected values nearest their median; byzfl 0.0.11 has no Bulyan",
     ),
     Case(
-        name="geometric_median", family="distance",
+        name="geometric_median",
+        family="distance",
         ours=lambda X: distance.geometric_median(X, nu=GM_NU, tol=GM_TOL, max_iter=GM_MAX_ITER),
         params=lambda f, n, d: f"nu={GM_NU:g}, tol={GM_TOL:g}, max_iter={GM_MAX_ITER}",
-        torch=Baseline("Weiszfeld loop in X space", lambda X: baselines.weiszfeld(X)[0],
-                       lambda n, d, s: n * d * (s + 16)),
-        check=_check_geometric_median, byzfl=byzfl_peer.geometric_median,
+        torch=Baseline(
+            "Weiszfeld loop in X space", lambda X: baselines.weiszfeld(X)[0], lambda n, d, s: n * d * (s + 16)
+        ),
+        check=_check_geometric_median,
+        byzfl=byzfl_peer.geometric_median,
         note=f"smoothed Weiszfeld from the mean, nu = {GM_NU:g}, stop when the objective sum_i ||x_i - z|| "
         f"changes by <= {GM_TOL:g} relative (at most {GM_MAX_ITER} updates); the torch baseline is the same loop "
         "in X space (norms accumulated in float64 so that the stopping rule sees the objective, not float32 "
@@ -143,7 +207,8 @@ CASES: tuple[Case, ...] = (
         "found untimed per shape (below)",
     ),
     Case(
-        name="centered_clip", family="distance",
+        name="centered_clip",
+        family="distance",
         ours=lambda X: distance.centered_clip(X, zeros_center(X), CC_TAU, CC_ITERS),
         params=lambda f, n, d: f"tau={CC_TAU:g}, iters={CC_ITERS}, center=0",
         torch=Baseline(f"clipping loop ({CC_ITERS} iters)", baselines.centered_clip, lambda n, d, s: 3 * n * d * s),
@@ -154,14 +219,22 @@ CASES: tuple[Case, ...] = (
     ),
     # The pre-aggregators: row distances or row norms plus one mixing pass, an (n, d) result.
     Case(
-        name="nnm", family="distance", preaggregator=True, ours=preaggregators.nnm, f=dist_f, params=_f_only,
+        name="nnm",
+        family="distance",
+        preaggregator=True,
+        ours=preaggregators.nnm,
+        f=dist_f,
+        params=_f_only,
         torch=Baseline("cdist+argsort+scatter+matmul", baselines.nnm, _cdist_extra),
-        reference=reference.nnm, byzfl=byzfl_peer.nnm,
+        reference=reference.nnm,
+        byzfl=byzfl_peer.nnm,
         note="f = floor((n-3)/4): row i becomes the mean of itself and its n-f-1 nearest rows; byzfl.NNM "
         "(cdist + topk) gathers an (n, n-f, d) tensor of neighbours (skipped where that does not fit)",
     ),
     Case(
-        name="bucketing", family="distance", preaggregator=True,
+        name="bucketing",
+        family="distance",
+        preaggregator=True,
         ours=lambda X: preaggregators.bucketing(X, BUCKET_S, generator=bucket_generator()),
         params=lambda f, n, d: f"s={BUCKET_S}, generator seed {BUCKET_SEED}",
         torch=Baseline("randperm+X[perm].reshape.mean", baselines.bucketing, lambda n, d, s: 2 * n * d * s),
@@ -171,19 +244,28 @@ CASES: tuple[Case, ...] = (
         "byzfl.Bucketing draws from torch's global generator",
     ),
     Case(
-        name="clip", family="distance", preaggregator=True, ours=lambda X: preaggregators.clip(X, clip_c(X)),
+        name="clip",
+        family="distance",
+        preaggregator=True,
+        ours=lambda X: preaggregators.clip(X, clip_c(X)),
         params=lambda f, n, d: f"c=sqrt(d)={math.sqrt(d):.4g}",
         torch=Baseline("X * min(1, c/vector_norm)", lambda X: baselines.clip(X, clip_c(X)), lambda n, d, s: n * d * s),
-        reference=lambda X: reference.clip(X, clip_c(X)), byzfl=byzfl_peer.clipping,
+        reference=lambda X: reference.clip(X, clip_c(X)),
+        byzfl=byzfl_peer.clipping,
         note="c = sqrt(d), about the median row norm of the standard-normal inputs (about half the rows clipped); "
         "byzfl.Clipping overwrites its input, so it is timed on a clone made in the call, and loops over rows in "
         "Python",
     ),
     Case(
-        name="arc", family="distance", preaggregator=True, ours=preaggregators.arc, f=dist_f,
+        name="arc",
+        family="distance",
+        preaggregator=True,
+        ours=preaggregators.arc,
+        f=dist_f,
         params=lambda f, n, d: f"f={f}, k={2 * f * (n - f) // n}",
         torch=Baseline("vector_norm+argsort+scale", baselines.arc, lambda n, d, s: n * d * s),
-        reference=reference.arc, byzfl=byzfl_peer.arc,
+        reference=reference.arc,
+        byzfl=byzfl_peer.arc,
         note="f = floor((n-3)/4): the k = floor(2f(n-f)/n) largest rows scaled to the (k+1)-th norm; byzfl.ARC "
         "overwrites its input (timed on a clone made in the call) and loops over rows in Python",
     ),
@@ -288,7 +370,12 @@ def byzfl_baseline(op: str, n: int, gm_iterations: int | None = None) -> Baselin
     return adapter(byzfl, op_f(op, n), gm_iterations)
 
 
-_TOL = {torch.float64: (1e-12, 1e-12), torch.float32: (1e-5, 1e-6), torch.float16: (1e-2, 1e-3), torch.bfloat16: (2e-2, 1e-2)}
+_TOL = {
+    torch.float64: (1e-12, 1e-12),
+    torch.float32: (1e-5, 1e-6),
+    torch.float16: (1e-2, 1e-3),
+    torch.bfloat16: (2e-2, 1e-2),
+}
 
 
 def check_op(op: str, X: torch.Tensor, columns: int | None = None) -> str:

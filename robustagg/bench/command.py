@@ -74,7 +74,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         epilog=_BENCH_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    b.add_argument("--quick", action="store_true", help="small grid and fewer repeats (well under a minute on 2 CPU cores)")
+    b.add_argument(
+        "--quick", action="store_true", help="small grid and fewer repeats (well under a minute on 2 CPU cores)"
+    )
     b.add_argument(
         "--device",
         choices=["cpu", "cuda", "all"],
@@ -88,26 +90,71 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="OP",
         help="ops or groups to time, space- or comma-separated: all (default), coordinate, distance, preaggregators, or op names",
     )
-    b.add_argument("--n", nargs="+", type=int_list, metavar="N", help="numbers of rows (workers), e.g. 10 25 64 or 10,25,64; default: the grids above")
-    b.add_argument("--d", nargs="+", type=int_list, metavar="D", help="numbers of columns (coordinates), e.g. 1M 4M, 1M,4M or 100k; default: the grids above")
-    b.add_argument("--dtype", nargs="+", choices=list(DTYPES), default=["float32"], metavar="DTYPE", help=f"dtypes (default float32; of {' '.join(DTYPES)})")
-    b.add_argument("--repeats", type=positive_int, help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3")
+    b.add_argument(
+        "--n",
+        nargs="+",
+        type=int_list,
+        metavar="N",
+        help="numbers of rows (workers), e.g. 10 25 64 or 10,25,64; default: the grids above",
+    )
+    b.add_argument(
+        "--d",
+        nargs="+",
+        type=int_list,
+        metavar="D",
+        help="numbers of columns (coordinates), e.g. 1M 4M, 1M,4M or 100k; default: the grids above",
+    )
+    b.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=list(DTYPES),
+        default=["float32"],
+        metavar="DTYPE",
+        help=f"dtypes (default float32; of {' '.join(DTYPES)})",
+    )
+    b.add_argument(
+        "--repeats",
+        type=positive_int,
+        help="timed calls per function, median reported (default 10, --quick 5); slow baselines are cut to 3",
+    )
     b.add_argument("--warmup", type=positive_int, help="untimed calls first (default 2, --quick 1)")
-    b.add_argument("--max-seconds", type=positive_float, help="time budget per timed function; fewer repeats (>= 3) beyond it (default 10, --quick 2)")
-    b.add_argument("--json", metavar="PATH", type=output_path,
-                   help="where to write the JSON (default bench/out/bench-<device>.json)")
-    b.add_argument("--markdown", metavar="PATH", type=output_path, help="also write a markdown table here (for docs/results/)")
+    b.add_argument(
+        "--max-seconds",
+        type=positive_float,
+        help="time budget per timed function; fewer repeats (>= 3) beyond it (default 10, --quick 2)",
+    )
+    b.add_argument(
+        "--json",
+        metavar="PATH",
+        type=output_path,
+        help="where to write the JSON (default bench/out/bench-<device>.json)",
+    )
+    b.add_argument(
+        "--markdown", metavar="PATH", type=output_path, help="also write a markdown table here (for docs/results/)"
+    )
     b.add_argument("--no-baselines", action="store_true", help="time only the ops, one read of X and (CUDA) the copy")
     b.add_argument("--no-byzfl", action="store_true", help="skip byzfl even when it is importable")
-    b.add_argument("--no-memory", action="store_true", help="do not measure peak extra memory (saves one child process per shape on CPU)")
-    b.add_argument("--no-check", action="store_true", help="do not compare each op with the float64 reference on a slice of its input")
+    b.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="do not measure peak extra memory (saves one child process per shape on CPU)",
+    )
+    b.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not compare each op with the float64 reference on a slice of its input",
+    )
     b.add_argument(
         "--malloc-default",
         action="store_true",
         help="leave glibc malloc as it is (default: reuse freed buffers up to 32 MB, so a result's page faults are not timed on some calls and not others)",
     )
     b.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's default)")
-    b.add_argument("--mem-budget-gb", type=positive_float, help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)")
+    b.add_argument(
+        "--mem-budget-gb",
+        type=positive_float,
+        help="memory a run may use per device (default: 60%% of available RAM; 80%% of free GPU memory)",
+    )
     b.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     b.set_defaults(func=_cmd_bench, parser=b)
 

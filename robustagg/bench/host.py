@@ -20,7 +20,12 @@ from .byzfl_peer import byzfl_status
 from .params import GB, MB
 
 __all__ = [
-    "cache_bytes", "cpu_available_bytes", "cpu_llc_bytes", "cpu_model", "default_budget", "environment",
+    "cache_bytes",
+    "cpu_available_bytes",
+    "cpu_llc_bytes",
+    "cpu_model",
+    "default_budget",
+    "environment",
     "pin_malloc",
 ]
 
@@ -138,7 +143,7 @@ def environment(devices: Sequence[str]) -> dict[str, Any]:
         "cpu_llc_bytes": cpu_llc_bytes(),
         "mem_total_bytes": _meminfo("MemTotal"),
         "byzfl": byzfl_status()[1],
-        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "host": platform.node(),
     }
     if "cuda" in devices and torch.cuda.is_available():

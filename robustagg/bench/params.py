@@ -11,8 +11,23 @@ import math
 import torch
 
 __all__ = [
-    "BUCKET_S", "BUCKET_SEED", "CC_ITERS", "CC_TAU", "DTYPES", "GB", "GM_MAX_ITER", "GM_NU", "GM_RTOL",
-    "GM_TOL", "GM_TRIAL_T", "MB", "bucket_generator", "clip_c", "dist_f", "trim_f", "zeros_center",
+    "BUCKET_S",
+    "BUCKET_SEED",
+    "CC_ITERS",
+    "CC_TAU",
+    "DTYPES",
+    "GB",
+    "GM_MAX_ITER",
+    "GM_NU",
+    "GM_RTOL",
+    "GM_TOL",
+    "GM_TRIAL_T",
+    "MB",
+    "bucket_generator",
+    "clip_c",
+    "dist_f",
+    "trim_f",
+    "zeros_center",
 ]
 
 DTYPES: dict[str, torch.dtype] = {

@@ -109,7 +109,9 @@ def format_table(result: dict[str, Any]) -> str:
     out.append("  ".join("-" * w for _, w, _ in _COLUMNS))
     for r in result["rows"]:
         cells = [g(r) for _, _, g in _COLUMNS]
-        out.append("  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS))))
+        out.append(
+            "  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, (_, w, _)) in enumerate(zip(cells, _COLUMNS)))
+        )
     notes = _notes(result)
     if notes:
         out.append("")
@@ -135,7 +137,9 @@ def _notes(result: dict[str, Any]) -> list[str]:
             notes.append(f"{op}: {note}.")
     for r in result["rows"]:
         if r.get("gm"):
-            notes.append(f"geometric_median n={r['n']} d={fmt_d(r['d'])} {r['dtype']} {r['device']}: {gm_summary(r['gm'])}.")
+            notes.append(
+                f"geometric_median n={r['n']} d={fmt_d(r['d'])} {r['dtype']} {r['device']}: {gm_summary(r['gm'])}."
+            )
     return notes
 
 
@@ -146,7 +150,10 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
     has_cuda = "cuda" in devs
     has_byzfl = any("byzfl" in r["baselines"] for r in result["rows"])
     lines = []
-    where = env["cpu"] + f" ({env['cpu_count']} cores, {env['threads']} torch threads, robustagg CPU ISA {env['cpu_kernel_isa']})"
+    where = (
+        env["cpu"]
+        + f" ({env['cpu_count']} cores, {env['threads']} torch threads, robustagg CPU ISA {env['cpu_kernel_isa']})"
+    )
     if has_cuda and "cuda_device" in env:
         where = f"{env['cuda_device']} (CUDA {env['cuda_version']}); host CPU {where}"
     lines.append(f"Device: {where}. robustagg {env['robustagg']}, torch {env['torch']}, {env['date']}.")
@@ -157,7 +164,9 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
     names = _torch_names(result)
     lines.append(
         "ms: median time. GB/s: bytes of X read per second. x read: time over one read of X (`X.sum(0)`) in the same run. "
-        "vs torch" + (" / vs byzfl" if has_byzfl else "") + ": baseline time over ours"
+        "vs torch"
+        + (" / vs byzfl" if has_byzfl else "")
+        + ": baseline time over ours"
         + (f" ({names})" if names else "")
         + ". extra MB: peak memory of one call beyond its result ((d,), or (n, d) for the pre-aggregators). "
         "f = floor((n-1)/4) for trimmed_mean and meamed, floor((n-3)/4) for the distance rules, nnm and arc."

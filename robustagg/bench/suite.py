@@ -22,9 +22,7 @@ from .calibration import calibrate_geometric_median, gm_summary
 from .cases import ALL_OPS, byzfl_baseline, check_op, min_n, op_callable, op_f, op_family, op_params, torch_baseline
 from .host import default_budget, environment, pin_malloc
 from .memory import measure_cpu_memory, measure_cuda_memory
-from .params import (
-    BUCKET_S, BUCKET_SEED, CC_ITERS, CC_TAU, DTYPES, GB, GM_MAX_ITER, GM_NU, GM_RTOL, GM_TOL, GM_TRIAL_T,
-)
+from .params import BUCKET_S, BUCKET_SEED, CC_ITERS, CC_TAU, DTYPES, GB, GM_MAX_ITER, GM_NU, GM_RTOL, GM_TOL, GM_TRIAL_T
 from .report import fmt_d, fmt_mb
 from .timing import make_inputs, rotation_count, time_fn, time_interleaved
 
@@ -94,14 +92,19 @@ def _plan_baselines(
                 label, fn, est = b
                 need = est(n, d, itemsize)
                 if resident + need > budget:
-                    p[kind] = {"name": label, "skipped": f"needs ~{need / GB:.1f} GB extra, budget {budget / GB:.1f} GB"}
+                    p[kind] = {
+                        "name": label,
+                        "skipped": f"needs ~{need / GB:.1f} GB extra, budget {budget / GB:.1f} GB",
+                    }
                 else:
                     p[kind] = {"name": label, "fn": fn}
         plan[op] = p
     return plan
 
 
-def _calibrate_gm(X: torch.Tensor, n: int, plan: dict[str, dict[str, Any]], progress: Callable[[str], None]) -> dict[str, Any]:
+def _calibrate_gm(
+    X: torch.Tensor, n: int, plan: dict[str, dict[str, Any]], progress: Callable[[str], None]
+) -> dict[str, Any]:
     """:func:`calibrate_geometric_median` for the planned baselines; sets byzfl's entry to the T found."""
     with_torch = "fn" in plan.get("torch", {})
     with_byzfl = "fn" in plan.get("byzfl", {})
@@ -121,8 +124,17 @@ def _calibrate_gm(X: torch.Tensor, n: int, plan: dict[str, dict[str, Any]], prog
 
 
 def _run_group(
-    cfg: SuiteConfig, dev_name: str, dt_name: str, n: int, d: int, ops_: Sequence[str], case_no: int, total: int,
-    t_start: float, progress: Callable[[str], None], failed: list[str],
+    cfg: SuiteConfig,
+    dev_name: str,
+    dt_name: str,
+    n: int,
+    d: int,
+    ops_: Sequence[str],
+    case_no: int,
+    total: int,
+    t_start: float,
+    progress: Callable[[str], None],
+    failed: list[str],
 ) -> list[dict[str, Any]]:
     """The ops ``ops_`` (and their baselines) on one (device, dtype, n, d); one progress line per op.
 
@@ -181,7 +193,9 @@ def _run_group(
         if op == "geometric_median":
             row["gm"] = gm
         try:
-            _time_op(cfg, row, plan[op], inputs, device, mem, timing, [read_fn] + ([copy_fn] if with_copy else []), progress)
+            _time_op(
+                cfg, row, plan[op], inputs, device, mem, timing, [read_fn] + ([copy_fn] if with_copy else []), progress
+            )
         except (RuntimeError, MemoryError, ValueError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             why = str(exc).splitlines()[0][:200] if str(exc) else ""
             failed.append(f"{dev_name} {dt_name} n={n} d={d} {op}: {type(exc).__name__}: {why}")
@@ -209,8 +223,15 @@ def _run_group(
 
 
 def _time_op(
-    cfg: SuiteConfig, row: dict[str, Any], plan: dict[str, dict[str, Any]], inputs: list[torch.Tensor], device: torch.device,
-    mem: dict[str, Any], timing: dict[str, Any], floors: list[Callable[[torch.Tensor], Any]], progress: Callable[[str], None],
+    cfg: SuiteConfig,
+    row: dict[str, Any],
+    plan: dict[str, dict[str, Any]],
+    inputs: list[torch.Tensor],
+    device: torch.device,
+    mem: dict[str, Any],
+    timing: dict[str, Any],
+    floors: list[Callable[[torch.Tensor], Any]],
+    progress: Callable[[str], None],
 ) -> None:
     """Check, time and measure one op and its baselines, filling ``row``."""
     op, n, xbytes, d = row["op"], row["n"], row["input_bytes"], row["d"]
@@ -249,9 +270,13 @@ def _time_op(
         else:
             try:
                 tb = time_fn(b["fn"], inputs, device, **timing)
-                entry.update(ms=tb["ms"], repeats=tb["repeats"], speedup=tb["ms"] / t["ms"], ratio_read=tb["ms"] / read["ms"])
+                entry.update(
+                    ms=tb["ms"], repeats=tb["repeats"], speedup=tb["ms"] / t["ms"], ratio_read=tb["ms"] / read["ms"]
+                )
                 if cfg.memory:
-                    entry["mem"] = measure_cuda_memory(b["fn"], inputs[0]) if device.type == "cuda" else mem.get(f"{kind}:{op}")
+                    entry["mem"] = (
+                        measure_cuda_memory(b["fn"], inputs[0]) if device.type == "cuda" else mem.get(f"{kind}:{op}")
+                    )
             except Exception as exc:  # noqa: BLE001  (a baseline failing, e.g. out of memory, is reported, not fatal)
                 entry["skipped"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
                 gc.collect()
@@ -337,7 +362,11 @@ def run_suite(cfg: SuiteConfig, progress: Callable[[str], None] = _progress) -> 
         "f": "floor((n - 1) / 4) for trimmed_mean and meamed; floor((n - 3) / 4) for krum, multi_krum, bulyan, nnm, arc",
         "distance_params": {
             "geometric_median": {
-                "nu": GM_NU, "tol": GM_TOL, "max_iter": GM_MAX_ITER, "byzfl_rtol": GM_RTOL, "byzfl_trial_T": list(GM_TRIAL_T)
+                "nu": GM_NU,
+                "tol": GM_TOL,
+                "max_iter": GM_MAX_ITER,
+                "byzfl_rtol": GM_RTOL,
+                "byzfl_trial_T": list(GM_TRIAL_T),
             },
             "centered_clip": {"tau": CC_TAU, "iters": CC_ITERS, "center": "zeros"},
             "bucketing": {"s": BUCKET_S, "seed": BUCKET_SEED},

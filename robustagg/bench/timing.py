@@ -40,11 +40,15 @@ def rotation_count(input_bytes: int, device: torch.device, budget_bytes: int) ->
     return int(max(1, min(want, fit, MAX_ROTATION_COPIES)))
 
 
-def make_inputs(n: int, d: int, dtype: torch.dtype, device: str | torch.device, copies: int = 1, seed: int = 0) -> list[torch.Tensor]:
+def make_inputs(
+    n: int, d: int, dtype: torch.dtype, device: str | torch.device, copies: int = 1, seed: int = 0
+) -> list[torch.Tensor]:
     """``copies`` distinct ``(n, d)`` tensors holding the same standard-normal values."""
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)
-    X = torch.randn(n, d, generator=gen, device=device, dtype=torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
+    X = torch.randn(
+        n, d, generator=gen, device=device, dtype=torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    )
     X = X.to(dtype)
     return [X] + [X.clone() for _ in range(copies - 1)]
 
@@ -119,7 +123,8 @@ def time_interleaved(
     times: list[list[float]] = [[] for _ in fns]
     if device.type == "cuda":
         events = [
-            [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in fns] for _ in range(n_rep)
+            [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in fns]
+            for _ in range(n_rep)
         ]
         _sync(device)
         for r in range(n_rep):

@@ -98,5 +98,13 @@ from .fsdp import RobustReduceScatter, use_robust_reduce_scatter
 from .hook import MODES, HookStats, RobustHookState, robust_hook
 from .rules import CC_OPTIONS, RULE_NAMES
 
-__all__ = ["CC_OPTIONS", "MODES", "RULE_NAMES", "HookStats", "RobustHookState", "RobustReduceScatter", "robust_hook",
-           "use_robust_reduce_scatter"]
+__all__ = [
+    "CC_OPTIONS",
+    "MODES",
+    "RULE_NAMES",
+    "HookStats",
+    "RobustHookState",
+    "RobustReduceScatter",
+    "robust_hook",
+    "use_robust_reduce_scatter",
+]

@@ -107,16 +107,24 @@ class RobustReduceScatter(_ReduceScatter):
     ``sent_bytes`` (this rank's bytes, all-to-all plus distance all-reduce).
     """
 
-    def __init__(self, aggregator: Aggregator | str, f: int = 0, layerwise: bool = False,
-                 gradient_divide_factor: float | None = None) -> None:
+    def __init__(
+        self,
+        aggregator: Aggregator | str,
+        f: int = 0,
+        layerwise: bool = False,
+        gradient_divide_factor: float | None = None,
+    ) -> None:
         f = check_int(f, "f", "RobustReduceScatter", low=0)
         self.aggregator = check_rule(aggregator, f, None, "RobustReduceScatter")  # n is checked at the first call
         if isinstance(self.aggregator, DISTANCE) and layerwise is not True:
-            raise ValueError(f"RobustReduceScatter: {type(self.aggregator).__name__} is a distance rule and runs "
-                             "per FSDP unit, a layer-wise rule unlike the whole-model one; pass layerwise=True")
+            raise ValueError(
+                f"RobustReduceScatter: {type(self.aggregator).__name__} is a distance rule and runs "
+                "per FSDP unit, a layer-wise rule unlike the whole-model one; pass layerwise=True"
+            )
         if gradient_divide_factor is not None:
-            gradient_divide_factor = check_positive(gradient_divide_factor, "gradient_divide_factor",
-                                                    "RobustReduceScatter")
+            gradient_divide_factor = check_positive(
+                gradient_divide_factor, "gradient_divide_factor", "RobustReduceScatter"
+            )
         self.gradient_divide_factor = gradient_divide_factor
         self.calls = 0
         self.sent_bytes = 0
@@ -141,14 +149,21 @@ class RobustReduceScatter(_ReduceScatter):
         raise ValueError(f"RobustReduceScatter: reduce op {op!r} is not supported (AVG, SUM or PREMUL_SUM)")
 
     @torch.no_grad()
-    def __call__(self, output_tensor: torch.Tensor, input_tensor: torch.Tensor, group: dist.ProcessGroup,
-                 op: object, async_op: bool = False) -> None:
+    def __call__(
+        self,
+        output_tensor: torch.Tensor,
+        input_tensor: torch.Tensor,
+        group: dist.ProcessGroup,
+        op: object,
+        async_op: bool = False,
+    ) -> None:
         if async_op:
             raise ValueError("RobustReduceScatter: async_op=True is not supported")
         n, width = group.size(), output_tensor.numel()
         if input_tensor.numel() != n * width:
-            raise ValueError(f"RobustReduceScatter: input holds {input_tensor.numel()} values, not n * output "
-                             f"= {n} * {width}")
+            raise ValueError(
+                f"RobustReduceScatter: input holds {input_tensor.numel()} values, not n * output = {n} * {width}"
+            )
         if n != self._checked_n:  # e.g. Krum needs n > 2f + 2: refuse before any communication
             check_rule(self.aggregator, 0, n, "RobustReduceScatter")
             self._checked_n = n
@@ -158,9 +173,10 @@ class RobustReduceScatter(_ReduceScatter):
         try:
             dist.all_to_all_single(recv, input_tensor.contiguous(), group=group)
         except RuntimeError as exc:
-            raise RuntimeError(f"RobustReduceScatter: rank {dist.get_rank(group)} could not exchange shards over "
-                               f"the {n} ranks (a rank died, hung past the timeout, or ran a different model): {exc}"
-                               ) from exc
+            raise RuntimeError(
+                f"RobustReduceScatter: rank {dist.get_rank(group)} could not exchange shards over "
+                f"the {n} ranks (a rank died, hung past the timeout, or ran a different model): {exc}"
+            ) from exc
         self.sent_bytes += (n - 1) * width * element
         X = recv.view(n, width)
         if pre != 1.0:
@@ -187,20 +203,26 @@ class RobustReduceScatter(_ReduceScatter):
         try:
             dist.all_reduce(packed, group=group)
         except RuntimeError as exc:
-            raise RuntimeError(f"RobustReduceScatter: rank {dist.get_rank(group)} could not all-reduce the unit's "
-                               f"distances over the {group.size()} ranks: {exc}") from exc
+            raise RuntimeError(
+                f"RobustReduceScatter: rank {dist.get_rank(group)} could not all-reduce the unit's "
+                f"distances over the {group.size()} ranks: {exc}"
+            ) from exc
         self.sent_bytes += 2 * (group.size() - 1) * packed.numel() * 8 // group.size()
         packed = packed.cpu()
-        c = row_coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, X)
+        c = row_coefficients(self.aggregator, packed[: k * k].view(k, k), packed[k * k :] == 0, X)
         out = combine(c, X, center)
         if center is not None:
             self._center = out.clone()
         return out
 
 
-def use_robust_reduce_scatter(module: torch.nn.Module, aggregator: Aggregator | str, f: int = 0,
-                              layerwise: bool = False,
-                              gradient_divide_factor: float | None = None) -> dict[str, RobustReduceScatter]:
+def use_robust_reduce_scatter(
+    module: torch.nn.Module,
+    aggregator: Aggregator | str,
+    f: int = 0,
+    layerwise: bool = False,
+    gradient_divide_factor: float | None = None,
+) -> dict[str, RobustReduceScatter]:
     """Give every FSDP unit in ``module`` its own :class:`RobustReduceScatter` (a deep copy of the rule).
 
     Call after ``fully_shard``. A ``gradient_divide_factor`` is also set on

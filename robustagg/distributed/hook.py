@@ -147,7 +147,9 @@ class RobustHookState:
         if not dist.is_available() or not dist.is_initialized():
             raise RuntimeError("RobustHookState: torch.distributed is not initialized; call init_process_group first")
         if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
-            raise TypeError(f"RobustHookState: process_group must be a ProcessGroup or None, got {type(process_group).__name__}")
+            raise TypeError(
+                f"RobustHookState: process_group must be a ProcessGroup or None, got {type(process_group).__name__}"
+            )
         if mode not in MODES:
             raise ValueError(f"RobustHookState: mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.mode = mode
@@ -157,7 +159,9 @@ class RobustHookState:
         n = self.world_size
 
         if isinstance(byzantine_ranks, (str, bytes)) or not isinstance(byzantine_ranks, Sequence):
-            raise TypeError(f"RobustHookState: byzantine_ranks must be a sequence of ints, got {type(byzantine_ranks).__name__}")
+            raise TypeError(
+                f"RobustHookState: byzantine_ranks must be a sequence of ints, got {type(byzantine_ranks).__name__}"
+            )
         for r in byzantine_ranks:
             if isinstance(r, bool) or not isinstance(r, int):
                 raise TypeError(f"RobustHookState: byzantine_ranks must hold ints, got {r!r}")
@@ -215,12 +219,16 @@ class RobustHookState:
         elif attack is not None and not isinstance(attack, Attack):
             raise TypeError(f"RobustHookState: attack must be an Attack, a name or None, got {type(attack).__name__}")
         if attack is not None and attack.needs_whole_vector:
-            raise ValueError(f"RobustHookState: attack {attack.name!r} needs the whole vector, not one bucket or "
-                             "shard at a time; use sign_flip, ipm, alie, gaussian, nan, inf, none or label_flip")
+            raise ValueError(
+                f"RobustHookState: attack {attack.name!r} needs the whole vector, not one bucket or "
+                "shard at a time; use sign_flip, ipm, alie, gaussian, nan, inf, none or label_flip"
+            )
         if attack is None and self.byzantine_ranks and (self.byzantine or self.mode == "sharded"):
             who = "is in byzantine_ranks" if self.byzantine else "owns a shard of the Byzantine ranks' vectors"
-            raise ValueError(f"RobustHookState: rank {self.rank} {who} but attack is None"
-                             + ("; in sharded mode every rank needs the attack" if self.mode == "sharded" else ""))
+            raise ValueError(
+                f"RobustHookState: rank {self.rank} {who} but attack is None"
+                + ("; in sharded mode every rank needs the attack" if self.mode == "sharded" else "")
+            )
         if attack is not None and self.byzantine_ranks:
             f, h = len(self.byzantine_ranks), self.world_size - len(self.byzantine_ranks)
             copy.deepcopy(attack)(torch.zeros(h, 1), torch.zeros(f, 1))  # its own checks (ALIE's z from n, f)
@@ -240,6 +248,7 @@ class RobustHookState:
     def _fingerprint(self) -> int:
         """The arguments every rank must share (the rule's, the attack's, the hook's), as a number that is the
         same in every process."""
+
         def plain(value: object) -> object:
             return value.tolist() if isinstance(value, torch.Tensor) else value
 
@@ -258,8 +267,9 @@ class RobustHookState:
         if index == 0:
             self._start_step()
         if sum(p.numel() for p in params) != buf.numel():
-            raise RuntimeError(f"robust_hook: bucket {index} holds {buf.numel()} values, "
-                               "not its parameters' concatenated gradients")
+            raise RuntimeError(
+                f"robust_hook: bucket {index} holds {buf.numel()} values, not its parameters' concatenated gradients"
+            )
         if not self._agreed:
             self._check_agreement(buf, index, bucket.is_last())
         tick = time.perf_counter()
@@ -279,7 +289,9 @@ class RobustHookState:
         return fut
 
     def _start_step(self) -> None:
-        self._fail_pending(RuntimeError("robust_hook: a new backward started before the last bucket of the previous one"))
+        self._fail_pending(
+            RuntimeError("robust_hook: a new backward started before the last bucket of the previous one")
+        )
         self._now = HookStats()
 
     def _end_step(self) -> None:
@@ -295,13 +307,17 @@ class RobustHookState:
         self._wait(self._issue("all_gather", index, every, torch.tensor(mine, device=buf.device)), "all_gather", index)
         for r, row in enumerate(every.view(self.world_size, -1).tolist()):
             if row[:3] != mine[:3]:
-                raise RuntimeError(f"robust_hook: bucket {index} holds {row[0]} values of dtype code {row[1]} "
-                                   f"(last: {bool(row[2])}) on rank {r} but {buf.numel()} of {buf.dtype} (last: "
-                                   f"{last}) on rank {self.rank}: the ranks run different models or bucket sizes")
+                raise RuntimeError(
+                    f"robust_hook: bucket {index} holds {row[0]} values of dtype code {row[1]} "
+                    f"(last: {bool(row[2])}) on rank {r} but {buf.numel()} of {buf.dtype} (last: "
+                    f"{last}) on rank {self.rank}: the ranks run different models or bucket sizes"
+                )
             if row[3] != mine[3]:
-                raise RuntimeError(f"robust_hook: rank {r} was built with other RobustHookState arguments (mode, "
-                                   f"rule and its options, attack, momentum or byzantine_ranks) than rank "
-                                   f"{self.rank}; pass the same to every rank")
+                raise RuntimeError(
+                    f"robust_hook: rank {r} was built with other RobustHookState arguments (mode, "
+                    f"rule and its options, attack, momentum or byzantine_ranks) than rank "
+                    f"{self.rank}; pass the same to every rank"
+                )
         if last:
             self._agreed = True
 
@@ -309,8 +325,9 @@ class RobustHookState:
         """The vector this rank would send honestly: the gradient, or its worker momentum."""
         if self.momentum == 0.0:
             return g
-        buffers = [self._momentum.setdefault(id(p), torch.zeros(p.numel(), dtype=g.dtype, device=g.device))
-                   for p in params]
+        buffers = [
+            self._momentum.setdefault(id(p), torch.zeros(p.numel(), dtype=g.dtype, device=g.device)) for p in params
+        ]
         ops.momentum_update_(buffers, list(torch.split(g, [p.numel() for p in params])), self.momentum)
         return torch.cat(buffers)
 
@@ -322,7 +339,7 @@ class RobustHookState:
             a, b = max(lo, start), min(hi, end)
             if a < b:
                 c = self._center.get(id(p))
-                parts.append(like.new_zeros(b - a) if c is None else c[a - start:b - start])
+                parts.append(like.new_zeros(b - a) if c is None else c[a - start : b - start])
             start = end
         if len(parts) == 1:  # inside one parameter: a view, no copy
             return parts[0]
@@ -336,8 +353,9 @@ class RobustHookState:
             else:  # in place: no second copy of the center while it is replaced
                 kept.copy_(part)
 
-    def _issue(self, name: str, index: int | str, output: torch.Tensor, input: torch.Tensor,
-               splits: list[int] | None = None):
+    def _issue(
+        self, name: str, index: int | str, output: torch.Tensor, input: torch.Tensor, splits: list[int] | None = None
+    ):
         """Start one collective asynchronously and count what this rank sends.
 
         ``all_to_all`` sends ``input`` split by ``splits`` (values for each
@@ -348,8 +366,9 @@ class RobustHookState:
         try:
             if name == "all_to_all":
                 self._now.sent_bytes += (input.numel() - splits[self.rank]) * element
-                return dist.all_to_all_single(output, input, [splits[self.rank]] * n, splits, group=group,
-                                              async_op=True)
+                return dist.all_to_all_single(
+                    output, input, [splits[self.rank]] * n, splits, group=group, async_op=True
+                )
             if name == "all_gather":
                 self._now.sent_bytes += (n - 1) * input.numel() * element
                 return _all_gather(output, input, group=group, async_op=True)  # gloo: flat output only
@@ -362,7 +381,8 @@ class RobustHookState:
         return RuntimeError(
             f"robust_hook: rank {self.rank} could not {name.replace('_', '-')} bucket {index} over the "
             f"{self.world_size} ranks (a rank died, hung past the process group's timeout, or ran a different "
-            f"model): {exc}")
+            f"model): {exc}"
+        )
 
     def _wait(self, work, name: str, index: int | str) -> None:
         tick = time.perf_counter()
@@ -488,7 +508,7 @@ class RobustHookState:
         k = D.shape[0]
         packed = packed.cpu()
         like = shards[0].recv.new_empty(self.world_size, 0)  # n rows on the shards' device, for the weights' checks
-        c = row_coefficients(self.aggregator, packed[:k * k].view(k, k), packed[k * k:] == 0, like)
+        c = row_coefficients(self.aggregator, packed[: k * k].view(k, k), packed[k * k :] == 0, like)
         for s in shards:  # each shard is freed as soon as it is combined: the peak stays one gradient
             out = _padded(combine(c, s.recv.view(self.world_size, s.valid), self._center_shard(s)), s.width)
             s.recv = s.D = None
@@ -513,7 +533,7 @@ class RobustHookState:
                 if epoch != self._epoch:  # the step failed meanwhile: its buffers and the center are not ours
                     return
                 if not direct:  # shard j is values [j s, (j+1) s): only the padding lies past S
-                    flat.copy_(gathered[:shard.size])
+                    flat.copy_(gathered[: shard.size])
                 if isinstance(self.aggregator, CenteredClip):
                     self._keep_center(shard.params, flat)
                 self._unresolved -= 1
@@ -524,8 +544,13 @@ class RobustHookState:
 
         work.get_future().add_done_callback(done)
 
-    def _settle(self, fut: torch.futures.Future, epoch: int, result: torch.Tensor | None = None,
-                error: BaseException | None = None) -> None:
+    def _settle(
+        self,
+        fut: torch.futures.Future,
+        epoch: int,
+        result: torch.Tensor | None = None,
+        error: BaseException | None = None,
+    ) -> None:
         """Complete a future of step ``epoch`` once, unless that step was failed already."""
         with self._lock:
             if epoch != self._epoch or fut.done():
@@ -546,8 +571,7 @@ class RobustHookState:
                     fut.set_exception(exc)
 
 
-_DTYPE_CODE = {dtype: code for code, dtype in enumerate(
-    (torch.float32, torch.float64, torch.float16, torch.bfloat16))}
+_DTYPE_CODE = {dtype: code for code, dtype in enumerate((torch.float32, torch.float64, torch.float16, torch.bfloat16))}
 
 # Older PyTorch names the stacked all-gather all_gather_into_tensor.
 _all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor

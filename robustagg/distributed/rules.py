@@ -14,8 +14,8 @@ import copy
 
 import torch
 
-from .. import coefficients
 from .. import aggregators as agg
+from .. import coefficients
 from ..aggregators import Aggregator, make_aggregator
 from ..validation import check_row_weights
 
@@ -35,22 +35,28 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
     yet known, the rule's own checks wait for the first call); errors name ``owner``. A name gets ``f`` when
     its rule takes one, and centered clipping gets :data:`CC_OPTIONS`."""
     if isinstance(aggregator, str) and aggregator in RULE_NAMES:
-        aggregator = make_aggregator(aggregator, f, f_if_used=True, owner=owner,
-                                     **(CC_OPTIONS if aggregator == "cc" else {}))
+        aggregator = make_aggregator(
+            aggregator, f, f_if_used=True, owner=owner, **(CC_OPTIONS if aggregator == "cc" else {})
+        )
     if isinstance(aggregator, agg.Bulyan) or aggregator == "bulyan":
         name = "Bulyan" if isinstance(aggregator, agg.Bulyan) else "bulyan"
-        raise ValueError(f"{owner}: {name} is not supported (it needs the selected rows of the whole model "
-                         "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip")
+        raise ValueError(
+            f"{owner}: {name} is not supported (it needs the selected rows of the whole model "
+            "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip"
+        )
     if isinstance(aggregator, agg.Pipeline):
         raise ValueError(f"{owner}: pre-aggregator pipelines are not supported")
     if isinstance(aggregator, str):
         raise ValueError(f"{owner}: unknown rule {aggregator!r}; choose from {', '.join(RULE_NAMES)}")
     if not isinstance(aggregator, COORDINATE + DISTANCE):
-        raise TypeError(f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
-                        f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}")
+        raise TypeError(
+            f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
+            f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}"
+        )
     if isinstance(aggregator, agg.CenteredClip) and aggregator.center is not None:
-        raise ValueError(f"{owner}: CenteredClip must have no preset center; the previous aggregate is the "
-                         "center, starting at zeros")
+        raise ValueError(
+            f"{owner}: CenteredClip must have no preset center; the previous aggregate is the center, starting at zeros"
+        )
     if n is None:
         return aggregator
     # The rule's own argument checks, on a one-column probe with n rows.
@@ -60,7 +66,9 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
     return aggregator
 
 
-def row_coefficients(rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+def row_coefficients(
+    rule: Aggregator, D: torch.Tensor, finite: torch.Tensor, like: torch.Tensor
+) -> torch.Tensor | None:
     """Row coefficients of a distance rule from the whole vector's squared distances (CPU float64).
 
     ``D`` and ``finite`` cover the n rows, plus the center as point n for

@@ -42,7 +42,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..attacks import check_attack_rows
+from ..aggregators import Aggregator, make_aggregator
 from ..arguments import (
     finite_float,
     nonnegative_int,
@@ -52,7 +52,7 @@ from ..arguments import (
     positive_int,
     unit_interval,
 )
-from ..aggregators import Aggregator, make_aggregator
+from ..attacks import check_attack_rows
 from ..distributed import MODES, RULE_NAMES, RobustHookState, robust_hook, use_robust_reduce_scatter
 from ..distributed.rules import check_rule
 from ..sim.data import NUM_TRAIN, check_batch, load_digits, split_workers
@@ -65,31 +65,61 @@ ATTACKS = ["none", "sign_flip", "ipm", "alie", "gaussian", "nan", "inf", "label_
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The trainer's options (also used by ``robustagg train ddp``)."""
-    parser.add_argument("--nproc", type=positive_int, default=4, help="processes to start when not under torchrun (default 4)")
+    parser.add_argument(
+        "--nproc", type=positive_int, default=4, help="processes to start when not under torchrun (default 4)"
+    )
     parser.add_argument("--agg", choices=list(RULE_NAMES), default="cc", help="aggregation rule (default cc)")
-    parser.add_argument("--f", type=nonnegative_int, help="the f the rule assumes (default: the number of Byzantine ranks)")
-    parser.add_argument("--byzantine-ranks", type=nonnegative_int, nargs="*", default=[], metavar="RANK",
-                        help="ranks that send the attack's vectors (default: none)")
-    parser.add_argument("--attack", choices=ATTACKS, default="none", help="what the Byzantine ranks send (default none)")
-    parser.add_argument("--mode", choices=MODES, default="sharded",
-                        help="hook mode: sharded (all-reduce bytes) or replicated (default sharded)")
-    parser.add_argument("--fsdp", action="store_true",
-                        help="train with FSDP2 and the robust reduce-scatter instead of DDP and the hook")
-    parser.add_argument("--momentum", type=unit_interval,
-                        help="worker momentum beta in [0, 1) (default 0.9; 0 with --fsdp, which has none)")
+    parser.add_argument(
+        "--f", type=nonnegative_int, help="the f the rule assumes (default: the number of Byzantine ranks)"
+    )
+    parser.add_argument(
+        "--byzantine-ranks",
+        type=nonnegative_int,
+        nargs="*",
+        default=[],
+        metavar="RANK",
+        help="ranks that send the attack's vectors (default: none)",
+    )
+    parser.add_argument(
+        "--attack", choices=ATTACKS, default="none", help="what the Byzantine ranks send (default none)"
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        default="sharded",
+        help="hook mode: sharded (all-reduce bytes) or replicated (default sharded)",
+    )
+    parser.add_argument(
+        "--fsdp", action="store_true", help="train with FSDP2 and the robust reduce-scatter instead of DDP and the hook"
+    )
+    parser.add_argument(
+        "--momentum",
+        type=unit_interval,
+        help="worker momentum beta in [0, 1) (default 0.9; 0 with --fsdp, which has none)",
+    )
     parser.add_argument("--steps", type=positive_int, default=300, help="training steps (default 300)")
     parser.add_argument("--batch", type=positive_int, default=32, help="examples per rank per step (default 32)")
     parser.add_argument("--lr", type=positive_float, default=0.1, help="learning rate (default 0.1)")
     parser.add_argument("--hidden", type=positive_int, default=64, help="hidden units of the MLP (default 64)")
-    parser.add_argument("--cc-tau", type=positive_float_or_inf, default=1.0, help="centered clipping radius (default 1.0)")
+    parser.add_argument(
+        "--cc-tau", type=positive_float_or_inf, default=1.0, help="centered clipping radius (default 1.0)"
+    )
     parser.add_argument("--cc-iters", type=positive_int, default=3, help="centered clipping iterations (default 3)")
     parser.add_argument("--ipm-eps", type=positive_float, default=0.1, help="IPM scale (default 0.1)")
     parser.add_argument("--alie-z", type=finite_float, help="ALIE z (default: from n and f, SPEC 5)")
     parser.add_argument("--bucket-cap-mb", type=positive_float, default=25.0, help="DDP bucket size in MB (default 25)")
-    parser.add_argument("--eval-every", type=positive_int, default=50, help="steps between evaluations on rank 0 (default 50)")
-    parser.add_argument("--timeout", type=positive_float, default=60.0,
-                        help="process group timeout in seconds: a dead or hung rank fails the job after it (default 60)")
-    parser.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the shards, initialisation and batches (default 0)")
+    parser.add_argument(
+        "--eval-every", type=positive_int, default=50, help="steps between evaluations on rank 0 (default 50)"
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=60.0,
+        help="process group timeout in seconds: a dead or hung rank fails the job after it (default 60)",
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=0, help="seed of the shards, initialisation and batches (default 0)"
+    )
     parser.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads per process (default 1)")
     parser.add_argument("--json", metavar="PATH", type=output_path, help="write the result JSON here (rank 0)")
 
@@ -126,8 +156,9 @@ def _train(args: argparse.Namespace) -> dict | None:
         y = attack.flip_labels(y)
 
     torch.manual_seed(args.seed)  # DDP broadcasts rank 0's parameters anyway
-    model = torch.nn.Sequential(torch.nn.Linear(data.num_features, args.hidden), torch.nn.ReLU(),
-                                torch.nn.Linear(args.hidden, data.num_classes))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(data.num_features, args.hidden), torch.nn.ReLU(), torch.nn.Linear(args.hidden, data.num_classes)
+    )
     f = len(args.byzantine_ranks) if args.f is None else args.f
     rule = _rule(args, f)
     state, comms = None, {}
@@ -141,8 +172,9 @@ def _train(args: argparse.Namespace) -> dict | None:
         comms = use_robust_reduce_scatter(model, rule, layerwise=True)
     else:
         trained = DDP(model, bucket_cap_mb=args.bucket_cap_mb)
-        state = RobustHookState(rule, momentum=args.momentum, attack=attack, byzantine_ranks=args.byzantine_ranks,
-                                mode=args.mode)
+        state = RobustHookState(
+            rule, momentum=args.momentum, attack=attack, byzantine_ranks=args.byzantine_ranks, mode=args.mode
+        )
         trained.register_comm_hook(state, robust_hook)
     opt = torch.optim.SGD(trained.parameters(), lr=args.lr)
     gen = torch.Generator().manual_seed(args.seed * 1000 + rank)
@@ -170,8 +202,11 @@ def _train(args: argparse.Namespace) -> dict | None:
     per_step = step_seconds / args.steps
     if state is not None:
         steps = max(state.steps, 1)
-        comm, agg, local = (state.total.communication / steps, state.total.aggregation / steps,
-                            state.total.local / steps)
+        comm, agg, local = (
+            state.total.communication / steps,
+            state.total.aggregation / steps,
+            state.total.local / steps,
+        )
         sent = state.total.sent_bytes / steps
     else:  # FSDP: bytes of the robust reduce-scatters only (FSDP's parameter all-gathers come on top)
         comm = agg = local = 0.0
@@ -189,8 +224,13 @@ def _train(args: argparse.Namespace) -> dict | None:
         "dim": sum(p.numel() for p in model.parameters()),
         "final_test_accuracy": curve[-1]["test_accuracy"],
         "curve": curve,
-        "seconds_per_step": {"total": per_step, "communication": comm, "aggregation": agg, "local": local,
-                             "other": per_step - comm - agg - local},
+        "seconds_per_step": {
+            "total": per_step,
+            "communication": comm,
+            "aggregation": agg,
+            "local": local,
+            "other": per_step - comm - agg - local,
+        },
         "sent_bytes_per_step": sent,
         "threads": torch.get_num_threads(),
     }
@@ -199,16 +239,22 @@ def _train(args: argparse.Namespace) -> dict | None:
 def _report(args: argparse.Namespace, result: dict) -> None:
     t = result["seconds_per_step"]
     mode = result["mode"] + (", distance rule per layer" if result["layerwise"] else "")
-    print(f"{result['rule']} over {result['world_size']} ranks ({mode}), Byzantine "
-          f"{result['byzantine_ranks']} ({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}")
+    print(
+        f"{result['rule']} over {result['world_size']} ranks ({mode}), Byzantine "
+        f"{result['byzantine_ranks']} ({result['attack']}): final test accuracy {result['final_test_accuracy']:.3f}"
+    )
     if result["mode"] == "fsdp":
-        print(f"per step {1e3 * t['total']:.2f} ms; the robust reduce-scatters sent "
-              f"{result['sent_bytes_per_step'] / 1e3:.1f} kB per rank")
+        print(
+            f"per step {1e3 * t['total']:.2f} ms; the robust reduce-scatters sent "
+            f"{result['sent_bytes_per_step'] / 1e3:.1f} kB per rank"
+        )
     else:
-        print(f"per step {1e3 * t['total']:.2f} ms: hook waiting for communication {1e3 * t['communication']:.2f} ms, "
-              f"aggregation {1e3 * t['aggregation']:.2f} ms, momentum/attack {1e3 * t['local']:.2f} ms, "
-              f"forward/backward/step {1e3 * t['other']:.2f} ms; sent {result['sent_bytes_per_step'] / 1e3:.1f} kB "
-              "per rank")
+        print(
+            f"per step {1e3 * t['total']:.2f} ms: hook waiting for communication {1e3 * t['communication']:.2f} ms, "
+            f"aggregation {1e3 * t['aggregation']:.2f} ms, momentum/attack {1e3 * t['local']:.2f} ms, "
+            f"forward/backward/step {1e3 * t['other']:.2f} ms; sent {result['sent_bytes_per_step'] / 1e3:.1f} kB "
+            "per rank"
+        )
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as fh:
@@ -222,7 +268,9 @@ def _check(args: argparse.Namespace, world: int) -> None:
     if args.fsdp and args.momentum != 0:
         raise ValueError(f"ddp_train: --fsdp has no worker momentum, got --momentum {args.momentum}")
     if args.fsdp and args.byzantine_ranks and args.attack not in ("none", "label_flip"):
-        raise ValueError(f"ddp_train: --fsdp simulates data-level attacks only (label_flip), got --attack {args.attack}")
+        raise ValueError(
+            f"ddp_train: --fsdp simulates data-level attacks only (label_flip), got --attack {args.attack}"
+        )
     for name in ("steps", "batch", "hidden", "eval_every", "cc_iters", "threads"):
         if getattr(args, name) < 1:
             raise ValueError(f"ddp_train: --{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
@@ -321,8 +369,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None, prog: str = "python -m robustagg.examples.ddp_train") -> int:
     """The command line; a bad option or combination exits with status 2 and one line before any rank starts."""
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

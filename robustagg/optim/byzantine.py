@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Union
 
 import torch
 
@@ -36,7 +35,7 @@ from ..validation import check_positive, check_real, check_tensor_list, check_te
 
 __all__ = ["WorkerMomentum", "RobustServer"]
 
-WorkerRows = Union[torch.Tensor, Sequence[Sequence[torch.Tensor]]]
+WorkerRows = torch.Tensor | Sequence[Sequence[torch.Tensor]]
 
 
 class WorkerMomentum:
@@ -70,11 +69,16 @@ class WorkerMomentum:
             flat = check_tensors([grads], "grads", "WorkerMomentum")
         else:
             if isinstance(grads, (str, bytes)) or not isinstance(grads, Sequence) or len(grads) == 0:
-                raise TypeError("WorkerMomentum: expected an (n, d) tensor or a non-empty list of per-worker gradient lists")
+                raise TypeError(
+                    "WorkerMomentum: expected an (n, d) tensor or a non-empty list of per-worker gradient lists"
+                )
             # Every worker's list like worker 0's, checked before a buffer is made or written.
             first = check_tensors(grads[0], "grads[0]", "WorkerMomentum")
-            flat = [g for i, worker in enumerate(grads)
-                    for g in check_tensor_list(worker, first, f"grads[{i}]", "WorkerMomentum", "grads[0]")]
+            flat = [
+                g
+                for i, worker in enumerate(grads)
+                for g in check_tensor_list(worker, first, f"grads[{i}]", "WorkerMomentum", "grads[0]")
+            ]
         if self.buffers is None:
             self.buffers = [torch.zeros_like(g, memory_format=torch.contiguous_format) for g in flat]
         elif len(self.buffers) != len(flat) or any(b.shape != g.shape for b, g in zip(self.buffers, flat)):
@@ -120,9 +124,13 @@ class RobustServer:
     ) -> None:
         self.params = check_tensors(params, "params", "RobustServer")
         if not callable(aggregator):
-            raise TypeError(f"RobustServer: aggregator must be an Aggregator or a callable, got {type(aggregator).__name__}")
+            raise TypeError(
+                f"RobustServer: aggregator must be an Aggregator or a callable, got {type(aggregator).__name__}"
+            )
         if pre_aggregator is not None and not isinstance(pre_aggregator, PreAggregator):
-            raise TypeError(f"RobustServer: pre_aggregator must be a PreAggregator or None, got {type(pre_aggregator).__name__}")
+            raise TypeError(
+                f"RobustServer: pre_aggregator must be a PreAggregator or None, got {type(pre_aggregator).__name__}"
+            )
         self.aggregator = aggregator
         self.pre_aggregator = pre_aggregator
         self.lr = check_positive(lr, "lr", "RobustServer")
@@ -133,7 +141,9 @@ class RobustServer:
         """The aggregate of the workers' vectors as a ``(d,)`` tensor (no step)."""
         X = flatten_contributions(rows)[0]
         if X.shape[1] != self.dim:
-            raise ValueError(f"RobustServer: the workers' vectors have {X.shape[1]} coordinates, the parameters {self.dim}")
+            raise ValueError(
+                f"RobustServer: the workers' vectors have {X.shape[1]} coordinates, the parameters {self.dim}"
+            )
         start = time.perf_counter()
         if self.pre_aggregator is not None:
             X = self.pre_aggregator.transform(X)

@@ -179,7 +179,9 @@ class FederatedServer:
             mvr_step = self.is_mvr and self.rounds > 0
             if mvr_step:
                 if prev_full_grads is None:
-                    raise ValueError("FederatedServer: MVR needs prev_full_grads, the clients' gradients at server.previous")
+                    raise ValueError(
+                        "FederatedServer: MVR needs prev_full_grads, the clients' gradients at server.previous"
+                    )
                 self._check_grads(prev_full_grads, "prev_full_grads", len(counts))
         self._delta = _zeros(self.params)
         self._weight = 0.0
@@ -202,7 +204,7 @@ class FederatedServer:
         for i, g in enumerate(grads):
             check_tensor_list(g, self.params, f"{name}[{i}]", "FederatedServer")
 
-    def client_optimizer(self, params: Iterable[torch.Tensor], lr: float, client_id: object = None) -> "ClientOptimizer":
+    def client_optimizer(self, params: Iterable[torch.Tensor], lr: float, client_id: object = None) -> ClientOptimizer:
         """A :class:`torch.optim.Optimizer` for one client's local steps this round."""
         return ClientOptimizer(params, self, lr, client_id)
 
@@ -223,13 +225,27 @@ class FederatedServer:
         lr = check_positive(lr, "lr", "FederatedServer")
         k, rem = divmod(len(params), len(self.params))
         if rem or k == 0 or len(grads) != len(params):
-            raise ValueError(f"FederatedServer: params and grads must hold whole copies of the {len(self.params)} server tensors")
+            raise ValueError(
+                f"FederatedServer: params and grads must hold whole copies of the {len(self.params)} server tensors"
+            )
         if self.needs_anchor_grads and (anchor_grads is None or len(anchor_grads) != len(params)):
-            raise ValueError(f"FederatedServer: {self.algo} client steps need anchor_grads (gradients at x on the same batch)")
+            raise ValueError(
+                f"FederatedServer: {self.algo} client steps need anchor_grads (gradients at x on the same batch)"
+            )
         if self._uses_adam:
             kwargs = {"anchor_grads": anchor_grads, "control": self.full_grad * k} if self.algo == "mime" else {}
-            ops.adam_client_step_(params, grads, self.momentum * k, self.exp_avg_sq * k, lr, self.beta, self.beta2,
-                                  self.eps, self.rounds + 1, **kwargs)
+            ops.adam_client_step_(
+                params,
+                grads,
+                self.momentum * k,
+                self.exp_avg_sq * k,
+                lr,
+                self.beta,
+                self.beta2,
+                self.eps,
+                self.rounds + 1,
+                **kwargs,
+            )
             return
         coefs, lists = self._client_terms(k, anchor_grads, client_ids)
         ops.client_step_(params, grads, lr, **lists, **coefs)
@@ -256,10 +272,14 @@ class FederatedServer:
                 lists["momentum"] = self.momentum * k
             return coefs, lists
         if self.algo == "mimelitemvr":
-            return ({"coef_grad": 1.0, "coef_anchor": -(1.0 - a), "coef_momentum": 1.0 - a},
-                    {"anchor_grads": anchor_grads, "momentum": self.momentum * k})
-        return ({"coef_grad": 1.0, "coef_anchor": -1.0, "coef_control": a, "coef_momentum": 1.0 - a},
-                {"anchor_grads": anchor_grads, "control": self.full_grad * k, "momentum": self.momentum * k})
+            return (
+                {"coef_grad": 1.0, "coef_anchor": -(1.0 - a), "coef_momentum": 1.0 - a},
+                {"anchor_grads": anchor_grads, "momentum": self.momentum * k},
+            )
+        return (
+            {"coef_grad": 1.0, "coef_anchor": -1.0, "coef_control": a, "coef_momentum": 1.0 - a},
+            {"anchor_grads": anchor_grads, "control": self.full_grad * k, "momentum": self.momentum * k},
+        )
 
     def _client_control(self, client_id: object) -> Params:
         if client_id not in self.client_controls:
@@ -268,7 +288,11 @@ class FederatedServer:
 
     @torch.no_grad()
     def add_client(
-        self, params: Sequence[torch.Tensor], count: float, client_id: object = None, local_steps: int | None = None,
+        self,
+        params: Sequence[torch.Tensor],
+        count: float,
+        client_id: object = None,
+        local_steps: int | None = None,
         lr: float | None = None,
     ) -> None:
         """Add one client's final point y_i with weight ``count``; SCAFFOLD also needs its id, local steps and lr."""
@@ -276,7 +300,9 @@ class FederatedServer:
             raise RuntimeError("FederatedServer: call begin_round() before add_client()")
         params = list(params)
         if len(params) != len(self.params):
-            raise ValueError(f"FederatedServer: a client returned {len(params)} tensors, the server holds {len(self.params)}")
+            raise ValueError(
+                f"FederatedServer: a client returned {len(params)} tensors, the server holds {len(self.params)}"
+            )
         check_tensor_list(params, self.params, "params", "FederatedServer", "server.params")
         count = check_positive(count, "count", "FederatedServer")
         if self.algo == "scaffold":  # checked before the round's sums take this client in
@@ -340,7 +366,9 @@ class ClientOptimizer(torch.optim.Optimizer):
     steps with a zero gradient.
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], server: FederatedServer, lr: float, client_id: object = None) -> None:
+    def __init__(
+        self, params: Iterable[torch.Tensor], server: FederatedServer, lr: float, client_id: object = None
+    ) -> None:
         super().__init__(params, {"lr": check_positive(lr, "lr", "ClientOptimizer")})
         self.server = server
         self.client_id = client_id
@@ -355,7 +383,12 @@ class ClientOptimizer(torch.optim.Optimizer):
         params = [p for group in self.param_groups for p in group["params"]]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         ids = None if self.client_id is None else [self.client_id]
-        self.server.client_step(params, grads, self.param_groups[0]["lr"], anchor_grads=anchor_grads,
-                                client_ids=ids if self.server.algo == "scaffold" else None)
+        self.server.client_step(
+            params,
+            grads,
+            self.param_groups[0]["lr"],
+            anchor_grads=anchor_grads,
+            client_ids=ids if self.server.algo == "scaffold" else None,
+        )
         self.steps += 1
         return loss

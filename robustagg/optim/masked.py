@@ -33,14 +33,21 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Union
 
 import torch
 from torch import nn
 from torch.func import functional_call
 
 from .. import ops
-from ..validation import check_disjoint, check_generator, check_int, check_positive, check_real, check_tensor_list, check_tensors
+from ..validation import (
+    check_disjoint,
+    check_generator,
+    check_int,
+    check_positive,
+    check_real,
+    check_tensor_list,
+    check_tensors,
+)
 
 __all__ = [
     "Core",
@@ -57,7 +64,7 @@ __all__ = [
 ]
 
 Core = dict[str, torch.Tensor]
-StepMasks = Union[Sequence[torch.Tensor], Mapping[Union[torch.Tensor, str], torch.Tensor]]
+StepMasks = Sequence[torch.Tensor] | Mapping[torch.Tensor | str, torch.Tensor]
 
 
 def _check_fraction(value: object, name: str, where: str) -> float:
@@ -82,8 +89,10 @@ def _check_core(core: object, params: Mapping[str, torch.Tensor], where: str) ->
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise TypeError(f"{where}: the mask of {name!r} must be a bool tensor, got {got}")
         if mask.shape != params[name].shape:
-            raise ValueError(f"{where}: the mask of {name!r} must have the parameter's shape "
-                             f"{list(params[name].shape)}, got {list(mask.shape)}")
+            raise ValueError(
+                f"{where}: the mask of {name!r} must have the parameter's shape "
+                f"{list(params[name].shape)}, got {list(mask.shape)}"
+            )
     return dict(core)
 
 
@@ -118,7 +127,9 @@ def width_core(model: nn.Module, fraction: float) -> Core:
     kept_in: torch.Tensor | None = None  # bool over the previous layer's outputs
     for i, (name, layer) in enumerate(layers):
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
-            raise NotImplementedError(f"width_core: grouped convolution {name!r} (groups={layer.groups}) is not supported")
+            raise NotImplementedError(
+                f"width_core: grouped convolution {name!r} (groups={layer.groups}) is not supported"
+            )
         w = layer.weight
         out_units = w.shape[0]
         rows = torch.zeros(out_units, dtype=torch.bool, device=w.device)
@@ -130,8 +141,10 @@ def width_core(model: nn.Module, fraction: float) -> Core:
             elif isinstance(layer, nn.Linear) and w.shape[1] % kept_in.numel() == 0:
                 cols = kept_in.repeat_interleave(w.shape[1] // kept_in.numel())  # flattened (C, H, W)
             else:
-                raise ValueError(f"width_core: layer {name!r} takes {w.shape[1]} inputs, which do not follow "
-                                 f"from the previous layer's {kept_in.numel()} outputs")
+                raise ValueError(
+                    f"width_core: layer {name!r} takes {w.shape[1]} inputs, which do not follow "
+                    f"from the previous layer's {kept_in.numel()} outputs"
+                )
         mask = rows[:, None] & cols[None, :]
         core[f"{name}.weight" if name else "weight"] = mask.view(mask.shape + (1,) * (w.dim() - 2)).expand_as(w).clone()
         if layer.bias is not None:
@@ -140,8 +153,9 @@ def width_core(model: nn.Module, fraction: float) -> Core:
     return core
 
 
-def random_core(model: nn.Module, fraction: float, generator: torch.Generator | None = None,
-                include: Iterable[str] | None = None) -> Core:
+def random_core(
+    model: nn.Module, fraction: float, generator: torch.Generator | None = None, include: Iterable[str] | None = None
+) -> Core:
     """Elementwise random core: exactly ``round(fraction * numel)`` entries of every included parameter.
 
     ``include`` names the parameters to mask (default: all); each one's kept
@@ -217,8 +231,9 @@ def extract_core(model: nn.Sequential, core: Core) -> nn.Sequential:
     for name, module in model.named_children():
         if not isinstance(module, nn.Linear):
             if any(True for _ in module.parameters()):
-                raise NotImplementedError(f"extract_core: layer {name!r} ({type(module).__name__}) has parameters; "
-                                          "only nn.Linear layers may")
+                raise NotImplementedError(
+                    f"extract_core: layer {name!r} ({type(module).__name__}) has parameters; only nn.Linear layers may"
+                )
             layers.append(copy.deepcopy(module))
             continue
         w = module.weight
@@ -230,7 +245,9 @@ def extract_core(model: nn.Sequential, core: Core) -> nn.Sequential:
             raise ValueError(f"extract_core: {name}.weight keeps other inputs than the previous layer's kept outputs")
         if module.bias is not None and f"{name}.bias" in core and not torch.equal(core[f"{name}.bias"], rows):
             raise ValueError(f"extract_core: the mask of {name}.bias differs from the kept rows of {name}.weight")
-        small = nn.Linear(int(cols.sum()), int(rows.sum()), bias=module.bias is not None, device=w.device, dtype=w.dtype)
+        small = nn.Linear(
+            int(cols.sum()), int(rows.sum()), bias=module.bias is not None, device=w.device, dtype=w.dtype
+        )
         small.weight.copy_(w[rows][:, cols])
         if module.bias is not None:
             small.bias.copy_(module.bias[rows])
@@ -272,8 +289,9 @@ class MaskedSGD(torch.optim.Optimizer):
     memory and every step reads 1 bit of mask per element instead of a byte.
     """
 
-    def __init__(self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
-                 packed: bool = False) -> None:
+    def __init__(
+        self, params: Iterable, lr: float, momentum: float = 0.9, weight_decay: float = 0.0, packed: bool = False
+    ) -> None:
         lr = check_positive(lr, "lr", "MaskedSGD")
         _, momentum, weight_decay = _check_group({"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
         super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": weight_decay})
@@ -296,14 +314,18 @@ class MaskedSGD(torch.optim.Optimizer):
             self._everywhere[(id(p), packed)] = mask
         return mask
 
-    def _resolve(self, live: list[tuple[dict, torch.Tensor, str | None]], masks: StepMasks) -> list[torch.Tensor | None]:
+    def _resolve(
+        self, live: list[tuple[dict, torch.Tensor, str | None]], masks: StepMasks
+    ) -> list[torch.Tensor | None]:
         if isinstance(masks, Mapping):
             by_param = {id(p) for _, p, _ in live}
             names = {name for _, _, name in live if name is not None}
             for key in masks:
                 if not isinstance(key, (str, torch.Tensor)):
-                    raise TypeError(f"MaskedSGD: masks keys must be parameters or parameter names (str), "
-                                    f"got {type(key).__name__} {key!r}")
+                    raise TypeError(
+                        f"MaskedSGD: masks keys must be parameters or parameter names (str), "
+                        f"got {type(key).__name__} {key!r}"
+                    )
                 if isinstance(key, str) and key not in names:
                     raise KeyError(f"MaskedSGD: no parameter with a gradient is named {key!r}")
                 if isinstance(key, torch.Tensor) and id(key) not in by_param:
@@ -317,7 +339,9 @@ class MaskedSGD(torch.optim.Optimizer):
         return list(masks)
 
     @torch.no_grad()
-    def step(self, masks: StepMasks | None = None, closure: Callable[[], torch.Tensor] | None = None) -> torch.Tensor | None:
+    def step(
+        self, masks: StepMasks | None = None, closure: Callable[[], torch.Tensor] | None = None
+    ) -> torch.Tensor | None:
         """One step; masked where ``masks`` says (see the class), everywhere without masks."""
         loss = None
         if closure is not None:
@@ -359,17 +383,25 @@ class MaskedSGD(torch.optim.Optimizer):
                 if "momentum_buffer" not in state:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers.append(state["momentum_buffer"])
-            ops.masked_sgd_step_(params, [p.grad for p in params], buffers, group["lr"], group["momentum"],
-                                 masks=None if chosen is None else [chosen[k] for k in idx],
-                                 weight_decay=group["weight_decay"])
+            ops.masked_sgd_step_(
+                params,
+                [p.grad for p in params],
+                buffers,
+                group["lr"],
+                group["momentum"],
+                masks=None if chosen is None else [chosen[k] for k in idx],
+                weight_decay=group["weight_decay"],
+            )
         return loss
 
 
 def _check_group(group: dict) -> tuple[float, float, float]:
     """A group's (lr, momentum, weight_decay); lr may be 0 here, where a schedule can take it."""
-    return (check_real(group["lr"], "lr", "MaskedSGD", low=0.0),
-            check_real(group["momentum"], "momentum", "MaskedSGD", 0.0, 1.0, high_open=True),
-            check_real(group["weight_decay"], "weight_decay", "MaskedSGD", low=0.0))
+    return (
+        check_real(group["lr"], "lr", "MaskedSGD", low=0.0),
+        check_real(group["momentum"], "momentum", "MaskedSGD", 0.0, 1.0, high_open=True),
+        check_real(group["weight_decay"], "weight_decay", "MaskedSGD", low=0.0),
+    )
 
 
 def _check_mask(mask: object, p: torch.Tensor, what: str) -> None:
@@ -378,12 +410,15 @@ def _check_mask(mask: object, p: torch.Tensor, what: str) -> None:
         raise TypeError(f"MaskedSGD: the mask of {what} must be a torch.Tensor, got {type(mask).__name__}")
     if mask.dtype == torch.bool:
         if mask.shape != p.shape:
-            raise ValueError(f"MaskedSGD: the mask of {what} must have its shape {list(p.shape)}, "
-                             f"got {list(mask.shape)}")
+            raise ValueError(
+                f"MaskedSGD: the mask of {what} must have its shape {list(p.shape)}, got {list(mask.shape)}"
+            )
     elif mask.dtype == torch.uint8:
         if mask.dim() != 1 or mask.numel() != (p.numel() + 7) // 8:
-            raise ValueError(f"MaskedSGD: the packed mask of {what} must be 1-D with ceil(numel / 8) = "
-                             f"{(p.numel() + 7) // 8} bytes, got shape {list(mask.shape)}")
+            raise ValueError(
+                f"MaskedSGD: the packed mask of {what} must be 1-D with ceil(numel / 8) = "
+                f"{(p.numel() + 7) // 8} bytes, got shape {list(mask.shape)}"
+            )
     else:
         raise TypeError(f"MaskedSGD: the mask of {what} must be bool or uint8 (packed bits), got {mask.dtype}")
     if mask.device != p.device:
@@ -433,18 +468,29 @@ class ACDCSchedule:
     into the final one continues with its mask.
     """
 
-    def __init__(self, total_steps: int, density: float, warmup_fraction: float = 0.1, phase_steps: int | None = None,
-                 final_sparse_fraction: float = 0.1) -> None:
+    def __init__(
+        self,
+        total_steps: int,
+        density: float,
+        warmup_fraction: float = 0.1,
+        phase_steps: int | None = None,
+        final_sparse_fraction: float = 0.1,
+    ) -> None:
         where = "ACDCSchedule"
         self.total_steps = check_int(total_steps, "total_steps", where, low=1)
         self.density = _check_fraction(density, "density", where)
         warmup_fraction = check_real(warmup_fraction, "warmup_fraction", where, 0.0, 1.0)
         final_sparse_fraction = check_real(final_sparse_fraction, "final_sparse_fraction", where, 0.0, 1.0)
         if warmup_fraction + final_sparse_fraction > 1.0:
-            raise ValueError(f"{where}: warmup_fraction + final_sparse_fraction must be <= 1, "
-                             f"got {warmup_fraction} + {final_sparse_fraction}")
-        self.phase_steps = (max(1, round(0.05 * total_steps)) if phase_steps is None
-                            else check_int(phase_steps, "phase_steps", where, low=1))
+            raise ValueError(
+                f"{where}: warmup_fraction + final_sparse_fraction must be <= 1, "
+                f"got {warmup_fraction} + {final_sparse_fraction}"
+            )
+        self.phase_steps = (
+            max(1, round(0.05 * total_steps))
+            if phase_steps is None
+            else check_int(phase_steps, "phase_steps", where, low=1)
+        )
         self.warmup_steps = round(warmup_fraction * total_steps)
         self.final_start = total_steps - round(final_sparse_fraction * total_steps)
 
@@ -460,8 +506,10 @@ class ACDCSchedule:
         return self.phase(t) == "sparse" and (t == 0 or self.phase(t - 1) == "dense")
 
     def __repr__(self) -> str:
-        return (f"ACDCSchedule(total_steps={self.total_steps}, density={self.density}, warmup_steps={self.warmup_steps}, "
-                f"phase_steps={self.phase_steps}, final_start={self.final_start})")
+        return (
+            f"ACDCSchedule(total_steps={self.total_steps}, density={self.density}, warmup_steps={self.warmup_steps}, "
+            f"phase_steps={self.phase_steps}, final_start={self.final_start})"
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -484,8 +532,9 @@ class _Trainer:
     def _by_param(self, core: Core) -> dict[torch.Tensor, torch.Tensor]:
         return {self._params[n]: m for n, m in _check_core(core, self._params, type(self).__name__).items()}
 
-    def _train(self, kind: str, core: Core | None, masks: dict | None, loss_fn: LossFn,
-               inputs: tuple, target: torch.Tensor) -> float:
+    def _train(
+        self, kind: str, core: Core | None, masks: dict | None, loss_fn: LossFn, inputs: tuple, target: torch.Tensor
+    ) -> float:
         tick = time.perf_counter()
         out = self.model(*inputs) if core is None else core_forward(self.model, core, *inputs)
         loss = loss_fn(out, target)
@@ -541,8 +590,9 @@ class ACDCTrainer(_Trainer):
     holds the number of ``"dense"`` and ``"sparse"`` steps.
     """
 
-    def __init__(self, model: nn.Module, optimizer: MaskedSGD, schedule: ACDCSchedule,
-                 include: Iterable[str] | None = None) -> None:
+    def __init__(
+        self, model: nn.Module, optimizer: MaskedSGD, schedule: ACDCSchedule, include: Iterable[str] | None = None
+    ) -> None:
         super().__init__(model, optimizer)
         self.schedule = schedule
         self.include = None if include is None else list(include)

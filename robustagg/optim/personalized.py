@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ __all__ = [
     "estimate_bias_variance",
 ]
 
-Beta = Union[float, Callable[[int], float]]
+Beta = float | Callable[[int], float]
 UserGrads = Sequence[Sequence[torch.Tensor]]
 
 _WEIGHT_SUM_TOL = 1e-6
@@ -66,8 +66,9 @@ def _check_weights(weights: object, rule: str) -> list[float]:
     weights = [check_real(w, f"weights[{i}]", rule) for i, w in enumerate(weights)]
     total = math.fsum(weights)
     if abs(total - 1.0) > _WEIGHT_SUM_TOL:
-        raise ValueError(f"{rule}: weights must sum to 1 (within {_WEIGHT_SUM_TOL:g}), got sum {total!r} "
-                         f"for weights={weights!r}")
+        raise ValueError(
+            f"{rule}: weights must sum to 1 (within {_WEIGHT_SUM_TOL:g}), got sum {total!r} for weights={weights!r}"
+        )
     return weights
 
 
@@ -97,8 +98,9 @@ class WeightedGradientAveraging(torch.optim.Optimizer):
             raise ValueError(f"{self._rule}: params is empty")
         for j, p in enumerate(params):
             if not isinstance(p, torch.Tensor):
-                raise TypeError(f"{self._rule}: params[{j}] must be a torch.Tensor (one parameter group), "
-                                f"got {type(p).__name__}")
+                raise TypeError(
+                    f"{self._rule}: params[{j}] must be a torch.Tensor (one parameter group), got {type(p).__name__}"
+                )
         defaults = {"weights": _check_weights(weights, self._rule), "lr": check_positive(lr, "lr", self._rule), **extra}
         torch.optim.Optimizer.__init__(self, params, defaults)
 
@@ -113,17 +115,22 @@ class WeightedGradientAveraging(torch.optim.Optimizer):
         if isinstance(grads, torch.Tensor) or not isinstance(grads, Sequence):
             raise TypeError(f"{self._rule}: grads must be a list of N + 1 gradient lists, got {type(grads).__name__}")
         if len(grads) != users:
-            raise ValueError(f"{self._rule}: grads must hold N + 1 = {users} gradient lists (one per weight), "
-                             f"got {len(grads)}")
+            raise ValueError(
+                f"{self._rule}: grads must hold N + 1 = {users} gradient lists (one per weight), got {len(grads)}"
+            )
         out = []
         for i, user in enumerate(grads):
             count = len(group["params"])
             if isinstance(user, torch.Tensor) or not isinstance(user, Sequence):
-                raise TypeError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
-                                f"got {type(user).__name__}")
+                raise TypeError(
+                    f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
+                    f"got {type(user).__name__}"
+                )
             if len(user) != count:
-                raise ValueError(f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
-                                 f"got {len(user)} tensors")
+                raise ValueError(
+                    f"{self._rule}: grads[{i}] must be a list of {count} tensors shaped like params, "
+                    f"got {len(user)} tensors"
+                )
             out.append([g.detach() for g in check_tensor_list(user, group["params"], f"grads[{i}]", self._rule)])
         return out
 
@@ -195,8 +202,9 @@ class BiasCorrectedWGA(WeightedGradientAveraging):
 
     _rule = "BiasCorrectedWGA"
 
-    def __init__(self, params: Iterable[torch.Tensor], weights: Sequence[float] | torch.Tensor, lr: float,
-                 beta: Beta) -> None:
+    def __init__(
+        self, params: Iterable[torch.Tensor], weights: Sequence[float] | torch.Tensor, lr: float, beta: Beta
+    ) -> None:
         if not callable(beta):
             beta = check_real(beta, "beta", self._rule, 0.0, 1.0)
         self._setup(params, weights, lr, {"beta": beta})
@@ -223,8 +231,10 @@ class BiasCorrectedWGA(WeightedGradientAveraging):
         for p in params:
             held = self.state.get(p, {}).get("corrections")
             if held is not None and held.shape[0] != n:
-                raise ValueError(f"{self._rule}: the state holds corrections for {held.shape[0]} "
-                                 f"collaborators but weights has N = {n}")
+                raise ValueError(
+                    f"{self._rule}: the state holds corrections for {held.shape[0]} "
+                    f"collaborators but weights has N = {n}"
+                )
         t = self.state.get(params[0], {}).get("step", 0)
         beta = self._beta(t)
         for p in params:
@@ -242,8 +252,10 @@ class BiasCorrectedWGA(WeightedGradientAveraging):
         """The corrections as N lists shaped like params (``[i - 1][j]``: :math:`c_i` of ``params[j]``); zeros before the first step."""
         params = self.param_groups[0]["params"]
         n = self.collaborators
-        return [[self.state[p]["corrections"][i] if self.state[p] else torch.zeros_like(p) for p in params]
-                for i in range(n)]
+        return [
+            [self.state[p]["corrections"][i] if self.state[p] else torch.zeros_like(p) for p in params]
+            for i in range(n)
+        ]
 
 
 def collaborator_weight(v0: float, v: float, bias_sq: float) -> float:
@@ -255,8 +267,10 @@ def collaborator_weight(v0: float, v: float, bias_sq: float) -> float:
     over :math:`a_0 + a_1 = 1` (Grimberg, Hartley, Karimireddy, Jaggi,
     "Optimal Model Averaging", 2021).
     """
-    v0, v, bias_sq = (check_real(value, name, "collaborator_weight", low=0.0)
-                      for name, value in (("v0", v0), ("v", v), ("bias_sq", bias_sq)))
+    v0, v, bias_sq = (
+        check_real(value, name, "collaborator_weight", low=0.0)
+        for name, value in (("v0", v0), ("v", v), ("bias_sq", bias_sq))
+    )
     total = v0 + v + bias_sq
     if total == 0:
         raise ValueError("collaborator_weight: v0 + v + bias_sq is 0, every weight is optimal")
@@ -290,12 +304,17 @@ def optimal_weights(variances: Sequence[float] | torch.Tensor, bias_gram: torch.
         v = variances.detach().to("cpu", torch.float64)
     else:
         if isinstance(variances, (str, bytes)) or not isinstance(variances, (Sequence, np.ndarray)):
-            raise TypeError(f"optimal_weights: variances must be a sequence of N + 1 numbers, got "
-                            f"{type(variances).__name__}")
-        v = torch.tensor([check_real(x, f"variances[{i}]", "optimal_weights", allow_inf=True)
-                          for i, x in enumerate(variances)], dtype=torch.float64)
+            raise TypeError(
+                f"optimal_weights: variances must be a sequence of N + 1 numbers, got {type(variances).__name__}"
+            )
+        v = torch.tensor(
+            [check_real(x, f"variances[{i}]", "optimal_weights", allow_inf=True) for i, x in enumerate(variances)],
+            dtype=torch.float64,
+        )
     if v.dim() != 1 or v.numel() < 1:
-        raise ValueError(f"optimal_weights: variances must be a 1-D sequence of N + 1 >= 1 numbers, got shape {list(v.shape)}")
+        raise ValueError(
+            f"optimal_weights: variances must be a 1-D sequence of N + 1 >= 1 numbers, got shape {list(v.shape)}"
+        )
     if not bool(torch.isfinite(v).all()) or bool((v < 0).any()):
         raise ValueError(f"optimal_weights: variances must be finite and >= 0, got variances={v.tolist()!r}")
     if not isinstance(bias_gram, torch.Tensor):
@@ -318,8 +337,10 @@ def optimal_weights(variances: Sequence[float] | torch.Tensor, bias_gram: torch.
     try:
         solution = torch.linalg.solve(kkt, rhs)
     except RuntimeError as exc:  # torch.linalg.LinAlgError derives from RuntimeError
-        raise ValueError("optimal_weights: diag(variances) + bias_gram is singular on the weights summing to 1 "
-                         "(several users with zero variance and no bias?)") from exc
+        raise ValueError(
+            "optimal_weights: diag(variances) + bias_gram is singular on the weights summing to 1 "
+            "(several users with zero variance and no bias?)"
+        ) from exc
     return solution[:k]
 
 
@@ -343,8 +364,10 @@ def estimate_bias_variance(samples: torch.Tensor) -> tuple[torch.Tensor, torch.T
     if samples.is_complex() or samples.dtype == torch.bool:
         raise TypeError(f"estimate_bias_variance: samples must be a real tensor, got {samples.dtype}")
     if samples.dim() != 3 or samples.shape[0] < 2 or samples.shape[1] < 1:
-        raise ValueError("estimate_bias_variance: samples must be (T, N + 1, d) with T >= 2 and N + 1 >= 1, "
-                         f"got shape {list(samples.shape)}")
+        raise ValueError(
+            "estimate_bias_variance: samples must be (T, N + 1, d) with T >= 2 and N + 1 >= 1, "
+            f"got shape {list(samples.shape)}"
+        )
     s = samples.detach().to(torch.float64)
     means = s.mean(0)
     variances = (s - means).square().sum((0, 2)) / (s.shape[0] - 1)

@@ -43,19 +43,43 @@ def grid_configs(seeds: int = 3, rounds: int = 300, base: ByzantineConfig | None
             for beta in MOMENTA:
                 for rule in RULES:
                     for seed in range(seeds):
-                        out.append(replace(base, agg=rule, attack=attack, byzantine=f, momentum=beta, split="iid",
-                                           bucketing=0, rounds=rounds, seed=seed))
+                        out.append(
+                            replace(
+                                base,
+                                agg=rule,
+                                attack=attack,
+                                byzantine=f,
+                                momentum=beta,
+                                split="iid",
+                                bucketing=0,
+                                rounds=rounds,
+                                seed=seed,
+                            )
+                        )
     for attack in ATTACKS:
         for beta in MOMENTA:
             for rule in BUCKETING_RULES:
                 for s in (0, 2):
                     for seed in range(seeds):
-                        out.append(replace(base, agg=rule, attack=attack, byzantine=5, momentum=beta, split="sorted",
-                                           bucketing=s, rounds=rounds, seed=seed))
+                        out.append(
+                            replace(
+                                base,
+                                agg=rule,
+                                attack=attack,
+                                byzantine=5,
+                                momentum=beta,
+                                split="sorted",
+                                bucketing=s,
+                                rounds=rounds,
+                                seed=seed,
+                            )
+                        )
     return out
 
 
-def run_grid(configs: list[ByzantineConfig], jobs: int, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+def run_grid(
+    configs: list[ByzantineConfig], jobs: int, progress: Callable[[int, dict], None] | None = None
+) -> list[dict]:
     """Run the configurations in ``jobs`` processes; results in the configurations' order."""
     return run_parallel(run_byzantine, configs, jobs, progress)
 
@@ -102,8 +126,10 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
     ]
     for f in FS:
         lines += [f"## iid split, f = {f} of {cfg0['workers']}", ""]
-        lines += ["| attack | momentum | " + " | ".join(LABELS[r] for r in RULES) + " |",
-                  "|---|---|" + "---|" * len(RULES)]
+        lines += [
+            "| attack | momentum | " + " | ".join(LABELS[r] for r in RULES) + " |",
+            "|---|---|" + "---|" * len(RULES),
+        ]
         for attack in ATTACKS:
             for beta in MOMENTA:
                 cells = [_cell(acc.get(("iid", f, attack, beta, rule, 0))) for rule in RULES]
@@ -122,20 +148,32 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
     for r in results:
         if r["config"]["bucketing"] == 0:
             per_rule[r["config"]["agg"]].append(r["seconds_per_round"])
-    lines += ["## Time per round", "",
-              "Mean over the iid runs, milliseconds per round (one thread). Gradients: all 25 workers' gradients "
-              "(vmap over workers); aggregation: the rule on the 25 x d matrix; momentum: the fused native update "
-              "of all 25 buffers.", "",
-              "| rule | gradients | momentum | attack | aggregation | aggregation / gradients |", "|---|---|---|---|---|---|"]
+    lines += [
+        "## Time per round",
+        "",
+        "Mean over the iid runs, milliseconds per round (one thread). Gradients: all 25 workers' gradients "
+        "(vmap over workers); aggregation: the rule on the 25 x d matrix; momentum: the fused native update "
+        "of all 25 buffers.",
+        "",
+        "| rule | gradients | momentum | attack | aggregation | aggregation / gradients |",
+        "|---|---|---|---|---|---|",
+    ]
     for rule in RULES:
         rows = per_rule.get(rule)
         if not rows:
             continue
         avg = {k: 1e3 * sum(row[k] for row in rows) / len(rows) for k in rows[0]}
-        lines.append(f"| {LABELS[rule]} | {avg['gradients']:.2f} | {avg['momentum']:.3f} | {avg['attack']:.2f} | "
-                     f"{avg['aggregation']:.2f} | {avg['aggregation'] / avg['gradients']:.2f} |")
-    lines += ["", "![accuracy by attack and rule](byzantine.png)", "",
-              "![ALIE, f = 11: test accuracy per round](byzantine-alie-curves.png)", ""]
+        lines.append(
+            f"| {LABELS[rule]} | {avg['gradients']:.2f} | {avg['momentum']:.3f} | {avg['attack']:.2f} | "
+            f"{avg['aggregation']:.2f} | {avg['aggregation'] / avg['gradients']:.2f} |"
+        )
+    lines += [
+        "",
+        "![accuracy by attack and rule](byzantine.png)",
+        "",
+        "![ALIE, f = 11: test accuracy per round](byzantine-alie-curves.png)",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -145,10 +183,21 @@ def grid_plots(results: list[dict], folder: str) -> list[str]:
     panels = []
     for f in FS:
         for beta in MOMENTA:
-            values = [[mean_std(acc[("iid", f, a, beta, r, 0)])[0] if acc.get(("iid", f, a, beta, r, 0)) else float("nan")
-                       for r in RULES] for a in ATTACKS]
-            panels.append((f"iid, f = {f}, momentum {beta}", [ATTACK_LABELS[a] for a in ATTACKS],
-                           [LABELS[r] for r in RULES], values))
+            values = [
+                [
+                    mean_std(acc[("iid", f, a, beta, r, 0)])[0] if acc.get(("iid", f, a, beta, r, 0)) else float("nan")
+                    for r in RULES
+                ]
+                for a in ATTACKS
+            ]
+            panels.append(
+                (
+                    f"iid, f = {f}, momentum {beta}",
+                    [ATTACK_LABELS[a] for a in ATTACKS],
+                    [LABELS[r] for r in RULES],
+                    values,
+                )
+            )
     heat = os.path.join(folder, "byzantine.png")
     plot_heatmaps(heat, panels, "Test accuracy on digits, last 20% of rounds (n = 25, mean over seeds)")
 

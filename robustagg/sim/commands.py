@@ -77,8 +77,13 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
     t = sub.add_parser("train", help="run a line of work on the built-in digits data (scikit-learn, no download)")
     lines = t.add_subparsers(dest="line", metavar="<line>")
     for line in LINES:
-        p = lines.add_parser(line.name, help=line.help, description=line.description, epilog=line.epilog,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = lines.add_parser(
+            line.name,
+            help=line.help,
+            description=line.description,
+            epilog=line.epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         add_options(p, line.config)
         _add_common(p, line)
         p.set_defaults(func=lambda args, line=line: _train(args, line), parser=p)
@@ -87,17 +92,20 @@ def add_train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, line: Line) -> None:
-    p.add_argument("--threads", type=positive_int,
-                   help="torch CPU threads (default: torch's default; the grid uses 1 per process)")
+    p.add_argument(
+        "--threads", type=positive_int, help="torch CPU threads (default: torch's default; the grid uses 1 per process)"
+    )
     p.add_argument("--json", metavar="PATH", type=output_path, help=f"result JSON (default {line.json_default})")
     p.add_argument("--plot", metavar="PATH", type=output_path, help="plot (default: the JSON path with .png)")
     g = p.add_argument_group("grid")
     g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
     g.add_argument("--seeds", type=positive_int, default=line.seeds, help=f"seeds per grid cell (default {line.seeds})")
-    g.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
-                   help="grid processes (default: the CPU count)")
-    g.add_argument("--out", type=output_dir,
-                   help=f"folder of the grid's {line.name}.md, PNGs and JSON (default docs/results)")
+    g.add_argument(
+        "--jobs", type=positive_int, default=os.cpu_count() or 1, help="grid processes (default: the CPU count)"
+    )
+    g.add_argument(
+        "--out", type=output_dir, help=f"folder of the grid's {line.name}.md, PNGs and JSON (default docs/results)"
+    )
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -121,8 +129,9 @@ def _train(args: argparse.Namespace, line: Line) -> int:
         try:
             c.check()
         except ValueError as exc:
-            args.parser.error(f"a run of the grid (which sets its own rules, attacks, f, ...) is impossible with these "
-                              f"options: {exc}")
+            args.parser.error(
+                f"a run of the grid (which sets its own rules, attacks, f, ...) is impossible with these options: {exc}"
+            )
     if grid and args.out is None:
         args.out = os.path.join("docs", "results")
         try:
@@ -240,20 +249,29 @@ def _byzantine_summary(cfg: ByzantineConfig, result: dict, plot_path: str) -> No
     from .report import plot_curves
 
     rounds = [p["round"] for p in result["curve"]]
-    title = (f"{result['rule']} vs {cfg.attack}: f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, "
-             f"{cfg.split}, seed {cfg.seed}")
-    plot_curves(plot_path, {"test accuracy": (rounds, [p["test_accuracy"] for p in result["curve"]])}, title,
-                "test accuracy")
+    title = (
+        f"{result['rule']} vs {cfg.attack}: f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, "
+        f"{cfg.split}, seed {cfg.seed}"
+    )
+    plot_curves(
+        plot_path, {"test accuracy": (rounds, [p["test_accuracy"] for p in result["curve"]])}, title, "test accuracy"
+    )
     best = max(result["curve"], key=lambda p: p["test_accuracy"])
     sec = {k: 1e3 * v for k, v in result["seconds_per_round"].items()}
     print(f"rule {result['rule']}, attack {result['attack']}")
-    print(f"f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, split {cfg.split}, {cfg.model}, "
-          f"{cfg.rounds} rounds, seed {cfg.seed}")
-    print(f"test accuracy: final {result['final_test_accuracy']:.4f}, mean of the last 20% of rounds "
-          f"{result['tail_test_accuracy']:.4f} (best {best['test_accuracy']:.4f} at round {best['round']})")
-    print(f"per round: gradients {sec['gradients']:.2f} ms, momentum {sec['momentum']:.3f} ms, "
-          f"attack {sec['attack']:.2f} ms, aggregation {sec['aggregation']:.2f} ms "
-          f"({result['aggregation_over_gradients']:.2f}x the gradients)")
+    print(
+        f"f = {cfg.byzantine} of {cfg.workers}, momentum {cfg.momentum}, split {cfg.split}, {cfg.model}, "
+        f"{cfg.rounds} rounds, seed {cfg.seed}"
+    )
+    print(
+        f"test accuracy: final {result['final_test_accuracy']:.4f}, mean of the last 20% of rounds "
+        f"{result['tail_test_accuracy']:.4f} (best {best['test_accuracy']:.4f} at round {best['round']})"
+    )
+    print(
+        f"per round: gradients {sec['gradients']:.2f} ms, momentum {sec['momentum']:.3f} ms, "
+        f"attack {sec['attack']:.2f} ms, aggregation {sec['aggregation']:.2f} ms "
+        f"({result['aggregation_over_gradients']:.2f}x the gradients)"
+    )
 
 
 _FEDERATED_DESCRIPTION = """\
@@ -290,22 +308,39 @@ def _federated_summary(cfg: FederatedConfig, result: dict, plot_path: str) -> No
 
     name = _federated_name(cfg)
     rounds = [p["round"] for p in result["curve"]]
-    plot_curve_panels(plot_path, [
-        (f"{name}, alpha {cfg.alpha:g}: test accuracy", {name: (rounds, [p["test_accuracy"] for p in result["curve"]])},
-         "test accuracy", False),
-        (f"{name}, alpha {cfg.alpha:g}: training loss", {name: (rounds, [p["train_loss"] for p in result["curve"]])},
-         "training loss", True),
-    ])
+    plot_curve_panels(
+        plot_path,
+        [
+            (
+                f"{name}, alpha {cfg.alpha:g}: test accuracy",
+                {name: (rounds, [p["test_accuracy"] for p in result["curve"]])},
+                "test accuracy",
+                False,
+            ),
+            (
+                f"{name}, alpha {cfg.alpha:g}: training loss",
+                {name: (rounds, [p["train_loss"] for p in result["curve"]])},
+                "training loss",
+                True,
+            ),
+        ],
+    )
     sec = {k: 1e3 * v for k, v in result["seconds_per_round"].items()}
-    print(f"{name}: {cfg.clients} clients (Dirichlet alpha {cfg.alpha:g}), {cfg.per_round} per round, "
-          f"{cfg.local_steps if not cfg.local_epochs else f'{cfg.local_epochs:g} epochs of'} local steps, "
-          f"{cfg.rounds} rounds, seed {cfg.seed}")
-    print(f"test accuracy: final {result['final_test_accuracy']:.4f}, last 10% of rounds "
-          f"{result['tail_test_accuracy']:.4f}; rounds to 90%: {result['rounds_to_90']}, "
-          f"to 95%: {result['rounds_to_95']}")
+    print(
+        f"{name}: {cfg.clients} clients (Dirichlet alpha {cfg.alpha:g}), {cfg.per_round} per round, "
+        f"{cfg.local_steps if not cfg.local_epochs else f'{cfg.local_epochs:g} epochs of'} local steps, "
+        f"{cfg.rounds} rounds, seed {cfg.seed}"
+    )
+    print(
+        f"test accuracy: final {result['final_test_accuracy']:.4f}, last 10% of rounds "
+        f"{result['tail_test_accuracy']:.4f}; rounds to 90%: {result['rounds_to_90']}, "
+        f"to 95%: {result['rounds_to_95']}"
+    )
     print("training loss: " + ", ".join(f"{v:.4f} at round {k}" for k, v in result["train_loss_at"].items()))
-    print(f"per round: gradients {sec['gradients']:.2f} ms, client steps {sec['client_steps']:.2f} ms, "
-          f"server {sec['server']:.2f} ms")
+    print(
+        f"per round: gradients {sec['gradients']:.2f} ms, client steps {sec['client_steps']:.2f} ms, "
+        f"server {sec['server']:.2f} ms"
+    )
 
 
 _PERSONALIZED_DESCRIPTION = """\
@@ -342,13 +377,21 @@ def _personalized_summary(cfg: PersonalizedConfig, result: dict, plot_path: str)
     name = f"{cfg.method}, N = {cfg.collaborators}"
     panels = [(f"{cfg.task}: user 0's error", {name: (rounds, [p["error"] for p in result["curve"]])}, "error", True)]
     if cfg.task == "digits":
-        panels.append((f"{cfg.task}: user 0's accuracy", {name: (rounds, [p["accuracy"] for p in result["curve"]])},
-                       "accuracy", False))
+        panels.append(
+            (
+                f"{cfg.task}: user 0's accuracy",
+                {name: (rounds, [p["accuracy"] for p in result["curve"]])},
+                "accuracy",
+                False,
+            )
+        )
     plot_curve_panels(plot_path, panels)
     sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
     weights = ", ".join(f"{w:.3g}" for w in result["weights"][:6]) + (", ..." if len(result["weights"]) > 6 else "")
-    print(f"{cfg.task}, {cfg.method}: N = {cfg.collaborators} collaborators, {cfg.rounds} steps, lr {cfg.lr:g}, "
-          f"seed {cfg.seed}")
+    print(
+        f"{cfg.task}, {cfg.method}: N = {cfg.collaborators} collaborators, {cfg.rounds} steps, lr {cfg.lr:g}, "
+        f"seed {cfg.seed}"
+    )
     print(f"weights: {weights}")
     print(f"user 0's error: final {result['final_error']:.4g}, mean over the last steps {result['tail_error']:.4g}")
     print(f"per step: gradients {sec['gradients']:.3f} ms, fused step {sec['step']:.3f} ms")
@@ -392,68 +435,107 @@ def _masked_summary(cfg: MaskedConfig, result: dict, plot_path: str) -> None:
         values = [p.get(key) for p in result["curve"]]
         if any(v is not None for v in values):
             curves[label] = (rounds, [float("nan") if v is None else v for v in values])
-    plot_curves(plot_path, curves,
-                f"{cfg.training}: MLP 64-{cfg.hidden}-10, core {cfg.core_fraction:g}, seed {cfg.seed}", "test accuracy")
+    plot_curves(
+        plot_path,
+        curves,
+        f"{cfg.training}: MLP 64-{cfg.hidden}-10, core {cfg.core_fraction:g}, seed {cfg.seed}",
+        "test accuracy",
+    )
     sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
-    print(f"{cfg.training}: MLP 64-{cfg.hidden}-10, core = {cfg.core_fraction:g} of the hidden units, "
-          f"{cfg.rounds} steps, seed {cfg.seed}")
+    print(
+        f"{cfg.training}: MLP 64-{cfg.hidden}-10, core = {cfg.core_fraction:g} of the hidden units, "
+        f"{cfg.rounds} steps, seed {cfg.seed}"
+    )
     sparse = result.get("final_sparse_accuracy")
-    print(f"test accuracy: full model {_accuracy(result['final_full_accuracy'], 4)}, "
-          f"core {result['final_core_accuracy']:.4f}" + (f", sparse model {sparse:.4f}" if sparse is not None else ""))
+    print(
+        f"test accuracy: full model {_accuracy(result['final_full_accuracy'], 4)}, "
+        f"core {result['final_core_accuracy']:.4f}" + (f", sparse model {sparse:.4f}" if sparse is not None else "")
+    )
     print(f"per step: forward and backward {sec['forward_backward']:.3f} ms, optimizer step {sec['step']:.3f} ms")
 
 
 LINES: tuple[Line, ...] = (
     Line(
-        "byzantine", ByzantineConfig,
+        "byzantine",
+        ByzantineConfig,
         help="Byzantine-robust training with worker momentum and attacks (one run or --grid)",
-        description=_BYZANTINE_DESCRIPTION, epilog=_BYZANTINE_EPILOG,
+        description=_BYZANTINE_DESCRIPTION,
+        epilog=_BYZANTINE_EPILOG,
         json_default="runs/byzantine-<agg>-<attack>-f<f>-m<beta>-s<seed>.json",
         stem=lambda c: f"byzantine-{c.agg}-{c.attack}-f{c.byzantine}-m{c.momentum:g}-s{c.seed}",
         label=lambda c: f"{c.agg} vs {c.attack}",
         summary=_byzantine_summary,
-        describe=lambda r: (f"{r['config']['agg']} vs {r['config']['attack']} f={r['config']['byzantine']} "
-                            f"-> {r['tail_test_accuracy']:.3f}"),
+        describe=lambda r: (
+            f"{r['config']['agg']} vs {r['config']['attack']} f={r['config']['byzantine']} "
+            f"-> {r['tail_test_accuracy']:.3f}"
+        ),
         keys=("config", "final_test_accuracy", "tail_test_accuracy", "seconds_per_round", "wall_seconds"),
     ),
     Line(
-        "federated", FederatedConfig,
+        "federated",
+        FederatedConfig,
         help="federated optimisation: Mime, MimeLite, MVR variants, FedAvg, FedAvgM, SCAFFOLD (one run or --grid)",
-        description=_FEDERATED_DESCRIPTION, epilog=_FEDERATED_EPILOG,
+        description=_FEDERATED_DESCRIPTION,
+        epilog=_FEDERATED_EPILOG,
         json_default="runs/federated-<algo>-<base>-a<alpha>-s<seed>.json",
         stem=lambda c: f"federated-{c.algo}-{c.base}-a{c.alpha:g}-s{c.seed}",
         label=_federated_name,
         summary=_federated_summary,
-        describe=lambda r: (f"{r['config']['algo']} ({r['config']['base']}) alpha={r['config']['alpha']:g} "
-                            f"-> {r['final_test_accuracy']:.3f}"),
-        keys=("config", "final_test_accuracy", "tail_test_accuracy", "rounds_to_90", "rounds_to_95", "train_loss_at",
-              "seconds_per_round", "wall_seconds"),
+        describe=lambda r: (
+            f"{r['config']['algo']} ({r['config']['base']}) alpha={r['config']['alpha']:g} "
+            f"-> {r['final_test_accuracy']:.3f}"
+        ),
+        keys=(
+            "config",
+            "final_test_accuracy",
+            "tail_test_accuracy",
+            "rounds_to_90",
+            "rounds_to_95",
+            "train_loss_at",
+            "seconds_per_round",
+            "wall_seconds",
+        ),
     ),
     Line(
-        "personalized", PersonalizedConfig,
+        "personalized",
+        PersonalizedConfig,
         help="personalized collaborative learning: local SGD, WGA, optimal weights, bias correction "
-             "(one run or --grid)",
-        description=_PERSONALIZED_DESCRIPTION, epilog=_PERSONALIZED_EPILOG,
+        "(one run or --grid)",
+        description=_PERSONALIZED_DESCRIPTION,
+        epilog=_PERSONALIZED_EPILOG,
         json_default="runs/personalized-<task>-<method>-N<N>-s<seed>.json",
         stem=lambda c: f"personalized-{c.task}-{c.method}-N{c.collaborators}-s{c.seed}",
         label=lambda c: f"{c.method} N={c.collaborators}",
         summary=_personalized_summary,
-        describe=lambda r: (f"{r['config']['task']} {r['config']['method']} N={r['config']['collaborators']} "
-                            f"-> {r['tail_error']:.4g}"),
+        describe=lambda r: (
+            f"{r['config']['task']} {r['config']['method']} N={r['config']['collaborators']} -> {r['tail_error']:.4g}"
+        ),
         keys=("config", "tail_error", "final_error", "weights", "seconds_per_step", "wall_seconds"),
-        metric="error", seeds=2, resolve=PersonalizedConfig.resolved,
+        metric="error",
+        seeds=2,
+        resolve=PersonalizedConfig.resolved,
     ),
     Line(
-        "masked", MaskedConfig,
+        "masked",
+        MaskedConfig,
         help="masked / partial training of a core sub-network with the full network, and AC/DC (one run or --grid)",
-        description=_MASKED_DESCRIPTION, epilog=_MASKED_EPILOG,
+        description=_MASKED_DESCRIPTION,
+        epilog=_MASKED_EPILOG,
         json_default="runs/masked-<training>-s<seed>.json",
         stem=lambda c: f"masked-{c.training}-s{c.seed}",
         label=lambda c: c.training,
         summary=_masked_summary,
-        describe=lambda r: (f"{r['config']['training']} -> full {_accuracy(r['final_full_accuracy'], 3)}, "
-                            f"core {r['final_core_accuracy']:.3f}"),
-        keys=("config", "final_full_accuracy", "final_core_accuracy", "final_sparse_accuracy", "seconds_per_step",
-              "wall_seconds"),
+        describe=lambda r: (
+            f"{r['config']['training']} -> full {_accuracy(r['final_full_accuracy'], 3)}, "
+            f"core {r['final_core_accuracy']:.3f}"
+        ),
+        keys=(
+            "config",
+            "final_full_accuracy",
+            "final_core_accuracy",
+            "final_sparse_accuracy",
+            "seconds_per_step",
+            "wall_seconds",
+        ),
     ),
 )

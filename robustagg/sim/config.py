@@ -10,13 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..arguments import (
-    nonnegative_int,
-    option,
-    positive_float,
-    positive_int,
-    unit_interval,
-)
+from ..arguments import nonnegative_int, option, positive_float, positive_int, unit_interval
 
 __all__ = ["MODELS", "batch", "eval_every", "hidden", "lr", "model", "momentum", "rounds", "seed"]
 

@@ -20,14 +20,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..arguments import (
-    closed_unit_interval,
-    nonnegative_float,
-    option,
-    positive_float,
-    positive_int,
-    unit_interval,
-)
+from ..arguments import closed_unit_interval, nonnegative_float, option, positive_float, positive_int, unit_interval
 from ..optim.federated import ALGORITHMS, BASES, FederatedServer
 from ..validation import check_int, check_positive, check_real
 from . import config as shared
@@ -50,8 +43,11 @@ class FederatedConfig:
     per_round: int = option(10, "clients sampled per round", type=positive_int)
     alpha: float = option(0.1, "Dirichlet concentration of the label split", type=positive_float)
     local_steps: int = option(10, "local steps per round", type=positive_int)
-    local_epochs: float = option(0.0, "local epochs instead of steps: ceil(epochs * n_i / batch) steps for client i "
-                                 "(default: use --local-steps)", type=nonnegative_float)
+    local_epochs: float = option(
+        0.0,
+        "local epochs instead of steps: ceil(epochs * n_i / batch) steps for client i (default: use --local-steps)",
+        type=nonnegative_float,
+    )
     batch: int = shared.batch(16, "local batch size")
     lr: float = shared.lr(0.05, "client learning rate (default %(default)s; 0.005 suits base adam)")
     server_lr: float = option(1.0, "server learning rate", type=positive_float)
@@ -74,8 +70,9 @@ class FederatedConfig:
             raise ValueError(f"federated: unknown base={self.base!r}; choose from {', '.join(BASES)}")
         clients = check_int(self.clients, "clients", where, low=1, high=NUM_TRAIN)
         if not 1 <= check_int(self.per_round, "per_round", where) <= clients:
-            raise ValueError(f"federated: need 1 <= per_round <= clients, "
-                             f"got per_round={self.per_round}, clients={clients}")
+            raise ValueError(
+                f"federated: need 1 <= per_round <= clients, got per_round={self.per_round}, clients={clients}"
+            )
         for name in ("local_steps", "rounds"):
             check_int(getattr(self, name), name, where, low=1)
         check_batch(self.batch, where)
@@ -110,8 +107,18 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
     sizes = torch.tensor([len(s) for s in shares])
     model = make_model(cfg.model, data.num_features, data.num_classes, cfg.hidden)
     w = model.init(gen)
-    server = FederatedServer([w], cfg.algo, cfg.base, cfg.server_lr, cfg.beta, cfg.beta2, cfg.eps, cfg.mvr_a,
-                             cfg.server_momentum, num_clients=cfg.clients)
+    server = FederatedServer(
+        [w],
+        cfg.algo,
+        cfg.base,
+        cfg.server_lr,
+        cfg.beta,
+        cfg.beta2,
+        cfg.eps,
+        cfg.mvr_a,
+        cfg.server_momentum,
+        num_clients=cfg.clients,
+    )
     client_grads = torch.func.vmap(torch.func.grad(model.loss), in_dims=(0, 0, 0))
     anchor_grads = torch.func.vmap(torch.func.grad(model.loss), in_dims=(None, 0, 0))
     full_grad = torch.func.grad(model.loss)
@@ -131,18 +138,24 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
         if server.needs_full_grads:
             full = [[full_grad(w, data.x_train[shares[i]], data.y_train[shares[i]])] for i in chosen]
             if server.is_mvr and server.previous is not None:
-                prev = [[full_grad(server.previous[0], data.x_train[shares[i]], data.y_train[shares[i]])] for i in chosen]
+                prev = [
+                    [full_grad(server.previous[0], data.x_train[shares[i]], data.y_train[shares[i]])] for i in chosen
+                ]
         seconds["gradients"] += time.perf_counter() - tick
         tick = time.perf_counter()
         server.begin_round(full, counts, prev)
         seconds["server"] += time.perf_counter() - tick
 
-        steps = [cfg.local_steps if cfg.local_epochs == 0 else max(1, math.ceil(cfg.local_epochs * n / cfg.batch))
-                 for n in counts]
+        steps = [
+            cfg.local_steps if cfg.local_epochs == 0 else max(1, math.ceil(cfg.local_epochs * n / cfg.batch))
+            for n in counts
+        ]
         Y = w.detach().expand(len(chosen), -1).clone()
         for k in range(max(steps)):
             active = [j for j, s in enumerate(steps) if s > k]
-            pick = torch.stack([shares[chosen[j]][torch.randint(counts[j], (cfg.batch,), generator=gen)] for j in active])
+            pick = torch.stack(
+                [shares[chosen[j]][torch.randint(counts[j], (cfg.batch,), generator=gen)] for j in active]
+            )
             xb, yb = data.x_train[pick], data.y_train[pick]
             tick = time.perf_counter()
             gy = client_grads(Y[active], xb, yb)
@@ -164,7 +177,7 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
         if progress is not None:
             progress(t, acc)
     wall = time.perf_counter() - wall
-    tail = curve[-max(1, cfg.rounds // 10):]
+    tail = curve[-max(1, cfg.rounds // 10) :]
     return {
         "config": asdict(cfg),
         "dim": model.dim,
@@ -172,7 +185,9 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
         "tail_test_accuracy": sum(p["test_accuracy"] for p in tail) / len(tail),
         "rounds_to_90": _first_round_reaching(curve, 0.90),
         "rounds_to_95": _first_round_reaching(curve, 0.95),
-        "train_loss_at": {str(r): curve[r - 1]["train_loss"] for r in sorted({*LOSS_ROUNDS, cfg.rounds}) if r <= cfg.rounds},
+        "train_loss_at": {
+            str(r): curve[r - 1]["train_loss"] for r in sorted({*LOSS_ROUNDS, cfg.rounds}) if r <= cfg.rounds
+        },
         "curve": curve,
         "seconds_per_round": {k: v / cfg.rounds for k, v in seconds.items()},
         "wall_seconds": wall,

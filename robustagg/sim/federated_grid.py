@@ -52,7 +52,9 @@ def grid_configs(seeds: int = 3, rounds: int = 150, base: FederatedConfig | None
     return out
 
 
-def run_grid(configs: list[FederatedConfig], jobs: int, progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+def run_grid(
+    configs: list[FederatedConfig], jobs: int, progress: Callable[[int, dict], None] | None = None
+) -> list[dict]:
     return run_parallel(run_federated, configs, jobs, progress)
 
 
@@ -124,21 +126,33 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
                 if a != alpha or lab != label:
                     continue
                 name = f"**{label}**" if lr == best else label
-                cells = [name, f"{lr:g}", _stat([r["final_test_accuracy"] for r in runs]),
-                         _stat([r["tail_test_accuracy"] for r in runs]), _rounds(runs, "rounds_to_90"),
-                         _rounds(runs, "rounds_to_95")]
+                cells = [
+                    name,
+                    f"{lr:g}",
+                    _stat([r["final_test_accuracy"] for r in runs]),
+                    _stat([r["tail_test_accuracy"] for r in runs]),
+                    _rounds(runs, "rounds_to_90"),
+                    _rounds(runs, "rounds_to_95"),
+                ]
                 cells += [_stat([r["train_loss_at"][str(k)] for r in runs]) for k in loss_rounds]
                 lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    lines += ["## Time per round", "",
-              "Milliseconds per round (one thread), mean over all runs of an algorithm: gradients (the clients' "
-              "local-step gradients via vmap, plus the full-batch gradients at x for the Mime family), client steps "
-              "(the fused native step of all sampled clients, every local step), server (statistics and averaging).", "",
-              "| algorithm | gradients | client steps | server |", "|---|---|---|---|"]
+    lines += [
+        "## Time per round",
+        "",
+        "Milliseconds per round (one thread), mean over all runs of an algorithm: gradients (the clients' "
+        "local-step gradients via vmap, plus the full-batch gradients at x for the Mime family), client steps "
+        "(the fused native step of all sampled clients, every local step), server (statistics and averaging).",
+        "",
+        "| algorithm | gradients | client steps | server |",
+        "|---|---|---|---|",
+    ]
     for label, _, _ in ALGOS:
         runs = [r for (_, lab, _), rs in groups.items() if lab == label for r in rs]
         if runs:
-            avg = {k: 1e3 * sum(r["seconds_per_round"][k] for r in runs) / len(runs) for k in runs[0]["seconds_per_round"]}
+            avg = {
+                k: 1e3 * sum(r["seconds_per_round"][k] for r in runs) / len(runs) for k in runs[0]["seconds_per_round"]
+            }
             lines.append(f"| {label} | {avg['gradients']:.2f} | {avg['client_steps']:.2f} | {avg['server']:.2f} |")
     lines += ["", "![test accuracy and training loss per round](federated.png)", ""]
     return "\n".join(lines)
@@ -149,15 +163,21 @@ def grid_plots(results: list[dict], folder: str) -> list[str]:
     panels, styles = [], {}
     for alpha in ALPHAS:
         acc, loss = {}, {}
-        for k, (label, algo, opt) in enumerate(ALGOS):
+        for k, (label, _algo, opt) in enumerate(ALGOS):
             best = _best_lr(groups, alpha, label)
             if best is None:
                 continue
             runs = groups[(alpha, label, best)]
             rounds = [p["round"] for p in runs[0]["curve"]]
             name = f"{label}, lr {best:g}"
-            acc[name] = (rounds, [sum(r["curve"][i]["test_accuracy"] for r in runs) / len(runs) for i in range(len(rounds))])
-            loss[name] = (rounds, [sum(r["curve"][i]["train_loss"] for r in runs) / len(runs) for i in range(len(rounds))])
+            acc[name] = (
+                rounds,
+                [sum(r["curve"][i]["test_accuracy"] for r in runs) / len(runs) for i in range(len(rounds))],
+            )
+            loss[name] = (
+                rounds,
+                [sum(r["curve"][i]["train_loss"] for r in runs) / len(runs) for i in range(len(rounds))],
+            )
             styles[name] = f"C{k}" + ("--" if opt == "adam" else "-")
         panels.append((f"alpha = {alpha:g}: test accuracy (better lr)", acc, "test accuracy", False))
         panels.append((f"alpha = {alpha:g}: training loss (better lr)", loss, "training loss", True))

@@ -80,8 +80,10 @@ class MaskedConfig:
         check_int(self.seed, "seed", where, low=0)
         core_steps = check_int(self.core_steps, "core_steps", where)
         if self.training == "alternating" and not 1 <= core_steps < self.period:
-            raise ValueError(f"masked: alternating training needs 1 <= core_steps < period, "
-                             f"got core_steps={self.core_steps}, period={self.period}")
+            raise ValueError(
+                f"masked: alternating training needs 1 <= core_steps < period, "
+                f"got core_steps={self.core_steps}, period={self.period}"
+            )
 
 
 def make_mlp(features: int, hidden: int, classes: int, seed: int) -> nn.Sequential:

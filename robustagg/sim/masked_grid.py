@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .masked import MaskedConfig, run_masked
-from .report import pyplot, mean_std
+from .report import mean_std, pyplot
 from .runner import run_parallel
 
 __all__ = ["ROWS", "grid_configs", "run_grid", "grid_markdown", "grid_plots"]
@@ -106,9 +106,11 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
     for label, runs in _by_row(results).items():
         fb = 1e3 * sum(r["seconds_per_step"]["forward_backward"] for r in runs) / len(runs)
         st = 1e3 * sum(r["seconds_per_step"]["step"] for r in runs) / len(runs)
-        lines.append(f"| {label} | {_cell([r['final_full_accuracy'] for r in runs])} | "
-                     f"{_cell([r['final_core_accuracy'] for r in runs])} | "
-                     f"{_cell([r.get('final_sparse_accuracy') for r in runs])} | {fb:.3f} / {st:.3f} |")
+        lines.append(
+            f"| {label} | {_cell([r['final_full_accuracy'] for r in runs])} | "
+            f"{_cell([r['final_core_accuracy'] for r in runs])} | "
+            f"{_cell([r.get('final_sparse_accuracy') for r in runs])} | {fb:.3f} / {st:.3f} |"
+        )
     lines += ["", "![full-model and core test accuracy per step](masked.png)", ""]
     return "\n".join(lines)
 
@@ -129,8 +131,9 @@ def grid_plots(results: list[dict], folder: str) -> list[str]:
         if runs[0]["final_full_accuracy"] is not None:
             ax_full.plot(rounds, _mean_curve(runs, "full_accuracy"), f"C{k}-", linewidth=1.4)
         if "final_sparse_accuracy" in runs[0]:
-            ax_full.plot(rounds, _mean_curve(runs, "sparse_accuracy"), f"C{k}--", linewidth=1.4,
-                         label=f"{label}, pruned network")
+            ax_full.plot(
+                rounds, _mean_curve(runs, "sparse_accuracy"), f"C{k}--", linewidth=1.4, label=f"{label}, pruned network"
+            )
         ax_core.plot(rounds, _mean_curve(runs, "core_accuracy"), f"C{k}-", linewidth=1.4, label=label)
     for ax, title in ((ax_full, "full network"), (ax_core, "core, cut out")):
         ax.set_title(title, fontsize=10)

@@ -70,8 +70,9 @@ class FlatModel:
 
 def make_model(name: str, features: int, classes: int, hidden: int = 64) -> FlatModel:
     """``logreg`` (one linear layer) or ``mlp`` (features-hidden-classes, ReLU)."""
-    features, classes, hidden = (check_int(v, k, "model", low=1)
-                                 for k, v in (("features", features), ("classes", classes), ("hidden", hidden)))
+    features, classes, hidden = (
+        check_int(v, k, "model", low=1) for k, v in (("features", features), ("classes", classes), ("hidden", hidden))
+    )
     if name == "logreg":
         return FlatModel(name, ((classes, features), (classes,)))
     if name == "mlp":

@@ -55,13 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..arguments import (
-    closed_unit_interval,
-    nonnegative_float,
-    nonnegative_int,
-    option,
-    positive_int,
-)
+from ..arguments import closed_unit_interval, nonnegative_float, nonnegative_int, option, positive_int
 from ..optim.personalized import (
     BiasCorrectedWGA,
     WeightedGradientAveraging,
@@ -74,8 +68,15 @@ from . import config as shared
 from .data import check_batch, load_digits
 from .models import make_model
 
-__all__ = ["PersonalizedConfig", "TASKS", "METHODS", "TASK_DEFAULTS", "TAIL_STEPS", "method_weights",
-           "run_personalized"]
+__all__ = [
+    "PersonalizedConfig",
+    "TASKS",
+    "METHODS",
+    "TASK_DEFAULTS",
+    "TAIL_STEPS",
+    "method_weights",
+    "run_personalized",
+]
 
 TASKS = {
     "quadratic": "synthetic quadratic, identity Hessians, collaborators' optima shifted in a common direction",
@@ -120,7 +121,8 @@ class PersonalizedConfig:
     method: str = option("bias_corrected", "update rule", choices=METHODS)
     collaborators: int = option(4, "N collaborators", type=nonnegative_int)
     rounds: int | None = shared.rounds(
-        None, f"steps (default: the task's, {TASK_DEFAULTS['quadratic']['rounds']} for the quadratic tasks)")
+        None, f"steps (default: the task's, {TASK_DEFAULTS['quadratic']['rounds']} for the quadratic tasks)"
+    )
     lr: float | None = shared.lr(None, "learning rate (default: the task's)")
     beta: float = option(0.002, "EMA rate of the bias correction", type=closed_unit_interval)
     beta_floor: float = option(0.0002, "floor of the decaying rate max(1/(t+1), floor)", type=closed_unit_interval)
@@ -148,8 +150,10 @@ class PersonalizedConfig:
         if self.lr is not None:
             check_positive(self.lr, "lr", where)
         if self.method == "optimal" and self.resolved().lr >= 2:
-            raise ValueError(f"personalized: the optimal weights scale variances by lr / (2 - lr), lr must be < 2, "
-                             f"got {self.resolved().lr}")
+            raise ValueError(
+                f"personalized: the optimal weights scale variances by lr / (2 - lr), lr must be < 2, "
+                f"got {self.resolved().lr}"
+            )
         for name in ("beta", "beta_floor"):
             check_real(getattr(self, name), name, where, 0.0, 1.0)
         for name in ("shift", "noise"):
@@ -158,8 +162,11 @@ class PersonalizedConfig:
     def resolved(self) -> PersonalizedConfig:
         """This configuration with ``rounds`` and ``lr`` set (the task's defaults where None)."""
         defaults = TASK_DEFAULTS.get(self.task, TASK_DEFAULTS["quadratic"])
-        return replace(self, rounds=defaults["rounds"] if self.rounds is None else self.rounds,
-                       lr=defaults["lr"] if self.lr is None else self.lr)
+        return replace(
+            self,
+            rounds=defaults["rounds"] if self.rounds is None else self.rounds,
+            lr=defaults["lr"] if self.lr is None else self.lr,
+        )
 
 
 class _Quadratic:
@@ -176,7 +183,8 @@ class _Quadratic:
         self.hessians = torch.ones(n + 1, d, dtype=torch.float64)
         for i in range(1, n + 1):
             self.optima[i] = cfg.shift * direction + OPTIMUM_SPREAD / math.sqrt(d) * torch.randn(
-                d, generator=setup, dtype=torch.float64)
+                d, generator=setup, dtype=torch.float64
+            )
             # Drawn for both tasks, so that quadratic and hessian share their optima at a seed.
             signs = torch.randint(0, 2, (d,), generator=setup).to(torch.float64) * 2 - 1
             if cfg.task == "hessian":
@@ -187,8 +195,12 @@ class _Quadratic:
         self.params = [self.x]
 
     def gradients(self) -> torch.Tensor:
-        xi = torch.cat([torch.randn(1, self.x.numel(), generator=self.user0, dtype=torch.float64),
-                        torch.randn(len(self.optima) - 1, self.x.numel(), generator=self.others, dtype=torch.float64)])
+        xi = torch.cat(
+            [
+                torch.randn(1, self.x.numel(), generator=self.user0, dtype=torch.float64),
+                torch.randn(len(self.optima) - 1, self.x.numel(), generator=self.others, dtype=torch.float64),
+            ]
+        )
         return self.hessians * (self.x - self.optima) + self.noise * xi
 
     def error(self) -> tuple[float, float | None]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from .personalized import METHODS, TASKS, PersonalizedConfig, run_personalized
-from .report import pyplot, mean_std
+from .report import mean_std, pyplot
 from .runner import run_parallel
 
 __all__ = ["COLLABORATORS", "grid_configs", "run_grid", "grid_markdown", "grid_plots"]
@@ -30,16 +30,23 @@ TASK_TITLES = {
 }
 
 
-def grid_configs(seeds: int = 2, rounds: int | None = None,
-                 base: PersonalizedConfig | None = None) -> list[PersonalizedConfig]:
+def grid_configs(
+    seeds: int = 2, rounds: int | None = None, base: PersonalizedConfig | None = None
+) -> list[PersonalizedConfig]:
     """Every run of the grid, task by task; ``rounds`` None keeps each task's default."""
     base = base or PersonalizedConfig()
-    return [replace(base, task=task, method=method, collaborators=n, rounds=rounds, seed=seed)
-            for task in TASKS for n in COLLABORATORS for method in METHODS for seed in range(seeds)]
+    return [
+        replace(base, task=task, method=method, collaborators=n, rounds=rounds, seed=seed)
+        for task in TASKS
+        for n in COLLABORATORS
+        for method in METHODS
+        for seed in range(seeds)
+    ]
 
 
-def run_grid(configs: list[PersonalizedConfig], jobs: int,
-             progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+def run_grid(
+    configs: list[PersonalizedConfig], jobs: int, progress: Callable[[int, dict], None] | None = None
+) -> list[dict]:
     """Run the configurations in ``jobs`` processes; results in the configurations' order."""
     return run_parallel(run_personalized, configs, jobs, progress)
 
@@ -54,15 +61,20 @@ def _errors(results: list[dict]) -> dict[tuple[str, int, str], list[float]]:
 
 def _summary(task: str, errors: dict[tuple[str, int, str], list[float]]) -> str:
     """Error ratios at the largest N that has the methods compared, computed from the table."""
-    ns = sorted(n for n in {k[1] for k in errors if k[0] == task} if n > 0
-                and all((task, n, m) in errors for m in ("local", "wga", "bias_corrected")))
+    ns = sorted(
+        n
+        for n in {k[1] for k in errors if k[0] == task}
+        if n > 0 and all((task, n, m) in errors for m in ("local", "wga", "bias_corrected"))
+    )
     if not ns:
         return ""
     n = ns[-1]
     mean = {m: mean_std(errors[(task, n, m)])[0] for m in METHODS if (task, n, m) in errors}
-    parts = [f"bias correction / uniform WGA = {mean['bias_corrected'] / mean['wga']:.2f}",
-             f"bias correction / local = {mean['bias_corrected'] / mean['local']:.2f}",
-             f"uniform WGA / local = {mean['wga'] / mean['local']:.2f}"]
+    parts = [
+        f"bias correction / uniform WGA = {mean['bias_corrected'] / mean['wga']:.2f}",
+        f"bias correction / local = {mean['bias_corrected'] / mean['local']:.2f}",
+        f"uniform WGA / local = {mean['wga'] / mean['local']:.2f}",
+    ]
     if "optimal" in mean:
         parts.append(f"optimal weights / local = {mean['optimal'] / mean['local']:.2f}")
     if "bias_corrected_decay" in mean:
@@ -105,8 +117,12 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
         if task not in settings:
             continue
         ns = sorted({k[1] for k in errors if k[0] == task})
-        lines += [f"## {TASK_TITLES[task]}", "", "| N | " + " | ".join(METHODS.values()) + " |",
-                  "|---|" + "---|" * len(METHODS)]
+        lines += [
+            f"## {TASK_TITLES[task]}",
+            "",
+            "| N | " + " | ".join(METHODS.values()) + " |",
+            "|---|" + "---|" * len(METHODS),
+        ]
         for n in ns:
             means = {m: mean_std(errors[(task, n, m)])[0] for m in METHODS if (task, n, m) in errors}
             best = min(means.values())
@@ -122,10 +138,15 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
         summary = _summary(task, errors)
         lines += ["", summary, ""] if summary else [""]
 
-    lines += ["## Time per step", "",
-              "Mean over the runs, microseconds per step (one thread). Gradients: all N + 1 users' gradients with "
-              "their noise or batch draws; step: the optimizer step (one native call).", "",
-              "| task | N | gradients | step |", "|---|---|---|---|"]
+    lines += [
+        "## Time per step",
+        "",
+        "Mean over the runs, microseconds per step (one thread). Gradients: all N + 1 users' gradients with "
+        "their noise or batch draws; step: the optimizer step (one native call).",
+        "",
+        "| task | N | gradients | step |",
+        "|---|---|---|---|",
+    ]
     timings: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for r in results:
         timings[(r["config"]["task"], r["config"]["collaborators"])].append(r["seconds_per_step"])
@@ -150,8 +171,17 @@ def grid_plots(results: list[dict], out_dir: str) -> list[str]:
             if not ns:
                 continue
             stats = [mean_std(errors[(task, n, method)]) for n in ns]
-            ax.errorbar([n + 1 for n in ns], [s[0] for s in stats], yerr=[s[1] for s in stats], fmt="o-",
-                        color=f"C{k}", label=METHODS[method], linewidth=1.4, markersize=4, capsize=3)
+            ax.errorbar(
+                [n + 1 for n in ns],
+                [s[0] for s in stats],
+                yerr=[s[1] for s in stats],
+                fmt="o-",
+                color=f"C{k}",
+                label=METHODS[method],
+                linewidth=1.4,
+                markersize=4,
+                capsize=3,
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("N + 1 (user 0 and its collaborators)")

@@ -58,8 +58,12 @@ def plot_curves(path: str, curves: Curves, title: str, ylabel: str, styles: dict
     plot_curve_panels(path, [(title, curves, ylabel, False)], styles)
 
 
-def plot_curve_panels(path: str, panels: list[tuple[str, Curves, str, bool]], styles: dict[str, str] | None = None,
-                      columns: int | None = None) -> None:
+def plot_curve_panels(
+    path: str,
+    panels: list[tuple[str, Curves, str, bool]],
+    styles: dict[str, str] | None = None,
+    columns: int | None = None,
+) -> None:
     """Panels in a grid of ``columns`` (default: one row), each (title, curves, y label, log y axis), x = round; one legend."""
     plt = pyplot()
     many = max(len(curves) for _, curves, _, _ in panels) > 1
@@ -89,7 +93,9 @@ def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[
     plt = pyplot()
     cols = min(len(panels), 2)
     rows = -(-len(panels) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, 0.45 * len(panels[0][1]) * rows + 1.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(5.6 * cols, 0.45 * len(panels[0][1]) * rows + 1.6 * rows), squeeze=False
+    )
     for ax, (title, row_labels, col_labels, values) in zip(axes.flat, panels):
         im = ax.imshow(values, vmin=0.0, vmax=1.0, cmap="RdYlGn", aspect="auto")
         ax.set_xticks(range(len(col_labels)), col_labels, fontsize=8)
@@ -98,7 +104,7 @@ def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[
         for i, row in enumerate(values):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    for ax in list(axes.flat)[len(panels):]:
+    for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label="test accuracy")
     fig.suptitle(suptitle, fontsize=10)

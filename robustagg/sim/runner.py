@@ -21,8 +21,12 @@ def _run_one(item: tuple[int, Callable[[Config], dict], Config]) -> tuple[int, d
     return index, run(cfg)
 
 
-def run_parallel(run: Callable[[Config], dict], configs: Sequence[Config], jobs: int,
-                 progress: Callable[[int, dict], None] | None = None) -> list[dict]:
+def run_parallel(
+    run: Callable[[Config], dict],
+    configs: Sequence[Config],
+    jobs: int,
+    progress: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
     """``[run(cfg) for cfg in configs]`` in ``jobs`` spawned processes (in this one when jobs <= 1).
 
     ``run`` must be a module-level function (it is pickled by reference).
