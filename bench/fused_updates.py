@@ -532,29 +532,20 @@ CASES = [
         ),
         _bc_loop,
     ),
-    Case(
-        "masked SGD-momentum step, bool mask (ResNet-18)",
-        RESNET18,
-        ("p", "g", "m"),
-        ("p", "m"),
-        _masked_fused,
-        with_blocked(
-            {"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}
-        ),
-        _masked_loop,
-        mask="bool",
-    ),
-    Case(
-        "masked SGD-momentum step, packed mask (ResNet-18)",
-        RESNET18,
-        ("p", "g", "m"),
-        ("p", "m"),
-        _masked_fused,
-        with_blocked(
-            {"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}
-        ),
-        _masked_loop,
-        mask="packed",
+    *(
+        Case(
+            f"masked SGD-momentum step, {kind} mask (ResNet-18)",
+            RESNET18,
+            ("p", "g", "m"),
+            ("p", "m"),
+            _masked_fused,
+            with_blocked(
+                {"mul, add_, sub_, 2 x addcmul_": _masked_foreach, "mul, add_, lerp_, addcmul_": _masked_foreach_lerp}
+            ),
+            _masked_loop,
+            mask=kind,
+        )
+        for kind in ("bool", "packed")
     ),
     Case(
         "SGD-momentum step, no mask (ResNet-18)",

@@ -145,6 +145,17 @@ FUSED_SCALARS = {
 }
 
 
+def mismatches(op: str, pairs, context: str) -> int:
+    """Count (and print) the tensors of ``pairs`` = [(name, got list, want list)] whose bits differ."""
+    count = 0
+    for name, got, want in pairs:
+        for i, (a, b) in enumerate(zip(got, want)):
+            if not same_bits(a.cpu(), b):
+                count += 1
+                print(f"MISMATCH {op} {name}[{i}] dtype={a.dtype} {context}", file=sys.stderr)
+    return count
+
+
 def check_fused_updates(device: str = "cuda") -> int:
     """client_step_, adam_client_step_, adam_stats_update_ and mvr_update_ (multi-tensor launches with
     2 to 6 pointer lists, absent optional lists as null pointers): a tensor spanning 2 chunks, 0-D,
@@ -228,14 +239,7 @@ def check_weighted_masked(device: str = "cuda") -> int:
                 pairs = [("params", got_p, want_p)] + [(f"grads[{u}]", got_g[u], grads[u]) for u in range(n + 1)]
                 if corrected:
                     pairs += [(f"corrections[{i}]", got_c[i], want_c[i]) for i in range(n)]
-                for name, got, want in pairs:
-                    for i, (a, b) in enumerate(zip(got, want)):
-                        if not same_bits(a.cpu(), b):
-                            failures += 1
-                            print(
-                                f"MISMATCH weighted_step_ {name}[{i}] dtype={a.dtype} N={n} corrected={corrected}",
-                                file=sys.stderr,
-                            )
+                failures += mismatches("weighted_step_", pairs, f"N={n} corrected={corrected}")
         # masked_sgd_step_: 45 tensors > 36 per launch
         shapes = [(chunk + 17,), (5, 33), (), (0,), (3, 4, 7)] + [(3,)] * 40
         ps, ms, gs = make(shapes, pick), make(shapes, pick), make(shapes, pick)
@@ -250,14 +254,8 @@ def check_weighted_masked(device: str = "cuda") -> int:
                 got_g = [x.to(device, copy=True) for x in gs]
                 got_masks = None if masks is None else [x.to(device, copy=True) for x in masks]
                 ra.ops.masked_sgd_step_(got_p, got_g, got_m, 0.1, 0.9, masks=got_masks, weight_decay=wd)
-                for name, got, want in (("params", got_p, want_p), ("momentum", got_m, want_m), ("grads", got_g, gs)):
-                    for i, (a, b) in enumerate(zip(got, want)):
-                        if not same_bits(a.cpu(), b):
-                            failures += 1
-                            print(
-                                f"MISMATCH masked_sgd_step_ {name}[{i}] dtype={a.dtype} masks={kind} wd={wd}",
-                                file=sys.stderr,
-                            )
+                pairs = (("params", got_p, want_p), ("momentum", got_m, want_m), ("grads", got_g, gs))
+                failures += mismatches("masked_sgd_step_", pairs, f"masks={kind} wd={wd}")
     return failures
 
 

@@ -34,6 +34,12 @@ import torch
 import robustagg as ra
 
 
+def speed_row(ms: float, moved: int, read_ms: float, copy_gbs: float, **fields) -> dict:
+    """A result row: the time, the bandwidth of ``moved`` bytes, and both against a copy and one read of the input."""
+    gbs = moved / ms / 1e6
+    return dict(fields, ms=ms, gbs=gbs, copy_gbs=copy_gbs, pct_copy=100 * gbs / copy_gbs, x_one_read=ms / read_ms)
+
+
 def time_ms(fn, inputs: list[torch.Tensor], repeats: int) -> float:
     for X in inputs[:2]:
         fn(X)
@@ -90,21 +96,9 @@ def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float 
 
     ms = time_ms(fused, inputs, repeats)
     foreach_ms = time_ms(foreach, inputs, repeats)
-    gbs = nbytes / ms / 1e6
     op = f"momentum_update_ ({k} tensors)"
-    row = dict(
-        n=None,
-        tensors=k,
-        d=d,
-        op=op,
-        ms=ms,
-        gbs=gbs,
-        copy_gbs=copy_gbs,
-        pct_copy=100 * gbs / copy_gbs,
-        x_one_read=ms / read_ms,
-        foreach_ms=foreach_ms,
-        device=name,
-    )
+    row = speed_row(ms, nbytes, read_ms, copy_gbs, n=None, tensors=k, d=d, op=op, foreach_ms=foreach_ms, device=name)
+    gbs = row["gbs"]
     line = (
         f"| - | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} (3 accesses/elem) | {row['pct_copy']:.0f}% | "
         f"{ms / read_ms:.2f} | {foreach_ms / ms:.1f}x torch._foreach_mul_+_foreach_add_ |"
@@ -152,23 +146,22 @@ def fused_update_cases(
         foreach = {k: timer(fn, sets, repeats) for k, fn in case.foreach.items()}
         best = min(foreach, key=foreach.get)
         moved = case.streams * list_bytes
-        gbs = moved / ms / 1e6
         op = f"{case.name}, {len(case.shapes)} tensors"
-        row = dict(
+        row = speed_row(
+            ms,
+            moved,
+            read_ms,
+            copy_gbs,
             n=None,
             tensors=len(case.shapes),
             d=numel,
             op=op,
-            ms=ms,
-            gbs=gbs,
             streams=case.streams,
-            copy_gbs=copy_gbs,
-            pct_copy=100 * gbs / copy_gbs,
-            x_one_read=ms / read_ms,
             foreach_ms=foreach[best],
             foreach=best,
             device=name,
         )
+        gbs = row["gbs"]
         line = (
             f"| - | {numel:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} ({case.streams} accesses/elem) | "
             f"{row['pct_copy']:.0f}% | {ms / read_ms:.2f} | {foreach[best] / ms:.1f}x torch foreach ({best}) |"
@@ -238,26 +231,17 @@ def main() -> int:
             }
             for op, fn in ops.items():
                 ms = time_ms(fn, inputs, args.repeats)
-                # Bytes of one read of X and the (d,) result written (the distance
-                # rules read X twice: their % of copy is per single read).
-                gbs = (nbytes + d * 4) / ms / 1e6
                 vs = ""
                 if median_ms is not None and op == "coordinate_median":
                     vs = f"{median_ms / ms:.1f}x torch.median"
                 elif op == "pairwise_sq_distances":
                     vs = f"{cdist_ms / ms:.1f}x torch.cdist (float32)"
-                row = dict(
-                    n=n,
-                    d=d,
-                    op=op,
-                    ms=ms,
-                    gbs=gbs,
-                    copy_gbs=copy_gbs,
-                    pct_copy=100 * gbs / copy_gbs,
-                    x_one_read=ms / read_ms,
-                    torch_median_ms=median_ms,
-                    device=name,
+                # Bytes of one read of X and the (d,) result written (the distance
+                # rules read X twice: their % of copy is per single read).
+                row = speed_row(
+                    ms, nbytes + d * 4, read_ms, copy_gbs, n=n, d=d, op=op, torch_median_ms=median_ms, device=name
                 )
+                gbs = row["gbs"]
                 rows.append(row)
                 line = (
                     f"| {n} | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {gbs:.0f} | {row['pct_copy']:.0f}% | "

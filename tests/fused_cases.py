@@ -380,10 +380,16 @@ def check_tolerance(got, want, tol, skip, what) -> None:
     fin = want.isfinite()
     bad |= fin & ~(got64.isfinite() & ((got64 - want).abs() <= tol))
     bad &= ~skip
+    raise_if_bad(bad, got64, want, tol, what)
+
+
+def raise_if_bad(bad, got64, want, tol, what, inputs=lambda j: "") -> None:
+    """An AssertionError naming how many entries ``bad`` flags and the first of them (with
+    ``inputs(j)``, a description of that entry's inputs, when given)."""
     if bad.any():
         j = int(bad.reshape(-1).nonzero()[0])
         raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} out of tolerance; first at flat index {j}: "
+            f"{what}: {int(bad.sum())} of {bad.numel()} out of tolerance; first at flat index {j}: {inputs(j)}"
             f"got {got64.reshape(-1)[j].item()!r}, oracle {want.reshape(-1)[j].item()!r}, "
             f"tol {tol.reshape(-1)[j].item()!r}"
         )

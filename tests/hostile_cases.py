@@ -275,15 +275,7 @@ def _fused_call(op: str, L: dict) -> None:
         )
 
 
-FUSED = [
-    "momentum_update_",
-    "client_step_",
-    "adam_client_step_",
-    "adam_stats_update_",
-    "mvr_update_",
-    "weighted_step_",
-    "masked_sgd_step_",
-]
+FUSED = [name for name in ops.__all__ if name.endswith("_")]  # the in-place (fused update) ops
 
 
 def _lists() -> dict:

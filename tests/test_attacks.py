@@ -32,19 +32,7 @@ from robustagg.attacks import (
     make_attack,
 )
 
-NAMES = [
-    "none",
-    "sign_flip",
-    "ipm",
-    "alie",
-    "gaussian",
-    "nan",
-    "inf",
-    "mimic",
-    "label_flip",
-    "optimal_alie",
-    "optimal_ipm",
-]
+NAMES = "none sign_flip ipm alie gaussian nan inf mimic label_flip optimal_alie optimal_ipm".split()
 
 
 def _make(name: str):

@@ -249,23 +249,10 @@ def test_train_byzantine_command_writes_json_and_plot(tmp_path, capsys) -> None:
     out = tmp_path / "run.json"
     code = main(
         [
-            "train",
-            "byzantine",
-            "--agg",
-            "krum",
-            "--attack",
-            "sign_flip",
-            "--byzantine",
-            "3",
-            "--rounds",
-            "20",
-            "--eval-every",
-            "10",
-            "--bucketing",
-            "2",
-            "--split",
-            "dirichlet:0.5",
-            "--json",
+            *(
+                "train byzantine --agg krum --attack sign_flip --byzantine 3 --rounds 20 "
+                "--eval-every 10 --bucketing 2 --split dirichlet:0.5 --json"
+            ).split(),
             str(out),
         ]
     )
@@ -286,23 +273,7 @@ def test_train_byzantine_grid_writes_table_plots_and_json(tmp_path, monkeypatch)
     monkeypatch.setattr(byzantine_grid, "ATTACKS", ["none", "alie"])
     monkeypatch.setattr(byzantine_grid, "RULES", ["cm", "cc"])
     monkeypatch.setattr(byzantine_grid, "BUCKETING_RULES", ["cm"])
-    code = main(
-        [
-            "train",
-            "byzantine",
-            "--grid",
-            "--seeds",
-            "2",
-            "--rounds",
-            "20",
-            "--eval-every",
-            "10",
-            "--jobs",
-            "1",
-            "--out",
-            str(tmp_path),
-        ]
-    )
+    code = main([*"train byzantine --grid --seeds 2 --rounds 20 --eval-every 10 --jobs 1 --out".split(), str(tmp_path)])
     assert code == 0
     text = (tmp_path / "byzantine.md").read_text()
     assert "## iid split, f = 11 of 25" in text and "| ALIE | 0.9 |" in text and " ± " in text

@@ -576,26 +576,11 @@ def test_example_trains_with_a_byzantine_rank(tmp_path, mode: str) -> None:
     out = tmp_path / "run.json"  # through the command line: robustagg train ddp -> robustagg.examples.ddp_train
     code = main(
         [
-            "train",
-            "ddp",
-            "--nproc",
-            "3",
-            "--agg",
-            "cc",
-            "--byzantine-ranks",
-            "2",
-            "--attack",
-            "alie",
-            "--mode",
+            *"train ddp --nproc 3 --agg cc --byzantine-ranks 2 --attack alie --mode".split(),
             mode,
-            "--steps",
-            "60",
-            "--eval-every",
-            "30",
-            "--json",
+            *"--steps 60 --eval-every 30 --json".split(),
             str(out),
-            "--timeout",
-            "60",
+            *"--timeout 60".split(),
         ]
     )
     assert code == 0

@@ -361,21 +361,9 @@ def test_train_federated_command_writes_json_and_plot(tmp_path, capsys) -> None:
     assert (
         main(
             [
-                "train",
-                "federated",
-                "--algo",
-                "mime",
-                "--base",
-                "adam",
-                "--lr",
-                "0.005",
-                "--rounds",
-                "5",
-                "--clients",
-                "20",
-                "--per-round",
-                "4",
-                "--json",
+                *(
+                    "train federated --algo mime --base adam --lr 0.005 --rounds 5 --clients 20 --per-round 4 --json"
+                ).split(),
                 str(out),
             ]
         )
@@ -394,20 +382,7 @@ def test_train_federated_grid_writes_table_plot_and_json(tmp_path, monkeypatch) 
     assert (
         main(
             [
-                "train",
-                "federated",
-                "--grid",
-                "--seeds",
-                "2",
-                "--rounds",
-                "4",
-                "--clients",
-                "20",
-                "--per-round",
-                "4",
-                "--jobs",
-                "1",
-                "--out",
+                *("train federated --grid --seeds 2 --rounds 4 --clients 20 --per-round 4 --jobs 1 --out").split(),
                 str(tmp_path),
             ]
         )

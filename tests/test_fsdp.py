@@ -534,25 +534,12 @@ def test_example_trains_with_fsdp(tmp_path) -> None:
     out = tmp_path / "run.json"
     code = main(
         [
-            "train",
-            "ddp",
-            "--nproc",
-            "3",
-            "--fsdp",
-            "--agg",
-            "cm",
-            "--byzantine-ranks",
-            "2",
-            "--attack",
-            "label_flip",
-            "--steps",
-            "60",
-            "--eval-every",
-            "30",
-            "--json",
+            *(
+                "train ddp --nproc 3 --fsdp --agg cm --byzantine-ranks 2 --attack label_flip "
+                "--steps 60 --eval-every 30 --json"
+            ).split(),
             str(out),
-            "--timeout",
-            "60",
+            *"--timeout 60".split(),
         ]
     )
     assert code == 0

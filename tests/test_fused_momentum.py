@@ -59,14 +59,14 @@ def assert_close_to_oracle(got: torch.Tensor, m: torch.Tensor, g: torch.Tensor, 
     bad |= fin & ~(got64.isfinite() & ((got64 - want).abs() <= tol))
     if beta > 0 and torch.tensor(beta, dtype=torch.float64).to(fc.acc_dtype(got.dtype)).item() == 0:
         bad &= m64.isfinite()
-    if bad.any():
-        j = int(bad.reshape(-1).nonzero()[0])
-        raise AssertionError(
-            f"{what}: {int(bad.sum())} of {bad.numel()} out of tolerance; first at flat index {j}: "
-            f"m={m64.reshape(-1)[j].item()!r} g={g64.reshape(-1)[j].item()!r} beta={beta!r}: "
-            f"got {got64.reshape(-1)[j].item()!r}, oracle {want.reshape(-1)[j].item()!r}, "
-            f"tol {tol.reshape(-1)[j].item()!r}"
-        )
+    fc.raise_if_bad(
+        bad,
+        got64,
+        want,
+        tol,
+        what,
+        lambda j: f"m={m64.reshape(-1)[j].item()!r} g={g64.reshape(-1)[j].item()!r} beta={beta!r}: ",
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -465,24 +465,7 @@ def test_train_masked_grid_keeps_the_reading_section(tmp_path, capsys) -> None:
 
     (tmp_path / "masked.md").write_text("# old table\n\n## Reading\n\nWhat the table says.\n")
     assert (
-        main(
-            [
-                "train",
-                "masked",
-                "--grid",
-                "--seeds",
-                "1",
-                "--rounds",
-                "20",
-                "--eval-every",
-                "10",
-                "--jobs",
-                "1",
-                "--out",
-                str(tmp_path),
-            ]
-        )
-        == 0
+        main([*"train masked --grid --seeds 1 --rounds 20 --eval-every 10 --jobs 1 --out".split(), str(tmp_path)]) == 0
     )
     text = (tmp_path / "masked.md").read_text()
     assert text.startswith("# Masked / partial training\n") and "# old table" not in text

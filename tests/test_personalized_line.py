@@ -403,22 +403,7 @@ def test_train_personalized_command_writes_json_and_plot_at_the_default_paths(tm
 
     monkeypatch.chdir(tmp_path)
     assert (
-        main(
-            [
-                "train",
-                "personalized",
-                "--task",
-                "digits",
-                "--method",
-                "wga",
-                "--collaborators",
-                "2",
-                "--rounds",
-                "60",
-                "--eval-every",
-                "20",
-            ]
-        )
+        main(("train personalized --task digits --method wga --collaborators 2 --rounds 60 --eval-every 20").split())
         == 0
     )
     result = json.loads((tmp_path / "runs" / "personalized-digits-wga-N2-s0.json").read_text())

@@ -37,44 +37,21 @@ ATTACK_LABELS = {"none": "none", "sign_flip": "sign flip", "label_flip": "label 
 def grid_configs(seeds: int = 3, rounds: int = 300, base: ByzantineConfig | None = None) -> list[ByzantineConfig]:
     """Every run of the grid, iid part first."""
     base = base or ByzantineConfig()
-    out = []
-    for f in FS:
-        for attack in ATTACKS:
-            for beta in MOMENTA:
-                for rule in RULES:
-                    for seed in range(seeds):
-                        out.append(
-                            replace(
-                                base,
-                                agg=rule,
-                                attack=attack,
-                                byzantine=f,
-                                momentum=beta,
-                                split="iid",
-                                bucketing=0,
-                                rounds=rounds,
-                                seed=seed,
-                            )
-                        )
-    for attack in ATTACKS:
-        for beta in MOMENTA:
-            for rule in BUCKETING_RULES:
-                for s in (0, 2):
-                    for seed in range(seeds):
-                        out.append(
-                            replace(
-                                base,
-                                agg=rule,
-                                attack=attack,
-                                byzantine=5,
-                                momentum=beta,
-                                split="sorted",
-                                bucketing=s,
-                                rounds=rounds,
-                                seed=seed,
-                            )
-                        )
-    return out
+    iid = [
+        dict(agg=rule, attack=attack, byzantine=f, momentum=beta, split="iid", bucketing=0)
+        for f in FS
+        for attack in ATTACKS
+        for beta in MOMENTA
+        for rule in RULES
+    ]
+    sorted_split = [
+        dict(agg=rule, attack=attack, byzantine=5, momentum=beta, split="sorted", bucketing=s)
+        for attack in ATTACKS
+        for beta in MOMENTA
+        for rule in BUCKETING_RULES
+        for s in (0, 2)
+    ]
+    return [replace(base, **cell, rounds=rounds, seed=seed) for cell in iid + sorted_split for seed in range(seeds)]
 
 
 def run_grid(
