@@ -59,6 +59,12 @@ def check_int(value: object, name: str, rule: str, low: int | None = None, high:
     return value
 
 
+def check_choice(value: object, choices: Sequence[str], name: str, rule: str) -> None:
+    """``value`` is one of ``choices`` (a ValueError listing them otherwise)."""
+    if value not in choices:
+        raise ValueError(f"{rule}: unknown {name}={value!r}; choose from {', '.join(choices)}")
+
+
 def check_trim(f: object, n: int, rule: str) -> int:
     """The number of values a rule drops on each side: an int with 0 <= f and n > 2f."""
     f = check_int(f, "f", rule, low=0)

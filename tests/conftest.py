@@ -216,19 +216,21 @@ def spec_and_f(draw, **kwargs):
 
 
 def run_op(op: str, X: torch.Tensor, f: int = 0, weights: torch.Tensor | None = None) -> torch.Tensor:
-    if op == "mean":
-        return robustagg.mean(X, weights)
-    if op == "coordinate_median":
-        return robustagg.coordinate_median(X)
-    return getattr(robustagg, op)(X, f)
+    """The coordinate-wise rule ``op`` of robustagg on X (f where it takes one, weights for the mean)."""
+    return _call(robustagg, op, X, f, weights)
 
 
 def run_reference(op: str, X: torch.Tensor, f: int = 0, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`run_op` through the float64 oracle."""
+    return _call(reference, op, X, f, weights)
+
+
+def _call(module, op: str, X: torch.Tensor, f: int, weights: torch.Tensor | None) -> torch.Tensor:
     if op == "mean":
-        return reference.mean(X, weights)
+        return module.mean(X, weights)
     if op == "coordinate_median":
-        return reference.coordinate_median(X)
-    return getattr(reference, op)(X, f)
+        return module.coordinate_median(X)
+    return getattr(module, op)(X, f)
 
 
 # ---------------------------------------------------------------------------

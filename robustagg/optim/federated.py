@@ -53,7 +53,15 @@ from collections.abc import Callable, Iterable, Sequence
 import torch
 
 from .. import ops
-from ..validation import check_counts, check_int, check_positive, check_real, check_tensor_list, check_tensors
+from ..validation import (
+    check_choice,
+    check_counts,
+    check_int,
+    check_positive,
+    check_real,
+    check_tensor_list,
+    check_tensors,
+)
 
 __all__ = ["ALGORITHMS", "BASES", "FederatedServer", "ClientOptimizer"]
 
@@ -99,10 +107,8 @@ class FederatedServer:
         server_momentum: float = 0.9,
         num_clients: int | None = None,
     ) -> None:
-        if algo not in ALGORITHMS:
-            raise ValueError(f"FederatedServer: unknown algo={algo!r}; choose from {', '.join(ALGORITHMS)}")
-        if base not in BASES:
-            raise ValueError(f"FederatedServer: unknown base={base!r}; choose from {', '.join(BASES)}")
+        check_choice(algo, ALGORITHMS, "algo", "FederatedServer")
+        check_choice(base, BASES, "base", "FederatedServer")
         rule = "FederatedServer"
         # a = 1 makes MVR plain SGD; a momentum of 1 would never take a gradient.
         self.beta = check_real(beta, "beta", rule, 0.0, 1.0, high_open=True)

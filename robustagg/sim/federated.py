@@ -22,7 +22,7 @@ import torch
 
 from ..arguments import closed_unit_interval, nonnegative_float, option, positive_float, positive_int, unit_interval
 from ..optim.federated import ALGORITHMS, BASES, FederatedServer
-from ..validation import check_int, check_positive, check_real
+from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
 from .models import make_model
@@ -64,10 +64,8 @@ class FederatedConfig:
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
         where = "federated"
-        if self.algo not in ALGORITHMS:
-            raise ValueError(f"federated: unknown algo={self.algo!r}; choose from {', '.join(ALGORITHMS)}")
-        if self.base not in BASES:
-            raise ValueError(f"federated: unknown base={self.base!r}; choose from {', '.join(BASES)}")
+        check_choice(self.algo, ALGORITHMS, "algo", where)
+        check_choice(self.base, BASES, "base", where)
         clients = check_int(self.clients, "clients", where, low=1, high=NUM_TRAIN)
         if not 1 <= check_int(self.per_round, "per_round", where) <= clients:
             raise ValueError(

@@ -32,7 +32,7 @@ from torch import nn
 
 from ..arguments import fraction, nonnegative_int, option, positive_int
 from ..optim import masked as masked_opt
-from ..validation import check_int, check_positive, check_real
+from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import NUM_TRAIN, check_batch, load_digits
 
@@ -67,8 +67,7 @@ class MaskedConfig:
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
         where = "masked"
-        if self.training not in TRAININGS:
-            raise ValueError(f"masked: unknown training={self.training!r}; choose from {', '.join(TRAININGS)}")
+        check_choice(self.training, TRAININGS, "training", where)
         for name in ("hidden", "rounds", "period", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
         check_batch(self.batch, where)

@@ -63,7 +63,7 @@ from ..optim.personalized import (
     estimate_bias_variance,
     optimal_weights,
 )
-from ..validation import check_int, check_positive, check_real
+from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import check_batch, load_digits
 from .models import make_model
@@ -136,10 +136,8 @@ class PersonalizedConfig:
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
         where = "personalized"
-        if self.task not in TASKS:
-            raise ValueError(f"personalized: unknown task={self.task!r}; choose from {', '.join(TASKS)}")
-        if self.method not in METHODS:
-            raise ValueError(f"personalized: unknown method={self.method!r}; choose from {', '.join(METHODS)}")
+        check_choice(self.task, TASKS, "task", where)
+        check_choice(self.method, METHODS, "method", where)
         check_int(self.collaborators, "collaborators", where, low=0)
         for name in ("dim", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
