@@ -302,10 +302,6 @@ def assert_same_bits(got: torch.Tensor, want: torch.Tensor, what: str = "") -> N
     _first_difference(g, w, bad, what, "differ in their bits")
 
 
-# assert_same_bits under the name the rule-level test files import.
-assert_bitwise = assert_same_bits
-
-
 def assert_identical(got: torch.Tensor, want: torch.Tensor, what: str = "") -> None:
     """Same dtype and shape, and every bit equal, NaN payloads and the sign of zero included
     (a tensor that must not have been written, two runs that must agree). Any dtype; got and

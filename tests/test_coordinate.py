@@ -23,9 +23,9 @@ from conftest import (
     OPS,
     TRIM_OPS,
     MatrixSpec,
-    assert_bitwise,
     assert_exact,
     assert_matches_reference,
+    assert_same_bits,
     assert_sum_close,
     available_isas,
     make_matrix,
@@ -231,7 +231,7 @@ def test_non_contiguous(op, dtype):
             out = run_op(op, V, f)
             assert_matches_reference(op, V, f, out=out, what=name)
             # and the same bits as on a contiguous copy
-            assert_bitwise(out, run_op(op, V.contiguous(), f), f"{op} {name} vs contiguous copy")
+            assert_same_bits(out, run_op(op, V.contiguous(), f), f"{op} {name} vs contiguous copy")
 
 
 # ---------------------------------------------------------------------------
@@ -268,7 +268,7 @@ def test_isa_sweep(isa, dtype, monkeypatch):
                 out = run_op(op, X, f)
                 assert_matches_reference(op, X, f, out=out, what=f"isa={isa}")
                 monkeypatch.setenv("ROBUSTAGG_CPU_ISA", ISAS[-1])
-                assert_bitwise(out, run_op(op, X, f), f"{op} n={n} f={f}: isa {isa} vs {ISAS[-1]}")
+                assert_same_bits(out, run_op(op, X, f), f"{op} n={n} f={f}: isa {isa} vs {ISAS[-1]}")
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -276,11 +276,11 @@ def test_deterministic_and_thread_independent(op):
     X = make_matrix(MatrixSpec(33, 20_000, seed=5, pattern="mixed", nan_rows=2, scatter=0.01), torch.float32)
     f = 5
     first = run_op(op, X, f)
-    assert_bitwise(first, run_op(op, X, f), f"{op}: second call")
+    assert_same_bits(first, run_op(op, X, f), f"{op}: second call")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert_bitwise(first, run_op(op, X, f), f"{op}: one thread vs {threads}")
+        assert_same_bits(first, run_op(op, X, f), f"{op}: one thread vs {threads}")
     finally:
         torch.set_num_threads(threads)
 
@@ -330,7 +330,7 @@ def test_result_metadata_and_input_untouched(op, dtype):
     assert out.device == X.device
     assert out.is_contiguous()
     assert not out.requires_grad
-    assert_bitwise(X.reshape(-1), before.reshape(-1), f"{op} modified its input")
+    assert_same_bits(X.reshape(-1), before.reshape(-1), f"{op} modified its input")
     assert out.data_ptr() != X.data_ptr()
 
 
@@ -370,7 +370,7 @@ def test_more_than_2_31_elements(device):
         for s in stripes:
             Xs, got = X[:, s].cpu(), out[s].cpu()
             if device == "cuda":
-                assert_bitwise(got, run_op(op, Xs, 1), f"{op} n*d > 2**31, columns {s}")
+                assert_same_bits(got, run_op(op, Xs, 1), f"{op} n*d > 2**31, columns {s}")
             assert_matches_reference(op, Xs, 1, out=got, what=f"n*d > 2**31, columns {s}")
         del out
 
@@ -415,7 +415,7 @@ def test_mean_around_median_every_keep_each_isa(isa, n, monkeypatch):
 def test_mean_around_median_is_meamed():
     X = torch.randn(9, 300, dtype=torch.float64)
     for f in range(5):
-        assert_bitwise(robustagg.ops.mean_around_median(X, 9 - f), robustagg.meamed(X, f), f"f={f}")
+        assert_same_bits(robustagg.ops.mean_around_median(X, 9 - f), robustagg.meamed(X, f), f"f={f}")
 
 
 # ---------------------------------------------------------------------------
@@ -454,7 +454,7 @@ def check_on_device(
     got = run_op(op, X_dev, f, w_dev)
     assert got.device == X_dev.device and got.dtype == X_dev.dtype and got.shape == (X_dev.shape[1],)
     label = f"{op}(n={X.shape[0]}, d={X.shape[1]}, f={f}, {X.dtype}) {what}"
-    assert_bitwise(got, run_op(op, X, f, weights), f"{device} vs CPU: {label}")
+    assert_same_bits(got, run_op(op, X, f, weights), f"{device} vs CPU: {label}")
     assert_matches_reference(op, X, f, weights=weights, out=got.cpu(), what=f"{device} {what}")
 
 
@@ -539,7 +539,7 @@ def test_devices_tails_and_empty(device):
                 got = run_op(op, X.to(device), 3)
                 assert got.shape == (d,) and got.dtype == dtype and got.device.type == device
                 if d:
-                    assert_bitwise(got, run_op(op, X, 3), f"{op} d={d}")
+                    assert_same_bits(got, run_op(op, X, 3), f"{op} d={d}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -547,7 +547,7 @@ def test_devices_deterministic(device):
     X = make_matrix(MatrixSpec(129, 20_000, seed=1, pattern="mixed", nan_rows=5, scatter=0.01), torch.float32)
     X = X.to(device)
     for op in OPS:
-        assert_bitwise(run_op(op, X, 10), run_op(op, X, 10), f"{op} twice on {device}")
+        assert_same_bits(run_op(op, X, 10), run_op(op, X, 10), f"{op} twice on {device}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -556,7 +556,7 @@ def test_devices_input_not_modified(device):
     before = X.clone()
     for op in OPS:
         run_op(op, X, 4)
-    assert_bitwise(X, before, f"op on {device} modified its input")
+    assert_same_bits(X, before, f"op on {device} modified its input")
 
 
 @pytest.mark.cuda
@@ -569,7 +569,7 @@ def test_cuda_large_d():
         X[5, ::997] = math.inf
         for op in OPS:
             got = run_op(op, X.cuda(), 3)
-            assert_bitwise(got, run_op(op, X, 3), f"{op} d=3e6 {dtype}")
+            assert_same_bits(got, run_op(op, X, 3), f"{op} d=3e6 {dtype}")
 
 
 @pytest.mark.cuda

@@ -27,7 +27,7 @@ from test_distance import (
 import robustagg
 from robustagg import reference
 
-from conftest import DTYPES, assert_bitwise
+from conftest import DTYPES, assert_same_bits
 
 
 def check_rows(out: torch.Tensor, expected: torch.Tensor, X: torch.Tensor, what: str = "") -> None:
@@ -56,7 +56,7 @@ def test_bucketing_matches_reference(dtype, case):
     assert out.shape == (math.ceil(spec.n / s), spec.d) and out.dtype == dtype
     perm = torch.randperm(spec.n, generator=torch.Generator().manual_seed(seed))
     check_rows(out, reference.bucketing(X, s, perm), X, f"bucketing s={s} {spec!r}")
-    assert_bitwise(X.reshape(-1), before.reshape(-1), "input modified")
+    assert_same_bits(X.reshape(-1), before.reshape(-1), "input modified")
 
 
 def test_bucketing_reproducible():
@@ -64,7 +64,7 @@ def test_bucketing_reproducible():
     a = robustagg.bucketing(X, 3, generator=torch.Generator().manual_seed(42))
     b = robustagg.bucketing(X, 3, generator=torch.Generator().manual_seed(42))
     assert a.shape == (4, 70)
-    assert_bitwise(a.reshape(-1), b.reshape(-1), "same seed")
+    assert_same_bits(a.reshape(-1), b.reshape(-1), "same seed")
     # one generator, two calls: two consecutive permutations
     g, g_ref = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
     for _ in range(2):
@@ -218,7 +218,7 @@ def test_clip_matches_reference(dtype, case):
     out = robustagg.clip(X, c)
     assert out.shape == X.shape and out.dtype == dtype
     check_rows(out, reference.clip(X, c), X, f"clip c={c} {spec!r}")
-    assert_bitwise(X.reshape(-1), before.reshape(-1), "input modified")
+    assert_same_bits(X.reshape(-1), before.reshape(-1), "input modified")
 
 
 def test_clip_hand_built():
@@ -306,7 +306,7 @@ def test_bucketing_then_geometric_median():
     X = make_rows(RowsSpec(13, 200, 1, "gaussian", nan_rows=1), torch.float32)
     out = (robustagg.Bucketing(2, generator=torch.Generator().manual_seed(9)) >> robustagg.GeometricMedian())(X)
     expected = robustagg.geometric_median(robustagg.bucketing(X, 2, generator=torch.Generator().manual_seed(9)))
-    assert_bitwise(out, expected, "Bucketing(2) >> GeometricMedian()")
+    assert_same_bits(out, expected, "Bucketing(2) >> GeometricMedian()")
     # the bucket holding the NaN row is non-finite and gets weight 0 in the median
     B = robustagg.bucketing(X, 2, generator=torch.Generator().manual_seed(9))
     assert sum(not ok for ok in finite_rows(B)) == 1 and torch.isfinite(out).all()
@@ -318,16 +318,16 @@ def test_chains(dtype):
     f, c = 2, 10.0
     pipe = robustagg.NNM(f) >> robustagg.Clip(c) >> robustagg.Krum(f)
     out = pipe(X)
-    assert_bitwise(out, robustagg.krum(robustagg.clip(robustagg.nnm(X, f), c), f), "NNM >> Clip >> Krum")
+    assert_same_bits(out, robustagg.krum(robustagg.clip(robustagg.nnm(X, f), c), f), "NNM >> Clip >> Krum")
     # and end to end against the reference chain
     expected = reference.krum(reference.clip(reference.nnm(X, f), c), f)
     assert_vec_close(out, expected, finite_scale(X), 1e-13, "NNM >> Clip >> Krum vs reference")
     # a chain of pre-aggregators alone returns rows
     rows = (robustagg.NNM(f) >> robustagg.Clip(c))(X)
-    assert_bitwise(rows.reshape(-1), robustagg.clip(robustagg.nnm(X, f), c).reshape(-1), "NNM >> Clip")
+    assert_same_bits(rows.reshape(-1), robustagg.clip(robustagg.nnm(X, f), c).reshape(-1), "NNM >> Clip")
     # with a coordinate-wise rule
     out = (robustagg.ARC(f) >> robustagg.TrimmedMean(f))(X)
-    assert_bitwise(out, robustagg.trimmed_mean(robustagg.arc(X, f), f), "ARC >> TrimmedMean")
+    assert_same_bits(out, robustagg.trimmed_mean(robustagg.arc(X, f), f), "ARC >> TrimmedMean")
     out = (
         robustagg.Clip(c)
         >> robustagg.Bucketing(3, generator=torch.Generator().manual_seed(1))
@@ -336,7 +336,7 @@ def test_chains(dtype):
     expected = robustagg.multi_krum(
         robustagg.bucketing(robustagg.clip(X, c), 3, generator=torch.Generator().manual_seed(1)), 0
     )
-    assert_bitwise(out, expected, "Clip >> Bucketing >> MultiKrum")
+    assert_same_bits(out, expected, "Clip >> Bucketing >> MultiKrum")
 
 
 def test_preaggregator_objects_match_functions():
@@ -352,12 +352,12 @@ def test_preaggregator_objects_match_functions():
     ]
     for pre, expected in cases:
         out = pre(X)
-        assert_bitwise(out.reshape(-1), expected.reshape(-1), repr(pre))
+        assert_same_bits(out.reshape(-1), expected.reshape(-1), repr(pre))
     # other input forms: a list of per-worker tensors gives the same (n', d) rows
     grads = [X[i].reshape(4, 10).clone() for i in range(9)]
     out = robustagg.NNM(2)(grads)
     assert out.shape == (9, 40)
-    assert_bitwise(out.reshape(-1), robustagg.nnm(X, 2).reshape(-1), "NNM on a list")
+    assert_same_bits(out.reshape(-1), robustagg.nnm(X, 2).reshape(-1), "NNM on a list")
 
 
 def test_pipeline_on_parameter_lists():
@@ -367,4 +367,4 @@ def test_pipeline_on_parameter_lists():
     out = (robustagg.Clip(2.0) >> robustagg.GeometricMedian())(params)
     assert isinstance(out, list) and [t.shape for t in out] == [torch.Size(s) for s in shapes]
     expected = robustagg.geometric_median(robustagg.clip(X, 2.0))
-    assert_bitwise(torch.cat([t.reshape(-1) for t in out]), expected, "Clip >> GeometricMedian on parameter lists")
+    assert_same_bits(torch.cat([t.reshape(-1) for t in out]), expected, "Clip >> GeometricMedian on parameter lists")
