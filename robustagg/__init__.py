@@ -9,18 +9,23 @@ aggregator objects that any trainer can call, Byzantine attacks
 from . import attacks, optim  # noqa: F401  (subpackages of the public API: robustagg.attacks, robustagg.optim)
 from .aggregators import (
     ARC,
+    CAF,
+    MDA,
     NNM,
     RULES,
+    SMEA,
     Aggregator,
     Bucketing,
     Bulyan,
     CenteredClip,
     Clip,
     CoordinateMedian,
+    DnC,
     GeometricMedian,
     Krum,
     MeaMed,
     Mean,
+    MoNNA,
     MultiKrum,
     Pipeline,
     PreAggregator,
@@ -33,17 +38,25 @@ from .distance import (
     centered_clip,
     geometric_median,
     krum,
+    mda,
+    monna,
     multi_krum,
     pairwise_sq_distances,
 )
 from .ops import coordinate_median, cpu_kernel_isa, cuda_kernels_built, meamed, mean, trimmed_mean
 from .preaggregators import arc, bucketing, clip, nnm
+from .spectral import caf, dnc, smea
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARC",
+    "CAF",
+    "DnC",
+    "MDA",
+    "MoNNA",
     "NNM",
+    "SMEA",
     "Aggregator",
     "Bucketing",
     "Bulyan",
@@ -63,18 +76,23 @@ __all__ = [
     "arc",
     "bucketing",
     "bulyan",
+    "caf",
     "centered_clip",
     "clip",
     "coordinate_median",
     "cpu_kernel_isa",
     "cuda_kernels_built",
+    "dnc",
     "geometric_median",
     "krum",
     "make_aggregator",
+    "mda",
     "mean",
     "meamed",
+    "monna",
     "multi_krum",
     "nnm",
     "pairwise_sq_distances",
+    "smea",
     "trimmed_mean",
 ]

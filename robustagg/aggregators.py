@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from . import distance, ops, preaggregators
+from . import distance, ops, preaggregators, spectral, subsets
 from .validation import check_generator, check_int, check_optional_tensor, check_positive, check_real
 
 Contributions = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]]
@@ -37,6 +37,11 @@ __all__ = [
     "Krum",
     "MultiKrum",
     "Bulyan",
+    "MDA",
+    "MoNNA",
+    "SMEA",
+    "CAF",
+    "DnC",
     "GeometricMedian",
     "CenteredClip",
     "PreAggregator",
@@ -214,6 +219,70 @@ class Bulyan(Aggregator):
         return distance.bulyan(X, self.f)
 
 
+class MDA(Aggregator):
+    """Minimum-diameter averaging. See :func:`robustagg.mda`."""
+
+    def __init__(self, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> None:
+        self.f = check_int(f, "f", "mda", low=0)
+        self.max_subsets = check_int(max_subsets, "max_subsets", "mda", low=1)
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return distance.mda(X, self.f, self.max_subsets)
+
+
+class MoNNA(Aggregator):
+    """Mean of the n - f rows nearest to row ``pivot``. See :func:`robustagg.monna`."""
+
+    def __init__(self, f: int, pivot: int = 0) -> None:
+        self.f = check_int(f, "f", "monna", low=0)
+        self.pivot = check_int(pivot, "pivot", "monna", low=0)
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return distance.monna(X, self.f, self.pivot)
+
+
+class SMEA(Aggregator):
+    """Smallest-maximum-eigenvalue averaging. See :func:`robustagg.smea`."""
+
+    def __init__(self, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> None:
+        self.f = check_int(f, "f", "smea", low=0)
+        self.max_subsets = check_int(max_subsets, "max_subsets", "smea", low=1)
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return spectral.smea(X, self.f, self.max_subsets)
+
+
+class CAF(Aggregator):
+    """Covariance-bound agnostic filter. See :func:`robustagg.caf`."""
+
+    def __init__(self, f: int) -> None:
+        self.f = check_int(f, "f", "caf", low=0)
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return spectral.caf(X, self.f)
+
+
+class DnC(Aggregator):
+    """Divide-and-Conquer. See :func:`robustagg.dnc`."""
+
+    def __init__(
+        self,
+        f: int,
+        iters: int = 5,
+        subsample: int = 10000,
+        c: float = 1.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.f = check_int(f, "f", "dnc", low=0)
+        self.iters = check_int(iters, "iters", "dnc", low=1)
+        self.subsample = check_int(subsample, "subsample", "dnc", low=1)
+        self.c = check_real(c, "c", "dnc", low=0.0)
+        self.generator = check_generator(generator, "generator", "dnc")
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return spectral.dnc(X, self.f, self.iters, self.subsample, self.c, self.generator)
+
+
 class GeometricMedian(Aggregator):
     """Geometric median by smoothed Weiszfeld. See :func:`robustagg.geometric_median`.
 
@@ -371,9 +440,25 @@ RULES: dict[str, str] = {
     "bulyan": "Bulyan (f)",
     "gm": "geometric median (smoothed Weiszfeld)",
     "cc": "centered clipping (tau, iterations; center = previous aggregate)",
+    "mda": "minimum-diameter averaging (f)",
+    "monna": "mean of the n - f rows nearest to a pivot row (f)",
+    "smea": "smallest-maximum-eigenvalue averaging (f)",
+    "caf": "covariance-bound agnostic filter (f)",
+    "dnc": "Divide-and-Conquer spectral filter (f)",
 }
 
-_NEEDS_F = {"tm": TrimmedMean, "meamed": MeaMed, "krum": Krum, "mkrum": MultiKrum, "bulyan": Bulyan}
+_NEEDS_F = {
+    "tm": TrimmedMean,
+    "meamed": MeaMed,
+    "krum": Krum,
+    "mkrum": MultiKrum,
+    "bulyan": Bulyan,
+    "mda": MDA,
+    "monna": MoNNA,
+    "smea": SMEA,
+    "caf": CAF,
+    "dnc": DnC,
+}
 #: The rules of :data:`RULES` that take f.
 RULES_WITH_F = frozenset(_NEEDS_F)
 _NO_F = {"mean": Mean, "cm": CoordinateMedian, "gm": GeometricMedian, "cc": CenteredClip}
@@ -390,8 +475,7 @@ def make_aggregator(
     """The aggregator object of a rule name in :data:`RULES`; an aggregator object is returned as it is.
 
     ``f`` (the number of Byzantine rows the rule tolerates) is required by
-    ``tm``, ``meamed``, ``krum``, ``mkrum`` and ``bulyan`` and refused by the
-    others, unless ``f_if_used`` (callers that hold one f for every rule name,
+    the rules of :data:`RULES_WITH_F` and refused by the others, unless ``f_if_used`` (callers that hold one f for every rule name,
     such as the distributed paths and the simulators): then it goes to the
     rules that take it only. ``cc`` requires ``tau``. Other ``options`` go to
     the class (``m`` for Krum, ``max_iter`` for the geometric median,

@@ -19,7 +19,9 @@ from statistics import NormalDist
 import torch
 
 from .aggregators import Aggregator
-from .validation import FLOAT_DTYPES, check_generator, check_int, check_positive, check_real
+from .coefficients import krum_order
+from .exact_geometry import scaled_distances
+from .validation import FLOAT_DTYPES, check_choice, check_generator, check_int, check_positive, check_real
 
 __all__ = [
     "Attack",
@@ -35,6 +37,11 @@ __all__ = [
     "LabelFlip",
     "OptimalALIE",
     "OptimalIPM",
+    "PERTURBATIONS",
+    "MinMax",
+    "MinSum",
+    "FangTrimmedMean",
+    "FangKrum",
     "ATTACKS",
     "check_attack_rows",
     "make_attack",
@@ -100,6 +107,10 @@ class Attack:
 
     def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def _check_sizes(cls, n: int, f: int) -> None:
+        """Conditions on n = h + f and f > 0 beyond ``min_honest`` (none by default); ValueError if unmet."""
 
     def reset(self) -> None:
         """Forget state between runs (no-op unless the attack is stateful)."""
@@ -414,6 +425,216 @@ class OptimalIPM(_LineSearch):
         return torch.zeros_like(H[0]), -H.mean(0), self.eps_max
 
 
+PERTURBATIONS = ("std", "unit", "sign")
+
+
+def _power_of_two(x: torch.Tensor) -> float:
+    """2**e with max |x| in [2**e, 2**(e+1)) (1 when x is empty, zero or not finite).
+
+    Dividing by it is exact and brings the entries into [-2, 2], so their squares cannot overflow.
+    """
+    top = float(x.abs().max()) if x.numel() else 0.0
+    return math.ldexp(1.0, math.frexp(top)[1] - 1) if 0 < top < math.inf else 1.0
+
+
+class _TailoredScale(Attack):
+    """Rows ``mu + gamma * p`` with the largest gamma in [0, gamma_max] whose distances to the
+    honest rows stay within a bound set by the honest rows (MinMax, MinSum).
+
+    ``p`` is ``perturbation``: ``"std"`` ``-sigma``, ``"unit"`` ``-mu / ||mu||`` (0 if mu = 0),
+    ``"sign"`` ``-sign(mu)``. With ``a_i = ||mu - h_i||^2``, ``b_i = <mu - h_i, p>`` and
+    ``c = ||p||^2``, ``||m - h_i||^2 = a_i + 2 gamma b_i + gamma^2 c``: the subclasses solve their
+    condition for its largest gamma from these float64 quantities, the rows centred on mu and
+    both they and p divided by a power of two (:func:`_power_of_two`) so that no square
+    overflows; gamma scales back exactly. ``c = 0`` (p = 0) gives gamma = 0 (rows = mu).
+    ``last_gamma`` is the gamma of the last call.
+    """
+
+    needs_whole_vector = True  # gamma depends on the whole vectors' distances
+    min_honest, needs_for = 2, "for the distances"
+
+    def __init__(self, perturbation: str = "std", gamma_max: float = 100.0) -> None:
+        check_choice(perturbation, PERTURBATIONS, "perturbation", self.name)
+        self.perturbation = perturbation
+        self.gamma_max = check_positive(gamma_max, "gamma_max", self.name)
+        self.last_gamma: float | None = None
+
+    def reset(self) -> None:
+        self.last_gamma = None
+
+    def _limit(self, C: torch.Tensor, p: torch.Tensor, c: float) -> float:
+        """The largest feasible gamma for centred rows C (rows ``h_i - mu``) and p, ``c = ||p||^2 > 0``."""
+        raise NotImplementedError
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        H = honest.double()
+        mu = H.mean(0)
+        if self.perturbation == "std":
+            p = -H.std(0, correction=1)
+        elif self.perturbation == "unit":
+            p = -_normalise(mu)
+        else:
+            p = -torch.sign(mu)
+        C = H - mu
+        s, t = _power_of_two(C), _power_of_two(p)
+        c = float(torch.dot(p / t, p / t))
+        # gamma for p / t is t times gamma for p; distances of C / s are those of C over s.
+        limit = self._limit(C / s, p / t, c) * s / t if c > 0 else 0.0
+        self.last_gamma = gamma = min(limit, self.gamma_max)  # NaN (NaN rows) stays NaN
+        return _repeat(mu + gamma * p, byzantine.shape[0], honest)
+
+
+class MinMax(_TailoredScale):
+    """Min-Max: every row is ``m = mu + gamma * p``, gamma the largest value in [0, gamma_max] with
+
+    ``max_i ||m - h_i||^2 <= T = max_{i,j} ||h_i - h_j||^2``
+
+    (no honest row is farther from m than the two farthest honest rows are from each other).
+    Shejwalkar, Houmansadr, "Manipulating the Byzantine: Optimizing Model Poisoning Attacks and
+    Defenses for Federated Learning", NDSS 2021.
+
+    The paper binary-searches gamma; this is the exact limit of that search. Each constraint
+    ``c gamma^2 + 2 b_i gamma - (T - a_i) <= 0`` is a convex quadratic in gamma, and it holds at
+    gamma = 0: mu is a convex combination of the rows, so ``||mu - h_i|| <= max_j ||h_j - h_i||``.
+    Row i's feasible gammas are therefore an interval around 0 up to the larger root
+    ``r_i = (-b_i + sqrt(b_i^2 + c (T - a_i))) / c``, and the feasible gammas >= 0 are
+    ``[0, min_i r_i]``: ``gamma = min(gamma_max, min_i r_i)``. T and the a_i come from the centred
+    rows' Gram matrix; r_i is evaluated as ``(T - a_i) / (b_i + sqrt(...))`` when b_i > 0, which
+    does not cancel.
+    """
+
+    name = "minmax"
+
+    def _limit(self, C: torch.Tensor, p: torch.Tensor, c: float) -> float:
+        G = C @ C.T
+        a = G.diagonal()
+        T = (a[:, None] + a[None, :] - 2 * G).max()
+        slack = (T - a).clamp_min(0)  # >= 0 exactly; rounding must not make a root complex
+        b = -(C @ p)
+        root = torch.sqrt(b * b + c * slack)
+        r = torch.where(b > 0, slack / (b + root), (root - b) / c)
+        return float(r.min())
+
+
+class MinSum(_TailoredScale):
+    """Min-Sum: every row is ``m = mu + gamma * p``, gamma the largest value in [0, gamma_max] with
+
+    ``sum_i ||m - h_i||^2 <= max_i sum_j ||h_i - h_j||^2``
+
+    (m's summed squared distance to the honest rows is no more than any honest row's).
+    Shejwalkar, Houmansadr, NDSS 2021 (see :class:`MinMax`).
+
+    The paper binary-searches gamma; this is the exact limit of that search. As
+    ``sum_i (mu - h_i) = 0`` the cross terms vanish on both sides: with ``A = sum_i a_i``,
+    ``sum_i ||m - h_i||^2 = A + h gamma^2 c`` and ``sum_j ||h_i - h_j||^2 = h a_i + A``, so the
+    condition is ``gamma^2 c <= max_i a_i``: ``gamma = min(gamma_max, max_i ||h_i - mu|| / ||p||)``.
+    """
+
+    name = "minsum"
+
+    def _limit(self, C: torch.Tensor, p: torch.Tensor, c: float) -> float:
+        return math.sqrt(float((C * C).sum(1).max()) / c)
+
+
+class FangTrimmedMean(Attack):
+    """Fang et al.'s full-knowledge attack on the trimmed mean (and the median), in gradient space.
+
+    Fang, Cao, Jia, Gong, "Local Model Poisoning Attacks to Byzantine-Robust Federated Learning",
+    USENIX Security 2020. The model moves by ``-lr * aggregate``, so along coordinate j it moves
+    by ``-sign(mu_j)``; the attack pushes the gradients the other way, beyond the honest extremes
+    ``w_max_j = max_i h_ij``, ``w_min_j = min_i h_ij``. Each value is drawn independently and
+    uniformly from
+
+    - ``mu_j > 0``: ``[w_min_j / b, w_min_j]`` if ``w_min_j > 0``, else ``[b w_min_j, w_min_j]``;
+    - ``mu_j <= 0``: ``[w_max_j, b w_max_j]`` if ``w_max_j > 0``, else ``[w_max_j, w_max_j / b]``.
+
+    ``b > 1``. Drawn in float64 on ``generator``'s device (``honest``'s without one), then cast
+    and moved, as :class:`Gaussian`. Coordinate-wise, so it also works bucket by bucket.
+    """
+
+    name = "fang_trimmed_mean"
+    min_honest, needs_for = 1, "for the mean"
+
+    def __init__(self, b: float = 2.0, generator: torch.Generator | None = None) -> None:
+        self.b = check_real(b, "b", self.name, low=1.0, low_open=True)
+        self.generator = check_generator(generator, "generator", self.name)
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        H, b = honest.double(), self.b
+        mu, w_max, w_min = H.mean(0), H.amax(0), H.amin(0)
+        down = mu > 0  # the model moves down along these coordinates: send gradients below w_min
+        lo = torch.where(down, torch.where(w_min > 0, w_min / b, b * w_min), w_max)
+        hi = torch.where(down, w_min, torch.where(w_max > 0, b * w_max, w_max / b))
+        device = honest.device if self.generator is None else self.generator.device
+        u = torch.rand(byzantine.shape, generator=self.generator, dtype=torch.float64, device=device)
+        rows = lo + u.to(honest.device) * (hi - lo)
+        return torch.clamp(rows, lo, hi).to(honest.dtype)  # rounding must not leave the interval
+
+
+class FangKrum(Attack):
+    """Fang et al.'s full-knowledge attack on Krum, in gradient space: every row is ``-lambda * sign(mu)``.
+
+    Fang, Cao, Jia, Gong, USENIX Security 2020. The model's change direction is ``-sign(mu)``;
+    the crafted row moves it the other way, and the f - 1 rows Fang places close to it are taken
+    equal to it. lambda starts at the paper's upper bound, with n = h + f and the reference
+    model's gradient 0:
+
+    ``lambda_0 = min_i sum_{l in Gamma_i} ||h_l - h_i|| / ((n - 2f - 1) sqrt(d)) + max_i ||h_i|| / sqrt(d)``
+
+    over honest i, ``Gamma_i`` the ``n - f - 2`` honest rows nearest h_i (Euclidean), and is
+    halved until Krum with this f (:func:`robustagg.krum`: the same distances and order, on the
+    rows in ``honest``'s dtype) selects a Byzantine row; once ``lambda < threshold`` (or
+    lambda_0 is not finite, from NaN/inf honest rows), lambda = 0. Needs ``n > 2f + 2``, as
+    Krum. ``last_lambda`` is the lambda of the last call.
+    """
+
+    name = "fang_krum"
+    needs_whole_vector = True  # Krum's distances need the whole vectors
+    min_honest, needs_for = 1, "for the mean"
+
+    def __init__(self, threshold: float = 1e-5) -> None:
+        self.threshold = check_positive(threshold, "threshold", self.name)
+        self.last_lambda: float | None = None
+
+    def reset(self) -> None:
+        self.last_lambda = None
+
+    @classmethod
+    def _check_sizes(cls, n: int, f: int) -> None:
+        if n <= 2 * f + 2:
+            raise ValueError(f"{cls.name}: needs n > 2f + 2 for Krum, got n={n} with f={f}")
+
+    def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        (h, d), f = honest.shape, byzantine.shape[0]
+        n = h + f
+        self._check_sizes(n, f)
+        direction = -torch.sign(honest.double().mean(0))
+        lam = self._upper_bound(honest, n, f) if d else 0.0
+        while math.isfinite(lam) and lam >= self.threshold:
+            X = torch.cat([honest, _repeat(lam * direction, f, honest)])
+            D, finite, _ = scaled_distances(X)
+            if int(krum_order(D.cpu(), finite.cpu(), n - f - 2)[0]) >= h:
+                break
+            lam /= 2
+        else:
+            lam = 0.0
+        self.last_lambda = lam
+        return _repeat(lam * direction, f, honest)
+
+    @staticmethod
+    def _upper_bound(honest: torch.Tensor, n: int, f: int) -> float:
+        """lambda_0, from the exact distances of the honest rows and the origin (point h)."""
+        h, d = honest.shape
+        D, _, k = scaled_distances(honest, honest.new_zeros(d))
+        dist = D.cpu().double().sqrt()  # the distances times 2**-k
+        among = dist[:h, :h].clone()
+        among.fill_diagonal_(math.inf)
+        spread = float(torch.sort(among, dim=1).values[:, : n - f - 2].sum(1).min())
+        bound = (spread / (n - 2 * f - 1) + float(dist[:h, h].max())) / math.sqrt(d)
+        # Scale back by 2**k in two steps: 2.0**k alone may overflow where the product does not.
+        return bound * 2.0 ** (k // 2) * 2.0 ** (k - k // 2)
+
+
 ATTACKS: dict[str, type[Attack]] = {
     cls.name: cls
     for cls in (
@@ -428,6 +649,10 @@ ATTACKS: dict[str, type[Attack]] = {
         LabelFlip,
         OptimalALIE,
         OptimalIPM,
+        MinMax,
+        MinSum,
+        FangTrimmedMean,
+        FangKrum,
     )
 }
 
@@ -435,9 +660,10 @@ ATTACKS: dict[str, type[Attack]] = {
 def check_attack_rows(name: str, n: int, f: int, z: float | None = None) -> None:
     """Whether attack ``name`` can run with f Byzantine rows of n, before the first round instead of at it.
 
-    Checks the honest rows the attack needs (``min_honest``) and, for ALIE
-    without ``z``, that its default z exists (:func:`alie_z`); raises the
-    ValueError its call would.
+    Checks the honest rows the attack needs (``min_honest``), the attack's
+    own conditions on n and f (FangKrum's n > 2f + 2) and, for ALIE without
+    ``z``, that its default z exists (:func:`alie_z`); raises the ValueError
+    its call would.
     """
     cls = _registered(name)
     n, f = check_int(n, "n", cls.name, low=1), check_int(f, "f", cls.name, low=0, high=n)
@@ -447,6 +673,8 @@ def check_attack_rows(name: str, n: int, f: int, z: float | None = None) -> None
             f"{cls.name}: needs at least {cls.min_honest} honest {rows} {cls.needs_for}, "
             f"got {n - f} of n={n} with f={f}"
         )
+    if f:
+        cls._check_sizes(n, f)
     if f and name == "alie" and z is None:
         alie_z(n, f)
 

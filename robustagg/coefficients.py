@@ -27,11 +27,13 @@ from . import ops
 __all__ = [
     "GeometricMedianInfo",
     "cc_coefficients",
+    "centered_gram",
     "combine",
     "distances_to",
     "gm_coefficients",
     "krum_coefficients",
     "krum_order",
+    "mean_of",
 ]
 
 
@@ -68,16 +70,31 @@ def krum_order(D: torch.Tensor, finite: torch.Tensor, neighbours: int) -> torch.
     return by_score[torch.sort((~finite[by_score]).to(torch.int8), stable=True).indices]
 
 
-def krum_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, m: int) -> torch.Tensor | None:
-    """Krum / Multi-Krum as row coefficients: 1/k on the k <= m best finite rows; None when no row is finite."""
-    n = D.shape[0]
-    chosen = krum_order(D, finite, n - f - 2)[:m]
+def mean_of(chosen: torch.Tensor, finite: torch.Tensor) -> torch.Tensor | None:
+    """Coefficients of the mean of the finite rows among ``chosen`` (indices); None when none is finite."""
     chosen = chosen[finite[chosen]]
     if chosen.numel() == 0:
         return None
-    c = torch.zeros(n, dtype=torch.float64)
+    c = torch.zeros(finite.numel(), dtype=torch.float64)
     c[chosen] = 1.0 / chosen.numel()
     return c
+
+
+def centered_gram(D: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    r"""Inner products :math:`G_{ij} = \langle p_i - \mu, p_j - \mu\rangle` around :math:`\mu = \sum_k w_k p_k`.
+
+    From squared distances alone (``sum w = 1``, D finite):
+    :math:`G = -\tfrac12 (I - \mathbf{1} w^T) D (I - w \mathbf{1}^T)` (classical scaling). D may be a
+    batch ``(..., m, m)`` of distance matrices sharing the weights ``(m,)``.
+    """
+    Dw = D @ w
+    total = (Dw * w).sum(-1)[..., None, None]
+    return -0.5 * (D - Dw.unsqueeze(-2) - Dw.unsqueeze(-1) + total)
+
+
+def krum_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, m: int) -> torch.Tensor | None:
+    """Krum / Multi-Krum as row coefficients: 1/k on the k <= m best finite rows; None when no row is finite."""
+    return mean_of(krum_order(D, finite, D.shape[0] - f - 2)[:m], finite)
 
 
 def gm_coefficients(

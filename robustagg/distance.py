@@ -1,4 +1,4 @@
-"""Distance-based robust rules (SPEC 3): Krum, Multi-Krum, Bulyan, geometric median, centered clipping.
+"""Distance-based robust rules (SPEC 3): Krum, Multi-Krum, Bulyan, MDA, MoNNA, geometric median, centered clipping.
 
 Every rule here depends on X only through the squared distances between its
 rows (and a center) plus one weighted combination of rows, so each costs two
@@ -8,8 +8,8 @@ done on the distances alone, in :mod:`robustagg.coefficients` (shared with
 :mod:`robustagg.distributed`); only the two passes touch X's device.
 
 Rows holding NaN or inf are infinitely far from every other row (SPEC 1):
-never selected by Krum, weight 0 in the geometric median, no contribution in
-centered clipping.
+never selected by Krum, MDA or MoNNA while finite rows remain, weight 0 in
+the geometric median, no contribution in centered clipping.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import dataclasses
 
 import torch
 
-from . import coefficients, exact_geometry, ops
+from . import coefficients, exact_geometry, ops, subsets
 from .coefficients import GeometricMedianInfo
 from .validation import check_int, check_matrix, check_positive, check_real, check_row_weights
 
@@ -28,6 +28,8 @@ __all__ = [
     "centered_clip",
     "geometric_median",
     "krum",
+    "mda",
+    "monna",
     "multi_krum",
     "pairwise_sq_distances",
 ]
@@ -144,6 +146,52 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
     C[torch.arange(theta), torch.tensor(selected)] = 1.0
     rows = ops.mix_rows(C.to(X.device), X)  # exact copies of the selected rows
     return ops.mean_around_median(rows, theta - 2 * f)
+
+
+def _check_honest_majority(X: torch.Tensor, f: int, rule: str) -> int:
+    check_matrix(X, rule)
+    f = check_int(f, "f", rule, low=0)
+    n = X.shape[0]
+    if n <= 2 * f:
+        raise ValueError(f"{rule}: f={f} needs n > 2*f, got n={n}")
+    return f
+
+
+def mda(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> torch.Tensor:
+    r"""Minimum-diameter averaging (El Mhamdi, Guerraoui, Rouault, ICML 2018).
+
+    The mean of the :math:`(n - f)`-subset of least diameter,
+
+    .. math:: S^\star = \arg\min_{|S| = n - f} \max_{i, j \in S} \|x_i - x_j\|,
+
+    ties to the first subset in ``itertools.combinations(range(n), n - f)``
+    order. A subset holding a NaN/inf row has infinite diameter; such rows of
+    the chosen subset (only when more than f rows are non-finite) are left
+    out of the mean, all NaN if none is finite. Needs ``n > 2f``; a
+    ``ValueError`` when ``comb(n, f)`` exceeds ``max_subsets``. The subset is
+    found by branch and bound on the squared distances
+    (:func:`robustagg.subsets.min_diameter_subset`): two passes over X.
+    """
+    f = _check_honest_majority(X, f, "mda")
+    subsets.check_budget(X.shape[0], f, max_subsets, "mda")
+    D, finite, _ = _geometry(X)
+    chosen = subsets.min_diameter_subset(D, X.shape[0] - f)
+    return coefficients.combine(coefficients.mean_of(chosen, finite), X)
+
+
+def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
+    r"""MoNNA: the mean of the :math:`n - f` rows nearest to row ``pivot``, the pivot included.
+
+    Farhadkhani, Guerraoui, Gupta, Hoang, Pinot, Stephan, "Robust Collaborative Learning with Linear
+    Gradient Overhead", ICML 2023. Rows are ranked by :math:`(\|x_j - x_{pivot}\|, j)`, the pivot first
+    (distance 0); NaN/inf rows are infinitely far and left out of the mean should they be among the chosen
+    (all NaN if none is finite). Needs ``n > 2f`` and ``0 <= pivot < n``. Two passes over X.
+    """
+    f = _check_honest_majority(X, f, "monna")
+    pivot = check_int(pivot, "pivot", "monna", low=0, high=X.shape[0] - 1)
+    D, finite, _ = _geometry(X)
+    chosen = torch.sort(D[pivot], stable=True).indices[: X.shape[0] - f]
+    return coefficients.combine(coefficients.mean_of(chosen, finite), X)
 
 
 def geometric_median(

@@ -9,6 +9,9 @@ computed in float64 and cast to X's dtype.
 
 from __future__ import annotations
 
+import itertools
+import math
+
 import torch
 
 
@@ -504,3 +507,312 @@ def masked_sgd_step(
         new_p.append(p1)
         new_m.append(m1)
     return new_p, new_m
+
+
+# ---------------------------------------------------------------------------
+# Catalogue rules: MDA, MoNNA, SMEA, CAF, DnC, FLTrust, SignGuard, clipped clustering, FoolsGold
+#
+# Written from the definitions in float64, apart from the kernels' method:
+# subsets enumerated with itertools.combinations, squared distances summed over
+# coordinates, covariances formed in X space (d x d, eigh) rather than from a
+# Gram matrix, DnC's direction from the SVD of the centred rows, clustering by
+# explicit loops. Slow on purpose; small n (and small d for SMEA / CAF) only.
+
+
+def _mean_or_nan(X64: torch.Tensor, finite: list[bool], rows, dtype: torch.dtype) -> torch.Tensor:
+    """Mean of the row-finite rows among ``rows`` (all NaN if none), cast to dtype."""
+    keep = [i for i in rows if finite[i]]
+    if not keep:
+        return torch.full((X64.shape[1],), float("nan"), dtype=dtype)
+    return _finite_mean(X64[keep]).to(dtype)
+
+
+def _subset_budget(n: int, f: int, max_subsets: int, rule: str) -> None:
+    if math.comb(n, f) > max_subsets:
+        raise ValueError(f"{rule}: comb(n, f) = {math.comb(n, f)} subsets exceed max_subsets={max_subsets}")
+
+
+def _covariance_eigh(Z: torch.Tensor, w: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(eigenvalues ascending, eigenvectors, mu) of (1/sum w) sum_i w_i (z_i - mu)(z_i - mu)^T, d x d,
+    with mu = sum w_i z_i / sum w."""
+    total = sum(w)
+    mu = torch.zeros(Z.shape[1], dtype=torch.float64)
+    for wi, z in zip(w, Z):
+        mu = mu + wi * z
+    mu = mu / total
+    sigma = torch.zeros(Z.shape[1], Z.shape[1], dtype=torch.float64)
+    for wi, z in zip(w, Z):
+        sigma = sigma + wi * torch.outer(z - mu, z - mu)
+    values, vectors = torch.linalg.eigh(sigma / total)
+    return values, vectors, mu
+
+
+def subset_values(X: torch.Tensor, f: int, rule: str) -> list[tuple[tuple[int, ...], float]]:
+    """(S, value of S) for every (n - f)-subset in combinations order: the diameter max_{i<j} D_ij (MDA) or
+    the top eigenvalue of S's covariance (SMEA); +inf for a subset holding a non-row-finite row."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    D = pairwise_sq_distances(X) if rule == "mda" else None
+    out = []
+    for S in itertools.combinations(range(n), n - f):
+        if not all(finite[i] for i in S):
+            value = math.inf
+        elif rule == "mda":
+            value = max((float(D[i, j]) for i, j in itertools.combinations(S, 2)), default=0.0)
+        else:
+            value = float(_covariance_eigh(X64[list(S)], [1.0] * len(S))[0][-1]) if d > 0 else 0.0
+        out.append((S, value))
+    return out
+
+
+def _first_min_subset(values: list[tuple[tuple[int, ...], float]]) -> tuple[int, ...]:
+    best, best_value = values[0]
+    for S, v in values[1:]:
+        if v < best_value:
+            best, best_value = S, v
+    return best
+
+
+def mda(X: torch.Tensor, f: int, max_subsets: int = 2**20) -> torch.Tensor:
+    """Mean of the first (n - f)-subset of least diameter (non-row-finite rows left out)."""
+    _subset_budget(X.shape[0], f, max_subsets, "mda")
+    X64, finite = _rows64(X)
+    return _mean_or_nan(X64, finite, _first_min_subset(subset_values(X, f, "mda")), X.dtype)
+
+
+def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
+    """Mean of the first n - f rows ordered by (D_pivot,j, j), D_pivot,pivot = 0."""
+    X64, finite = _rows64(X)
+    n = X64.shape[0]
+    D = pairwise_sq_distances(X)
+    order = sorted(range(n), key=lambda j: (float(D[pivot, j]), j))
+    return _mean_or_nan(X64, finite, order[: n - f], X.dtype)
+
+
+def smea(X: torch.Tensor, f: int, max_subsets: int = 2**20) -> torch.Tensor:
+    """Mean of the first (n - f)-subset whose covariance has the least top eigenvalue."""
+    _subset_budget(X.shape[0], f, max_subsets, "smea")
+    X64, finite = _rows64(X)
+    return _mean_or_nan(X64, finite, _first_min_subset(subset_values(X, f, "smea")), X.dtype)
+
+
+def caf(X: torch.Tensor, f: int, trace: list | None = None) -> torch.Tensor:
+    """Covariance-bound agnostic filter; ``trace``, if given, receives one dict per iteration (weights,
+    eigenvalues, taus, the weighted mean), then the final weights."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    c = [1.0 if finite[i] else 0.0 for i in range(n)]
+    if not any(finite):
+        return torch.full((d,), float("nan"), dtype=X.dtype)
+    best_lam, best_mu = math.inf, None
+    while sum(c) > n - 2 * f:
+        act = [i for i in range(n) if c[i] > 0]
+        values, vectors, mu = _covariance_eigh(X64[act], [c[i] for i in act])
+        lam, v = float(values[-1]), vectors[:, -1]
+        tau = {i: float(((X64[i] - mu) * v).sum()) ** 2 for i in act}
+        tau_max = max(tau.values())
+        if trace is not None:
+            trace.append({"c": list(c), "lam": lam, "eigenvalues": values.tolist(), "tau": tau, "mu": mu})
+        if best_mu is None or lam < best_lam:
+            best_lam, best_mu = lam, mu
+        if tau_max == 0.0:
+            break
+        for i in act:
+            c[i] = c[i] * (1.0 - tau[i] / tau_max)
+    if trace is not None:
+        trace.append({"c": list(c)})
+    if best_mu is None:
+        return _mean_or_nan(X64, finite, range(n), X.dtype)
+    return best_mu.to(X.dtype)
+
+
+def dnc(
+    X: torch.Tensor,
+    f: int,
+    iters: int = 5,
+    subsample: int = 10000,
+    c: float = 1.0,
+    generator: torch.Generator | None = None,
+    trace: list | None = None,
+) -> torch.Tensor:
+    """Divide-and-Conquer: each iteration drops the floor(c f) rows of largest squared projection on the top
+    right singular vector of the centred row-finite rows (on random columns); mean of the rows never dropped.
+    ``trace``, if given, receives (columns, scores, singular values) per iteration."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    k = math.floor(c * f)
+    rows = [i for i in range(n) if finite[i]]
+    dropped: set[int] = set()
+    for _ in range(iters):
+        J = torch.randperm(d, generator=generator)[:subsample] if subsample < d else torch.arange(d)
+        scores = [math.inf] * n
+        sv = []
+        if rows and len(J) > 0:
+            Z = X64[rows][:, J]
+            Zc = Z - _finite_mean(Z)
+            _, S, Vh = torch.linalg.svd(Zc, full_matrices=False)
+            sv = S.tolist()
+            for i, z in zip(rows, Zc):
+                scores[i] = float((z * Vh[0]).sum()) ** 2
+        if trace is not None:
+            trace.append((J.tolist(), scores, sv))
+        dropped.update(sorted(range(n), key=lambda i: (-scores[i], i))[:k])
+    return _mean_or_nan(X64, finite, [i for i in range(n) if i not in dropped], X.dtype)
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = _norm(a), _norm(b)
+    if na == 0.0 or nb == 0.0:
+        return 0.0
+    return float((a * b).sum()) / (na * nb)
+
+
+def _median(values: list[float]) -> float:
+    s = sorted(values)
+    m = len(s)
+    return s[m // 2] if m % 2 else (s[m // 2 - 1] + s[m // 2]) / 2
+
+
+def fltrust(X: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+    """sum_i TS_i (||root|| / ||x_i||) x_i / sum_i TS_i with TS_i = max(0, cos(x_i, root)); zeros if sum TS = 0."""
+    X64, finite = _rows64(X)
+    r = root.to(torch.float64)
+    rn = _norm(r)
+    num = torch.zeros(X64.shape[1], dtype=torch.float64)
+    den = 0.0
+    for i in range(X64.shape[0]):
+        if not finite[i]:
+            continue
+        ts = max(0.0, _cos(X64[i], r))
+        if ts > 0.0:
+            num = num + ts * (rn / _norm(X64[i])) * X64[i]
+            den += ts
+    if den == 0.0:
+        return torch.zeros(X64.shape[1], dtype=X.dtype)
+    return (num / den).to(X.dtype)
+
+
+def _clip_factor(norm: float, bound: float) -> float:
+    """min(1, bound / norm), 1 for a row no longer than the bound (a zero row included)."""
+    return 1.0 if norm <= bound else bound / norm
+
+
+def _sq(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    return sum((x - y) ** 2 for x, y in zip(a, b))
+
+
+def signguard(
+    X: torch.Tensor,
+    lower: float = 0.1,
+    upper: float = 3.0,
+    fraction: float = 0.1,
+    generator: torch.Generator | None = None,
+    max_iter: int = 100,
+    trace: dict | None = None,
+) -> torch.Tensor:
+    """SignGuard: norm filter S1, 2-means on sign fractions S2, mean of the norm-clipped rows of S1 & S2.
+    ``trace``, if given, receives the norms, M, the features and every step's centres and assignment."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    rows = [i for i in range(n) if finite[i]]
+    if not rows:
+        return torch.full((d,), float("nan"), dtype=X.dtype)
+    norms = {i: _norm(X64[i]) for i in rows}
+    M = _median(list(norms.values()))
+    S1 = {i for i in rows if lower * M <= norms[i] <= upper * M}
+    k = max(1, math.ceil(fraction * d))
+    J = torch.randperm(d, generator=generator)[:k].tolist() if k < d else list(range(d))
+    feats = {}
+    for i in rows:
+        vals = [float(X64[i, j]) for j in J]
+        feats[i] = (sum(v > 0 for v in vals) / k, sum(v == 0 for v in vals) / k, sum(v < 0 for v in vals) / k)
+    a = rows[0]
+    b = a
+    for i in rows:
+        if _sq(feats[i], feats[a]) > _sq(feats[b], feats[a]):
+            b = i
+    steps = []
+    if b == a:  # every feature equal
+        S2 = set(rows)
+    else:
+        centres = [feats[a], feats[b]]
+        assign = None
+        for _ in range(max_iter):
+            new = [0 if _sq(feats[i], centres[0]) <= _sq(feats[i], centres[1]) else 1 for i in rows]
+            steps.append((list(centres), new))
+            if new == assign:
+                break
+            assign = new
+            for c in (0, 1):
+                members = [feats[i] for i, g in zip(rows, assign) if g == c]
+                if members:
+                    centres[c] = tuple(sum(m[t] for m in members) / len(members) for t in range(3))
+        groups = [[i for i, g in zip(rows, assign) if g == c] for c in (0, 1)]
+        big = max(groups, key=lambda g: (len(g), -min(g, default=n)))
+        S2 = set(big)
+    if trace is not None:
+        trace.update(norms=norms, M=M, feats=feats, a=a, b=b, steps=steps, S1=S1, S2=S2)
+    keep = sorted(S1 & S2)
+    if not keep:
+        return torch.zeros(d, dtype=X.dtype)
+    clipped = torch.stack([X64[i] * _clip_factor(norms[i], M) for i in keep])
+    return _finite_mean(clipped).to(X.dtype)
+
+
+def clipped_clustering(X: torch.Tensor, tau: float | None = None) -> torch.Tensor:
+    """Clip the row-finite rows to norm tau (default: their median norm), cluster them into two by average
+    linkage on the cosine distance, return the mean of the larger cluster."""
+    X64, finite = _rows64(X)
+    n, d = X64.shape
+    rows = [i for i in range(n) if finite[i]]
+    if not rows:
+        return torch.full((d,), float("nan"), dtype=X.dtype)
+    norms = {i: _norm(X64[i]) for i in rows}
+    if tau is None:
+        tau = _median(list(norms.values()))
+    Y = {i: X64[i] * _clip_factor(norms[i], tau) for i in rows}
+    dist = {(i, j): 1.0 - _cos(Y[i], Y[j]) for i in rows for j in rows}
+    clusters = [[i] for i in rows]
+    while len(clusters) > 2:
+        best, pair = math.inf, None
+        for a, b in itertools.combinations(range(len(clusters)), 2):
+            link = sum(dist[i, j] for i in clusters[a] for j in clusters[b]) / (len(clusters[a]) * len(clusters[b]))
+            if pair is None or link < best:
+                best, pair = link, (a, b)
+        a, b = pair
+        merged = sorted(clusters[a] + clusters[b])
+        clusters = sorted([g for t, g in enumerate(clusters) if t not in pair] + [merged], key=min)
+    kept = max(clusters, key=lambda g: (len(g), -min(g)))
+    return _finite_mean(torch.stack([Y[i] for i in kept])).to(X.dtype)
+
+
+def foolsgold_weights(H: torch.Tensor, kappa: float = 1.0, trace: dict | None = None) -> torch.Tensor:
+    """(n,) float64 FoolsGold weights of the row-finite histories (Algorithm 1, no feature importance).
+    ``trace``, if given, receives v, the clipped alphas, their maximum and the normalised alphas."""
+    H64, finite = _rows64(H)
+    n = H64.shape[0]
+    rows = [i for i in range(n) if finite[i]]
+    w = torch.zeros(n, dtype=torch.float64)
+    if len(rows) == 1:
+        w[rows[0]] = 1.0
+    if len(rows) <= 1:
+        return w
+    cs = {(i, j): _cos(H64[i], H64[j]) for i in rows for j in rows if i != j}
+    v = {i: max(cs[i, j] for j in rows if j != i) for i in rows}
+    pardoned = dict(cs)
+    for i, j in cs:
+        if v[i] < v[j] and v[j] > 0:
+            pardoned[i, j] = cs[i, j] * v[i] / v[j]
+    alpha = {i: min(1.0, max(0.0, 1.0 - max(pardoned[i, j] for j in rows if j != i))) for i in rows}
+    top = max(alpha.values())
+    if trace is not None:
+        trace.update(v=v, alpha=alpha, top=top, a={i: alpha[i] / top for i in rows} if top > 0.0 else {})
+    if top == 0.0:
+        return w
+    for i in rows:
+        a = alpha[i] / top
+        if a == 1.0:
+            a = 0.99
+        logit = math.log(a / (1.0 - a)) if a > 0.0 else -math.inf
+        w[i] = min(1.0, max(0.0, kappa * (logit + 0.5)))
+    return w

@@ -7,26 +7,44 @@ with their memory estimates, as the cases' torch ways.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
-from .params import BUCKET_S, CC_ITERS, CC_TAU, GM_MAX_ITER, GM_NU, GM_TOL, bucket_generator, zeros_center
+from .params import (
+    BUCKET_S,
+    CC_ITERS,
+    CC_TAU,
+    DNC_SUBSAMPLE,
+    GM_MAX_ITER,
+    GM_NU,
+    GM_TOL,
+    bucket_generator,
+    dnc_generator,
+    zeros_center,
+)
 
 __all__ = [
     "Baseline",
     "arc",
     "bucketing",
     "bulyan",
+    "caf",
     "centered_clip",
     "clip",
+    "dnc",
+    "fltrust",
     "krum",
     "krum_scores",
+    "mda",
     "median",
+    "monna",
     "multi_krum",
     "nnm",
+    "smea",
     "sort_meamed",
     "sort_trimmed_mean",
     "sq_cdist",
@@ -177,3 +195,72 @@ def arc(X: torch.Tensor, f: int) -> torch.Tensor:
     scale = torch.ones_like(norms)
     scale[top] = torch.where(norms[top] > threshold, threshold / norms[top], 1.0)
     return X * scale[:, None]
+
+
+def mda(X: torch.Tensor, f: int) -> torch.Tensor:
+    """cdist, then the diameter of every (n - f)-subset."""
+    n = X.shape[0]
+    D = torch.cdist(X, X)
+    best = min(itertools.combinations(range(n), n - f), key=lambda S: float(D[list(S)][:, list(S)].max()))
+    return X[list(best)].mean(0)
+
+
+def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
+    n = X.shape[0]
+    dist = torch.cdist(X, X[pivot : pivot + 1])[:, 0]
+    dist[pivot] = -1.0  # the pivot first among its own neighbours
+    return X[dist.argsort(stable=True)[: n - f]].mean(0)
+
+
+def _top_singular(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The largest singular value and its right singular vector of a wide matrix Y (torch.linalg.svd)."""
+    _, S, Vh = torch.linalg.svd(Y, full_matrices=False)
+    return S[0], Vh[0]
+
+
+def smea(X: torch.Tensor, f: int) -> torch.Tensor:
+    """Per (n - f)-subset: centre, the top singular value (exact, not a power step), keep the least."""
+    n, k = X.shape[0], X.shape[0] - f
+
+    def top_eigenvalue(S: tuple[int, ...]) -> float:
+        Y = X[list(S)]
+        return float(_top_singular(Y - Y.mean(0))[0]) ** 2 / k
+
+    best = min(itertools.combinations(range(n), k), key=top_eigenvalue)
+    return X[list(best)].mean(0)
+
+
+def caf(X: torch.Tensor, f: int) -> torch.Tensor:
+    """CAF's loop in X space, each eigenpair from the SVD of the weighted deviations."""
+    n = X.shape[0]
+    c = torch.ones(n, dtype=X.dtype, device=X.device)
+    best, best_mu = math.inf, X.mean(0)
+    while float(c.sum()) > n - 2 * f:
+        mu = (c[:, None] * X).sum(0) / c.sum()
+        Y = X - mu
+        sigma, v = _top_singular((c / c.sum()).sqrt()[:, None] * Y)
+        if float(sigma) ** 2 < best:
+            best, best_mu = float(sigma) ** 2, mu
+        tau = (Y @ v) ** 2
+        c = c * (1 - tau / tau[c > 0].max()).clamp_min(0.0)
+    return best_mu
+
+
+def dnc(X: torch.Tensor, f: int) -> torch.Tensor:
+    """Divide-and-Conquer with the SVD of each centred coordinate sample."""
+    n, d = X.shape
+    generator = dnc_generator()
+    kept = torch.ones(n, dtype=torch.bool)
+    for _ in range(5):
+        J = torch.randperm(d, generator=generator)[:DNC_SUBSAMPLE] if DNC_SUBSAMPLE < d else torch.arange(d)
+        Z = X[:, J.to(X.device)]
+        Zc = Z - Z.mean(0)
+        scores = (Zc @ _top_singular(Zc)[1]) ** 2
+        kept[scores.argsort(descending=True, stable=True)[:f].cpu()] = False
+    return X[kept.to(X.device)].mean(0)
+
+
+def fltrust(X: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
+    trust = torch.nn.functional.cosine_similarity(X, root[None], dim=1).relu()
+    scale = torch.linalg.vector_norm(root) / torch.linalg.vector_norm(X, dim=1)
+    return ((trust * scale)[:, None] * X).sum(0) / trust.sum()

@@ -21,14 +21,18 @@ __all__ = [
     "average",
     "bucketing",
     "byzfl_status",
+    "caf",
     "centered_clipping",
     "clipping",
     "geometric_median",
     "krum",
+    "mda",
     "meamed",
     "median",
+    "monna",
     "multi_krum",
     "nnm",
+    "smea",
     "trmean",
 ]
 
@@ -125,3 +129,21 @@ def clipping(byzfl: Any, f: int | None, T: int | None) -> Baseline:
 
 def arc(byzfl: Any, f: int, T: int | None) -> Baseline:
     return Baseline(f"byzfl.ARC(f={f}) on a clone", lambda X: byzfl.ARC(f=f)(X.clone()), _copies(1))
+
+
+# The catalogue's rules. MDA and SMEA gather each (n - f)-subset of rows in Python; SMEA and CAF estimate each
+# top eigenvalue with one power-iteration step from a random vector (not deterministic, not exact).
+def mda(byzfl: Any, f: int, T: int | None) -> Baseline:
+    return Baseline(f"byzfl.MDA(f={f})", byzfl.MDA(f=f), _copies(2))
+
+
+def monna(byzfl: Any, f: int, T: int | None) -> Baseline:
+    return Baseline(f"byzfl.MoNNA(f={f}, idx=0)", byzfl.MoNNA(f=f, idx=0), _copies(2))
+
+
+def smea(byzfl: Any, f: int, T: int | None) -> Baseline:
+    return Baseline(f"byzfl.SMEA(f={f})", byzfl.SMEA(f=f), _copies(3))
+
+
+def caf(byzfl: Any, f: int, T: int | None) -> Baseline:
+    return Baseline(f"byzfl.CAF(f={f})", byzfl.CAF(f=f), _copies(4))

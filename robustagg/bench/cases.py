@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .. import distance, ops, preaggregators, reference
+from .. import distance, ops, preaggregators, reference, spectral
 from . import baselines, byzfl_peer
 from .baselines import Baseline
 from .byzfl_peer import Adapter, byzfl_status
@@ -24,14 +24,17 @@ from .params import (
     BUCKET_SEED,
     CC_ITERS,
     CC_TAU,
+    DNC_SUBSAMPLE,
     GM_MAX_ITER,
     GM_NU,
     GM_RTOL,
     GM_TOL,
     GM_TRIAL_T,
     bucket_generator,
+    catalogue_f,
     clip_c,
     dist_f,
+    dnc_generator,
     trim_f,
     zeros_center,
 )
@@ -39,6 +42,7 @@ from .params import (
 __all__ = [
     "ALL_OPS",
     "CASES",
+    "CATALOGUE_OPS",
     "CHECK_COLUMNS",
     "DISTANCE_OPS",
     "OPS",
@@ -77,7 +81,7 @@ class Case:
     """
 
     name: str
-    family: str  # "coordinate" or "distance"
+    family: str  # "coordinate", "distance" or "catalogue"
     ours: Callable[..., Any]
     torch: Baseline
     reference: Callable[..., torch.Tensor] | None = None
@@ -269,6 +273,67 @@ CASES: tuple[Case, ...] = (
         note="f = floor((n-3)/4): the k = floor(2f(n-f)/n) largest rows scaled to the (k+1)-th norm; byzfl.ARC "
         "overwrites its input (timed on a clone made in the call) and loops over rows in Python",
     ),
+    # The catalogue's rules: row distances (plus a few sampled columns for DnC) and one mixing pass. MDA and
+    # SMEA search comb(n, f) subsets: their grid stays at small n.
+    Case(
+        name="mda",
+        family="catalogue",
+        ours=distance.mda,
+        f=catalogue_f,
+        params=_f_only,
+        torch=Baseline("cdist+subset loop+X[S].mean", baselines.mda, _cdist_extra),
+        reference=lambda X, f: reference.mda(X, f),
+        byzfl=byzfl_peer.mda,
+        note="f = floor((n-1)/4): the mean of the first (n-f)-subset of least diameter; robustagg searches the "
+        "subsets by branch and bound on the float64 distances",
+    ),
+    Case(
+        name="monna",
+        family="catalogue",
+        ours=distance.monna,
+        f=catalogue_f,
+        params=lambda f, n, d: f"f={f}, pivot=0",
+        torch=Baseline("cdist to the pivot+argsort+X[idx].mean", baselines.monna, lambda n, d, s: 2 * n * d * s),
+        reference=lambda X, f: reference.monna(X, f),
+        byzfl=byzfl_peer.monna,
+        note="f = floor((n-1)/4): the mean of the n-f rows nearest row 0, row 0 included",
+    ),
+    Case(
+        name="smea",
+        family="catalogue",
+        ours=spectral.smea,
+        f=catalogue_f,
+        params=_f_only,
+        torch=Baseline("subset loop+svd of the centred rows", baselines.smea, lambda n, d, s: 4 * n * d * s),
+        reference=lambda X, f: reference.smea(X, f),
+        byzfl=byzfl_peer.smea,
+        note="f = floor((n-1)/4): the (n-f)-subset whose covariance has the least top eigenvalue; robustagg and "
+        "the torch way compute each eigenvalue exactly, byzfl.SMEA with one power-iteration step from a random "
+        "vector",
+    ),
+    Case(
+        name="caf",
+        family="catalogue",
+        ours=spectral.caf,
+        f=catalogue_f,
+        params=_f_only,
+        torch=Baseline("filter loop+svd of the weighted deviations", baselines.caf, lambda n, d, s: 4 * n * d * s),
+        reference=lambda X, f: reference.caf(X, f),
+        byzfl=byzfl_peer.caf,
+        note="f = floor((n-1)/4): the covariance-bound agnostic filter with exact eigenpairs (robustagg from the "
+        "distances, the torch way from an SVD); byzfl.CAF takes one power-iteration step per filter round",
+    ),
+    Case(
+        name="dnc",
+        family="catalogue",
+        ours=lambda X, f: spectral.dnc(X, f, generator=dnc_generator()),
+        f=catalogue_f,
+        params=lambda f, n, d: f"f={f}, iters=5, subsample={min(d, DNC_SUBSAMPLE)}, c=1",
+        torch=Baseline("randperm+svd of the sampled columns+X[kept].mean", baselines.dnc, lambda n, d, s: n * d * s),
+        reference=lambda X, f: reference.dnc(X, f, generator=dnc_generator()),
+        note="f = floor((n-1)/4), 5 draws of 10000 columns from a generator seeded per call; the draws "
+        "(torch.randperm(d)) cost more than the rest at large d; byzfl has no DnC",
+    ),
 )
 _BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 
@@ -277,16 +342,19 @@ OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "coordinate")
 PREAGGREGATOR_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.preaggregator)
 # The distance rules and the pre-aggregators: all work from row distances or row norms plus one mixing pass.
 DISTANCE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "distance")
-ALL_OPS: tuple[str, ...] = OPS + DISTANCE_OPS
+# The catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC): grids of small n, where comb(n, f) stays small.
+CATALOGUE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "catalogue")
+ALL_OPS: tuple[str, ...] = OPS + DISTANCE_OPS + CATALOGUE_OPS
 OP_GROUPS: dict[str, tuple[str, ...]] = {
     "all": ALL_OPS,
     "coordinate": OPS,
     "distance": DISTANCE_OPS,
     "preaggregators": PREAGGREGATOR_OPS,
+    "catalogue": CATALOGUE_OPS,
 }
 
 # Columns of each input compared with the float64 reference (the distance references loop in Python).
-CHECK_COLUMNS = {"coordinate": 65536, "distance": 4096}
+CHECK_COLUMNS = {"coordinate": 65536, "distance": 4096, "catalogue": 32}
 
 
 def case(op: str) -> Case:

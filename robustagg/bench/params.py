@@ -15,6 +15,8 @@ __all__ = [
     "BUCKET_SEED",
     "CC_ITERS",
     "CC_TAU",
+    "DNC_SEED",
+    "DNC_SUBSAMPLE",
     "DTYPES",
     "GB",
     "GM_MAX_ITER",
@@ -24,8 +26,10 @@ __all__ = [
     "GM_TRIAL_T",
     "MB",
     "bucket_generator",
+    "catalogue_f",
     "clip_c",
     "dist_f",
+    "dnc_generator",
     "trim_f",
     "zeros_center",
 ]
@@ -64,6 +68,21 @@ def dist_f(n: int) -> int:
     ``f < n`` and ARC's ``n > 2f`` then hold as well (for n >= 3).
     """
     return max(0, (n - 3) // 4)
+
+
+def catalogue_f(n: int) -> int:
+    """f for the catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC): ``floor((n - 1) / 4)``, 2 at n = 10 (their
+    targets' case) and within MDA's and SMEA's ``n > 2f``."""
+    return max(0, (n - 1) // 4)
+
+
+DNC_SUBSAMPLE = 10000
+DNC_SEED = 0
+
+
+def dnc_generator() -> torch.Generator:
+    """DnC's coordinate draws: a CPU generator seeded per call, the same for ours, torch's way and the reference."""
+    return torch.Generator().manual_seed(DNC_SEED)
 
 
 def zeros_center(X: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,13 @@ def default_suite(device: str, quick: bool, family: str = "coordinate") -> tuple
     stated on (n = 10, 25, 64; d = 1M, 4M); its quick grid is one case,
     n = 25 at d = 100k, since its baselines (cdist, byzfl's NNM) take
     seconds per call at d = 1M and --quick must stay well under a minute.
+    The catalogue family's grid is its targets' case, n = 10 (f = 2), at
+    d = 1M and 2M.
     """
+    if family == "catalogue":
+        if device == "cuda":
+            return [10], [16_000_000]
+        return ([10], [100_000]) if quick else ([10], [1_000_000, 2_000_000])
     if device == "cuda":
         return ([8, 25], [16_000_000]) if quick else ([8, 25, 64, 128], [1_000_000, 16_000_000, 64_000_000])
     if family == "distance":

@@ -19,11 +19,16 @@ from .. import coefficients
 from ..aggregators import Aggregator, make_aggregator
 from ..validation import check_row_weights
 
-#: The rule names the distributed paths take: those of :func:`robustagg.aggregators.make_aggregator` but Bulyan.
-RULE_NAMES = {name: text for name, text in agg.RULES.items() if name != "bulyan"}
-
 COORDINATE = (agg.Mean, agg.CoordinateMedian, agg.TrimmedMean, agg.MeaMed)
 DISTANCE = (agg.Krum, agg.MultiKrum, agg.GeometricMedian, agg.CenteredClip)
+
+#: The rule names the distributed paths take: the coordinate-wise rules and the distance rules whose
+#: coefficients follow from the summed distances.
+RULE_NAMES = {
+    name: text
+    for name, text in agg.RULES.items()
+    if name in ("mean", "cm", "tm", "meamed", "krum", "mkrum", "gm", "cc")
+}
 
 
 #: Centered clipping's options when the rule is given by name.
@@ -38,11 +43,11 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
         aggregator = make_aggregator(
             aggregator, f, f_if_used=True, owner=owner, **(CC_OPTIONS if aggregator == "cc" else {})
         )
-    if isinstance(aggregator, agg.Bulyan) or aggregator == "bulyan":
-        name = "Bulyan" if isinstance(aggregator, agg.Bulyan) else "bulyan"
+    if isinstance(aggregator, agg.Bulyan) or (isinstance(aggregator, str) and aggregator in agg.RULES):
+        name = "Bulyan" if isinstance(aggregator, agg.Bulyan) else aggregator
         raise ValueError(
-            f"{owner}: {name} is not supported (it needs the selected rows of the whole model "
-            "at once); use Krum, MultiKrum, GeometricMedian or CenteredClip"
+            f"{owner}: {name} is not supported (it needs the rows of the whole model at once); "
+            f"choose from {', '.join(RULE_NAMES)}"
         )
     if isinstance(aggregator, agg.Pipeline):
         raise ValueError(f"{owner}: pre-aggregator pipelines are not supported")

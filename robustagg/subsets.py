@@ -1,0 +1,90 @@
+"""Searches over the (n - f)-subsets of the rows, in distance space: MDA's and SMEA's selections.
+
+Both rules pick the first subset, in ``itertools.combinations(range(n), n - f)``
+order, that minimises a value computed from the subset's squared distances
+alone: its diameter (MDA) or the largest eigenvalue of its covariance (SMEA,
+through the subset's centred Gram matrix). Neither reads X; the budget
+:data:`MAX_SUBSETS` bounds ``comb(n, f)``, the number of candidates.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+
+from .coefficients import centered_gram
+from .validation import check_int
+
+__all__ = ["MAX_SUBSETS", "check_budget", "min_diameter_subset", "min_spread_subset"]
+
+#: Default largest number of candidate subsets, ``comb(n, f)``, that MDA and SMEA search.
+MAX_SUBSETS = 2**20
+
+_BATCH = 4096  # subsets whose eigenvalues are computed in one batched call
+
+
+def check_budget(n: int, f: int, max_subsets: object, rule: str) -> None:
+    """ValueError when ``comb(n, f)`` subsets exceed ``max_subsets`` (an int >= 1)."""
+    max_subsets = check_int(max_subsets, "max_subsets", rule, low=1)
+    count = math.comb(n, f)
+    if count > max_subsets:
+        raise ValueError(
+            f"{rule}: n={n}, f={f} has comb(n, f) = {count} candidate subsets, more than max_subsets={max_subsets}; "
+            "pass a larger max_subsets to search them all, or use a rule whose cost does not grow with comb(n, f)"
+        )
+
+
+def min_diameter_subset(D: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the first k-subset of least diameter ``max_{i<j in S} D_ij`` (ties: combinations order).
+
+    Branch and bound: a depth-first walk in combinations order, so the first
+    subset reaching a value is the first in that order; a partial subset whose
+    diameter already reaches the best one found is pruned, since adding rows
+    never lowers a diameter. An infinite D (a non-finite row) is never
+    improved on, so when every subset has one the first subset wins.
+    """
+    A = D.numpy()
+    n = A.shape[0]
+    best, best_set = math.inf, list(range(k))
+    chosen: list[int] = []
+
+    def walk(start: int, diameter: float) -> None:
+        nonlocal best, best_set
+        if len(chosen) == k:
+            best, best_set = diameter, chosen[:]
+            return
+        for i in range(start, n - (k - len(chosen)) + 1):
+            grown = max(diameter, float(A[i, chosen].max())) if chosen else 0.0
+            if grown < best:
+                chosen.append(i)
+                walk(i + 1, grown)
+                chosen.pop()
+
+    walk(0, 0.0)
+    return torch.tensor(best_set)
+
+
+def min_spread_subset(D: torch.Tensor, finite: torch.Tensor, k: int) -> torch.Tensor:
+    r"""Indices of the first k-subset whose covariance has the least top eigenvalue (ties: combinations order).
+
+    The covariance :math:`\frac1k \sum_{i \in S} (x_i - \mu_S)(x_i - \mu_S)^T` has the nonzero eigenvalues
+    of :math:`G_S / k`, with :math:`G_S` the subset's centred Gram matrix
+    (:func:`robustagg.coefficients.centered_gram`); subsets holding a non-finite row have value +inf.
+    """
+    n = D.shape[0]
+    Df = torch.where(torch.isfinite(D), D, 0.0)
+    bad = ~finite
+    w = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    combos = itertools.combinations(range(n), k)
+    best, best_set = math.inf, torch.arange(k)
+    while batch := list(itertools.islice(combos, _BATCH)):
+        S = torch.tensor(batch)
+        sub = Df[S.unsqueeze(2), S.unsqueeze(1)]
+        top = torch.linalg.eigvalsh(centered_gram(sub, w))[:, -1] / k
+        top[bad[S].any(1)] = math.inf
+        i = int(torch.argmin(top))  # the first minimum
+        if float(top[i]) < best:
+            best, best_set = float(top[i]), S[i]
+    return best_set
