@@ -19,8 +19,11 @@ from .aggregators import (
     Bulyan,
     CenteredClip,
     Clip,
+    ClippedClustering,
     CoordinateMedian,
     DnC,
+    FLTrust,
+    FoolsGold,
     GeometricMedian,
     Krum,
     MeaMed,
@@ -29,6 +32,7 @@ from .aggregators import (
     MultiKrum,
     Pipeline,
     PreAggregator,
+    SignGuard,
     TrimmedMean,
     make_aggregator,
 )
@@ -45,6 +49,7 @@ from .distance import (
 )
 from .ops import coordinate_median, cpu_kernel_isa, cuda_kernels_built, meamed, mean, trimmed_mean
 from .preaggregators import arc, bucketing, clip, nnm
+from .similarity import clipped_clustering, fltrust, foolsgold_weights, signguard
 from .spectral import caf, dnc, smea
 
 __version__ = "0.1.0"
@@ -53,6 +58,7 @@ __all__ = [
     "ARC",
     "CAF",
     "DnC",
+    "FLTrust",
     "MDA",
     "MoNNA",
     "NNM",
@@ -62,7 +68,9 @@ __all__ = [
     "Bulyan",
     "CenteredClip",
     "Clip",
+    "ClippedClustering",
     "CoordinateMedian",
+    "FoolsGold",
     "GeometricMedian",
     "GeometricMedianInfo",
     "Krum",
@@ -72,6 +80,7 @@ __all__ = [
     "Pipeline",
     "PreAggregator",
     "RULES",
+    "SignGuard",
     "TrimmedMean",
     "arc",
     "bucketing",
@@ -79,10 +88,13 @@ __all__ = [
     "caf",
     "centered_clip",
     "clip",
+    "clipped_clustering",
     "coordinate_median",
     "cpu_kernel_isa",
     "cuda_kernels_built",
     "dnc",
+    "fltrust",
+    "foolsgold_weights",
     "geometric_median",
     "krum",
     "make_aggregator",
@@ -93,6 +105,7 @@ __all__ = [
     "multi_krum",
     "nnm",
     "pairwise_sq_distances",
+    "signguard",
     "smea",
     "trimmed_mean",
 ]

@@ -18,12 +18,14 @@ Pre-aggregators (:class:`Bucketing`, :class:`NNM`, :class:`Clip`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import statistics
+import sys
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import torch
 
-from . import distance, ops, preaggregators, spectral, subsets
+from . import coefficients, distance, ops, preaggregators, similarity, spectral, subsets
 from .validation import check_generator, check_int, check_optional_tensor, check_positive, check_real
 
 Contributions = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]]
@@ -42,6 +44,10 @@ __all__ = [
     "SMEA",
     "CAF",
     "DnC",
+    "FLTrust",
+    "SignGuard",
+    "ClippedClustering",
+    "FoolsGold",
     "GeometricMedian",
     "CenteredClip",
     "PreAggregator",
@@ -126,10 +132,11 @@ def unflatten_result(out: torch.Tensor, layout: object) -> torch.Tensor | list[t
 
 
 def _describe(obj: object) -> str:
-    """``Name(arg=value, ...)``: tensors of more than 8 values (a center) by shape; generators and ``info`` left out."""
+    """``Name(arg=value, ...)``: tensors of more than 8 values (a center) by shape; generators and what the
+    object records between calls (its ``_state`` attributes) left out."""
     args = []
     for k, v in vars(obj).items():
-        if k == "info" or isinstance(v, torch.Generator):
+        if k in getattr(obj, "_state", ()) or isinstance(v, torch.Generator):
             continue
         large = isinstance(v, torch.Tensor) and v.numel() > 8
         args.append(f"{k}=tensor{tuple(v.shape)}" if large else f"{k}={v!r}")
@@ -283,12 +290,129 @@ class DnC(Aggregator):
         return spectral.dnc(X, self.f, self.iters, self.subsample, self.c, self.generator)
 
 
+class FLTrust(Aggregator):
+    """FLTrust against the server's root update. See :func:`robustagg.fltrust`.
+
+    ``root`` is the server's update on its clean root data set for the round being aggregated: set it
+    before each call (``rule.root = g0``; a tensor of d values, or one parameter list / gradient shaped as
+    the contributions). A call without one is a ``ValueError``.
+    """
+
+    def __init__(self, root: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
+        self.root = root
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        if self.root is None:
+            raise ValueError("fltrust: no root update; set rule.root to the server's update of this round")
+        root = self.root
+        if not isinstance(root, torch.Tensor):
+            root = flatten_contributions([root])[0]
+        return similarity.fltrust(X, root.reshape(-1))
+
+
+class SignGuard(Aggregator):
+    """SignGuard: norm filter, sign-statistics clustering, clipped mean. See :func:`robustagg.signguard`."""
+
+    def __init__(
+        self,
+        lower: float = 0.1,
+        upper: float = 3.0,
+        fraction: float = 0.1,
+        generator: torch.Generator | None = None,
+        max_iter: int = 100,
+    ) -> None:
+        self.lower = check_real(lower, "lower", "signguard", low=0.0)
+        self.upper = check_real(upper, "upper", "signguard", low=0.0)
+        self.fraction = check_real(fraction, "fraction", "signguard", low=0.0, high=1.0, low_open=True)
+        self.generator = check_generator(generator, "generator", "signguard")
+        self.max_iter = check_int(max_iter, "max_iter", "signguard", low=1)
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        return similarity.signguard(X, self.lower, self.upper, self.fraction, self.generator, self.max_iter)
+
+
+class ClippedClustering(Aggregator):
+    """ClippedClustering with the clipping threshold of Li et al.: the median of every norm seen so far.
+
+    With ``tau`` None, each call adds the norms of its rows without NaN/inf to ``norms`` and clips at
+    their median over all calls (even count: the mean of the two middle ones; capped at the largest
+    float64), as the rule's authors do across rounds; one more pass over X for the norms. A given ``tau``
+    is used as it is. :meth:`reset` forgets the norms. See :func:`robustagg.clipped_clustering`.
+    """
+
+    _state = ("norms",)
+
+    def __init__(self, tau: float | None = None) -> None:
+        self.tau = None if tau is None else check_real(tau, "tau", "clipped_clustering", low=0.0)
+        self.norms: list[float] = []
+
+    def reset(self) -> None:
+        """Forget the norms seen."""
+        self.norms = []
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        tau = self.tau
+        if tau is None:
+            norms = similarity.row_norms(X)
+            self.norms += norms[torch.isfinite(norms)].tolist()
+            tau = min(statistics.median(self.norms), sys.float_info.max) if self.norms else None
+        return similarity.clipped_clustering(X, tau)
+
+
+class FoolsGold(Aggregator):
+    r"""FoolsGold (Fung, Yoon, Beschastnikh, RAID 2020): a weighted mean that down-weights clients whose
+    histories point the same way.
+
+    Each client's history is the sum of every row it has sent (float64). ``clients`` names the client of
+    each row (n distinct hashable ids; set it before a call when the rows of a round are not always
+    clients ``0 .. n-1`` in order, None: row i is client i). A call adds the rows to their clients'
+    histories, takes the weights :math:`lpha` of those histories (:func:`robustagg.foolsgold_weights`)
+    and returns :math:`\sum_i lpha_i x_i / \sum_i lpha_i` (zeros when :math:`\sum_i lpha_i = 0`). A
+    client that has sent a row holding NaN/inf keeps weight 0 from then on (its history is not finite).
+    :meth:`reset` forgets the histories.
+    """
+
+    _state = ("history",)
+
+    def __init__(self, kappa: float = 1.0, clients: Sequence[Hashable] | None = None) -> None:
+        self.kappa = check_positive(kappa, "kappa", "foolsgold")
+        self.clients = clients
+        self.history: dict[Hashable, torch.Tensor] = {}
+
+    def reset(self) -> None:
+        """Forget every client's history."""
+        self.history = {}
+
+    def _ids(self, n: int) -> list[Hashable]:
+        ids = list(range(n)) if self.clients is None else list(self.clients)
+        if len(ids) != n:
+            raise ValueError(f"foolsgold: clients names {len(ids)} clients for {n} rows")
+        if len(set(ids)) != n:
+            raise ValueError(f"foolsgold: clients must be distinct, got {self.clients!r}")
+        return ids
+
+    def aggregate(self, X: torch.Tensor) -> torch.Tensor:
+        ids = self._ids(X.shape[0])
+        X = X.detach()
+        rows = X.to(torch.float64)
+        for i, client in enumerate(ids):
+            seen = self.history.get(client)
+            self.history[client] = rows[i].clone() if seen is None else seen + rows[i]
+        alpha = similarity.foolsgold_weights(torch.stack([self.history[c] for c in ids]), self.kappa)
+        total = float(alpha.sum())
+        if total == 0.0:
+            return torch.zeros(X.shape[1], dtype=X.dtype, device=X.device)
+        return coefficients.combine(alpha / total, X)
+
+
 class GeometricMedian(Aggregator):
     """Geometric median by smoothed Weiszfeld. See :func:`robustagg.geometric_median`.
 
     After each call, ``info`` holds the :class:`robustagg.GeometricMedianInfo`
     (iterations, final objective, convergence) of that call.
     """
+
+    _state = ("info",)
 
     def __init__(
         self, weights: torch.Tensor | None = None, nu: float = 1e-6, tol: float = 1e-10, max_iter: int = 200
@@ -445,6 +569,10 @@ RULES: dict[str, str] = {
     "smea": "smallest-maximum-eigenvalue averaging (f)",
     "caf": "covariance-bound agnostic filter (f)",
     "dnc": "Divide-and-Conquer spectral filter (f)",
+    "fltrust": "FLTrust (trust = cosine with the server's root update, set per round)",
+    "signguard": "SignGuard (norm filter, sign clustering, clipped mean)",
+    "clipcluster": "ClippedClustering (median-norm clipping, larger of two cosine clusters)",
+    "foolsgold": "FoolsGold (weights from the similarity of client histories)",
 }
 
 _NEEDS_F = {
@@ -461,7 +589,16 @@ _NEEDS_F = {
 }
 #: The rules of :data:`RULES` that take f.
 RULES_WITH_F = frozenset(_NEEDS_F)
-_NO_F = {"mean": Mean, "cm": CoordinateMedian, "gm": GeometricMedian, "cc": CenteredClip}
+_NO_F = {
+    "mean": Mean,
+    "cm": CoordinateMedian,
+    "gm": GeometricMedian,
+    "cc": CenteredClip,
+    "fltrust": FLTrust,
+    "signguard": SignGuard,
+    "clipcluster": ClippedClustering,
+    "foolsgold": FoolsGold,
+}
 
 
 def make_aggregator(

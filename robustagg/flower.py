@@ -29,6 +29,16 @@ rounding), so it changes nothing for them; centered clipping
 not: use ``on_updates=True`` with them, so that they clip updates, not
 models, and the center carried across rounds is the previous update.
 
+Per-round inputs. A :class:`robustagg.FoolsGold` rule keys its histories by
+client: both strategies set its ``clients`` each round (the ``ClientProxy``'s
+``cid``, or the reply's source node id), so that a client keeps its history
+whichever clients a round samples. :class:`robustagg.FLTrust` needs the
+server's root update of the round: set ``strategy.aggregator.root`` before
+the round is aggregated (in an override of ``configure_fit`` /
+``configure_train``, say); without one it raises ``ValueError``. FLTrust,
+FoolsGold and ClippedClustering compare directions and norms, so use them
+with ``on_updates=True``.
+
 Flower is optional: this module imports without it, and the strategies
 raise ``ImportError`` (``pip install flwr``) when Flower is missing.
 """
@@ -45,7 +55,7 @@ import numpy as np
 import torch
 
 from . import distance, ops
-from .aggregators import RULES, Aggregator, GeometricMedian, Mean, make_aggregator
+from .aggregators import RULES, Aggregator, FoolsGold, GeometricMedian, Mean, make_aggregator
 from .validation import check_real
 
 __all__ = ["RULES", "RobustMessageStrategy", "RobustStrategy", "aggregate_ndarrays", "make_aggregator"]
@@ -245,8 +255,10 @@ class _RobustMixin:
         """What a strategy does once its settings are in place."""
 
     def _aggregate(
-        self, results: list[tuple[list[np.ndarray], float]], reference: list[np.ndarray] | None
+        self, results: list[tuple[list[np.ndarray], float]], reference: list[np.ndarray] | None, clients: list[Any]
     ) -> tuple[list[np.ndarray], float]:
+        if isinstance(self.aggregator, FoolsGold):
+            self.aggregator.clients = clients
         if self.on_updates and reference is None:
             raise ValueError("flower: on_updates=True needs the round's global parameters; none were configured")
         start = time.perf_counter()
@@ -315,7 +327,7 @@ if _LEGACY_ERROR is None:
             if not self.accept_failures and failures:
                 return None, {}
             rows = [(parameters_to_ndarrays(res.parameters), res.num_examples) for _, res in results]
-            arrays, seconds = self._aggregate(rows, self._reference)
+            arrays, seconds = self._aggregate(rows, self._reference, [proxy.cid for proxy, _ in results])
             metrics: dict[str, Scalar] = {}
             if self.fit_metrics_aggregation_fn:
                 metrics = dict(self.fit_metrics_aggregation_fn([(res.num_examples, res.metrics) for _, res in results]))
@@ -364,7 +376,7 @@ if _MESSAGE_ERROR is None:
                 if missing:
                     raise ValueError(f"flower: the replies' arrays {missing} are not in the global ArrayRecord")
                 reference = [self._reference[k] for k in keys]
-            arrays, seconds = self._aggregate(rows, reference)
+            arrays, seconds = self._aggregate(rows, reference, [msg.metadata.src_node_id for msg in valid])
             metrics = self.train_metrics_aggr_fn(contents, self.weighted_by_key)
             metrics["robustagg_seconds"] = seconds
             return ArrayRecord({k: Array(v) for k, v in zip(keys, arrays)}), metrics

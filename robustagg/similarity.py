@@ -50,7 +50,7 @@ from .validation import (
     check_tensor,
 )
 
-__all__ = ["clipped_clustering", "fltrust", "foolsgold_weights", "signguard"]
+__all__ = ["clipped_clustering", "fltrust", "foolsgold_weights", "row_norms", "signguard"]
 
 
 class _Angles(NamedTuple):
@@ -158,6 +158,18 @@ def _angles(X: torch.Tensor, center: torch.Tensor | None = None) -> _Angles:
     usable = finite & (norms > 0)
     cos = torch.where(usable.reshape(-1, 1) & usable.reshape(1, -1), cos, 0.0)
     return _Angles(torch.where(finite, norms, math.nan), cos, finite, k)
+
+
+def row_norms(X: torch.Tensor) -> torch.Tensor:
+    """The rows' Euclidean norms, ``(n,)`` float64 on the CPU, NaN for a row holding NaN/inf; exact in scale
+    for huge and tiny float64 rows (inf only where the norm itself exceeds the float64 range). One pass."""
+    check_matrix(X, "row_norms")
+    X = X.detach()
+    S, k = exact_geometry.scaled_row_sq_norms(X)
+    S = S.cpu()
+    norms = S.sqrt()
+    _tiny_norms(X, None, S, norms, k)
+    return torch.where(torch.isfinite(S), _ldexp(norms, k), math.nan)
 
 
 def _median(values: torch.Tensor) -> float:

@@ -32,6 +32,14 @@ def _aggregators():
         (robustagg.NNM(2) >> robustagg.Krum(2), lambda X: robustagg.krum(robustagg.nnm(X, 2), 2)),
         (robustagg.Clip(1.0) >> robustagg.Mean(), lambda X: robustagg.mean(robustagg.clip(X, 1.0))),
         (robustagg.ARC(2) >> robustagg.TrimmedMean(2), lambda X: robustagg.trimmed_mean(robustagg.arc(X, 2), 2)),
+        (robustagg.MDA(2), lambda X: robustagg.mda(X, 2)),
+        (robustagg.MoNNA(2, pivot=1), lambda X: robustagg.monna(X, 2, 1)),
+        (robustagg.SMEA(2), lambda X: robustagg.smea(X, 2)),
+        (robustagg.CAF(2), lambda X: robustagg.caf(X, 2)),
+        # every column (no draw), so the object and the function see the same columns
+        (robustagg.DnC(2, subsample=10**6), lambda X: robustagg.dnc(X, 2, subsample=10**6)),
+        (robustagg.SignGuard(fraction=1.0), lambda X: robustagg.signguard(X, fraction=1.0)),
+        (robustagg.ClippedClustering(tau=1.0), lambda X: robustagg.clipped_clustering(X, 1.0)),
     ]
 
 
@@ -52,6 +60,13 @@ IDS = [
     "NNM-Krum",
     "Clip-Mean",
     "ARC-TrimmedMean",
+    "MDA2",
+    "MoNNA2-pivot1",
+    "SMEA2",
+    "CAF2",
+    "DnC2",
+    "SignGuard",
+    "ClippedClustering-tau1",
 ]
 N = 7
 
@@ -270,7 +285,7 @@ def test_make_aggregator_builds_every_named_rule() -> None:
     X = torch.randn(9, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     for name in robustagg.aggregators.RULES:
         f = 1 if name in robustagg.aggregators.RULES_WITH_F else None
-        options = {"tau": 1.0} if name == "cc" else {}
+        options = {"tau": 1.0} if name == "cc" else {"root": X[0]} if name == "fltrust" else {}
         out = robustagg.aggregators.make_aggregator(name, f, **options)(X)
         assert out.shape == (5,) and torch.isfinite(out).all(), name
     assert isinstance(robustagg.aggregators.make_aggregator("krum", 2, m=3), robustagg.Krum)
@@ -282,3 +297,89 @@ def test_make_aggregator_builds_every_named_rule() -> None:
         robustagg.aggregators.make_aggregator("cm", 1)
     with pytest.raises(ValueError, match="rule 'cc' needs tau"):
         robustagg.aggregators.make_aggregator("cc")
+
+
+# ---------------------------------------------------------------------------
+# The catalogue's objects with per-round inputs or state
+
+
+def test_fltrust_root_is_set_per_call() -> None:
+    X = torch.randn(6, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    rule = robustagg.FLTrust()
+    with pytest.raises(ValueError, match="^fltrust: no root update"):
+        rule(X)
+    for root in (X[2], -X[4]):
+        rule.root = root
+        assert_same_bits(rule(X), robustagg.fltrust(X, root))
+    # a root shaped as the contributions (a parameter list) is flattened like them
+    shapes = [(3, 2), (6,)]
+    params = [list(torch.split(x, [6, 6])) for x in X]
+    params = [[p[0].reshape(3, 2), p[1]] for p in params]
+    rule.root = [X[1][:6].reshape(shapes[0]), X[1][6:]]
+    out = rule(params)
+    assert [t.shape for t in out] == [torch.Size(s) for s in shapes]
+    assert_same_bits(torch.cat([t.reshape(-1) for t in out]), robustagg.fltrust(X, X[1]))
+    rule.root = X[0][:5]
+    with pytest.raises(ValueError, match=r"^fltrust: root must have shape \(d,\) = \(12,\)"):
+        rule(X)
+
+
+def test_clipped_clustering_clips_at_the_median_of_every_norm_seen() -> None:
+    g = torch.Generator().manual_seed(4)
+    A = torch.randn(5, 8, generator=g, dtype=torch.float64)
+    B = 10 * torch.randn(4, 8, generator=g, dtype=torch.float64)
+    B[1] = float("nan")  # its norm is not recorded
+    rule = robustagg.ClippedClustering()
+    assert_same_bits(rule(A), robustagg.clipped_clustering(A, float(A.norm(dim=1).median())))
+    out = rule(B)
+    norms = torch.cat([A.norm(dim=1), B[[0, 2, 3]].norm(dim=1)])
+    assert len(rule.norms) == 8
+    torch.testing.assert_close(torch.tensor(sorted(rule.norms), dtype=torch.float64), norms.sort().values)
+    tau = float(norms.sort().values[3:5].mean())  # even count: the mean of the two middle norms
+    torch.testing.assert_close(out, robustagg.clipped_clustering(B, tau), rtol=1e-14, atol=0)
+    rule.reset()
+    assert rule.norms == []
+    fixed = robustagg.ClippedClustering(tau=0.5)
+    assert_same_bits(fixed(B), robustagg.clipped_clustering(B, 0.5))
+    assert fixed.norms == []
+    assert repr(rule) == "ClippedClustering(tau=None)"
+
+
+def _foolsgold_mean(H: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    alpha = robustagg.foolsgold_weights(H)
+    return (alpha.reshape(-1, 1) * X.double()).sum(0) / alpha.sum()
+
+
+def test_foolsgold_keeps_a_history_per_client() -> None:
+    g = torch.Generator().manual_seed(5)
+    X1, X2 = (torch.randn(4, 10, generator=g, dtype=torch.float64) for _ in range(2))
+    X1[3] = X1[2]  # clients 2 and 3 send the same row: sybils
+    rule = robustagg.FoolsGold()
+    torch.testing.assert_close(rule(X1), _foolsgold_mean(X1, X1), rtol=1e-12, atol=1e-12)
+    # round 2: the clients arrive in another order, client 0 absent, client 7 new
+    rule.clients = [3, 7, 1, 2]
+    H = torch.stack([X1[3] + X2[0], X2[1], X1[1] + X2[2], X1[2] + X2[3]])
+    torch.testing.assert_close(rule(X2), _foolsgold_mean(H, X2), rtol=1e-12, atol=1e-12)
+    assert sorted(rule.history) == [0, 1, 2, 3, 7]
+    assert repr(rule) == "FoolsGold(kappa=1.0, clients=[3, 7, 1, 2])"
+    rule.reset()
+    assert rule.history == {}
+    for clients, message in (([0, 1], "names 2 clients for 4 rows"), ([0, 0, 1, 2], "must be distinct")):
+        rule.clients = clients
+        with pytest.raises(ValueError, match=f"^foolsgold: clients {message}"):
+            rule(X1)
+
+
+def test_foolsgold_client_with_a_non_finite_row_keeps_weight_zero() -> None:
+    g = torch.Generator().manual_seed(6)
+    X = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    bad = X.clone()
+    bad[1, 2] = float("inf")
+    rule = robustagg.FoolsGold()
+    rule(bad)
+    out = rule(X)  # client 1's history is no longer finite: weight 0, so its finite row takes no part
+    H = torch.stack([bad[0] + X[0], bad[2] + X[2], bad[3] + X[3]])
+    torch.testing.assert_close(out, _foolsgold_mean(H, X[[0, 2, 3]]), rtol=1e-12, atol=1e-12)
+    # every history the same direction: all weights 0, the aggregate is zeros
+    same = robustagg.FoolsGold()
+    assert_same_bits(same(torch.ones(3, 6)), torch.zeros(6))

@@ -1,4 +1,4 @@
-"""The benchmark's own pieces: the plain-torch baselines of the distance ops
+"""The benchmark's own pieces: the plain-torch baselines of the distance and catalogue ops
 compute what robustagg computes, op selection from the command line, the
 geometric-median calibration, the table of cases, the parser's imports, and a tiny run of the suite."""
 
@@ -16,6 +16,7 @@ from robustagg.bench.calibration import calibrate_geometric_median, gm_objective
 from robustagg.bench.cases import (
     ALL_OPS,
     CASES,
+    CATALOGUE_OPS,
     CHECK_COLUMNS,
     DISTANCE_OPS,
     OPS,
@@ -48,6 +49,17 @@ def _rows(n: int, d: int, scale: float, seed: int) -> torch.Tensor:
 def test_torch_baseline_matches_robustagg(op: str, n: int, scale: float) -> None:
     if n < min_n(op):
         pytest.skip(f"{op} needs n >= {min_n(op)}")
+    X = _rows(n, 300, scale, seed=n)
+    got = torch_baseline(op, n)[1](X)
+    want = op_callable(op, n)(X)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want.to(got.dtype), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("op", CATALOGUE_OPS)
+@pytest.mark.parametrize(("n", "scale"), [(5, 1.0), (10, 3.0)])
+def test_catalogue_torch_baseline_matches_robustagg(op: str, n: int, scale: float) -> None:
+    """The subset rules' baselines enumerate comb(n, f) subsets: n stays at 10."""
     X = _rows(n, 300, scale, seed=n)
     got = torch_baseline(op, n)[1](X)
     want = op_callable(op, n)(X)
@@ -101,7 +113,7 @@ def test_expand_ops() -> None:
 
 def test_cases_table() -> None:
     """One case per op; the groups are read off the table; every case with an f has a parameter text."""
-    assert [c.name for c in CASES] == list(ALL_OPS) == list(OPS + DISTANCE_OPS)
+    assert [c.name for c in CASES] == list(ALL_OPS) == list(OPS + DISTANCE_OPS + CATALOGUE_OPS)
     assert set(PREAGGREGATOR_OPS) <= set(DISTANCE_OPS)
     for c in CASES:
         assert c.family in CHECK_COLUMNS

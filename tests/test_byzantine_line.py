@@ -177,6 +177,37 @@ def test_simulator_repeats_bit_for_bit_and_seeds_differ() -> None:
     assert c["curve"] != a["curve"]
 
 
+CATALOGUE_RULES = ["mda", "monna", "smea", "caf", "dnc", "fltrust", "signguard", "clipcluster", "foolsgold"]
+CATALOGUE_ATTACKS = ["minmax", "minsum", "fang_trimmed_mean", "fang_krum"]
+
+
+@pytest.mark.parametrize(
+    ("agg", "attack"), [(r, "minmax") for r in CATALOGUE_RULES] + [("krum", a) for a in CATALOGUE_ATTACKS]
+)
+def test_catalogue_rules_and_attacks_train_and_repeat(agg: str, attack: str) -> None:
+    """Every catalogue rule and attack runs in the line and repeats bit for bit (DnC's and SignGuard's draws,
+    Fang's noise and FLTrust's root set all come from the seed); a few rounds on a small model."""
+    cfg = ByzantineConfig(
+        agg=agg, attack=attack, workers=10, byzantine=2, rounds=6, eval_every=3, model="logreg", batch=4
+    )
+    a, b = run_byzantine(cfg), run_byzantine(cfg)
+    assert a["curve"] == b["curve"]
+    assert all(np.isfinite(p["test_loss"]) for p in a["curve"])
+    assert a["config"]["agg"] == agg and a["config"]["attack"] == attack
+
+
+def test_fltrust_trusts_the_root_update_over_a_sign_flip() -> None:
+    """Half the workers flip their gradient's sign: the mean stalls, FLTrust (trust 0 for rows pointing away
+    from the server's root update) learns."""
+    base = dict(attack="sign_flip", workers=10, byzantine=4, rounds=60, eval_every=20, momentum=0.9)
+    fl = run_byzantine(ByzantineConfig(agg="fltrust", **base))
+    mean = run_byzantine(ByzantineConfig(agg="mean", **base))
+    assert fl["tail_test_accuracy"] > mean["tail_test_accuracy"] + 0.2, (
+        fl["tail_test_accuracy"],
+        mean["tail_test_accuracy"],
+    )
+
+
 def test_simulator_reports_timings_and_configuration() -> None:
     r = run_byzantine(ByzantineConfig(agg="gm", attack="ipm", byzantine=3, rounds=20, eval_every=5, model="logreg"))
     assert [p["round"] for p in r["curve"]] == [5, 10, 15, 20]
@@ -260,14 +291,19 @@ def test_train_byzantine_grid_writes_table_plots_and_json(tmp_path, monkeypatch)
     monkeypatch.setattr(byzantine_grid, "ATTACKS", ["none", "alie"])
     monkeypatch.setattr(byzantine_grid, "RULES", ["cm", "cc"])
     monkeypatch.setattr(byzantine_grid, "BUCKETING_RULES", ["cm"])
+    monkeypatch.setattr(byzantine_grid, "CATALOGUE_RULES", ["fltrust", "foolsgold"])
+    monkeypatch.setattr(byzantine_grid, "CATALOGUE_ATTACKS", ["minmax"])
     code = main([*"train byzantine --grid --seeds 2 --rounds 20 --eval-every 10 --jobs 1 --out".split(), str(tmp_path)])
     assert code == 0
     text = (tmp_path / "byzantine.md").read_text()
     assert "## iid split, f = 11 of 25" in text and "| ALIE | 0.9 |" in text and " ± " in text
+    assert "## The catalogue: iid split, f = 3 of 12" in text and "| MinMax | 0.9 |" in text
+    assert "| 12 | FoolsGold |" in text and "| 25 | CC |" in text
     runs = json.loads((tmp_path / "byzantine.json").read_text())["runs"]
-    assert len(runs) == 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2
-    assert (tmp_path / "byzantine.png").stat().st_size > 1000
-    assert (tmp_path / "byzantine-alie-curves.png").stat().st_size > 1000
+    assert len(runs) == 2 * 2 * 2 * 2 + 2 * 2 * 2 * 2 + 2 * 1 * 2 * 2
+    assert {r["config"]["workers"] for r in runs if r["config"]["agg"] == "fltrust"} == {12}
+    for name in ("byzantine.png", "byzantine-alie-curves.png", "byzantine-catalogue.png"):
+        assert (tmp_path / name).stat().st_size > 1000
 
 
 def test_train_byzantine_rejects_bad_settings(capsys) -> None:

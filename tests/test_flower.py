@@ -256,6 +256,55 @@ def test_strategy_aggregate_fit_matches_rules():
     assert gm.info is not None and gm.info.iterations >= 1
 
 
+def test_foolsgold_histories_follow_the_clients_across_rounds():
+    """Round 2 samples the clients in another order and leaves one out: each row still adds to its own
+    client's history, so the aggregate is FoolsGold's on the histories keyed by client id, in both APIs."""
+    pytest.importorskip("flwr")
+    from flwr.common import parameters_to_ndarrays
+
+    from robustagg.flower import RobustMessageStrategy, RobustStrategy
+
+    Proxy = _proxy_class()
+    first, second = make_clients(5, seed=8), make_clients(5, seed=9)
+    order = [3, 0, 4, 1]
+    fit = RobustStrategy("foolsgold")
+    fit.aggregate_fit(1, [(Proxy(str(i)), _fit_res(c, 1)) for i, c in enumerate(first)], [])
+    params, _ = fit.aggregate_fit(2, [(Proxy(str(i)), _fit_res(second[i], 1)) for i in order], [])
+    assert sorted(fit.aggregator.history) == ["0", "1", "2", "3", "4"]
+
+    X1, X2 = rows(first).double(), rows(second).double()
+    H = torch.stack([X1[i] + X2[i] for i in order])
+    alpha = robustagg.foolsgold_weights(H)
+    expected = (alpha.reshape(-1, 1) * X2[order]).sum(0) / alpha.sum()
+    torch.testing.assert_close(flat(parameters_to_ndarrays(params)).double(), expected, rtol=1e-6, atol=1e-6)
+
+    keys = ["w", "b", "z"]
+    message = RobustMessageStrategy("foolsgold")
+    message.aggregate_train(1, [_reply(dict(zip(keys, c)), 1, 10 + i) for i, c in enumerate(first)])
+    arrays, _ = message.aggregate_train(2, [_reply(dict(zip(keys, second[i])), 1, 10 + i) for i in order])
+    assert sorted(message.aggregator.history) == [10, 11, 12, 13, 14]
+    torch.testing.assert_close(flat(arrays.to_numpy_ndarrays()).double(), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_fltrust_needs_a_root_each_round():
+    pytest.importorskip("flwr")
+    from flwr.common import parameters_to_ndarrays
+
+    from robustagg.flower import RobustStrategy
+
+    Proxy = _proxy_class()
+    clients = make_clients(4, seed=10)
+    results = [(Proxy(str(i)), _fit_res(c, 1)) for i, c in enumerate(clients)]
+    strategy = RobustStrategy("fltrust")
+    with pytest.raises(ValueError, match="^fltrust: no root update"):
+        strategy.aggregate_fit(1, results, [])
+    root = [np.ones(s, dtype=np.float32) for s in SHAPES]
+    strategy.aggregator.root = [torch.from_numpy(a) for a in root]
+    params, _ = strategy.aggregate_fit(1, results, [])
+    expected = robustagg.fltrust(rows(clients), flat(root))
+    torch.testing.assert_close(flat(parameters_to_ndarrays(params)), expected)
+
+
 def test_strategy_failures_empty_metrics_and_on_updates():
     pytest.importorskip("flwr")
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from .. import distance, ops, preaggregators, reference, spectral
+from .. import distance, ops, preaggregators, reference, similarity, spectral
 from . import baselines, byzfl_peer
 from .baselines import Baseline
 from .byzfl_peer import Adapter, byzfl_status
@@ -334,6 +334,20 @@ CASES: tuple[Case, ...] = (
         note="f = floor((n-1)/4), 5 draws of 10000 columns from a generator seeded per call; the draws "
         "(torch.randperm(d)) cost more than the rest at large d; byzfl has no DnC",
     ),
+    Case(
+        name="fltrust",
+        family="catalogue",
+        ours=lambda X: similarity.fltrust(X, X[0]),
+        params=lambda f, n, d: "root=X[0]",
+        torch=Baseline(
+            "cosine_similarity+vector_norm+weighted sum",
+            lambda X: baselines.fltrust(X, X[0]),
+            lambda n, d, s: n * d * s,
+        ),
+        reference=lambda X: reference.fltrust(X, X[0]),
+        note="the root update is row 0 of X (a view: no copy); trust max(0, cos(x_i, root)), rows rescaled to "
+        "||root||; byzfl has no FLTrust",
+    ),
 )
 _BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 
@@ -342,7 +356,7 @@ OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "coordinate")
 PREAGGREGATOR_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.preaggregator)
 # The distance rules and the pre-aggregators: all work from row distances or row norms plus one mixing pass.
 DISTANCE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "distance")
-# The catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC): grids of small n, where comb(n, f) stays small.
+# The catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC, FLTrust): grids of small n, where comb(n, f) stays small.
 CATALOGUE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "catalogue")
 ALL_OPS: tuple[str, ...] = OPS + DISTANCE_OPS + CATALOGUE_OPS
 OP_GROUPS: dict[str, tuple[str, ...]] = {

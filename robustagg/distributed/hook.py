@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from .. import exact_geometry, ops
 from ..aggregators import Aggregator, CenteredClip
-from ..attacks import Attack, make_attack
+from ..attacks import ATTACKS, Attack, make_attack
 from ..coefficients import combine
 from ..validation import check_int, check_real
 from .rules import DISTANCE, check_rule, row_coefficients
@@ -221,7 +221,7 @@ class RobustHookState:
         if attack is not None and attack.needs_whole_vector:
             raise ValueError(
                 f"RobustHookState: attack {attack.name!r} needs the whole vector, not one bucket or "
-                "shard at a time; use sign_flip, ipm, alie, gaussian, nan, inf, none or label_flip"
+                f"shard at a time; use one of {', '.join(n for n, c in ATTACKS.items() if not c.needs_whole_vector)}"
             )
         if attack is None and self.byzantine_ranks and (self.byzantine or self.mode == "sharded"):
             who = "is in byzantine_ranks" if self.byzantine else "owns a shard of the Byzantine ranks' vectors"

@@ -30,7 +30,7 @@ from ..arguments import (
     positive_float_or_inf,
     positive_int,
 )
-from ..attacks import ATTACKS, check_attack_rows, make_attack
+from ..attacks import ATTACKS, PERTURBATIONS, check_attack_rows, make_attack
 from ..optim.byzantine import RobustServer, WorkerMomentum
 from ..validation import check_int, check_positive, check_real
 from . import config as shared
@@ -70,6 +70,10 @@ class ByzantineConfig:
     gm_iters: int = option(100, "most Weiszfeld steps of gm", type=positive_int)
     ipm_eps: float = option(0.1, "IPM scale", type=positive_float)
     alie_z: float | None = option(None, "ALIE z (default: from n and f, SPEC 5)", type=finite_float)
+    perturbation: str = option("std", "MinMax/MinSum perturbation", choices=PERTURBATIONS)
+    root_size: int = option(
+        100, "FLTrust: clean training examples the server holds (its root data set)", type=positive_int
+    )
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field.
@@ -88,7 +92,7 @@ class ByzantineConfig:
             raise ValueError(f"byzantine: byzantine must be in [0, workers), got {f} of {n}")
         check_real(self.momentum, "momentum", where, 0.0, 1.0, high_open=True)
         check_int(self.bucketing, "bucketing", where, low=0, high=n)
-        for name in ("rounds", "eval_every", "cc_iters", "gm_iters"):
+        for name in ("rounds", "eval_every", "cc_iters", "gm_iters", "root_size"):
             check_int(getattr(self, name), name, where, low=1)
         check_batch(self.batch, where)
         check_positive(self.lr, "lr", where)
@@ -101,7 +105,10 @@ class ByzantineConfig:
             check_int(self.rule_f, "rule_f", where, low=0)
         alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
         check_attack_rows(self.attack, n, f, alie_z)
+        check_int(self.root_size, "root_size", where, high=NUM_TRAIN)
         rule = aggregator_of(self, torch.Generator())
+        if isinstance(_rule_itself(rule), agg.FLTrust):
+            _rule_itself(rule).root = torch.zeros(1, dtype=torch.float64)
         try:
             rule.aggregate(torch.zeros(n, 1, dtype=torch.float64))
         except ValueError as exc:
@@ -119,11 +126,21 @@ def aggregator_of(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggre
     f = cfg.assumed_f
     n_rows = cfg.workers if cfg.bucketing < 2 else -(-cfg.workers // cfg.bucketing)
     f_rows = f if cfg.bucketing < 2 else min(f, n_rows)
-    options = {"gm": {"max_iter": cfg.gm_iters}, "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters}}.get(cfg.agg, {})
+    options = {
+        "gm": {"max_iter": cfg.gm_iters},
+        "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters},
+        "dnc": {"generator": generator},
+        "signguard": {"generator": generator},
+    }.get(cfg.agg, {})
     rule = agg.make_aggregator(cfg.agg, f_rows, f_if_used=True, **options)
     if cfg.bucketing >= 2:
         return agg.Bucketing(cfg.bucketing, generator) >> rule
     return rule
+
+
+def _rule_itself(rule: agg.Aggregator) -> agg.Aggregator:
+    """The rule behind the pre-aggregators of a pipeline (the rule itself otherwise)."""
+    return rule.rule if isinstance(rule, agg.Pipeline) else rule
 
 
 def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.Generator) -> dict:
@@ -131,6 +148,9 @@ def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.
         "ipm": {"eps": cfg.ipm_eps},
         "alie": {"z": cfg.alie_z},
         "gaussian": {"generator": generator},
+        "fang_trimmed_mean": {"generator": generator},
+        "minmax": {"perturbation": cfg.perturbation},
+        "minsum": {"perturbation": cfg.perturbation},
         "label_flip": {"num_classes": 10},
         "optimal_alie": {"aggregator": rule},
         "optimal_ipm": {"aggregator": rule},
@@ -172,6 +192,13 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
 
     worker_grads = torch.func.vmap(torch.func.grad(model.loss), in_dims=(None, 0, 0))
     worker_grads(w, data.x_train[held[:n, None]], labels[held[:n, None]])  # untimed warm-up of vmap
+    # FLTrust's server holds a clean root data set, a random sample of the training set (Cao et al.),
+    # and computes its root update on all of it each round; drawn apart so other rules' runs are unchanged.
+    fltrust = _rule_itself(rule) if isinstance(_rule_itself(rule), agg.FLTrust) else None
+    if fltrust is not None:
+        root = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(cfg.seed + 3))
+        root_x, root_y = data.x_train[root[: cfg.root_size]], data.y_train[root[: cfg.root_size]]
+        root_grad = torch.func.grad(model.loss)
     rule_name = repr(rule)
     momentum = WorkerMomentum(cfg.momentum)
     server = RobustServer([w], rule, cfg.lr)
@@ -183,6 +210,8 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
         idx = held[pick]
         tick = time.perf_counter()
         grads = worker_grads(w, data.x_train[idx], labels[idx])
+        if fltrust is not None:
+            fltrust.root = root_grad(w, root_x, root_y)
         tock = time.perf_counter()
         seconds["gradients"] += tock - tick
         sent = momentum(grads)
