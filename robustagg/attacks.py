@@ -444,10 +444,11 @@ class _TailoredScale(Attack):
     ``p`` is ``perturbation``: ``"std"`` ``-sigma``, ``"unit"`` ``-mu / ||mu||`` (0 if mu = 0),
     ``"sign"`` ``-sign(mu)``. With ``a_i = ||mu - h_i||^2``, ``b_i = <mu - h_i, p>`` and
     ``c = ||p||^2``, ``||m - h_i||^2 = a_i + 2 gamma b_i + gamma^2 c``: the subclasses solve their
-    condition for its largest gamma from these float64 quantities, the rows centred on mu and
-    both they and p divided by a power of two (:func:`_power_of_two`) so that no square
-    overflows; gamma scales back exactly. ``c = 0`` (p = 0) gives gamma = 0 (rows = mu).
-    ``last_gamma`` is the gamma of the last call.
+    condition for its largest gamma from these float64 quantities, H, the centred rows and p
+    each divided by a power of two (:func:`_power_of_two`) so that no mean, std or square over-
+    or underflows; gamma scales back exactly. ``c = 0`` (p = 0) gives gamma = 0 (rows = mu); a
+    NaN or inf honest value gives gamma NaN and rows of NaN. ``last_gamma`` is the gamma of the
+    last call.
     """
 
     needs_whole_vector = True  # gamma depends on the whole vectors' distances
@@ -467,21 +468,27 @@ class _TailoredScale(Attack):
         raise NotImplementedError
 
     def _attack(self, honest: torch.Tensor, byzantine: torch.Tensor) -> torch.Tensor:
+        # On H divided by a power of two (exact), so that its mean, std and squares stay in range at any
+        # magnitude. Then p = -std scales with H and gamma does not; the unit and sign p do not scale, gamma does.
         H = honest.double()
+        s = _power_of_two(H)
+        H = H / s
         mu = H.mean(0)
         if self.perturbation == "std":
             p = -H.std(0, correction=1)
         elif self.perturbation == "unit":
             p = -_normalise(mu)
         else:
-            p = -torch.sign(mu)
+            p = torch.where(torch.isnan(mu), math.nan, -torch.sign(mu))  # torch.sign(NaN) is 0
         C = H - mu
-        s, t = _power_of_two(C), _power_of_two(p)
+        sc, t = _power_of_two(C), _power_of_two(p)
         c = float(torch.dot(p / t, p / t))
-        # gamma for p / t is t times gamma for p; distances of C / s are those of C over s.
-        limit = self._limit(C / s, p / t, c) * s / t if c > 0 else 0.0
-        self.last_gamma = gamma = min(limit, self.gamma_max)  # NaN (NaN rows) stays NaN
-        return _repeat(mu + gamma * p, byzantine.shape[0], honest)
+        # gamma for p / t is t times gamma for p; distances of C / sc are those of C over sc.
+        limit = self._limit(C / sc, p / t, c) * sc / t if c > 0 else 0.0 if c == 0 else math.nan
+        unit = 1.0 if self.perturbation == "std" else s
+        gamma = limit if math.isnan(limit) else min(limit, self.gamma_max / unit)
+        self.last_gamma = gamma * unit
+        return _repeat((mu + gamma * p) * s, byzantine.shape[0], honest)
 
 
 class MinMax(_TailoredScale):

@@ -1,6 +1,7 @@
 """Attacks (SPEC 5): each against its formula on hand-made inputs or a NumPy
 float64 reference written here, the line searches against brute force, state,
-dtypes, f = 0 and bad arguments."""
+dtypes, f = 0 and bad arguments. MinMax, MinSum and Fang's attacks against
+their definitions: test_tailored_attacks.py."""
 
 from __future__ import annotations
 
@@ -19,26 +20,34 @@ from robustagg.attacks import (
     ALIE,
     ATTACKS,
     IPM,
+    FangKrum,
+    FangTrimmedMean,
     Gaussian,
     InfAttack,
     LabelFlip,
     Mimic,
+    MinMax,
+    MinSum,
     NaNAttack,
     NoAttack,
     OptimalALIE,
     OptimalIPM,
     SignFlip,
     alie_z,
+    check_attack_rows,
     make_attack,
 )
 
-NAMES = "none sign_flip ipm alie gaussian nan inf mimic label_flip optimal_alie optimal_ipm".split()
+NAMES = (
+    "none sign_flip ipm alie gaussian nan inf mimic label_flip optimal_alie optimal_ipm"
+    " minmax minsum fang_trimmed_mean fang_krum"
+).split()
 
 
 def _make(name: str):
     if name.startswith("optimal"):
         return make_attack(name, aggregator=robustagg.CoordinateMedian())
-    if name == "gaussian":
+    if name in ("gaussian", "fang_trimmed_mean"):
         return make_attack(name, generator=torch.Generator().manual_seed(0))
     return make_attack(name)
 
@@ -449,6 +458,10 @@ def test_repr():
     assert repr(Gaussian(2.0, torch.Generator())) == "Gaussian(std=2.0)"
     assert repr(Mimic()) == "Mimic(index=None, warmup=20)"
     assert repr(OptimalIPM(agg, steps=5)) == f"OptimalIPM(aggregator={agg!r}, eps_max=10.0, steps=5)"
+    assert repr(MinMax()) == "MinMax(perturbation='std', gamma_max=100.0)"
+    assert repr(MinSum("sign", 5)) == "MinSum(perturbation='sign', gamma_max=5.0)"
+    assert repr(FangTrimmedMean(3, torch.Generator())) == "FangTrimmedMean(b=3.0)"
+    assert repr(FangKrum()) == "FangKrum(threshold=1e-05)"
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -483,11 +496,37 @@ def test_bad_rows(name):
         ("ipm", 0, "ipm: needs at least 1 honest row for the mean, got h=0"),
         ("optimal_ipm", 0, "optimal_ipm: needs at least 1 honest row for the mean, got h=0"),
         ("mimic", 0, "mimic: needs at least 1 honest row to copy, got h=0"),
+        ("minmax", 1, "minmax: needs at least 2 honest rows for the distances, got h=1"),
+        ("minsum", 1, "minsum: needs at least 2 honest rows for the distances, got h=1"),
+        ("fang_trimmed_mean", 0, "fang_trimmed_mean: needs at least 1 honest row for the mean, got h=0"),
+        ("fang_krum", 0, "fang_krum: needs at least 1 honest row for the mean, got h=0"),
     ],
 )
 def test_too_few_honest_rows(name, h, message):
     with pytest.raises(ValueError, match=f"^{message}$"):
         _make(name)(_rows(h, 3, 0), _rows(2, 3, 1))
+    before = message.replace(f"got h={h}", f"got {h} of n={h + 2} with f=2")  # the same refusal, before the run
+    with pytest.raises(ValueError, match=f"^{before}$"):
+        check_attack_rows(name, h + 2, 2)
+
+
+@pytest.mark.parametrize("h,f", [(1, 1), (3, 1), (2, 2), (4, 2), (5, 3)])
+def test_fang_krum_needs_more_than_2f_plus_2_rows(h, f):
+    n = h + f
+    message = f"^fang_krum: needs n > 2f \\+ 2 for Krum, got n={n} with f={f}$"
+    with pytest.raises(ValueError, match=message):
+        FangKrum()(_rows(h, 3, 0), _rows(f, 3, 1))
+    with pytest.raises(ValueError, match=message):
+        check_attack_rows("fang_krum", n, f)
+    check_attack_rows("fang_krum", 2 * f + 3, f)  # the fewest rows it accepts
+    assert FangKrum()(_rows(f + 3, 3, 0), _rows(f, 3, 1)).shape == (f, 3)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_check_attack_rows_accepts_what_the_call_accepts(name):
+    check_attack_rows(name, 10, 3)
+    check_attack_rows(name, 4, 0)  # f = 0: nothing to send, nothing needed
+    assert _make(name)(_rows(7, 5, 0), _rows(3, 5, 1)).shape == (3, 5)
 
 
 @pytest.mark.parametrize(
@@ -515,6 +554,13 @@ def test_too_few_honest_rows(name, h, message):
             "optimal_ipm: eps_max must be finite and > 0",
         ),
         (lambda: OptimalIPM(3), TypeError, "optimal_ipm: aggregator must be callable"),
+        (lambda: MinMax("gauss"), ValueError, "minmax: unknown perturbation='gauss'; choose from std, unit, sign"),
+        (lambda: MinSum(gamma_max=0), ValueError, "minsum: gamma_max must be finite and > 0, got gamma_max=0.0"),
+        (lambda: FangTrimmedMean(b=1.0), ValueError, "fang_trimmed_mean: b must be finite and > 1, got b=1.0"),
+        (lambda: FangTrimmedMean(b="2"), TypeError, "fang_trimmed_mean: b must be a real number"),
+        (lambda: FangTrimmedMean(generator=0), TypeError, "fang_trimmed_mean: generator must be a torch.Generator"),
+        (lambda: FangKrum(threshold=0.0), ValueError, "fang_krum: threshold must be finite and > 0, got threshold=0.0"),
+        (lambda: FangKrum(threshold=True), TypeError, "fang_krum: threshold must be a real number"),
     ],
 )
 def test_bad_parameters(build, exc, message):
