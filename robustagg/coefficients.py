@@ -80,6 +80,14 @@ def mean_of(chosen: torch.Tensor, finite: torch.Tensor) -> torch.Tensor | None:
     return c
 
 
+def monna_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, pivot: int) -> torch.Tensor | None:
+    """MoNNA's: the mean of the finite rows among the n - f first in the order ``(D_pivot,j, j)``, the pivot
+    first (its own distance 0), rows that are not finite last."""
+    d = torch.where(finite & finite[pivot], D[pivot], math.inf)
+    d[pivot] = 0.0
+    return mean_of(torch.sort(d, stable=True).indices[: D.shape[0] - f], finite)
+
+
 def centered_gram(D: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     r"""Inner products :math:`G_{ij} = \langle p_i - \mu, p_j - \mu\rangle` around :math:`\mu = \sum_k w_k p_k`.
 

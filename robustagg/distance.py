@@ -175,8 +175,7 @@ def mda(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> torc
     f = _check_honest_majority(X, f, "mda")
     subsets.check_budget(X.shape[0], f, max_subsets, "mda")
     D, finite, _ = _geometry(X)
-    chosen = subsets.min_diameter_subset(D, X.shape[0] - f)
-    return coefficients.combine(coefficients.mean_of(chosen, finite), X)
+    return coefficients.combine(subsets.mda_coefficients(D, finite, f), X)
 
 
 def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
@@ -190,8 +189,7 @@ def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
     f = _check_honest_majority(X, f, "monna")
     pivot = check_int(pivot, "pivot", "monna", low=0, high=X.shape[0] - 1)
     D, finite, _ = _geometry(X)
-    chosen = torch.sort(D[pivot], stable=True).indices[: X.shape[0] - f]
-    return coefficients.combine(coefficients.mean_of(chosen, finite), X)
+    return coefficients.combine(coefficients.monna_coefficients(D, finite, f, pivot), X)
 
 
 def geometric_median(

@@ -23,7 +23,7 @@ from . import coefficients, exact_geometry, subsets
 from .distance import _check_honest_majority, _geometry
 from .validation import check_generator, check_int, check_matrix, check_real
 
-__all__ = ["caf", "dnc", "smea"]
+__all__ = ["caf", "caf_coefficients", "dnc", "smea"]
 
 
 def smea(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> torch.Tensor:
@@ -40,8 +40,7 @@ def smea(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> tor
     f = _check_honest_majority(X, f, "smea")
     subsets.check_budget(X.shape[0], f, max_subsets, "smea")
     D, finite, _ = _geometry(X)
-    chosen = subsets.min_spread_subset(D, finite, X.shape[0] - f)
-    return coefficients.combine(coefficients.mean_of(chosen, finite), X)
+    return coefficients.combine(subsets.smea_coefficients(D, finite, f), X)
 
 
 def _top_eigenpair(G: torch.Tensor, w: torch.Tensor) -> tuple[float, torch.Tensor]:
@@ -79,8 +78,14 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
     Needs ``n > 2f``. Two passes over X: every iterate works on the squared distances.
     """
     f = _check_honest_majority(X, f, "caf")
-    n = X.shape[0]
     D, finite, _ = _geometry(X)
+    return coefficients.combine(caf_coefficients(D, finite, f), X)
+
+
+def caf_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int) -> torch.Tensor | None:
+    """CAF's row coefficients from the squared distances: the weights of the smallest eigenvalue seen,
+    normalised (None: no finite row)."""
+    n = D.shape[0]
     c = finite.to(torch.float64)
     best, best_c = math.inf, c.clone()
     while float(c.sum()) > n - 2 * f:
@@ -93,9 +98,7 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
         if lam == 0.0:
             break
         c[active] = ca * (1.0 - ratio)
-    if not bool((best_c > 0).any()):
-        return coefficients.combine(None, X)
-    return coefficients.combine(best_c / best_c.sum(), X)
+    return best_c / best_c.sum() if bool((best_c > 0).any()) else None
 
 
 def _unit_scale(Z: torch.Tensor) -> torch.Tensor:

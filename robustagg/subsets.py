@@ -14,10 +14,17 @@ import math
 
 import torch
 
-from .coefficients import centered_gram
+from .coefficients import centered_gram, mean_of
 from .validation import check_int
 
-__all__ = ["MAX_SUBSETS", "check_budget", "min_diameter_subset", "min_spread_subset"]
+__all__ = [
+    "MAX_SUBSETS",
+    "check_budget",
+    "mda_coefficients",
+    "min_diameter_subset",
+    "min_spread_subset",
+    "smea_coefficients",
+]
 
 #: Default largest number of candidate subsets, ``comb(n, f)``, that MDA and SMEA search.
 MAX_SUBSETS = 2**20
@@ -88,3 +95,17 @@ def min_spread_subset(D: torch.Tensor, finite: torch.Tensor, k: int) -> torch.Te
         if float(top[i]) < best:
             best, best_set = float(top[i]), S[i]
     return best_set
+
+
+def mda_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int) -> torch.Tensor | None:
+    """MDA's row coefficients: the mean of the finite rows of the first (n - f)-subset of least diameter, a
+    row that is not finite infinitely far from the others (None: no finite row chosen)."""
+    both = finite.reshape(-1, 1) & finite.reshape(1, -1)
+    D = torch.where(both, D, math.inf).fill_diagonal_(0.0)
+    return mean_of(min_diameter_subset(D, D.shape[0] - f), finite)
+
+
+def smea_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int) -> torch.Tensor | None:
+    """SMEA's row coefficients: the mean of the finite rows of the first (n - f)-subset whose covariance has
+    the least top eigenvalue (None: no finite row chosen)."""
+    return mean_of(min_spread_subset(D, finite, D.shape[0] - f), finite)

@@ -33,7 +33,7 @@ WORLD = 5
 BUCKET_MB = 0.0005  # ~62 float64 values per bucket: the test model spans many buckets of odd sizes
 HERE = __name__
 COORDINATE_RULES = ["mean", "cm", "tm", "meamed"]
-DISTANCE_RULES = ["krum", "mkrum", "gm", "cc"]
+DISTANCE_RULES = ["krum", "mkrum", "gm", "cc", "mda", "monna", "smea", "caf"]
 
 
 # ---------------------------------------------------------------------------
@@ -82,7 +82,7 @@ def _gather_rows(x: torch.Tensor, pg) -> torch.Tensor:
 
 def rule_f(rule: str, n: int) -> int:
     """The largest f the rule takes at n ranks (so trimming rules trim)."""
-    if rule in ("tm", "meamed"):
+    if rule in ("tm", "meamed", "mda", "monna", "smea", "caf"):
         return (n - 1) // 2
     if rule in ("krum", "mkrum"):
         return (n - 3) // 2
@@ -530,6 +530,11 @@ def test_bad_arguments_raise(one_rank_group) -> None:
         (dict(aggregator="median"), ValueError, "unknown rule 'median'"),
         (dict(aggregator="bulyan"), ValueError, "bulyan is not supported"),
         (dict(aggregator=robustagg.Bulyan(0)), ValueError, "Bulyan is not supported"),
+        (dict(aggregator="dnc"), ValueError, "dnc is not supported"),
+        (dict(aggregator="foolsgold"), ValueError, "foolsgold is not supported"),
+        (dict(aggregator=robustagg.FLTrust()), TypeError, "aggregator must be a rule name or one of Mean, "),
+        (dict(aggregator=robustagg.MDA(1)), ValueError, r"mda: f=1 needs n > 2\*f, got n=1"),
+        (dict(aggregator="mean", attack="minmax"), ValueError, "needs the whole vector"),
         (dict(aggregator=robustagg.Clip(1.0) >> robustagg.Mean()), ValueError, "pipelines"),
         (dict(aggregator=lambda X: X.mean(0)), TypeError, "aggregator must be"),
         (dict(aggregator=robustagg.CenteredClip(1.0, center=torch.zeros(3))), ValueError, "preset center"),

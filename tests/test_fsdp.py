@@ -227,6 +227,9 @@ def task_coordinate_rules(size: int, dtype: str, steps: int = 2) -> dict | None:
     return out
 
 
+CATALOGUE_RULES = ("mda", "monna", "smea", "caf")
+
+
 def task_layerwise(size: int, rule: str, steps: int = 2) -> dict | None:
     """A distance rule per FSDP unit (float64: SUM with pre-division) vs the rule on each unit's stacked rows.
 
@@ -237,7 +240,8 @@ def task_layerwise(size: int, rule: str, steps: int = 2) -> dict | None:
     pg = group(size)
     if pg is None:
         return None
-    agg = robustagg.CenteredClip(TAU, ITERS) if rule == "cc" else make_rule(rule, 0)
+    f = 1 if rule in CATALOGUE_RULES else 0  # the catalogue's rules are the mean at f = 0
+    agg = robustagg.CenteredClip(TAU, ITERS) if rule == "cc" else make_rule(rule, f)
     s = _Setup(pg, torch.float64, agg, layerwise=True)
     centers = {name: None for name in s.units}
     out = {"errors": [], "from_zero": [], "whole_model": []}
@@ -252,12 +256,12 @@ def task_layerwise(size: int, rule: str, steps: int = 2) -> dict | None:
                 from_zero[name] = _relerr(robustagg.centered_clip(X, torch.zeros_like(center), TAU, ITERS), want)
                 centers[name] = want
             else:
-                want = make_rule(rule, 0).aggregate(X)
+                want = make_rule(rule, f).aggregate(X)
             errors[name] = _relerr(got[s.slices[name]], want)
         out["errors"].append(errors)
         out["from_zero"].append(from_zero)
         if rule != "cc":  # the whole-model rule, which the layer-wise one is not
-            out["whole_model"].append(_relerr(got, make_rule(rule, 0).aggregate(rows)))
+            out["whole_model"].append(_relerr(got, make_rule(rule, f).aggregate(rows)))
         if step == 0:
             out.update(_common(s, rows))
     return out
@@ -382,7 +386,9 @@ def test_distance_rule_needs_layerwise() -> None:
 
 
 @pytest.mark.parametrize(
-    "size,rule", [(3, "krum"), (4, "krum"), (2, "gm"), (3, "gm"), (4, "gm"), (2, "cc"), (3, "cc"), (4, "cc")]
+    "size,rule",
+    [(3, "krum"), (4, "krum"), (2, "gm"), (3, "gm"), (4, "gm"), (2, "cc"), (3, "cc"), (4, "cc")]
+    + [(3, "mda"), (4, "monna"), (3, "smea"), (4, "caf")],
 )
 def test_distance_rules_run_per_unit(pool: Pool, size: int, rule: str) -> None:
     """Each unit's FSDP gradient is the rule on that unit's stacked rows (to 1e-12, float64, 2 steps); for

@@ -30,7 +30,9 @@ order, so they pair up.
   :class:`~robustagg.MeaMed`) act per coordinate: shard by shard is the
   whole-model rule, bit for bit.
 * Distance rules (:class:`~robustagg.Krum`, :class:`~robustagg.MultiKrum`,
-  :class:`~robustagg.GeometricMedian`, :class:`~robustagg.CenteredClip`) stay
+  :class:`~robustagg.GeometricMedian`, :class:`~robustagg.CenteredClip`,
+  :class:`~robustagg.MDA`, :class:`~robustagg.MoNNA`, :class:`~robustagg.SMEA`,
+  :class:`~robustagg.CAF`) stay
   exact for the whole model. Squared distances add over blocks of
   coordinates, :math:`D = \sum_b D^{(b)}`, and a row that is not finite in
   one block is not finite at all. Each rank sums the float64 ``(n, n)``

@@ -15,19 +15,19 @@ import copy
 import torch
 
 from .. import aggregators as agg
-from .. import coefficients
+from .. import coefficients, spectral, subsets
 from ..aggregators import Aggregator, make_aggregator
 from ..validation import check_row_weights
 
 COORDINATE = (agg.Mean, agg.CoordinateMedian, agg.TrimmedMean, agg.MeaMed)
-DISTANCE = (agg.Krum, agg.MultiKrum, agg.GeometricMedian, agg.CenteredClip)
+DISTANCE = (agg.Krum, agg.MultiKrum, agg.GeometricMedian, agg.CenteredClip, agg.MDA, agg.MoNNA, agg.SMEA, agg.CAF)
 
 #: The rule names the distributed paths take: the coordinate-wise rules and the distance rules whose
 #: coefficients follow from the summed distances.
 RULE_NAMES = {
     name: text
     for name, text in agg.RULES.items()
-    if name in ("mean", "cm", "tm", "meamed", "krum", "mkrum", "gm", "cc")
+    if name in ("mean", "cm", "tm", "meamed", "krum", "mkrum", "gm", "cc", "mda", "monna", "smea", "caf")
 }
 
 
@@ -55,8 +55,8 @@ def check_rule(aggregator: Aggregator | str, f: int, n: int | None, owner: str) 
         raise ValueError(f"{owner}: unknown rule {aggregator!r}; choose from {', '.join(RULE_NAMES)}")
     if not isinstance(aggregator, COORDINATE + DISTANCE):
         raise TypeError(
-            f"{owner}: aggregator must be a rule name or one of Mean, CoordinateMedian, TrimmedMean, "
-            f"MeaMed, Krum, MultiKrum, GeometricMedian, CenteredClip; got {aggregator!r}"
+            f"{owner}: aggregator must be a rule name or one of "
+            f"{', '.join(cls.__name__ for cls in COORDINATE + DISTANCE)}; got {aggregator!r}"
         )
     if isinstance(aggregator, agg.CenteredClip) and aggregator.center is not None:
         raise ValueError(
@@ -88,4 +88,12 @@ def row_coefficients(
         a = check_row_weights(rule.weights, like, "geometric_median")
         c, rule.info = coefficients.gm_coefficients(D, finite, a, rule.nu, rule.tol, rule.max_iter)
         return c
+    if isinstance(rule, agg.MDA):
+        return subsets.mda_coefficients(D, finite, rule.f)
+    if isinstance(rule, agg.MoNNA):
+        return coefficients.monna_coefficients(D, finite, rule.f, rule.pivot)
+    if isinstance(rule, agg.SMEA):
+        return subsets.smea_coefficients(D, finite, rule.f)
+    if isinstance(rule, agg.CAF):
+        return spectral.caf_coefficients(D, finite, rule.f)
     return coefficients.cc_coefficients(D, finite, rule.tau, rule.iters)
