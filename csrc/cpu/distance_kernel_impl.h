@@ -8,6 +8,8 @@
 //    against every later block; one float64 vector of columns per pair,
 //    accumulated over the chunk and summed across lanes in a fixed order.
 //    Products of float32 values are exact in float64.
+//  * norms: per row, four vectors of columns accumulate the squares in turn,
+//    added pairwise at the end of the block, then across lanes in order.
 //  * mix: per output row, groups of 8 vectors of columns accumulate
 //    coef * row over the rows with a non-zero coefficient, in index order.
 #include <cstddef>
@@ -321,12 +323,24 @@ void norms_columns(const RowSource& s, double* norms) {
   const int64_t count = s.col_end - s.col_begin;
   for (int64_t i = 0; i < s.n; ++i) {
     const typename L::In* p = row_ptr<K>(s, i, s.col_begin);
-    Dbl acc{};
+    // Four independent accumulators: one would chain every multiply-add on the previous one's latency.
+    Dbl acc0{}, acc1{}, acc2{}, acc3{};
     int64_t c = 0;
+    for (; c + 4 * L::W <= count; c += 4 * L::W) {
+      const Dbl v0 = convert(p + c);
+      const Dbl v1 = convert(p + c + L::W);
+      const Dbl v2 = convert(p + c + 2 * L::W);
+      const Dbl v3 = convert(p + c + 3 * L::W);
+      acc0 += v0 * v0;
+      acc1 += v1 * v1;
+      acc2 += v2 * v2;
+      acc3 += v3 * v3;
+    }
     for (; c + L::W <= count; c += L::W) {
       const Dbl v = convert(p + c);
-      acc += v * v;
+      acc0 += v * v;
     }
+    const Dbl acc = (acc0 + acc1) + (acc2 + acc3);
     double lanes[L::W];
     __builtin_memcpy(lanes, &acc, sizeof(acc));
     double sum = 0.0;
