@@ -18,8 +18,6 @@ Pre-aggregators (:class:`Bucketing`, :class:`NNM`, :class:`Clip`,
 
 from __future__ import annotations
 
-import statistics
-import sys
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -298,6 +296,8 @@ class FLTrust(Aggregator):
     the contributions). A call without one is a ``ValueError``.
     """
 
+    _state = ("root",)  # an input of the round, not a setting
+
     def __init__(self, root: torch.Tensor | Sequence[torch.Tensor] | None = None) -> None:
         self.root = root
 
@@ -331,12 +331,19 @@ class SignGuard(Aggregator):
         return similarity.signguard(X, self.lower, self.upper, self.fraction, self.generator, self.max_iter)
 
 
+def _median(values: list[float]) -> float:
+    """The middle value (even count: the mean of the two middle ones, halved first so it cannot overflow)."""
+    s = sorted(values)
+    m = len(s)
+    return s[m // 2] if m % 2 else s[m // 2 - 1] / 2 + s[m // 2] / 2
+
+
 class ClippedClustering(Aggregator):
     """ClippedClustering with the clipping threshold of Li et al.: the median of every norm seen so far.
 
     With ``tau`` None, each call adds the norms of its rows without NaN/inf to ``norms`` and clips at
-    their median over all calls (even count: the mean of the two middle ones; capped at the largest
-    float64), as the rule's authors do across rounds; one more pass over X for the norms. A given ``tau``
+    their median over all calls (even count: the mean of the two middle ones), as the rule's authors do
+    across rounds; one more pass over X for the norms. A given ``tau``
     is used as it is. :meth:`reset` forgets the norms. See :func:`robustagg.clipped_clustering`.
     """
 
@@ -355,7 +362,7 @@ class ClippedClustering(Aggregator):
         if tau is None:
             norms = similarity.row_norms(X)
             self.norms += norms[torch.isfinite(norms)].tolist()
-            tau = min(statistics.median(self.norms), sys.float_info.max) if self.norms else None
+            tau = _median(self.norms) if self.norms else None
         return similarity.clipped_clustering(X, tau)
 
 
@@ -366,8 +373,8 @@ class FoolsGold(Aggregator):
     Each client's history is the sum of every row it has sent (float64). ``clients`` names the client of
     each row (n distinct hashable ids; set it before a call when the rows of a round are not always
     clients ``0 .. n-1`` in order, None: row i is client i). A call adds the rows to their clients'
-    histories, takes the weights :math:`lpha` of those histories (:func:`robustagg.foolsgold_weights`)
-    and returns :math:`\sum_i lpha_i x_i / \sum_i lpha_i` (zeros when :math:`\sum_i lpha_i = 0`). A
+    histories, takes the weights :math:`\alpha` of those histories (:func:`robustagg.foolsgold_weights`)
+    and returns :math:`\sum_i \alpha_i x_i / \sum_i \alpha_i` (zeros when :math:`\sum_i \alpha_i = 0`). A
     client that has sent a row holding NaN/inf keeps weight 0 from then on (its history is not finite).
     :meth:`reset` forgets the histories.
     """

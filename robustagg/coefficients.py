@@ -34,6 +34,7 @@ __all__ = [
     "krum_coefficients",
     "krum_order",
     "mean_of",
+    "monna_coefficients",
 ]
 
 

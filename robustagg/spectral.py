@@ -138,15 +138,15 @@ def dnc(
     drop = math.floor(c * f)
     if drop >= n:
         raise ValueError(f"{rule}: floor(c*f) = {drop} rows to drop leaves none of n={n}; lower c or f")
-    X = X.detach()
-    finite = torch.isfinite(exact_geometry.scaled_row_sq_norms(X)[0]).cpu()
+    Y = X.detach()  # the scores are constants to autograd; the mean of the kept rows is not
+    finite = torch.isfinite(exact_geometry.scaled_row_sq_norms(Y)[0]).cpu()
     rows = finite.nonzero().flatten()
     kept = torch.ones(n, dtype=torch.bool)
     for _ in range(iters):
-        Z = X if subsample >= d else X.index_select(1, torch.randperm(d, generator=generator)[:subsample].to(X.device))
+        Z = Y if subsample >= d else Y.index_select(1, torch.randperm(d, generator=generator)[:subsample].to(Y.device))
         scores = torch.full((n,), math.inf, dtype=torch.float64)
         if rows.numel():
-            Z = _unit_scale(Z.index_select(0, rows.to(X.device)).to(torch.float64).cpu())
+            Z = _unit_scale(Z.index_select(0, rows.to(Y.device)).to(torch.float64).cpu())
             Z = Z - Z.mean(0)
             # the scores relative to the largest: the same order (ties included) as s_i
             scores[rows] = _top_eigenpair(Z @ Z.T, torch.ones(rows.numel(), dtype=torch.float64))[1]

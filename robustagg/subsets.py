@@ -30,6 +30,7 @@ __all__ = [
 MAX_SUBSETS = 2**20
 
 _BATCH = 4096  # subsets whose eigenvalues are computed in one batched call
+_BATCH_VALUES = 2**22  # at most this many distances (32 MB) staged per batch
 
 
 def check_budget(n: int, f: int, max_subsets: object, rule: str) -> None:
@@ -55,21 +56,25 @@ def min_diameter_subset(D: torch.Tensor, k: int) -> torch.Tensor:
     A = D.numpy()
     n = A.shape[0]
     best, best_set = math.inf, list(range(k))
+    # Iterative, not recursive: the walk is n - f levels deep.
     chosen: list[int] = []
-
-    def walk(start: int, diameter: float) -> None:
-        nonlocal best, best_set
-        if len(chosen) == k:
-            best, best_set = diameter, chosen[:]
-            return
-        for i in range(start, n - (k - len(chosen)) + 1):
-            grown = max(diameter, float(A[i, chosen].max())) if chosen else 0.0
-            if grown < best:
-                chosen.append(i)
-                walk(i + 1, grown)
-                chosen.pop()
-
-    walk(0, 0.0)
+    diameters = [0.0]  # diameters[t]: the diameter of chosen[:t]
+    i = 0
+    while True:
+        t = len(chosen)
+        if t == k or i > n - (k - t):
+            if t == k:
+                best, best_set = diameters[t], chosen[:]
+            if not chosen:
+                break
+            i = chosen.pop() + 1  # backtrack: the next candidate at the level above
+            diameters.pop()
+            continue
+        grown = max(diameters[t], float(A[i, chosen].max())) if chosen else 0.0
+        if grown < best:
+            chosen.append(i)
+            diameters.append(grown)
+        i += 1
     return torch.tensor(best_set)
 
 
@@ -81,16 +86,18 @@ def min_spread_subset(D: torch.Tensor, finite: torch.Tensor, k: int) -> torch.Te
     (:func:`robustagg.coefficients.centered_gram`); subsets holding a non-finite row have value +inf.
     """
     n = D.shape[0]
-    Df = torch.where(torch.isfinite(D), D, 0.0)
+    infinite = ~torch.isfinite(D)  # rows that are not finite, or distances that overflowed
+    Df = torch.where(infinite, 0.0, D)
     bad = ~finite
     w = torch.full((k,), 1.0 / k, dtype=torch.float64)
     combos = itertools.combinations(range(n), k)
     best, best_set = math.inf, torch.arange(k)
-    while batch := list(itertools.islice(combos, _BATCH)):
+    batch_size = max(1, min(_BATCH, _BATCH_VALUES // (k * k)))
+    while batch := list(itertools.islice(combos, batch_size)):
         S = torch.tensor(batch)
         sub = Df[S.unsqueeze(2), S.unsqueeze(1)]
         top = torch.linalg.eigvalsh(centered_gram(sub, w))[:, -1] / k
-        top[bad[S].any(1)] = math.inf
+        top[bad[S].any(1) | infinite[S.unsqueeze(2), S.unsqueeze(1)].flatten(1).any(1)] = math.inf
         i = int(torch.argmin(top))  # the first minimum
         if float(top[i]) < best:
             best, best_set = float(top[i]), S[i]

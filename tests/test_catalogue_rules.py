@@ -1132,3 +1132,24 @@ def test_rules_on_device(device):
             w = robustagg.similarity.foolsgold_weights(Xd)
             assert w.device == Xd.device
             check_foolsgold(X, 1.0, w.cpu(), exact_data(X), what)
+
+
+def test_mda_with_many_rows_and_no_byzantine():
+    """f = 0 leaves one candidate, the n rows: the search is n levels deep (an iterative walk, no recursion
+    limit) and the result is the mean."""
+    X = torch.randn(1500, 3, generator=torch.Generator().manual_seed(0), dtype=F64)
+    assert_sum_close(robustagg.distance.mda(X, 0), X.mean(0), X, "mda(n=1500, f=0)")
+
+
+def test_smea_subsets_with_an_overflowed_distance_lose():
+    """Distances summed over buckets (the distributed paths) can overflow between finite rows: a subset
+    holding such a pair has value +inf, never 0."""
+    D = torch.tensor([[0.0, 1.0, 4.0], [1.0, 0.0, math.inf], [4.0, math.inf, 0.0]], dtype=F64)
+    c = robustagg.subsets.smea_coefficients(D, torch.ones(3, dtype=torch.bool), 1)
+    assert c.tolist() == [0.5, 0.5, 0.0]  # {0, 1}: spread 1/4; {0, 2}: 1; {1, 2}: +inf
+
+
+def test_dnc_result_follows_the_kept_rows_gradient():
+    X = torch.tensor([[0.0], [1.0], [2.0], [10.0]], dtype=F64, requires_grad=True)
+    robustagg.spectral.dnc(X, 1, iters=1).sum().backward()
+    assert X.grad.flatten().tolist() == [1 / 3, 1 / 3, 1 / 3, 0.0]
