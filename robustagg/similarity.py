@@ -41,13 +41,11 @@ import torch
 
 from . import coefficients, exact_geometry
 from .validation import (
-    FLOAT_DTYPES,
     check_generator,
     check_int,
     check_matrix,
     check_positive,
     check_real,
-    check_tensor,
 )
 
 __all__ = ["clipped_clustering", "fltrust", "foolsgold_weights", "row_norms", "signguard"]
@@ -389,16 +387,6 @@ def _larger_of_two_linkage_clusters(dist: torch.Tensor) -> torch.Tensor:
     return kept
 
 
-def _check_histories(H: object, rule: str) -> None:
-    check_tensor(H, rule, "H")
-    if H.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{rule}: H must be float32, float64, float16 or bfloat16, got {H.dtype}")
-    if H.dim() != 2:
-        raise ValueError(f"{rule}: H must be 2-D (n, d), got {H.dim()}-D with shape {list(H.shape)}")
-    if H.shape[0] < 1:
-        raise ValueError(f"{rule}: H needs at least one row, got n=0")
-
-
 def foolsgold_weights(H: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
     r"""FoolsGold's client weights (Fung, Yoon, Beschastnikh, "The Limitations of Federated Learning in Sybil
     Settings", RAID 2020, Algorithm 1 without the feature-importance weighting).
@@ -419,7 +407,7 @@ def foolsgold_weights(H: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
     is 0). Two passes over H (three when the norms spread widely).
     """
     rule = "foolsgold_weights"
-    _check_histories(H, rule)
+    check_matrix(H, rule, "H")
     kappa = check_positive(kappa, "kappa", rule)
     H = H.detach()
     n = H.shape[0]

@@ -28,15 +28,15 @@ def check_tensor(X: object, rule: str, name: str = "X") -> None:
         )
 
 
-def check_matrix(X: object, rule: str) -> None:
-    """X is an (n, d) floating tensor with n >= 1, as the native ops require."""
-    check_tensor(X, rule)
+def check_matrix(X: object, rule: str, name: str = "X") -> None:
+    """X (called ``name`` in messages) is an (n, d) floating tensor with n >= 1, as the native ops require."""
+    check_tensor(X, rule, name)
     if X.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{rule}: X must be float32, float64, float16 or bfloat16, got {X.dtype}")
+        raise TypeError(f"{rule}: {name} must be float32, float64, float16 or bfloat16, got {X.dtype}")
     if X.dim() != 2:
-        raise ValueError(f"{rule}: X must be 2-D (n, d), got {X.dim()}-D with shape {list(X.shape)}")
+        raise ValueError(f"{rule}: {name} must be 2-D (n, d), got {X.dim()}-D with shape {list(X.shape)}")
     if X.shape[0] < 1:
-        raise ValueError(f"{rule}: X needs at least one row, got n=0")
+        raise ValueError(f"{rule}: {name} needs at least one row, got n=0")
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

@@ -28,7 +28,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
-from test_distance import _note, assert_vec_close, clustered, finite_scale, near, with_layout
+from test_distance import _note, assert_vec_close, clustered, finite_scale, near, with_rows_overwritten
 
 import robustagg.distance
 import robustagg.similarity
@@ -87,21 +87,7 @@ def _values(spec: CaseSpec, g: torch.Generator) -> torch.Tensor:
 
 def make_case(spec: CaseSpec, dtype: torch.dtype) -> torch.Tensor:
     g = torch.Generator().manual_seed(spec.seed)
-    n, d = spec.n, spec.d
-    X = _values(spec, g) * 2.0**spec.exponent
-    perm = torch.randperm(n, generator=g).tolist()
-    for i in perm[: spec.dups]:
-        X[i] = X[int(torch.randint(0, n, (1,), generator=g))]
-    rows = torch.randperm(n, generator=g).tolist()
-    k = 0
-    for count, value in ((spec.nan_rows, math.nan), (spec.posinf_rows, math.inf), (spec.neginf_rows, -math.inf)):
-        for i in rows[k : k + count]:
-            X[i] = value
-        k += count
-    if d > 0:
-        for i in rows[k : k + spec.partial_rows]:
-            X[i, int(torch.randint(0, d, (1,), generator=g))] = [math.nan, math.inf, -math.inf][i % 3]
-    return with_layout(X.to(dtype), spec.layout)
+    return with_rows_overwritten(_values(spec, g) * 2.0**spec.exponent, spec, g, dtype)
 
 
 @st.composite

@@ -96,6 +96,13 @@ def make_rows(spec: RowsSpec, dtype: torch.dtype) -> torch.Tensor:
         X = clustered(n, d, g)
     else:
         X = make_matrix(MatrixSpec(n, d, spec.seed, spec.pattern), torch.float64)
+    return with_rows_overwritten(X, spec, g, dtype)
+
+
+def with_rows_overwritten(X: torch.Tensor, spec, g: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """X (float64) with ``spec.dups`` rows copied from others, whole rows of NaN / +inf / -inf and rows with
+    one non-finite entry (``spec``'s counts, rows drawn from g), cast to dtype in ``spec.layout``."""
+    n, d = X.shape
     perm = torch.randperm(n, generator=g).tolist()
     for i in perm[: spec.dups]:
         X[i] = X[int(torch.randint(0, n, (1,), generator=g))]

@@ -92,7 +92,7 @@ class ByzantineConfig:
             raise ValueError(f"byzantine: byzantine must be in [0, workers), got {f} of {n}")
         check_real(self.momentum, "momentum", where, 0.0, 1.0, high_open=True)
         check_int(self.bucketing, "bucketing", where, low=0, high=n)
-        for name in ("rounds", "eval_every", "cc_iters", "gm_iters", "root_size"):
+        for name in ("rounds", "eval_every", "cc_iters", "gm_iters"):
             check_int(getattr(self, name), name, where, low=1)
         check_batch(self.batch, where)
         check_positive(self.lr, "lr", where)
@@ -105,7 +105,7 @@ class ByzantineConfig:
             check_int(self.rule_f, "rule_f", where, low=0)
         alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
         check_attack_rows(self.attack, n, f, alie_z)
-        check_int(self.root_size, "root_size", where, high=NUM_TRAIN)
+        check_int(self.root_size, "root_size", where, low=1, high=NUM_TRAIN)
         rule = aggregator_of(self, torch.Generator())
         if isinstance(_rule_itself(rule), agg.FLTrust):
             _rule_itself(rule).root = torch.zeros(1, dtype=torch.float64)

@@ -143,6 +143,16 @@ def _cell(values: list[float] | None) -> str:
     return f"{m:.3f} ± {s:.3f}"
 
 
+def _iid_table(acc: dict[tuple, list[float]], f: int, attacks: list[str], rules: list[str]) -> list[str]:
+    """The markdown lines of one iid table: attack x momentum rows, one column per rule, then a blank line."""
+    lines = ["| attack | momentum | " + " | ".join(LABELS[r] for r in rules) + " |", "|---|---|" + "---|" * len(rules)]
+    for attack in attacks:
+        for beta in MOMENTA:
+            cells = [_cell(acc.get(("iid", f, attack, beta, rule, 0))) for rule in rules]
+            lines.append(f"| {ATTACK_LABELS[attack]} | {beta} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: int, machine: str) -> str:
     """Tables of mean ± std tail test accuracy, and the per-round timings."""
     acc = _accuracies(results)
@@ -167,15 +177,7 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
     ]
     for f in FS:
         lines += [f"## iid split, f = {f} of {cfg0['workers']}", ""]
-        lines += [
-            "| attack | momentum | " + " | ".join(LABELS[r] for r in RULES) + " |",
-            "|---|---|" + "---|" * len(RULES),
-        ]
-        for attack in ATTACKS:
-            for beta in MOMENTA:
-                cells = [_cell(acc.get(("iid", f, attack, beta, rule, 0))) for rule in RULES]
-                lines.append(f"| {ATTACK_LABELS[attack]} | {beta} | " + " | ".join(cells) + " |")
-        lines.append("")
+        lines += _iid_table(acc, f, ATTACKS, RULES)
     lines += ["## Label-sorted split, f = 5: bucketing (s = 2) in front of the memoryless rules", ""]
     heads = [f"{LABELS[r]}{suffix}" for r in BUCKETING_RULES for suffix in ("", " + bucketing")]
     lines += ["| attack | momentum | " + " | ".join(heads) + " |", "|---|---|" + "---|" * len(heads)]
@@ -192,14 +194,8 @@ def grid_markdown(results: list[dict], command: str, wall_seconds: float, jobs: 
         f"along {cfg0['perturbation']}; Fang's attacks are the full-knowledge attacks on the trimmed mean "
         "(b = 2) and on Krum.",
         "",
-        "| attack | momentum | " + " | ".join(LABELS[r] for r in CATALOGUE_RULES) + " |",
-        "|---|---|" + "---|" * len(CATALOGUE_RULES),
     ]
-    for attack in CATALOGUE_ATTACKS:
-        for beta in MOMENTA:
-            cells = [_cell(acc.get(("iid", CATALOGUE_F, attack, beta, rule, 0))) for rule in CATALOGUE_RULES]
-            lines.append(f"| {ATTACK_LABELS[attack]} | {beta} | " + " | ".join(cells) + " |")
-    lines.append("")
+    lines += _iid_table(acc, CATALOGUE_F, CATALOGUE_ATTACKS, CATALOGUE_RULES)
 
     per_rule: dict[tuple[int, str], list[dict]] = defaultdict(list)
     for r in results:
