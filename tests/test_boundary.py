@@ -561,9 +561,9 @@ def test_sim_helpers() -> None:
     with pytest.raises(TypeError, match=r"^split: expected a str"):
         sim_data.parse_split(0.5)
     with pytest.raises(ValueError, match=r"^model: hidden must be >= 1, got hidden=0"):
-        make_model("mlp", 64, 10, hidden=0)
+        make_model("mlp", (1, 8, 8), 10, hidden=0)
     with pytest.raises(TypeError, match=r"^model: generator"):
-        make_model("logreg", 4, 2).init(0)
+        make_model("logreg", (4,), 2).init(0)
 
 
 # ---------------------------------------------------------------------------

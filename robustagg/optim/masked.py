@@ -118,6 +118,11 @@ def width_core(model: nn.Module, fraction: float) -> Core:
     layer's kept units; the output layer keeps all its outputs. A Linear
     after a Conv2d reads the channels flattened ``(C, H, W)`` row-major
     (``torch.flatten``), so it keeps the input features of the kept channels.
+    A layer whose inputs are as many as an earlier layer's outputs but not
+    the previous one's (a residual block's shortcut, or its first convolution
+    after the shortcut) keeps the first units that earlier layer kept: the
+    kept units are always a prefix, so the branches that a residual sum
+    adds keep the same channels.
     Other parameters (e.g. normalisation) are absent, so entirely in the core.
     This is the width-wise core of Mohtashami, Jaggi, Stich (AISTATS 2022).
     """
@@ -125,6 +130,7 @@ def width_core(model: nn.Module, fraction: float) -> Core:
     layers = _layers(model, "width_core")
     core: Core = {}
     kept_in: torch.Tensor | None = None  # bool over the previous layer's outputs
+    kept_by_width: dict[int, torch.Tensor] = {}  # the kept outputs of the latest layer of each output width
     for i, (name, layer) in enumerate(layers):
         if isinstance(layer, nn.Conv2d) and layer.groups != 1:
             raise NotImplementedError(
@@ -138,6 +144,8 @@ def width_core(model: nn.Module, fraction: float) -> Core:
         if kept_in is not None:
             if w.shape[1] == kept_in.numel():
                 cols = kept_in
+            elif w.shape[1] in kept_by_width:
+                cols = kept_by_width[w.shape[1]]
             elif isinstance(layer, nn.Linear) and w.shape[1] % kept_in.numel() == 0:
                 cols = kept_in.repeat_interleave(w.shape[1] // kept_in.numel())  # flattened (C, H, W)
             else:
@@ -149,6 +157,7 @@ def width_core(model: nn.Module, fraction: float) -> Core:
         core[f"{name}.weight" if name else "weight"] = mask.view(mask.shape + (1,) * (w.dim() - 2)).expand_as(w).clone()
         if layer.bias is not None:
             core[f"{name}.bias" if name else "bias"] = rows.clone()
+        kept_by_width[out_units] = rows
         kept_in = rows
     return core
 
@@ -518,6 +527,13 @@ class ACDCSchedule:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+def _now(model: nn.Module) -> float:
+    """The time, once a CUDA model's queued kernels have run: the split of ``seconds`` means the same on a GPU."""
+    if next(model.parameters()).is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class _Trainer:
     def __init__(self, model: nn.Module, optimizer: MaskedSGD) -> None:
         if not isinstance(optimizer, MaskedSGD):
@@ -534,19 +550,19 @@ class _Trainer:
 
     def _train(
         self, kind: str, core: Core | None, masks: dict | None, loss_fn: LossFn, inputs: tuple, target: torch.Tensor
-    ) -> float:
-        tick = time.perf_counter()
+    ) -> torch.Tensor:
+        tick = _now(self.model)
         out = self.model(*inputs) if core is None else core_forward(self.model, core, *inputs)
         loss = loss_fn(out, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        tock = time.perf_counter()
+        tock = _now(self.model)
         self.optimizer.step(masks)
         self.seconds["forward_backward"] += tock - tick
-        self.seconds["step"] += time.perf_counter() - tock
+        self.seconds["step"] += _now(self.model) - tock
         self.steps += 1
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        return float(loss.detach())
+        return loss.detach()
 
 
 class PartialTrainer(_Trainer):
@@ -556,9 +572,9 @@ class PartialTrainer(_Trainer):
     ``loss_fn(out, y)`` with ``out = core_forward(model, core, *inputs)`` on
     a core step and ``model(*inputs)`` on a full step, backward, then the
     optimizer's step masked by the core (core step) or everywhere (full
-    step); it returns the loss. On a core step the parameters outside the
-    core and their momentum keep their bits (Mohtashami, Jaggi, Stich,
-    AISTATS 2022). ``counts`` holds the number of ``"core"`` and ``"full"``
+    step); it returns the loss (a 0-d tensor, so that a step never waits
+    for the device). On a core step the parameters outside the core and
+    their momentum keep their bits (Mohtashami, Jaggi, Stich, AISTATS 2022). ``counts`` holds the number of ``"core"`` and ``"full"``
     steps, ``seconds`` the time spent in forward + backward and in steps.
     """
 
@@ -568,7 +584,7 @@ class PartialTrainer(_Trainer):
         self.schedule = schedule
         self._masks = self._by_param(core)
 
-    def step(self, loss_fn: LossFn, *inputs: torch.Tensor, target: torch.Tensor) -> float:
+    def step(self, loss_fn: LossFn, *inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.schedule.is_core(self.steps):
             return self._train("core", self.core, self._masks, loss_fn, inputs, target)
         return self._train("full", None, None, loss_fn, inputs, target)
@@ -609,7 +625,7 @@ class ACDCTrainer(_Trainer):
             if buf is not None:
                 buf.mul_(m)
 
-    def step(self, loss_fn: LossFn, *inputs: torch.Tensor, target: torch.Tensor) -> float:
+    def step(self, loss_fn: LossFn, *inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         t = self.steps
         if self.schedule.phase(t) == "dense":
             return self._train("dense", None, None, loss_fn, inputs, target)

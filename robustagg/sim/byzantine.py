@@ -1,4 +1,4 @@
-"""Byzantine-robust training simulator (SPEC 6.1) on the built-in digits data.
+"""Byzantine-robust training simulator (SPEC 6.1) on digits or a data set from disk, on the CPU or a GPU.
 
 n workers share the training set (``iid``, label-``sorted`` or
 ``dirichlet:ALPHA``); the last f of them are Byzantine. Each round, every
@@ -7,8 +7,10 @@ server's model (all n at once with ``torch.func.vmap``), updates its worker
 momentum, and sends it; the attack replaces the Byzantine workers' vectors
 (it sees the honest vectors and what the Byzantine workers would have sent);
 the server aggregates with the chosen rule (after the optional bucketing)
-and takes an SGD step. Everything random comes from the seed, so a run
-repeats bit for bit on the same machine and thread count.
+and takes an SGD step. With ``device="cuda"`` all of it stays on the GPU:
+the data, the batch draws, the gradients, the momentum, the attack and the
+aggregation on robustagg's CUDA kernels. Everything random comes from the
+seed, so a run repeats bit for bit on the same device, machine and thread count.
 """
 
 from __future__ import annotations
@@ -32,10 +34,21 @@ from ..arguments import (
 )
 from ..attacks import ATTACKS, PERTURBATIONS, check_attack_rows, make_attack
 from ..optim.byzantine import RobustServer, WorkerMomentum
-from ..validation import check_int, check_positive, check_real
+from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
-from .models import make_model
+from .data import (
+    Dataset,
+    augment,
+    check_batch,
+    check_data,
+    check_fits,
+    load_data,
+    parse_split,
+    split_workers,
+    train_examples,
+)
+from .models import MODELS, Model, make_model
+from .stopwatch import Stopwatch
 
 __all__ = ["ByzantineConfig", "RULES", "TAIL_START", "aggregator_of", "run_byzantine"]
 
@@ -74,6 +87,11 @@ class ByzantineConfig:
     root_size: int = option(
         100, "FLTrust: clean training examples the server holds (its root data set)", type=positive_int
     )
+    lr_step: int = option(
+        0, "divide the server learning rate by 10 after this round (default: never)", type=nonnegative_int
+    )
+    data: str = shared.data()
+    device: str = shared.device()
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field.
@@ -86,7 +104,9 @@ class ByzantineConfig:
         where = "byzantine"
         if self.agg not in RULES:
             raise ValueError(f"byzantine: unknown rule agg={self.agg!r}; choose from {', '.join(RULES)}")
-        n = check_int(self.workers, "workers", where, low=1, high=NUM_TRAIN)
+        check_data(self.data)
+        examples = train_examples(self.data)
+        n = check_int(self.workers, "workers", where, low=1, high=examples)
         f = check_int(self.byzantine, "byzantine", where)
         if not 0 <= f < n:
             raise ValueError(f"byzantine: byzantine must be in [0, workers), got {f} of {n}")
@@ -94,18 +114,21 @@ class ByzantineConfig:
         check_int(self.bucketing, "bucketing", where, low=0, high=n)
         for name in ("rounds", "eval_every", "cc_iters", "gm_iters"):
             check_int(getattr(self, name), name, where, low=1)
-        check_batch(self.batch, where)
+        check_batch(self.batch, where, examples)
         check_positive(self.lr, "lr", where)
         check_positive(self.cc_tau, "cc_tau", where, allow_inf=True)
         check_positive(self.ipm_eps, "ipm_eps", where)
         check_int(self.seed, "seed", where, low=0)
-        make_model(self.model, 1, 1, self.hidden)
+        check_int(self.lr_step, "lr_step", where, low=0)
+        check_choice(self.model, MODELS, "model", where)
+        check_int(self.hidden, "hidden", where, low=1)
+        shared.check_device(self.device, where)
         parse_split(self.split)
         if self.rule_f is not None:
             check_int(self.rule_f, "rule_f", where, low=0)
         alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
         check_attack_rows(self.attack, n, f, alie_z)
-        check_int(self.root_size, "root_size", where, low=1, high=NUM_TRAIN)
+        check_int(self.root_size, "root_size", where, low=1, high=examples)
         rule = aggregator_of(self, torch.Generator())
         if isinstance(_rule_itself(rule), agg.FLTrust):
             _rule_itself(rule).root = torch.zeros(1, dtype=torch.float64)
@@ -157,7 +180,13 @@ def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.
     }.get(cfg.attack, {})
 
 
-def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] | None = None) -> dict:
+def run_byzantine(
+    cfg: ByzantineConfig,
+    progress: Callable[[int, float], None] | None = None,
+    *,
+    model: Model | None = None,
+    data: Dataset | None = None,
+) -> dict:
     """Train, and return a JSON-ready dict: config, accuracy curve, final accuracy and timings.
 
     ``tail_test_accuracy`` is the mean test accuracy of the evaluations in
@@ -165,20 +194,28 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
 
     ``progress(round, test_accuracy)`` is called after every evaluation.
     Timings are totals over the run divided by the number of rounds, for
-    the gradient computation (all n workers), the momentum update, the attack
-    and the aggregation (pre-aggregator and rule).
+    the gradient computation (all n workers, with the batch draws), the momentum update, the attack
+    and the aggregation (pre-aggregator, rule and step); evaluations are outside all four.
+
+    ``model`` replaces the built-in ``cfg.model`` (a :class:`~robustagg.sim.models.ModuleModel` wraps any
+    ``torch.nn.Module``), ``data`` the data set ``cfg.data`` names.
     """
     cfg.check()
-    data = load_digits()
+    device = shared.check_device(cfg.device, "byzantine")
+    data = load_data(cfg.data) if data is None else data
     n, f = cfg.workers, cfg.byzantine
+    check_fits(data, "byzantine", workers=n, batch=cfg.batch, root_size=cfg.root_size)
     honest = n - f
     rng = np.random.default_rng(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    init = torch.Generator().manual_seed(cfg.seed)
     shares = split_workers(data.y_train, n, cfg.split, rng)
-    model = make_model(cfg.model, data.num_features, data.num_classes, cfg.hidden)
-    w = model.init(gen)
-    rule = aggregator_of(cfg, torch.Generator().manual_seed(cfg.seed + 1))
-    attack = make_attack(cfg.attack, **_attack_kwargs(cfg, rule, torch.Generator().manual_seed(cfg.seed + 2)))
+    if model is None:
+        model = make_model(cfg.model, data.shape, data.num_classes, cfg.hidden)
+    w = model.init(init).to(device)
+    # On the CPU the batches continue the initialisation's stream; on a GPU they are drawn there.
+    gen = init if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
+    rule = aggregator_of(cfg, torch.Generator(device).manual_seed(cfg.seed + 1))
+    attack = make_attack(cfg.attack, **_attack_kwargs(cfg, rule, torch.Generator(device).manual_seed(cfg.seed + 2)))
 
     # Byzantine workers hold their share like everyone else; a data-level
     # attack changes the labels they train on.
@@ -186,49 +223,52 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
     if attack.flips_labels:
         for share in shares[honest:]:
             labels[share] = attack.flip_labels(labels[share])
-    held = torch.cat(shares)
-    sizes = torch.tensor([len(s) for s in shares])
+    held = torch.cat(shares).to(device)
+    sizes = torch.tensor([len(s) for s in shares], device=device)
     starts = torch.cumsum(sizes, 0) - sizes
-
-    worker_grads = torch.func.vmap(torch.func.grad(model.loss), in_dims=(None, 0, 0))
-    worker_grads(w, data.x_train[held[:n, None]], labels[held[:n, None]])  # untimed warm-up of vmap
     # FLTrust's server holds a clean root data set, a random sample of the training set (Cao et al.),
     # and computes its root update on all of it each round; drawn apart so other rules' runs are unchanged.
     fltrust = _rule_itself(rule) if isinstance(_rule_itself(rule), agg.FLTrust) else None
     if fltrust is not None:
         root = torch.randperm(len(data.y_train), generator=torch.Generator().manual_seed(cfg.seed + 3))
-        root_x, root_y = data.x_train[root[: cfg.root_size]], data.y_train[root[: cfg.root_size]]
+        root_x, root_y = data.x_train[root[: cfg.root_size]].to(device), data.y_train[root[: cfg.root_size]].to(device)
         root_grad = torch.func.grad(model.loss)
+    data, labels = data.to(device), labels.to(device)
+    loss_x, loss_y = data.train_loss_examples()
+
+    worker_grads = torch.func.vmap(torch.func.grad(model.loss), in_dims=(None, 0, 0))
+    worker_grads(w, data.x_train[held[:n, None]], labels[held[:n, None]])  # untimed warm-up of vmap
     rule_name = repr(rule)
     momentum = WorkerMomentum(cfg.momentum)
     server = RobustServer([w], rule, cfg.lr)
-    seconds = {"gradients": 0.0, "momentum": 0.0, "attack": 0.0, "aggregation": 0.0}
+    clock = Stopwatch(device, "gradients", "momentum", "attack", "aggregation")
     curve: list[dict] = []
     wall = time.perf_counter()
     for t in range(1, cfg.rounds + 1):
-        pick = starts[:, None] + (torch.rand(n, cfg.batch, generator=gen) * sizes[:, None]).long()
+        pick = starts[:, None] + (torch.rand(n, cfg.batch, generator=gen, device=device) * sizes[:, None]).long()
         idx = held[pick]
-        tick = time.perf_counter()
-        grads = worker_grads(w, data.x_train[idx], labels[idx])
+        grads = worker_grads(w, augment(data.x_train[idx], data, gen), labels[idx])
         if fltrust is not None:
             fltrust.root = root_grad(w, root_x, root_y)
-        tock = time.perf_counter()
-        seconds["gradients"] += tock - tick
+        clock.lap("gradients")
         sent = momentum(grads)
-        tick = time.perf_counter()
-        seconds["momentum"] += tick - tock
+        clock.lap("momentum")
         if f > 0:
             sent = torch.cat([sent[:honest], attack(sent[:honest], sent[honest:])])
-        seconds["attack"] += time.perf_counter() - tick
+        clock.lap("attack")
+        if cfg.lr_step and t == cfg.lr_step + 1:
+            server.lr = cfg.lr / 10
         server.step(sent)
-        seconds["aggregation"] += server.last_seconds
+        clock.lap("aggregation")
         if t % cfg.eval_every == 0 or t == cfg.rounds:
             acc, loss = model.evaluate(w, data.x_test, data.y_test)
-            _, train_loss = model.evaluate(w, data.x_train, data.y_train)
+            _, train_loss = model.evaluate(w, loss_x, loss_y)
             curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
             if progress is not None:
                 progress(t, acc)
+            clock.restart()
     wall = time.perf_counter() - wall
+    seconds = clock.seconds
     tail = [p["test_accuracy"] for p in curve if p["round"] > TAIL_START * cfg.rounds] or [curve[-1]["test_accuracy"]]
     return {
         "config": asdict(cfg),
@@ -238,8 +278,9 @@ def run_byzantine(cfg: ByzantineConfig, progress: Callable[[int, float], None] |
         "final_test_accuracy": curve[-1]["test_accuracy"],
         "tail_test_accuracy": sum(tail) / len(tail),
         "curve": curve,
-        "seconds_per_round": {k: v / cfg.rounds for k, v in seconds.items()},
+        "seconds_per_round": clock.per(cfg.rounds),
         "aggregation_over_gradients": seconds["aggregation"] / max(seconds["gradients"], 1e-12),
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }

@@ -10,11 +10,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..arguments import nonnegative_int, option, positive_float, positive_int, unit_interval
+import torch
 
-__all__ = ["MODELS", "batch", "eval_every", "hidden", "lr", "model", "momentum", "rounds", "seed"]
+from ..arguments import checked, nonnegative_int, option, positive_float, positive_int, unit_interval
+from ..validation import check_choice, cuda_kernels_built
+from .data import parse_data
+from .models import MODELS
 
-MODELS = ("mlp", "logreg")  # the names robustagg.sim.models.make_model builds
+__all__ = [
+    "DEVICES",
+    "batch",
+    "check_device",
+    "data",
+    "device",
+    "eval_every",
+    "hidden",
+    "lr",
+    "model",
+    "momentum",
+    "rounds",
+    "seed",
+]
+
+DEVICES = ("cpu", "cuda")
 
 
 def rounds(default: int | None, help: str = "training rounds") -> Any:
@@ -39,8 +57,30 @@ def eval_every(default: int, help: str = "rounds between evaluations") -> Any:
     return option(default, help, type=positive_int)
 
 
-def model() -> Any:
-    return option("mlp", "model (default mlp, 64-hidden-10)", choices=MODELS)
+def model(default: str = "mlp", help: str = "model (default mlp, 64-hidden-classes)") -> Any:
+    return option(default, help, choices=MODELS)
+
+
+def data() -> Any:
+    return option(
+        "digits",
+        "data set: digits, mnist:DIR, fashion-mnist:DIR, emnist:DIR, cifar10:DIR or synthetic:NAME "
+        "(files on disk, never downloaded; default digits)",
+        type=checked(parse_data),
+    )
+
+
+def device() -> Any:
+    return option("cpu", "where the whole run lives: data, gradients, attack and aggregation", choices=DEVICES)
+
+
+def check_device(device: object, where: str) -> torch.device:
+    """``cpu``, or ``cuda`` when a GPU and robustagg's CUDA kernels are both there."""
+    check_choice(device, DEVICES, "device", where)
+    if device == "cuda" and not (torch.cuda.is_available() and cuda_kernels_built()):
+        missing = "no CUDA GPU is visible" if not torch.cuda.is_available() else "robustagg has no CUDA kernels"
+        raise ValueError(f"{where}: device cuda needs a GPU and robustagg's CUDA kernels, but {missing}")
+    return torch.device(device)
 
 
 def hidden(default: int) -> Any:

@@ -1,4 +1,4 @@
-"""Federated simulator (SPEC 6.2) on the built-in digits data.
+"""Federated simulator (SPEC 6.2) on digits or a data set from disk, on the CPU or a GPU.
 
 Clients hold a Dirichlet(alpha) label split of the training set. Each round
 the server samples ``per_round`` clients without replacement; they start at
@@ -7,7 +7,10 @@ examples, all sampled clients at once (``torch.func.vmap`` over the clients'
 points for the gradients, one native multi-tensor call per step for the
 update); the :class:`~robustagg.optim.FederatedServer` averages their points
 by example count. Clients with fewer local steps (``local_epochs``) drop out
-of the later steps. Everything random comes from the seed.
+of the later steps. With ``device="cuda"`` the data, the batch draws, the
+gradients and the fused client and server steps stay on the GPU; which
+clients take part is drawn on the host, from the seed, since the server's
+bookkeeping is per client. Everything random comes from the seed.
 """
 
 from __future__ import annotations
@@ -24,8 +27,19 @@ from ..arguments import closed_unit_interval, nonnegative_float, option, positiv
 from ..optim.federated import ALGORITHMS, BASES, FederatedServer
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import NUM_TRAIN, check_batch, load_digits, parse_split, split_workers
-from .models import make_model
+from .data import (
+    Dataset,
+    augment,
+    check_batch,
+    check_data,
+    check_fits,
+    load_data,
+    parse_split,
+    split_workers,
+    train_examples,
+)
+from .models import MODELS, Model, make_model
+from .stopwatch import Stopwatch
 
 __all__ = ["FederatedConfig", "run_federated", "LOSS_ROUNDS"]
 
@@ -60,20 +74,24 @@ class FederatedConfig:
     model: str = shared.model()
     hidden: int = shared.hidden(64)
     seed: int = shared.seed("the split, initialisation, sampling and batches")
+    data: str = shared.data()
+    device: str = shared.device()
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
         where = "federated"
         check_choice(self.algo, ALGORITHMS, "algo", where)
         check_choice(self.base, BASES, "base", where)
-        clients = check_int(self.clients, "clients", where, low=1, high=NUM_TRAIN)
+        check_data(self.data)
+        examples = train_examples(self.data)
+        clients = check_int(self.clients, "clients", where, low=1, high=examples)
         if not 1 <= check_int(self.per_round, "per_round", where) <= clients:
             raise ValueError(
                 f"federated: need 1 <= per_round <= clients, got per_round={self.per_round}, clients={clients}"
             )
         for name in ("local_steps", "rounds"):
             check_int(getattr(self, name), name, where, low=1)
-        check_batch(self.batch, where)
+        check_batch(self.batch, where, examples)
         check_real(self.local_epochs, "local_epochs", where, low=0.0)
         for name in ("lr", "server_lr", "eps"):
             check_positive(getattr(self, name), name, where)
@@ -81,7 +99,9 @@ class FederatedConfig:
             check_real(getattr(self, name), name, where, 0.0, 1.0, high_open=True)
         check_real(self.mvr_a, "mvr_a", where, 0.0, 1.0)
         check_int(self.seed, "seed", where, low=0)
-        make_model(self.model, 1, 1, self.hidden)
+        check_choice(self.model, MODELS, "model", where)
+        check_int(self.hidden, "hidden", where, low=1)
+        shared.check_device(self.device, where)
         alpha = check_real(self.alpha, "alpha", where, allow_inf=True)  # its range is the split's to state
         parse_split(f"dirichlet:{alpha}")
 
@@ -90,21 +110,36 @@ def _first_round_reaching(curve: list[dict], level: float) -> int | None:
     return next((p["round"] for p in curve if p["test_accuracy"] >= level), None)
 
 
-def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] | None = None) -> dict:
+def run_federated(
+    cfg: FederatedConfig,
+    progress: Callable[[int, float], None] | None = None,
+    *,
+    model: Model | None = None,
+    data: Dataset | None = None,
+) -> dict:
     """Train and return a JSON-ready dict: config, per-round curve, summary figures and timings.
 
     Summary: final test accuracy, mean test accuracy over the last 10% of the
     rounds, the first round reaching 90% and 95% test accuracy (None if never),
     and the training loss at the rounds of ``LOSS_ROUNDS`` within the run and at the last round.
+    ``model`` replaces the built-in ``cfg.model``, ``data`` the data set ``cfg.data`` names.
     """
     cfg.check()
-    data = load_digits()
+    device = shared.check_device(cfg.device, "federated")
+    data = load_data(cfg.data) if data is None else data
+    check_fits(data, "federated", clients=cfg.clients, batch=cfg.batch)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     shares = split_workers(data.y_train, cfg.clients, f"dirichlet:{cfg.alpha}", rng)
     sizes = torch.tensor([len(s) for s in shares])
-    model = make_model(cfg.model, data.num_features, data.num_classes, cfg.hidden)
-    w = model.init(gen)
+    if model is None:
+        model = make_model(cfg.model, data.shape, data.num_classes, cfg.hidden)
+    w = model.init(gen).to(device)
+    # The clients are drawn on the host; on the CPU the batches continue that stream, on a GPU they are drawn there.
+    batches = gen if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
+    shares = [s.to(device) for s in shares]
+    data = data.to(device)
+    loss_x, loss_y = data.train_loss_examples()
     server = FederatedServer(
         [w],
         cfg.algo,
@@ -125,13 +160,13 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
     xb, yb = data.x_train[: 2 * cfg.batch].view(2, cfg.batch, -1), data.y_train[: 2 * cfg.batch].view(2, cfg.batch)
     client_grads(w.expand(2, -1), xb, yb), anchor_grads(w, xb, yb), full_grad(w, xb[0], yb[0])
 
-    seconds = {"gradients": 0.0, "client_steps": 0.0, "server": 0.0}
+    clock = Stopwatch(device, "gradients", "client_steps", "server")
     curve: list[dict] = []
     wall = time.perf_counter()
     for t in range(1, cfg.rounds + 1):
         chosen = torch.randperm(cfg.clients, generator=gen)[: cfg.per_round].tolist()
         counts = [int(sizes[i]) for i in chosen]
-        tick = time.perf_counter()
+        clock.restart()
         full = prev = None
         if server.needs_full_grads:
             full = [[full_grad(w, data.x_train[shares[i]], data.y_train[shares[i]])] for i in chosen]
@@ -139,10 +174,9 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
                 prev = [
                     [full_grad(server.previous[0], data.x_train[shares[i]], data.y_train[shares[i]])] for i in chosen
                 ]
-        seconds["gradients"] += time.perf_counter() - tick
-        tick = time.perf_counter()
+        clock.lap("gradients")
         server.begin_round(full, counts, prev)
-        seconds["server"] += time.perf_counter() - tick
+        clock.lap("server")
 
         steps = [
             cfg.local_steps if cfg.local_epochs == 0 else max(1, math.ceil(cfg.local_epochs * n / cfg.batch))
@@ -152,25 +186,25 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
         for k in range(max(steps)):
             active = [j for j, s in enumerate(steps) if s > k]
             pick = torch.stack(
-                [shares[chosen[j]][torch.randint(counts[j], (cfg.batch,), generator=gen)] for j in active]
+                [
+                    shares[chosen[j]][torch.randint(counts[j], (cfg.batch,), generator=batches, device=device)]
+                    for j in active
+                ]
             )
-            xb, yb = data.x_train[pick], data.y_train[pick]
-            tick = time.perf_counter()
+            xb, yb = augment(data.x_train[pick], data, batches), data.y_train[pick]
             gy = client_grads(Y[active], xb, yb)
             gx = anchor_grads(w, xb, yb) if server.needs_anchor_grads else None
-            tock = time.perf_counter()
-            seconds["gradients"] += tock - tick
+            clock.lap("gradients")
             rows = [Y[j] for j in active]
             server.client_step(rows, list(gy), cfg.lr, None if gx is None else list(gx), [chosen[j] for j in active])
-            seconds["client_steps"] += time.perf_counter() - tock
-        tick = time.perf_counter()
+            clock.lap("client_steps")
         for j, i in enumerate(chosen):
             server.add_client([Y[j]], counts[j], client_id=i, local_steps=steps[j], lr=cfg.lr)
         server.end_round()
-        seconds["server"] += time.perf_counter() - tick
+        clock.lap("server")
 
         acc, loss = model.evaluate(w, data.x_test, data.y_test)
-        _, train_loss = model.evaluate(w, data.x_train, data.y_train)
+        _, train_loss = model.evaluate(w, loss_x, loss_y)
         curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
         if progress is not None:
             progress(t, acc)
@@ -187,7 +221,8 @@ def run_federated(cfg: FederatedConfig, progress: Callable[[int, float], None] |
             str(r): curve[r - 1]["train_loss"] for r in sorted({*LOSS_ROUNDS, cfg.rounds}) if r <= cfg.rounds
         },
         "curve": curve,
-        "seconds_per_round": {k: v / cfg.rounds for k, v in seconds.items()},
+        "seconds_per_round": clock.per(cfg.rounds),
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }

@@ -1,8 +1,9 @@
-"""Masked / partial training simulator (SPEC 6.4) on the built-in digits data.
+"""Masked / partial training simulator (SPEC 6.4) on digits or a data set from disk, on the CPU or a GPU.
 
-An MLP 64-hidden-10 (``nn.Sequential`` Linear-ReLU-Linear, PyTorch's
-default initialisation from the seed) is trained with SGD with momentum on
-batches drawn from the 1400 training examples, in one of four ways:
+A network (by default an MLP features-hidden-classes, ``nn.Sequential``
+Linear-ReLU-Linear; or the built-in CNN or ResNet-20; PyTorch's default
+initialisation from the seed) is trained with SGD with momentum on batches
+drawn from the training examples, in one of four ways:
 
 * ``full``: every step trains the whole network;
 * ``core``: every step trains the width core only (the first
@@ -13,11 +14,13 @@ batches drawn from the 1400 training examples, in one of four ways:
 * ``acdc``: AC/DC's dense and sparse phases, the sparse ones keeping the
   ``density`` largest weights (Peste et al., NeurIPS 2021).
 
-Every evaluation measures, on the 397 test examples, the full network, its
-core cut out as a stand-alone network (:func:`~robustagg.optim.masked.extract_core`)
-and, for AC/DC, the network pruned to its magnitude top-k. Everything random
-comes from the seed, so a run repeats bit for bit on the same machine and
-thread count.
+Every evaluation measures, on the test examples, the full network, its
+core (the MLP's cut out as a stand-alone network,
+:func:`~robustagg.optim.masked.extract_core`; a convolutional network's
+run with the parameters outside the core zeroed,
+:func:`~robustagg.optim.masked.core_forward`) and, for AC/DC, the network
+pruned to its magnitude top-k. Everything random comes from the seed, so a
+run repeats bit for bit on the same device, machine and thread count.
 """
 
 from __future__ import annotations
@@ -34,9 +37,11 @@ from ..arguments import fraction, nonnegative_int, option, positive_int
 from ..optim import masked as masked_opt
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import NUM_TRAIN, check_batch, load_digits
+from .data import Dataset, augment, check_batch, check_data, check_fits, load_data, train_examples
+from .models import EVAL_CHUNK, MODELS
+from .networks import ResNet20, SmallCNN
 
-__all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "run_masked"]
+__all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "make_network", "run_masked"]
 
 TRAININGS = {
     "full": "every step trains the whole network",
@@ -63,6 +68,9 @@ class MaskedConfig:
     density: float = option(0.1, "AC/DC: fraction of weights kept in sparse phases", type=fraction)
     seed: int = shared.seed("the initialisation and batches")
     eval_every: int = shared.eval_every(100, "steps between evaluations")
+    model: str = option("mlp", "network (default mlp, features-hidden-classes)", choices=MODELS[:1] + MODELS[2:])
+    data: str = shared.data()
+    device: str = shared.device()
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
@@ -70,7 +78,10 @@ class MaskedConfig:
         check_choice(self.training, TRAININGS, "training", where)
         for name in ("hidden", "rounds", "period", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
-        check_batch(self.batch, where)
+        check_data(self.data)
+        check_batch(self.batch, where, train_examples(self.data))
+        check_choice(self.model, ("mlp", "cnn", "resnet20"), "model", where)
+        shared.check_device(self.device, where)
         for name in ("core_fraction", "density"):
             check_real(getattr(self, name), name, where, 0.0, 1.0, low_open=True)
         check_positive(self.lr, "lr", where)
@@ -92,7 +103,18 @@ def make_mlp(features: int, hidden: int, classes: int, seed: int) -> nn.Sequenti
         return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
-def _accuracy(logits: torch.Tensor, y: torch.Tensor) -> float:
+def make_network(name: str, data: Dataset, hidden: int, seed: int) -> nn.Module:
+    """The network ``name`` (mlp, cnn or resnet20) for ``data``, initialised from ``seed``; it takes images
+    ``(N, C, H, W)`` except the MLP, which takes the flat features."""
+    if name == "mlp":
+        return make_mlp(data.num_features, hidden, data.num_classes, seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return SmallCNN(*data.shape, data.num_classes) if name == "cnn" else ResNet20(data.shape[0], data.num_classes)
+
+
+def _accuracy(forward, x: torch.Tensor, y: torch.Tensor) -> float:
+    logits = torch.cat([forward(part) for part in torch.split(x, EVAL_CHUNK)])
     return float((logits.argmax(1) == y).float().mean())
 
 
@@ -108,10 +130,19 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
     time of a step into forward + backward and the optimizer step.
     """
     cfg.check()
-    data = load_digits()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model = make_mlp(data.num_features, cfg.hidden, data.num_classes, cfg.seed)
+    device = shared.check_device(cfg.device, "masked")
+    data = load_data(cfg.data)
+    check_fits(data, "masked", batch=cfg.batch)
+    data = data.to(device)
+    gen = torch.Generator(device).manual_seed(cfg.seed)
+    model = make_network(cfg.model, data, cfg.hidden, cfg.seed).to(device)
+    inputs = (lambda x: x) if cfg.model == "mlp" else (lambda x: x.view(-1, *data.shape))
     core = masked_opt.width_core(model, cfg.core_fraction)
+    core_model = (
+        (lambda x: masked_opt.extract_core(model, core)(x))
+        if cfg.model == "mlp"
+        else (lambda x: masked_opt.core_forward(model, core, x))
+    )
     optimizer = masked_opt.MaskedSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     trainer: masked_opt.PartialTrainer | masked_opt.ACDCTrainer
     if cfg.training == "acdc":
@@ -125,20 +156,24 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
         trainer = masked_opt.PartialTrainer(model, optimizer, core, schedule)
 
     curve: list[dict] = []
+    examples = len(data.y_train)
+    x_test = inputs(data.x_test)
     wall = time.perf_counter()
     for t in range(1, cfg.rounds + 1):
-        idx = torch.randint(0, NUM_TRAIN, (cfg.batch,), generator=gen)
-        trainer.step(F.cross_entropy, data.x_train[idx], target=data.y_train[idx])
+        idx = torch.randint(0, examples, (cfg.batch,), generator=gen, device=device)
+        trainer.step(F.cross_entropy, inputs(augment(data.x_train[idx], data, gen)), target=data.y_train[idx])
         if t % cfg.eval_every == 0 or t == cfg.rounds:
             with torch.no_grad():
                 point: dict = {
                     "round": t,
-                    "full_accuracy": None if cfg.training == "core" else _accuracy(model(data.x_test), data.y_test),
-                    "core_accuracy": _accuracy(masked_opt.extract_core(model, core)(data.x_test), data.y_test),
+                    "full_accuracy": None if cfg.training == "core" else _accuracy(model, x_test, data.y_test),
+                    "core_accuracy": _accuracy(core_model, x_test, data.y_test),
                 }
                 if cfg.training == "acdc":
-                    sparse = masked_opt.core_forward(model, masked_opt.magnitude_core(model, cfg.density), data.x_test)
-                    point["sparse_accuracy"] = _accuracy(sparse, data.y_test)
+                    sparse = masked_opt.magnitude_core(model, cfg.density)
+                    point["sparse_accuracy"] = _accuracy(
+                        lambda x: masked_opt.core_forward(model, sparse, x), x_test, data.y_test
+                    )
             curve.append(point)
             if progress is not None:
                 progress(t, point["core_accuracy"] if cfg.training == "core" else point["full_accuracy"])
@@ -155,6 +190,7 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
         "seconds_per_step": {k: v / cfg.rounds for k, v in trainer.seconds.items()},
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
     if cfg.training == "acdc":
         result["final_sparse_accuracy"] = curve[-1]["sparse_accuracy"]

@@ -15,7 +15,9 @@ weighted gradient averaging (WGA) or WGA with bias correction
 * ``hessian``: the same, with each collaborator's Hessian diagonal with
   entries 1 +- 0.5 (random signs per coordinate and collaborator); their
   optima are still x_i*; user 0's Hessian stays I.
-* ``digits``: label-prior shift on scikit-learn's digits. User 0 draws its
+* ``digits``: label-prior shift on scikit-learn's digits (or the ``data`` set
+  from disk, with its own label count; ``model``, logistic regression by
+  default, is the classifier). User 0 draws its
   labels from p0 (0.18 for each of 0-4, 0.02 for each of 5-9), every
   collaborator from its own prior ~ Dirichlet(2, ..., 2) (near uniform: the
   collaborators differ from p0 in one common direction, since zero-mean
@@ -65,8 +67,9 @@ from ..optim.personalized import (
 )
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import check_batch, load_digits
-from .models import make_model
+from .data import check_batch, check_data, check_fits, load_data, train_examples
+from .models import EVAL_CHUNK, MODELS, make_model
+from .stopwatch import Stopwatch
 
 __all__ = [
     "PersonalizedConfig",
@@ -104,7 +107,8 @@ TAIL_STEPS = 1000
 
 OPTIMUM_SPREAD = 0.1  # std of the collaborators' optima around the common shift, times sqrt(d)
 HESSIAN_SPREAD = 0.5
-USER0_PRIOR = (0.18,) * 5 + (0.02,) * 5
+# User 0's probability mass on the first and on the second half of the labels (0.18 for each of digits' 0-4).
+USER0_MASS = (0.9, 0.1)
 COLLABORATOR_CONCENTRATION = 20.0  # Dirichlet(20 * uniform) priors
 ESTIMATION_SAMPLES = 200  # gradient samples per user behind the digits task's optimal weights
 
@@ -132,6 +136,9 @@ class PersonalizedConfig:
     batch: int = shared.batch(4, "examples per user per step, digits")
     seed: int = shared.seed("the problem, initialisation and noise")
     eval_every: int = shared.eval_every(50, "steps between recorded errors")
+    model: str = shared.model("logreg", "classifier of the digits task (default logreg)")
+    data: str = shared.data()
+    device: str = shared.device()
 
     def check(self) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
@@ -141,8 +148,11 @@ class PersonalizedConfig:
         check_int(self.collaborators, "collaborators", where, low=0)
         for name in ("dim", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
-        check_batch(self.batch, where)
+        check_data(self.data)
+        check_batch(self.batch, where, train_examples(self.data))
         check_int(self.seed, "seed", where, low=0)
+        check_choice(self.model, MODELS, "model", where)
+        shared.check_device(self.device, where)
         if self.rounds is not None:
             check_int(self.rounds, "rounds", where, low=1)
         if self.lr is not None:
@@ -170,7 +180,7 @@ class PersonalizedConfig:
 class _Quadratic:
     """The quadratic tasks: gradients of all users as one ``(N + 1, d)`` matrix, in float64."""
 
-    def __init__(self, cfg: PersonalizedConfig) -> None:
+    def __init__(self, cfg: PersonalizedConfig, device: torch.device = torch.device("cpu")) -> None:
         d, n = cfg.dim, cfg.collaborators
         setup = torch.Generator().manual_seed(cfg.seed)
         direction = torch.randn(d, generator=setup, dtype=torch.float64)
@@ -187,43 +197,48 @@ class _Quadratic:
             signs = torch.randint(0, 2, (d,), generator=setup).to(torch.float64) * 2 - 1
             if cfg.task == "hessian":
                 self.hessians[i] = 1 + HESSIAN_SPREAD * signs
+        self.x, self.optima, self.hessians = (t.to(device) for t in (self.x, self.optima, self.hessians))
         self.noise = cfg.noise
-        self.user0 = torch.Generator().manual_seed(cfg.seed + 1)
-        self.others = torch.Generator().manual_seed(cfg.seed + 2)
+        self.user0 = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.others = torch.Generator(device).manual_seed(cfg.seed + 2)
         self.params = [self.x]
 
     def gradients(self) -> torch.Tensor:
+        d, device = self.x.numel(), self.x.device
         xi = torch.cat(
             [
-                torch.randn(1, self.x.numel(), generator=self.user0, dtype=torch.float64),
-                torch.randn(len(self.optima) - 1, self.x.numel(), generator=self.others, dtype=torch.float64),
+                torch.randn(1, d, generator=self.user0, dtype=torch.float64, device=device),
+                torch.randn(len(self.optima) - 1, d, generator=self.others, dtype=torch.float64, device=device),
             ]
         )
         return self.hessians * (self.x - self.optima) + self.noise * xi
 
-    def error(self) -> tuple[float, float | None]:
-        return float(self.x.square().sum()), None
+    def error(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.x.square().sum(), None
 
     def variances_and_biases(self) -> tuple[torch.Tensor, torch.Tensor]:
         """True variances and the Gram matrix of the biases at user 0's optimum, b_i = grad f_i(0) - grad f_0(0)."""
         users, d = self.optima.shape
         biases = -self.hessians * self.optima
-        return torch.full((users,), self.noise**2 * d, dtype=torch.float64), biases @ biases.T
+        variances = torch.full((users,), self.noise**2 * d, dtype=torch.float64, device=biases.device)
+        return variances, biases @ biases.T
 
 
 class _Digits:
-    """The digits task: logistic regression, users differing in their label priors."""
+    """The digits task: a classifier (logistic regression by default), users differing in their label priors."""
 
-    def __init__(self, cfg: PersonalizedConfig) -> None:
-        data = load_digits()
+    def __init__(self, cfg: PersonalizedConfig, device: torch.device = torch.device("cpu")) -> None:
+        data = load_data(cfg.data)
+        check_fits(data, "personalized", batch=cfg.batch)
         n = cfg.collaborators
         setup = torch.Generator().manual_seed(cfg.seed)
-        self.model = make_model("logreg", data.num_features, data.num_classes)
-        self.w = self.model.init(setup)
+        self.model = make_model(cfg.model, data.shape, data.num_classes)
+        self.w = self.model.init(setup).to(device)
         rng = np.random.default_rng(cfg.seed)
         alpha = np.full(data.num_classes, COLLABORATOR_CONCENTRATION / data.num_classes)
-        priors = [np.asarray(USER0_PRIOR)] + [rng.dirichlet(alpha) for _ in range(n)]
-        self.priors = torch.tensor(np.stack(priors), dtype=torch.float64)
+        priors = [user0_prior(data.num_classes)] + [rng.dirichlet(alpha) for _ in range(n)]
+        data = data.to(device)
+        self.priors = torch.tensor(np.stack(priors), dtype=torch.float64, device=device)
         self.x, self.y = data.x_train, data.y_train
         self.order = torch.argsort(self.y, stable=True)
         self.counts = torch.bincount(self.y, minlength=data.num_classes)
@@ -233,15 +248,17 @@ class _Digits:
         self.p0 = self.priors[0].to(torch.float32)
         self.batch = cfg.batch
         self.user_grads = torch.func.vmap(torch.func.grad(self.model.loss), in_dims=(None, 0, 0))
-        self.user0 = torch.Generator().manual_seed(cfg.seed + 1)
-        self.others = torch.Generator().manual_seed(cfg.seed + 2)
-        self.estimation = torch.Generator().manual_seed(cfg.seed + 3)
+        self.user0 = torch.Generator(device).manual_seed(cfg.seed + 1)
+        self.others = torch.Generator(device).manual_seed(cfg.seed + 2)
+        self.estimation = torch.Generator(device).manual_seed(cfg.seed + 3)
         self.params = [self.w]
 
     def _draw(self, priors: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Example indices ``(users, batch)``: labels from each user's prior, then an example of that label."""
         labels = torch.multinomial(priors, self.batch, replacement=True, generator=gen)
-        offset = (torch.rand(labels.shape, generator=gen, dtype=torch.float64) * self.counts[labels]).long()
+        offset = (
+            torch.rand(labels.shape, generator=gen, dtype=torch.float64, device=labels.device) * self.counts[labels]
+        ).long()
         return self.order[self.starts[labels] + offset]
 
     def gradients(self) -> torch.Tensor:
@@ -249,12 +266,12 @@ class _Digits:
         return self.user_grads(self.w, self.x[idx], self.y[idx])
 
     @torch.no_grad()
-    def error(self) -> tuple[float, float | None]:
-        logits = self.model.logits(self.w, self.x_test)
-        per_class = torch.zeros(len(self.p0)), torch.zeros(len(self.p0))
+    def error(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        logits = torch.cat([self.model.logits(self.w, part) for part in torch.split(self.x_test, EVAL_CHUNK)])
+        per_class = torch.zeros_like(self.p0), torch.zeros_like(self.p0)
         per_class[0].index_add_(0, self.y_test, F.cross_entropy(logits, self.y_test, reduction="none"))
         per_class[1].index_add_(0, self.y_test, (logits.argmax(1) == self.y_test).float())
-        loss, acc = (float((self.p0 * s / self.test_counts).sum()) for s in per_class)
+        loss, acc = ((self.p0 * s / self.test_counts).sum() for s in per_class)
         return loss, acc
 
     def variances_and_biases(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,6 +280,15 @@ class _Digits:
         idx = self._draw(self.priors.repeat(ESTIMATION_SAMPLES, 1), self.estimation)
         samples = self.user_grads(self.w, self.x[idx], self.y[idx]).view(ESTIMATION_SAMPLES, users, -1)
         return estimate_bias_variance(samples)
+
+
+def user0_prior(classes: int) -> np.ndarray:
+    """User 0's label prior: ``USER0_MASS`` spread evenly over the first ceil(K / 2) labels and over the others."""
+    first = -(-classes // 2)
+    rest = classes - first
+    if rest == 0:
+        return np.ones(1)
+    return np.array([USER0_MASS[0] / first] * first + [USER0_MASS[1] / rest] * rest)
 
 
 def method_weights(cfg: PersonalizedConfig, problem: _Quadratic | _Digits) -> list[float]:
@@ -297,11 +323,13 @@ def run_personalized(cfg: PersonalizedConfig, progress: Callable[[int, float], N
     the error every ``eval_every`` steps (from step 0), ``progress(step,
     error)`` is called at each of its points. ``seconds_per_step`` splits
     the time of a step into the N + 1 gradients (with the data or noise
-    draws) and the optimizer step (one native call).
+    draws) and the optimizer step (one native call). The errors of the tail
+    stay on the device until the run ends.
     """
     cfg.check()
     cfg = cfg.resolved()
-    problem = _Digits(cfg) if cfg.task == "digits" else _Quadratic(cfg)
+    device = shared.check_device(cfg.device, "personalized")
+    problem = _Digits(cfg, device) if cfg.task == "digits" else _Quadratic(cfg, device)
     weights = method_weights(cfg, problem)
     if cfg.method.startswith("bias_corrected"):
         beta = decaying_beta(cfg.beta_floor) if cfg.method == "bias_corrected_decay" else cfg.beta
@@ -311,24 +339,24 @@ def run_personalized(cfg: PersonalizedConfig, progress: Callable[[int, float], N
     problem.gradients()  # untimed warm-up (vmap's first call traces)
     users = cfg.collaborators + 1
     tail_start = cfg.rounds - max(1, min(TAIL_STEPS, cfg.rounds // 6))
-    seconds = {"gradients": 0.0, "step": 0.0}
-    tail_errors: list[float] = []
-    tail_accuracies: list[float] = []
+    clock = Stopwatch(device, "gradients", "step")
+    tail_errors: list[torch.Tensor] = []
+    tail_accuracies: list[torch.Tensor] = []
 
-    def point(t: int, err: float, acc: float | None) -> dict:
+    def point(t: int, err: torch.Tensor, acc: torch.Tensor | None) -> dict:
+        err = float(err)
         if progress is not None:
             progress(t, err)
-        return {"round": t, "error": err} if acc is None else {"round": t, "error": err, "accuracy": acc}
+        return {"round": t, "error": err} if acc is None else {"round": t, "error": err, "accuracy": float(acc)}
 
     curve = [point(0, *problem.error())]
     wall = time.perf_counter()
+    clock.restart()
     for t in range(1, cfg.rounds + 1):
-        tick = time.perf_counter()
         G = problem.gradients()
-        tock = time.perf_counter()
+        clock.lap("gradients")
         opt.step([[G[i]] for i in range(users)])
-        seconds["gradients"] += tock - tick
-        seconds["step"] += time.perf_counter() - tock
+        clock.lap("step")
         on_curve = t % cfg.eval_every == 0 or t == cfg.rounds
         if t > tail_start or on_curve:
             err, acc = problem.error()
@@ -338,19 +366,27 @@ def run_personalized(cfg: PersonalizedConfig, progress: Callable[[int, float], N
                     tail_accuracies.append(acc)
             if on_curve:
                 curve.append(point(t, err, acc))
+            clock.restart()
     wall = time.perf_counter() - wall
     result = {
         "config": asdict(cfg),
         "dim": sum(p.numel() for p in problem.params),
         "weights": weights,
-        "tail_error": sum(tail_errors) / len(tail_errors),
+        "tail_error": _mean(tail_errors),
         "final_error": curve[-1]["error"],
         "curve": curve,
-        "seconds_per_step": {k: v / cfg.rounds for k, v in seconds.items()},
+        "seconds_per_step": clock.per(cfg.rounds),
         "wall_seconds": wall,
         "threads": torch.get_num_threads(),
+        "device": str(device),
     }
     if tail_accuracies:
-        result["tail_accuracy"] = sum(tail_accuracies) / len(tail_accuracies)
+        result["tail_accuracy"] = _mean(tail_accuracies)
         result["final_accuracy"] = curve[-1]["accuracy"]
     return result
+
+
+def _mean(values: list[torch.Tensor]) -> float:
+    """The mean of 0-d tensors, summed in order in double precision on the host (one transfer)."""
+    floats = torch.stack(values).tolist()
+    return sum(floats) / len(floats)
