@@ -3,7 +3,8 @@
 # the test suite (CUDA tests included, among them CPU/CUDA parity beyond
 # 2**31 elements), compute-sanitizer (memcheck and racecheck) on a small call
 # of every kernel, then time every CUDA op against a device-to-device copy of
-# the same bytes (bench/gpu_time.py). Prints the table last; the full log and the tables go to $OUT (or
+# the same bytes (bench/gpu_time.py) and the Byzantine line's rounds per second
+# in the ICML 2021 configuration (bench/workloads.py). Prints the table last; the full log and the tables go to $OUT (or
 # bench/out/gpu when OUT is unset).
 #
 #   bash bench/gpu_check.sh            # everything
@@ -45,6 +46,10 @@ fail() { echo "FAILED: $*" | tee -a "$FAILED"; }
   step "timings"
   if [ "${QUICK:-0}" = 1 ]; then grid=(--n 8 25 64 --d 16000000); else grid=(); fi
   "$PY" bench/gpu_time.py "${grid[@]}" --out "$OUT" > "$OUT/gpu-time.txt" || fail timings
+
+  step "training throughput: the ICML 2021 configuration on synthetic CIFAR-10 (bench/workloads.py)"
+  "$PY" bench/workloads.py --suite icml21 --device cuda --rounds 30 --json "$OUT/workloads-gpu.json" \
+    --markdown "$OUT/workloads-gpu.md" 2>&1 | tail -12 || fail workloads
 } 2>&1 | tee "$LOG"
 
 echo

@@ -128,7 +128,7 @@ class ByzantineConfig:
             check_int(self.rule_f, "rule_f", where, low=0)
         alie_z = None if self.alie_z is None else check_real(self.alie_z, "alie_z", where)
         check_attack_rows(self.attack, n, f, alie_z)
-        check_int(self.root_size, "root_size", where, low=1, high=examples)
+        check_int(self.root_size, "root_size", where, low=1, high=examples if self.agg == "fltrust" else None)
         rule = aggregator_of(self, torch.Generator())
         if isinstance(_rule_itself(rule), agg.FLTrust):
             _rule_itself(rule).root = torch.zeros(1, dtype=torch.float64)
@@ -204,7 +204,9 @@ def run_byzantine(
     device = shared.check_device(cfg.device, "byzantine")
     data = load_data(cfg.data) if data is None else data
     n, f = cfg.workers, cfg.byzantine
-    check_fits(data, "byzantine", workers=n, batch=cfg.batch, root_size=cfg.root_size)
+    check_fits(
+        data, "byzantine", workers=n, batch=cfg.batch, **({"root_size": cfg.root_size} if cfg.agg == "fltrust" else {})
+    )
     honest = n - f
     rng = np.random.default_rng(cfg.seed)
     init = torch.Generator().manual_seed(cfg.seed)

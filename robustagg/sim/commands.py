@@ -1,4 +1,4 @@
-"""``robustagg train <line>``: the lines of work on the built-in digits data.
+"""``robustagg train <line>``: the lines of work, on digits or a data set from disk, on the CPU or a GPU.
 
 Each line runs once (progress bar, summary, JSON, PNG) or, with ``--grid``,
 runs its experiment grid in parallel processes and writes
@@ -37,9 +37,11 @@ from ..arguments import (
     write_text,
 )
 from .byzantine import ByzantineConfig
+from .data import DataError, parse_data
 from .federated import FederatedConfig
 from .masked import MaskedConfig
 from .personalized import PersonalizedConfig
+from .presets import presets_of
 
 __all__ = ["LINES", "Line", "add_train_parser"]
 
@@ -74,7 +76,10 @@ class Line:
 
 
 def add_train_parser(sub: argparse._SubParsersAction) -> None:
-    t = sub.add_parser("train", help="run a line of work on the built-in digits data (scikit-learn, no download)")
+    t = sub.add_parser(
+        "train",
+        help="run a line of work on digits (scikit-learn, no download) or a data set on disk, on the CPU or a GPU",
+    )
     lines = t.add_subparsers(dest="line", metavar="<line>")
     for line in LINES:
         p = lines.add_parser(
@@ -97,6 +102,14 @@ def _add_common(p: argparse.ArgumentParser, line: Line) -> None:
     )
     p.add_argument("--json", metavar="PATH", type=output_path, help=f"result JSON (default {line.json_default})")
     p.add_argument("--plot", metavar="PATH", type=output_path, help="plot (default: the JSON path with .png)")
+    presets = presets_of(line.name)
+    if presets:
+        p.add_argument(
+            "--preset",
+            choices=presets,
+            help="a published setup's options (given options still win; needs --data of its kind): "
+            + "; ".join(f"{name}: {preset.summary}" for name, preset in presets.items()),
+        )
     g = p.add_argument_group("grid")
     g.add_argument("--grid", action="store_true", help="run the whole grid instead of one run")
     g.add_argument("--seeds", type=positive_int, default=line.seeds, help=f"seeds per grid cell (default {line.seeds})")
@@ -115,9 +128,12 @@ def _command(args: argparse.Namespace) -> str:
 def _train(args: argparse.Namespace, line: Line) -> int:
     """The config from the options of the same names, then the grid or one run.
 
-    A config the options make impossible (f for the rule and the workers, per_round > clients, ...), or in
-    grid mode any of the grid's configs, exits with status 2 and argparse's one-line error before any run.
+    A config the options make impossible (f for the rule and the workers, per_round > clients, a data folder
+    without the expected files, ...), or in grid mode any of the grid's configs, exits with status 2 and
+    argparse's one-line error before any run. ``--preset`` first makes its values the options' defaults.
     """
+    if getattr(args, "preset", None):
+        args = _with_preset(args, line)
     try:
         cfg = line.config(**option_values(args, line.config))
         cfg.check()
@@ -145,6 +161,22 @@ def _train(args: argparse.Namespace, line: Line) -> int:
     return _run_one(args, line, cfg)
 
 
+def _with_preset(args: argparse.Namespace, line: Line) -> argparse.Namespace:
+    """The options parsed again with the preset's values as defaults; the data set must be of its kind."""
+    preset = presets_of(line.name)[args.preset]
+    parser, argv = args.parser, args.argv
+    parser.set_defaults(**preset.defaults())
+    again = parser.parse_args(argv[2:])  # argv is ["train", <line>, options...]
+    again.argv = argv
+    kind = parse_data(again.data)[0].removeprefix("synthetic:")
+    if kind != preset.data:
+        parser.error(
+            f"preset {preset.name} trains on {preset.data}: give --data {preset.data}:DIR "
+            f"(or --data synthetic:{preset.data} for its shape with random pixels), got --data {again.data}"
+        )
+    return again
+
+
 def _run_one(args: argparse.Namespace, line: Line, cfg: Any) -> int:
     """One run with a progress bar of ``cfg.rounds`` steps; the JSON, then the plot and the summary lines."""
     from .report import progress_bar
@@ -158,8 +190,11 @@ def _run_one(args: argparse.Namespace, line: Line, cfg: Any) -> int:
         except ValueError as exc:
             args.parser.error(f"{what}: {exc}")
     run = getattr(importlib.import_module(f"{__package__}.{line.name}"), f"run_{line.name}")
-    with progress_bar(cfg.rounds, line.label(cfg)) as advance:
-        result = run(cfg, progress=lambda t, value: advance(t, f"{line.metric} {value:.4g}"))
+    try:
+        with progress_bar(cfg.rounds, line.label(cfg)) as advance:
+            result = run(cfg, progress=lambda t, value: advance(t, f"{line.metric} {value:.4g}"))
+    except DataError as exc:  # files found by the checks but unreadable, or too few examples for the run
+        args.parser.error(str(exc))
     result["command"] = _command(args)
     write_text(json_path, json.dumps(result, indent=1) + "\n")
     line.summary(cfg, result, plot_path)
@@ -217,6 +252,15 @@ def _train_ddp(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------
 # The lines: texts, names and summaries
 
+_WORKLOADS = """
+
+Data, model, device: --data digits (the default), mnist:DIR, fashion-mnist:DIR,
+emnist:DIR or cifar10:DIR (files on disk, never downloaded; a folder without
+the expected files is refused, naming them) or synthetic:NAME (random pixels of
+that data set's shape); --model mlp, logreg, cnn or resnet20 (GroupNorm);
+--device cuda keeps the whole run on the GPU (data, gradients, attack and
+aggregation), and a seed repeats bit for bit on the same device."""
+
 _BYZANTINE_DESCRIPTION = """\
 Byzantine-robust training (Karimireddy, He, Jaggi, ICML 2021) on scikit-learn's
 digits: n workers, the last f of them Byzantine, each honest worker sending its
@@ -242,7 +286,9 @@ examples:
   robustagg train byzantine --agg krum --attack ipm --bucketing 2 --split sorted
   robustagg train byzantine --agg gm --attack label_flip --split dirichlet:0.5 --rounds 500 --seed 3
   robustagg train byzantine --grid                  # writes docs/results/byzantine.md
-  robustagg train byzantine --grid --seeds 1 --rounds 100 --out /tmp/grid"""
+  robustagg train byzantine --grid --seeds 1 --rounds 100 --out /tmp/grid
+  robustagg train byzantine --preset icml21-cifar10 --data cifar10:~/data --device cuda --attack alie
+  robustagg train byzantine --preset bucketing-mnist --data mnist:~/data --agg krum --attack ipm"""
 
 
 def _byzantine_summary(cfg: ByzantineConfig, result: dict, plot_path: str) -> None:
@@ -295,7 +341,8 @@ examples:
   robustagg train federated --algo scaffold --alpha 0.1 --rounds 300
   robustagg train federated --algo mime --base adam --lr 0.005
   robustagg train federated --algo fedavg --local-epochs 1
-  robustagg train federated --grid                  # writes docs/results/federated.md"""
+  robustagg train federated --grid                  # writes docs/results/federated.md
+  robustagg train federated --preset mime-emnist --data emnist:~/data --device cuda"""
 
 
 def _federated_name(cfg: FederatedConfig) -> str:
@@ -351,8 +398,8 @@ stochastic gradient at user 0's model; the step is one fused native call.
 
 Tasks: quadratic (d-dimensional least squares, collaborators' optima shifted by
 one common vector), hessian (the same with collaborators' Hessians perturbed by
-+-0.5 on the diagonal), digits (logistic regression; users differ in their
-label priors). Methods: local (user 0 alone), wga (uniform weights 1/(N+1)),
++-0.5 on the diagonal), digits (logistic regression, or --model, on digits or
+--data; users differ in their label priors). Methods: local (user 0 alone), wga (uniform weights 1/(N+1)),
 optimal (weights minimising variance + bias^2), bias_corrected (uniform WGA
 plus an EMA of each collaborator's gradient difference, constant beta),
 bias_corrected_decay (beta_t = max(1/(t+1), beta_floor)).
@@ -419,11 +466,18 @@ examples:
   robustagg train masked --training alternating --period 4 --core-steps 3 --warmup 500
   robustagg train masked --training full
   robustagg train masked --training acdc --density 0.1
+  robustagg train masked --model cnn --data fashion-mnist:~/data --device cuda
   robustagg train masked --grid                  # writes docs/results/masked.md"""
 
 
 def _accuracy(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _network(cfg: MaskedConfig) -> str:
+    if cfg.model != "mlp":
+        return cfg.model
+    return f"MLP 64-{cfg.hidden}-10" if cfg.data == "digits" else f"MLP with {cfg.hidden} hidden units"
 
 
 def _masked_summary(cfg: MaskedConfig, result: dict, plot_path: str) -> None:
@@ -438,12 +492,12 @@ def _masked_summary(cfg: MaskedConfig, result: dict, plot_path: str) -> None:
     plot_curves(
         plot_path,
         curves,
-        f"{cfg.training}: MLP 64-{cfg.hidden}-10, core {cfg.core_fraction:g}, seed {cfg.seed}",
+        f"{cfg.training}: {_network(cfg)}, core {cfg.core_fraction:g}, seed {cfg.seed}",
         "test accuracy",
     )
     sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
     print(
-        f"{cfg.training}: MLP 64-{cfg.hidden}-10, core = {cfg.core_fraction:g} of the hidden units, "
+        f"{cfg.training}: {_network(cfg)}, core = {cfg.core_fraction:g} of the hidden units, "
         f"{cfg.rounds} steps, seed {cfg.seed}"
     )
     sparse = result.get("final_sparse_accuracy")
@@ -459,7 +513,7 @@ LINES: tuple[Line, ...] = (
         "byzantine",
         ByzantineConfig,
         help="Byzantine-robust training with worker momentum and attacks (one run or --grid)",
-        description=_BYZANTINE_DESCRIPTION,
+        description=_BYZANTINE_DESCRIPTION + _WORKLOADS,
         epilog=_BYZANTINE_EPILOG,
         json_default="runs/byzantine-<agg>-<attack>-f<f>-m<beta>-s<seed>.json",
         stem=lambda c: f"byzantine-{c.agg}-{c.attack}-f{c.byzantine}-m{c.momentum:g}-s{c.seed}",
@@ -475,7 +529,7 @@ LINES: tuple[Line, ...] = (
         "federated",
         FederatedConfig,
         help="federated optimisation: Mime, MimeLite, MVR variants, FedAvg, FedAvgM, SCAFFOLD (one run or --grid)",
-        description=_FEDERATED_DESCRIPTION,
+        description=_FEDERATED_DESCRIPTION + _WORKLOADS,
         epilog=_FEDERATED_EPILOG,
         json_default="runs/federated-<algo>-<base>-a<alpha>-s<seed>.json",
         stem=lambda c: f"federated-{c.algo}-{c.base}-a{c.alpha:g}-s{c.seed}",
@@ -501,7 +555,7 @@ LINES: tuple[Line, ...] = (
         PersonalizedConfig,
         help="personalized collaborative learning: local SGD, WGA, optimal weights, bias correction "
         "(one run or --grid)",
-        description=_PERSONALIZED_DESCRIPTION,
+        description=_PERSONALIZED_DESCRIPTION + _WORKLOADS,
         epilog=_PERSONALIZED_EPILOG,
         json_default="runs/personalized-<task>-<method>-N<N>-s<seed>.json",
         stem=lambda c: f"personalized-{c.task}-{c.method}-N{c.collaborators}-s{c.seed}",
@@ -519,7 +573,7 @@ LINES: tuple[Line, ...] = (
         "masked",
         MaskedConfig,
         help="masked / partial training of a core sub-network with the full network, and AC/DC (one run or --grid)",
-        description=_MASKED_DESCRIPTION,
+        description=_MASKED_DESCRIPTION + _WORKLOADS,
         epilog=_MASKED_EPILOG,
         json_default="runs/masked-<training>-s<seed>.json",
         stem=lambda c: f"masked-{c.training}-s{c.seed}",

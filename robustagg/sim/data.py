@@ -173,7 +173,7 @@ def check_data(text: str) -> str:
 
 def _standardised(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` -> float32 ``(N, C*H*W)``: (pixel / 255 - mean_c) / std_c."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    x = torch.from_numpy(np.require(images, requirements=["C", "W"])).float().div_(255.0)
     x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(std, dtype=torch.float32).view(
         1, -1, 1, 1
     )
@@ -196,13 +196,13 @@ def _from_arrays(name: str, train: tuple, test: tuple, what: str) -> Dataset:
     for images in (train[0], test[0]):
         if images.shape[1:] != shape:
             raise DataError(f"{what}: images of shape {images.shape[1:]}, expected {shape}")
+    y_train = _check_labels(train[1], train[0], classes, what)
+    y_test = _check_labels(test[1], test[0], classes, what)
     if name == "cifar10":
         mean, std = np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
     else:
         pixels = train[0].astype(np.float64) / 255.0
         mean, std = np.array([pixels.mean()]), np.array([pixels.std()])
-    y_train = _check_labels(train[1], train[0], classes, what)
-    y_test = _check_labels(test[1], test[0], classes, what)
     fill = tuple(float(v) for v in -mean / std)
     return Dataset(
         _standardised(train[0], mean, std),

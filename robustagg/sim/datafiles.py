@@ -11,6 +11,7 @@ import gzip
 import os
 import pickle
 import struct
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -57,7 +58,7 @@ def read_idx(path: str, dims: int, what: str) -> np.ndarray:
     try:
         with _open(path) as fh:
             raw = fh.read()
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError
         raise DataError(f"{what}: cannot read {path}: {exc}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != _IDX_UBYTE or raw[3] != dims:
         raise DataError(

@@ -105,6 +105,7 @@ TASK_DEFAULTS = {
 # (the last sixth of the run when that is shorter).
 TAIL_STEPS = 1000
 
+_CPU = torch.device("cpu")
 OPTIMUM_SPREAD = 0.1  # std of the collaborators' optima around the common shift, times sqrt(d)
 HESSIAN_SPREAD = 0.5
 # User 0's probability mass on the first and on the second half of the labels (0.18 for each of digits' 0-4).
@@ -180,7 +181,7 @@ class PersonalizedConfig:
 class _Quadratic:
     """The quadratic tasks: gradients of all users as one ``(N + 1, d)`` matrix, in float64."""
 
-    def __init__(self, cfg: PersonalizedConfig, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, cfg: PersonalizedConfig, device: torch.device = _CPU) -> None:
         d, n = cfg.dim, cfg.collaborators
         setup = torch.Generator().manual_seed(cfg.seed)
         direction = torch.randn(d, generator=setup, dtype=torch.float64)
@@ -227,7 +228,7 @@ class _Quadratic:
 class _Digits:
     """The digits task: a classifier (logistic regression by default), users differing in their label priors."""
 
-    def __init__(self, cfg: PersonalizedConfig, device: torch.device = torch.device("cpu")) -> None:
+    def __init__(self, cfg: PersonalizedConfig, device: torch.device = _CPU) -> None:
         data = load_data(cfg.data)
         check_fits(data, "personalized", batch=cfg.batch)
         n = cfg.collaborators

@@ -7,7 +7,16 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-__all__ = ["plot_curves", "plot_curve_panels", "plot_heatmaps", "mean_std", "progress_bar", "pyplot"]
+__all__ = [
+    "data_name",
+    "setup_text",
+    "plot_curves",
+    "plot_curve_panels",
+    "plot_heatmaps",
+    "mean_std",
+    "progress_bar",
+    "pyplot",
+]
 
 
 @contextmanager
@@ -111,3 +120,20 @@ def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def data_name(cfg: dict) -> str:
+    """The data set a run's config names, without its folder: ``digits``, ``mnist``, ``synthetic:cifar10``, ..."""
+    data = cfg.get("data", "digits")
+    return data if data == "digits" or data.startswith("synthetic:") else data.split(":", 1)[0]
+
+
+def setup_text(cfg: dict, dim: int) -> str:
+    """The data, network and device of a grid's runs, for its Setup paragraph."""
+    data = cfg.get("data", "digits")
+    where = "scikit-learn digits (1400 train / 397 test)" if data == "digits" else f"--data {data}"
+    model = cfg.get("model", "mlp")
+    if model == "mlp":
+        model = f"MLP 64-{cfg['hidden']}-10" if data == "digits" else f"MLP with {cfg['hidden']} hidden units"
+    device = "" if cfg.get("device", "cpu") == "cpu" else f", on {cfg['device']}"
+    return f"{where}, {model} ({dim} parameters){device}"
