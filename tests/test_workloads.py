@@ -525,6 +525,16 @@ def test_a_users_module_runs_through_the_byzantine_and_federated_lines() -> None
         assert all(_finite(p["test_loss"], p["train_loss"]) for p in result["curve"])
 
 
+def test_a_users_module_runs_through_the_personalized_and_masked_lines() -> None:
+    model = ModuleModel(_small_net(), input_shape=(1, 8, 8), name="mine")
+    per = run_personalized(PersonalizedConfig(task="digits", collaborators=2, rounds=3, batch=4), model=model)
+    assert per["dim"] == model.dim and all(_finite(p["error"]) for p in per["curve"])
+    masked = run_masked(MaskedConfig(rounds=3, eval_every=3, batch=4), model=model)
+    assert masked["dim"] == model.dim and 0 < masked["core_dim"] < model.dim
+    with pytest.raises(ValueError, match="quadratic task has no model or data set"):
+        run_personalized(PersonalizedConfig(task="quadratic", rounds=3), model=model)
+
+
 def test_byzantine_run_on_a_data_set_passed_in(tmp_path) -> None:
     _write_idx_set(tmp_path, "mnist", n_train=40, n_test=12)
     data = load_data(f"mnist:{tmp_path}")
@@ -694,3 +704,33 @@ def test_masked_resnet20_trains_a_smaller_core() -> None:
     result = run_masked(MaskedConfig(model="resnet20", training="alternating", rounds=4, batch=4, eval_every=2))
     assert 0 < result["core_dim"] < result["dim"] == _parameter_count("resnet20", (1, 8, 8), 10, 0)
     assert result["steps"] == {"core": 2, "full": 2}
+
+
+# ---------------------------------------------------------------------------
+# bench/workloads.py, which the GPU check runs: its configurations hold and its table adds up
+
+
+def _workloads_bench():
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "bench", "workloads.py")
+    spec = importlib.util.spec_from_file_location("workloads_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_workloads_bench_configurations_are_valid_and_its_rows_add_up() -> None:
+    bench = _workloads_bench()
+    for _label, line, options in bench.digits_suite("cpu") + bench.icml21_suite("cpu", 30):
+        bench.RUNS[line][0](**options).check()
+    icml21 = bench.icml21_suite("cpu", 30)
+    assert {o["model"] for _, _, o in icml21} == {"resnet20"} and {o["workers"] for _, _, o in icml21} == {25}
+    row = bench.measure("tiny", "byzantine", {"rounds": 4, "eval_every": 4, "workers": 5, "byzantine": 1})
+    assert row["rounds_per_second"] == pytest.approx(4 / row["wall_seconds"])
+    row["rounds_per_second_range"] = [row["rounds_per_second"]] * 2
+    table = bench.markdown([row], "cmd", "machine")
+    cells = table.strip().splitlines()[-1].split("|")
+    split_ms = 1e3 * sum(row["seconds_per_round"].values())
+    shown = sum(float(c.split()[0]) for c in cells[5:9])  # gradients, aggregation, other phases, outside
+    assert shown == pytest.approx(max(split_ms, 1e3 * row["wall_seconds"] / 4), abs=0.02)

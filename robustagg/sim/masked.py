@@ -38,7 +38,7 @@ from ..optim import masked as masked_opt
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import Dataset, augment, check_batch, check_data, check_fits, load_data, train_examples
-from .models import EVAL_CHUNK, MODELS
+from .models import EVAL_CHUNK, MODELS, ModuleModel
 from .networks import ResNet20, SmallCNN
 
 __all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "make_network", "run_masked"]
@@ -118,7 +118,13 @@ def _accuracy(forward, x: torch.Tensor, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y).float().mean())
 
 
-def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None = None) -> dict:
+def run_masked(
+    cfg: MaskedConfig,
+    progress: Callable[[int, float], None] | None = None,
+    *,
+    model: ModuleModel | None = None,
+    data: Dataset | None = None,
+) -> dict:
     """Train, and return a JSON-ready dict: config, accuracy curve, final accuracies and timings.
 
     Each curve point has ``full_accuracy`` (None for ``core`` training,
@@ -128,32 +134,40 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
     is called after every evaluation with the full network's test accuracy
     (the core's for ``core`` training). ``seconds_per_step`` splits the mean
     time of a step into forward + backward and the optimizer step.
+
+    ``model`` replaces the built-in ``cfg.model``: its module is trained in place (from its own
+    parameters), on examples viewed as its ``input_shape``, and its core is its width core run
+    through ``core_forward``; ``data`` replaces the data set ``cfg.data`` names.
     """
     cfg.check()
     device = shared.check_device(cfg.device, "masked")
-    data = load_data(cfg.data)
+    data = load_data(cfg.data) if data is None else data
     check_fits(data, "masked", batch=cfg.batch)
     data = data.to(device)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    model = make_network(cfg.model, data, cfg.hidden, cfg.seed).to(device)
-    inputs = (lambda x: x) if cfg.model == "mlp" else (lambda x: x.view(-1, *data.shape))
-    core = masked_opt.width_core(model, cfg.core_fraction)
+    if model is None:
+        network = make_network(cfg.model, data, cfg.hidden, cfg.seed).to(device)
+        shape = (data.num_features,) if cfg.model == "mlp" else data.shape
+    else:
+        network, shape = model.module.to(device), model.input_shape
+    inputs = lambda x: x.view(-1, *shape)  # noqa: E731
+    core = masked_opt.width_core(network, cfg.core_fraction)
     core_model = (
-        (lambda x: masked_opt.extract_core(model, core)(x))
-        if cfg.model == "mlp"
-        else (lambda x: masked_opt.core_forward(model, core, x))
+        (lambda x: masked_opt.extract_core(network, core)(x))
+        if model is None and cfg.model == "mlp"
+        else (lambda x: masked_opt.core_forward(network, core, x))
     )
-    optimizer = masked_opt.MaskedSGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = masked_opt.MaskedSGD(network.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     trainer: masked_opt.PartialTrainer | masked_opt.ACDCTrainer
     if cfg.training == "acdc":
-        trainer = masked_opt.ACDCTrainer(model, optimizer, masked_opt.ACDCSchedule(cfg.rounds, cfg.density))
+        trainer = masked_opt.ACDCTrainer(network, optimizer, masked_opt.ACDCSchedule(cfg.rounds, cfg.density))
     else:
         schedule = {
             "full": masked_opt.AlternatingSchedule(1, 0),
             "core": masked_opt.AlternatingSchedule(1, 1),
             "alternating": masked_opt.AlternatingSchedule(cfg.period, cfg.core_steps, cfg.warmup),
         }[cfg.training]
-        trainer = masked_opt.PartialTrainer(model, optimizer, core, schedule)
+        trainer = masked_opt.PartialTrainer(network, optimizer, core, schedule)
 
     curve: list[dict] = []
     examples = len(data.y_train)
@@ -166,13 +180,13 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
             with torch.no_grad():
                 point: dict = {
                     "round": t,
-                    "full_accuracy": None if cfg.training == "core" else _accuracy(model, x_test, data.y_test),
+                    "full_accuracy": None if cfg.training == "core" else _accuracy(network, x_test, data.y_test),
                     "core_accuracy": _accuracy(core_model, x_test, data.y_test),
                 }
                 if cfg.training == "acdc":
-                    sparse = masked_opt.magnitude_core(model, cfg.density)
+                    sparse = masked_opt.magnitude_core(network, cfg.density)
                     point["sparse_accuracy"] = _accuracy(
-                        lambda x: masked_opt.core_forward(model, sparse, x), x_test, data.y_test
+                        lambda x: masked_opt.core_forward(network, sparse, x), x_test, data.y_test
                     )
             curve.append(point)
             if progress is not None:
@@ -181,7 +195,7 @@ def run_masked(cfg: MaskedConfig, progress: Callable[[int, float], None] | None 
     result = {
         "config": asdict(cfg),
         "schedule": repr(trainer.schedule),
-        "dim": sum(p.numel() for p in model.parameters()),
+        "dim": sum(p.numel() for p in network.parameters()),
         "core_dim": sum(int(m.sum()) for m in core.values()),
         "steps": dict(trainer.counts),
         "curve": curve,

@@ -67,8 +67,8 @@ from ..optim.personalized import (
 )
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import check_batch, check_data, check_fits, load_data, train_examples
-from .models import EVAL_CHUNK, MODELS, make_model
+from .data import Dataset, check_batch, check_data, check_fits, load_data, train_examples
+from .models import EVAL_CHUNK, MODELS, Model, make_model
 from .stopwatch import Stopwatch
 
 __all__ = [
@@ -228,12 +228,18 @@ class _Quadratic:
 class _Digits:
     """The digits task: a classifier (logistic regression by default), users differing in their label priors."""
 
-    def __init__(self, cfg: PersonalizedConfig, device: torch.device = _CPU) -> None:
-        data = load_data(cfg.data)
+    def __init__(
+        self,
+        cfg: PersonalizedConfig,
+        device: torch.device = _CPU,
+        model: Model | None = None,
+        data: Dataset | None = None,
+    ) -> None:
+        data = load_data(cfg.data) if data is None else data
         check_fits(data, "personalized", batch=cfg.batch)
         n = cfg.collaborators
         setup = torch.Generator().manual_seed(cfg.seed)
-        self.model = make_model(cfg.model, data.shape, data.num_classes)
+        self.model = make_model(cfg.model, data.shape, data.num_classes) if model is None else model
         self.w = self.model.init(setup).to(device)
         rng = np.random.default_rng(cfg.seed)
         alpha = np.full(data.num_classes, COLLABORATOR_CONCENTRATION / data.num_classes)
@@ -315,7 +321,13 @@ def method_weights(cfg: PersonalizedConfig, problem: _Quadratic | _Digits) -> li
     return [1.0 / users] * users
 
 
-def run_personalized(cfg: PersonalizedConfig, progress: Callable[[int, float], None] | None = None) -> dict:
+def run_personalized(
+    cfg: PersonalizedConfig,
+    progress: Callable[[int, float], None] | None = None,
+    *,
+    model: Model | None = None,
+    data: Dataset | None = None,
+) -> dict:
     """Train user 0, and return a JSON-ready dict: config, error curve, tail and final error, weights, timings.
 
     ``tail_error`` is the mean of user 0's error over every step of the last
@@ -325,12 +337,18 @@ def run_personalized(cfg: PersonalizedConfig, progress: Callable[[int, float], N
     error)`` is called at each of its points. ``seconds_per_step`` splits
     the time of a step into the N + 1 gradients (with the data or noise
     draws) and the optimizer step (one native call). The errors of the tail
-    stay on the device until the run ends.
+    stay on the device until the run ends. ``model`` and ``data`` replace the digits task's built-in
+    ``cfg.model`` and the data set ``cfg.data`` names; the quadratic tasks take neither.
     """
     cfg.check()
     cfg = cfg.resolved()
     device = shared.check_device(cfg.device, "personalized")
-    problem = _Digits(cfg, device) if cfg.task == "digits" else _Quadratic(cfg, device)
+    if cfg.task == "digits":
+        problem: _Digits | _Quadratic = _Digits(cfg, device, model, data)
+    elif model is not None or data is not None:
+        raise ValueError(f"personalized: the {cfg.task} task has no model or data set to replace")
+    else:
+        problem = _Quadratic(cfg, device)
     weights = method_weights(cfg, problem)
     if cfg.method.startswith("bias_corrected"):
         beta = decaying_beta(cfg.beta_floor) if cfg.method == "bias_corrected_decay" else cfg.beta
