@@ -189,7 +189,7 @@ def test_missing_and_empty_folders_are_refused_naming_what_is_missing(tmp_path) 
     assert str(tmp_path / "MNIST" / "raw") in message
     with pytest.raises(DataError, match="no emnist-byclass-train-images-idx3-ubyte"):
         load_data(f"emnist:{tmp_path}")
-    with pytest.raises(DataError, match=r"no CIFAR-10 python batches \(data_batch_1 \.\.\. data_batch_5, test_batch\)"):
+    with pytest.raises(DataError, match=r"lacks data_batch_1, data_batch_2, .*, test_batch \(expected data_batch_1"):
         load_data(f"cifar10:{tmp_path}")
     # Three of the four files: the fourth is named.
     _write_idx_set(tmp_path, "mnist")
@@ -544,9 +544,20 @@ def test_byzantine_run_on_a_data_set_passed_in(tmp_path) -> None:
     assert all(_finite(p["test_loss"], p["train_loss"]) for p in result["curve"])
     # 12 test examples: every accuracy is a multiple of 1/12.
     assert all(abs(p["test_accuracy"] * 12 - round(p["test_accuracy"] * 12)) < 1e-5 for p in result["curve"])
-    # The passed data set, not the config's digits, bounds the workers.
-    with pytest.raises(DataError, match="byzantine: workers=50 exceeds the 40 training examples"):
+    # The passed data set, not the config's digits, bounds the workers: below digits' 1400 ...
+    with pytest.raises(ValueError, match="byzantine: workers must be <= 40, got workers=50"):
         run_byzantine(ByzantineConfig(model="cnn", workers=50, byzantine=1, rounds=1, root_size=8), data=data)
+
+
+def test_a_data_set_passed_in_bounds_the_counts_above_digits_size(tmp_path) -> None:
+    # ... and above them: 1500 workers or clients are more than digits holds, not more than this set.
+    _write_idx_set(tmp_path, "mnist", n_train=1600, n_test=10)
+    data = load_data(f"mnist:{tmp_path}")
+    byz = run_byzantine(
+        ByzantineConfig(agg="mean", model="logreg", workers=1500, byzantine=0, rounds=1, batch=1), data=data
+    )
+    fed = run_federated(FederatedConfig(model="logreg", clients=1500, per_round=2, rounds=1, batch=1), data=data)
+    assert byz["dim"] == fed["dim"] == 7850
 
 
 def test_root_size_binds_only_the_rule_that_uses_it(tmp_path) -> None:
@@ -661,6 +672,48 @@ def test_the_other_lines_finish_on_cuda() -> None:
     assert all(_finite(p["test_loss"], p["train_loss"]) for p in fed["curve"])
     assert all(_finite(p["error"]) for p in per["curve"] + quad["curve"])
     assert 0 <= msk["final_full_accuracy"] <= 1 and 0 <= msk["final_core_accuracy"] <= 1
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("agg", "attack", "bucketing"),
+    [
+        ("dnc", "gaussian", 0),
+        ("signguard", "label_flip", 0),
+        ("fltrust", "ipm", 0),
+        ("krum", "alie", 2),
+        ("cc", "minmax", 2),
+        ("mda", "sign_flip", 0),
+    ],
+)
+def test_rules_with_generators_and_host_decisions_run_on_cuda(agg, attack, bucketing) -> None:
+    # DnC and SignGuard draw coordinate samples on the CPU, bucketing and the Gaussian attack on the GPU.
+    cfg = ByzantineConfig(
+        agg=agg,
+        attack=attack,
+        bucketing=bucketing,
+        model="cnn",
+        workers=10,
+        byzantine=2,
+        rounds=2,
+        batch=4,
+        eval_every=1,
+        root_size=16,
+        device="cuda",
+    )
+    first, again = run_byzantine(cfg), run_byzantine(cfg)
+    assert first["curve"] == again["curve"]
+    assert all(_finite(p["test_loss"], p["train_loss"]) for p in first["curve"])
+
+
+@pytest.mark.cuda
+def test_augmentation_on_cuda_cuts_padded_windows() -> None:
+    x, data = _cifar_shaped(8)
+    out = augment(x.cuda(), data, torch.Generator("cuda").manual_seed(3))
+    assert out.shape == x.shape and out.device.type == "cuda"
+    for i in range(len(x)):
+        image = out[i].view(3, 32, 32).cpu()
+        assert sum(torch.equal(w, image) for *_, w in _windows(x[i].view(3, 32, 32), data.fill)) == 1
 
 
 @pytest.mark.cuda

@@ -31,7 +31,6 @@ parameter in one native multi-tensor call (``robustagg.ops.masked_sgd_step_``).
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -39,6 +38,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .. import ops
+from ..timing import Stopwatch
 from ..validation import (
     check_disjoint,
     check_generator,
@@ -118,11 +118,11 @@ def width_core(model: nn.Module, fraction: float) -> Core:
     layer's kept units; the output layer keeps all its outputs. A Linear
     after a Conv2d reads the channels flattened ``(C, H, W)`` row-major
     (``torch.flatten``), so it keeps the input features of the kept channels.
-    A layer whose inputs are as many as an earlier layer's outputs but not
-    the previous one's (a residual block's shortcut, or its first convolution
-    after the shortcut) keeps the first units that earlier layer kept: the
-    kept units are always a prefix, so the branches that a residual sum
-    adds keep the same channels.
+    A Conv2d whose input channels are as many as an earlier layer's outputs
+    but not the previous one's (a residual block's shortcut, or the next
+    block's first convolution after a shortcut) keeps the channels the latest
+    such layer kept: the kept units are always a prefix, so the branches that
+    a residual sum adds keep the same channels.
     Other parameters (e.g. normalisation) are absent, so entirely in the core.
     This is the width-wise core of Mohtashami, Jaggi, Stich (AISTATS 2022).
     """
@@ -144,10 +144,10 @@ def width_core(model: nn.Module, fraction: float) -> Core:
         if kept_in is not None:
             if w.shape[1] == kept_in.numel():
                 cols = kept_in
-            elif w.shape[1] in kept_by_width:
-                cols = kept_by_width[w.shape[1]]
             elif isinstance(layer, nn.Linear) and w.shape[1] % kept_in.numel() == 0:
                 cols = kept_in.repeat_interleave(w.shape[1] // kept_in.numel())  # flattened (C, H, W)
+            elif isinstance(layer, nn.Conv2d) and w.shape[1] in kept_by_width:
+                cols = kept_by_width[w.shape[1]]
             else:
                 raise ValueError(
                     f"width_core: layer {name!r} takes {w.shape[1]} inputs, which do not follow "
@@ -527,13 +527,6 @@ class ACDCSchedule:
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _now(model: nn.Module) -> float:
-    """The time, once a CUDA model's queued kernels have run: the split of ``seconds`` means the same on a GPU."""
-    if next(model.parameters()).is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
 class _Trainer:
     def __init__(self, model: nn.Module, optimizer: MaskedSGD) -> None:
         if not isinstance(optimizer, MaskedSGD):
@@ -542,8 +535,13 @@ class _Trainer:
         self.optimizer = optimizer
         self.steps = 0
         self.counts: dict[str, int] = {}
-        self.seconds = {"forward_backward": 0.0, "step": 0.0}
+        self._clock = Stopwatch(next(model.parameters()).device, "forward_backward", "step")
         self._params = dict(model.named_parameters())
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        """Seconds spent in forward + backward and in optimizer steps (on a GPU, the kernels' own time)."""
+        return self._clock.seconds
 
     def _by_param(self, core: Core) -> dict[torch.Tensor, torch.Tensor]:
         return {self._params[n]: m for n, m in _check_core(core, self._params, type(self).__name__).items()}
@@ -551,15 +549,14 @@ class _Trainer:
     def _train(
         self, kind: str, core: Core | None, masks: dict | None, loss_fn: LossFn, inputs: tuple, target: torch.Tensor
     ) -> torch.Tensor:
-        tick = _now(self.model)
+        self._clock.restart()
         out = self.model(*inputs) if core is None else core_forward(self.model, core, *inputs)
         loss = loss_fn(out, target)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        tock = _now(self.model)
+        self._clock.lap("forward_backward")
         self.optimizer.step(masks)
-        self.seconds["forward_backward"] += tock - tick
-        self.seconds["step"] += _now(self.model) - tock
+        self._clock.lap("step")
         self.steps += 1
         self.counts[kind] = self.counts.get(kind, 0) + 1
         return loss.detach()

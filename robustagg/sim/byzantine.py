@@ -34,13 +34,13 @@ from ..arguments import (
 )
 from ..attacks import ATTACKS, PERTURBATIONS, check_attack_rows, make_attack
 from ..optim.byzantine import RobustServer, WorkerMomentum
+from ..timing import Stopwatch
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import (
     Dataset,
     augment,
     check_batch,
-    check_data,
     check_fits,
     load_data,
     parse_split,
@@ -48,7 +48,6 @@ from .data import (
     train_examples,
 )
 from .models import MODELS, Model, make_model
-from .stopwatch import Stopwatch
 
 __all__ = ["ByzantineConfig", "RULES", "TAIL_START", "aggregator_of", "run_byzantine"]
 
@@ -93,19 +92,20 @@ class ByzantineConfig:
     data: str = shared.data()
     device: str = shared.device()
 
-    def check(self) -> None:
+    def check(self, examples: int | None = None) -> None:
         """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field.
 
         The rule is built and run on n rows of zeros, so that an f it cannot
         take (Krum's n > 2f + 2, Bulyan's n >= 4f + 3, the trimmed mean's
         n > 2f, after bucketing: on the buckets) is refused before the run, and
         so is an attack that cannot run with f of n workers (ALIE's default z).
+        ``examples``, the training examples of a data set given to the run, bounds the workers and the
+        batch in place of ``data``'s (whose files are then not looked at).
         """
         where = "byzantine"
         if self.agg not in RULES:
             raise ValueError(f"byzantine: unknown rule agg={self.agg!r}; choose from {', '.join(RULES)}")
-        check_data(self.data)
-        examples = train_examples(self.data)
+        examples = train_examples(self.data, examples)
         n = check_int(self.workers, "workers", where, low=1, high=examples)
         f = check_int(self.byzantine, "byzantine", where)
         if not 0 <= f < n:
@@ -152,8 +152,9 @@ def aggregator_of(cfg: ByzantineConfig, generator: torch.Generator) -> agg.Aggre
     options = {
         "gm": {"max_iter": cfg.gm_iters},
         "cc": {"tau": cfg.cc_tau, "iters": cfg.cc_iters},
-        "dnc": {"generator": generator},
-        "signguard": {"generator": generator},
+        # Their coordinate samples are drawn on the host: a CPU generator, the same one on the CPU.
+        "dnc": {"generator": _on_cpu(generator)},
+        "signguard": {"generator": _on_cpu(generator)},
     }.get(cfg.agg, {})
     rule = agg.make_aggregator(cfg.agg, f_rows, f_if_used=True, **options)
     if cfg.bucketing >= 2:
@@ -166,7 +167,12 @@ def _rule_itself(rule: agg.Aggregator) -> agg.Aggregator:
     return rule.rule if isinstance(rule, agg.Pipeline) else rule
 
 
-def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.Generator) -> dict:
+def _on_cpu(generator: torch.Generator) -> torch.Generator:
+    """``generator`` itself on the CPU; a CPU generator of the same seed otherwise."""
+    return generator if generator.device.type == "cpu" else torch.Generator().manual_seed(generator.initial_seed())
+
+
+def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.Generator, classes: int) -> dict:
     return {
         "ipm": {"eps": cfg.ipm_eps},
         "alie": {"z": cfg.alie_z},
@@ -174,7 +180,7 @@ def _attack_kwargs(cfg: ByzantineConfig, rule: agg.Aggregator, generator: torch.
         "fang_trimmed_mean": {"generator": generator},
         "minmax": {"perturbation": cfg.perturbation},
         "minsum": {"perturbation": cfg.perturbation},
-        "label_flip": {"num_classes": 10},
+        "label_flip": {"num_classes": classes},
         "optimal_alie": {"aggregator": rule},
         "optimal_ipm": {"aggregator": rule},
     }.get(cfg.attack, {})
@@ -200,8 +206,8 @@ def run_byzantine(
     ``model`` replaces the built-in ``cfg.model`` (a :class:`~robustagg.sim.models.ModuleModel` wraps any
     ``torch.nn.Module``), ``data`` the data set ``cfg.data`` names.
     """
-    cfg.check()
-    device = shared.check_device(cfg.device, "byzantine")
+    cfg.check(None if data is None else len(data.y_train))
+    device = shared.use_device(cfg.device, "byzantine")
     data = load_data(cfg.data) if data is None else data
     n, f = cfg.workers, cfg.byzantine
     check_fits(
@@ -217,7 +223,8 @@ def run_byzantine(
     # On the CPU the batches continue the initialisation's stream; on a GPU they are drawn there.
     gen = init if device.type == "cpu" else torch.Generator(device).manual_seed(cfg.seed)
     rule = aggregator_of(cfg, torch.Generator(device).manual_seed(cfg.seed + 1))
-    attack = make_attack(cfg.attack, **_attack_kwargs(cfg, rule, torch.Generator(device).manual_seed(cfg.seed + 2)))
+    attack_generator = torch.Generator(device).manual_seed(cfg.seed + 2)
+    attack = make_attack(cfg.attack, **_attack_kwargs(cfg, rule, attack_generator, data.num_classes))
 
     # Byzantine workers hold their share like everyone else; a data-level
     # attack changes the labels they train on.
@@ -276,6 +283,7 @@ def run_byzantine(
         "config": asdict(cfg),
         "rule": rule_name,
         "attack": repr(attack),
+        "model": model.name,
         "dim": model.dim,
         "final_test_accuracy": curve[-1]["test_accuracy"],
         "tail_test_accuracy": sum(tail) / len(tail),

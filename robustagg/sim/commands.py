@@ -474,14 +474,8 @@ def _accuracy(value: float | None, digits: int) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _network(cfg: MaskedConfig) -> str:
-    if cfg.model != "mlp":
-        return cfg.model
-    return f"MLP 64-{cfg.hidden}-10" if cfg.data == "digits" else f"MLP with {cfg.hidden} hidden units"
-
-
 def _masked_summary(cfg: MaskedConfig, result: dict, plot_path: str) -> None:
-    from .report import plot_curves
+    from .report import network_name, plot_curves
 
     rounds = [p["round"] for p in result["curve"]]
     curves = {}
@@ -492,12 +486,12 @@ def _masked_summary(cfg: MaskedConfig, result: dict, plot_path: str) -> None:
     plot_curves(
         plot_path,
         curves,
-        f"{cfg.training}: {_network(cfg)}, core {cfg.core_fraction:g}, seed {cfg.seed}",
+        f"{cfg.training}: {network_name(vars(cfg))}, core {cfg.core_fraction:g}, seed {cfg.seed}",
         "test accuracy",
     )
     sec = {k: 1e3 * v for k, v in result["seconds_per_step"].items()}
     print(
-        f"{cfg.training}: {_network(cfg)}, core = {cfg.core_fraction:g} of the hidden units, "
+        f"{cfg.training}: {network_name(vars(cfg))}, core = {cfg.core_fraction:g} of the hidden units, "
         f"{cfg.rounds} steps, seed {cfg.seed}"
     )
     sparse = result.get("final_sparse_accuracy")

@@ -8,6 +8,7 @@ integer, defaults to 300 and says so in ``--help``.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ __all__ = [
     "momentum",
     "rounds",
     "seed",
+    "use_device",
 ]
 
 DEVICES = ("cpu", "cuda")
@@ -81,6 +83,20 @@ def check_device(device: object, where: str) -> torch.device:
         missing = "no CUDA GPU is visible" if not torch.cuda.is_available() else "robustagg has no CUDA kernels"
         raise ValueError(f"{where}: device cuda needs a GPU and robustagg's CUDA kernels, but {missing}")
     return torch.device(device)
+
+
+def use_device(device: object, where: str) -> torch.device:
+    """:func:`check_device`; for ``cuda``, PyTorch's deterministic algorithms switched on for the process.
+
+    cuDNN's convolutions and CUDA's index additions otherwise differ from run to run in their last bits.
+    ``warn_only``: an operation with no deterministic version warns instead of stopping the run.
+    """
+    device = check_device(device, where)
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what cuBLAS needs to repeat its sums
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    return device
 
 
 def hidden(default: int) -> Any:

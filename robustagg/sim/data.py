@@ -31,6 +31,8 @@ beside them, so that flat models read them as they are and image models view the
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import dataclass, replace
 
@@ -38,7 +40,7 @@ import numpy as np
 import torch
 
 from ..validation import check_int
-from .datafiles import DataError, find_file, read_cifar10, read_idx
+from .datafiles import CIFAR10_FILES, DataError, find_file, read_cifar10, read_idx
 
 __all__ = [
     "DATASETS",
@@ -130,7 +132,7 @@ def parse_data(text: str) -> tuple[str, str | None]:
     if name == "synthetic" and rest in files:
         return f"synthetic:{rest}", None
     if sep and name in files and rest:
-        return name, rest
+        return name, os.path.expanduser(rest)  # a shell leaves the ~ of "mnist:~/data" as it is
     raise ValueError(
         f"data: expected digits, {', '.join(n + ':DIR' for n in files)} or synthetic:NAME "
         f"(NAME one of {', '.join(files)}), got {text!r}"
@@ -148,6 +150,20 @@ def _folders(name: str, folder: str) -> list[str]:
     return [folder, os.path.join(folder, sub)]
 
 
+def _cifar10_folder(folder: str, what: str) -> str:
+    """The first of DIR and ``DIR/cifar-10-batches-py`` that holds all six batches."""
+    folders = _folders("cifar10", folder)
+    missing = {f: [n for n in CIFAR10_FILES if not os.path.isfile(os.path.join(f, n))] for f in folders}
+    for candidate in folders:
+        if not missing[candidate]:
+            return candidate
+    closest = min(folders, key=lambda f: len(missing[f]))  # the one that holds the most of them
+    raise DataError(
+        f"{what}: {closest} lacks {', '.join(missing[closest])} (expected {', '.join(CIFAR10_FILES)} "
+        f"in {' or '.join(folders)})"
+    )
+
+
 def check_data(text: str) -> str:
     """``text`` as :func:`parse_data` reads it, with a DataError when the files it names are not there.
 
@@ -159,12 +175,7 @@ def check_data(text: str) -> str:
     if not os.path.isdir(folder):
         raise DataError(f"data {text}: {folder} is not a folder")
     if name == "cifar10":
-        found = [f for f in _folders(name, folder) if os.path.isfile(os.path.join(f, "test_batch"))]
-        if not found:
-            raise DataError(
-                f"data {text}: no CIFAR-10 python batches (data_batch_1 ... data_batch_5, test_batch) in "
-                f"{' or '.join(_folders(name, folder))}"
-            )
+        _cifar10_folder(folder, f"data {text}")
         return text
     for file in _idx_names(name):
         find_file(_folders(name, folder), file, f"data {text}")
@@ -172,12 +183,24 @@ def check_data(text: str) -> str:
 
 
 def _standardised(images: np.ndarray, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C*H*W)``: (pixel / 255 - mean_c) / std_c."""
+    """uint8 ``(N, C, H, W)`` -> float32 ``(N, C*H*W)``: (pixel / 255 - mean_c) / std_c, in one float32 copy."""
     x = torch.from_numpy(np.require(images, requirements=["C", "W"])).float().div_(255.0)
-    x = (x - torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)) / torch.tensor(std, dtype=torch.float32).view(
-        1, -1, 1, 1
+    x.sub_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)).div_(
+        torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     )
     return x.reshape(len(x), -1)
+
+
+def _pixel_mean_std(images: np.ndarray) -> tuple[float, float]:
+    """The mean and (population) deviation of all pixels / 255, summed in float64 a slice at a time."""
+    total = squares = 0.0
+    for part in np.array_split(images.reshape(len(images), -1), max(1, len(images) // 4096)):
+        values = part.astype(np.float64) / 255.0
+        total += values.sum()
+        squares += np.square(values).sum()
+    count = images.size
+    mean = total / count
+    return mean, math.sqrt(max(squares / count - mean * mean, 0.0))
 
 
 def _check_labels(labels: np.ndarray, images: np.ndarray, classes: int, what: str) -> torch.Tensor:
@@ -201,8 +224,7 @@ def _from_arrays(name: str, train: tuple, test: tuple, what: str) -> Dataset:
     if name == "cifar10":
         mean, std = np.array(CIFAR10_MEAN), np.array(CIFAR10_STD)
     else:
-        pixels = train[0].astype(np.float64) / 255.0
-        mean, std = np.array([pixels.mean()]), np.array([pixels.std()])
+        mean, std = (np.array([v]) for v in _pixel_mean_std(train[0]))
     fill = tuple(float(v) for v in -mean / std)
     return Dataset(
         _standardised(train[0], mean, std),
@@ -228,8 +250,12 @@ def _synthetic(name: str) -> tuple[tuple, tuple]:
     )
 
 
+@functools.lru_cache(maxsize=2)
 def load_data(text: str) -> Dataset:
-    """The data set ``text`` names (see the module docstring), on the CPU; DataError for bad files."""
+    """The data set ``text`` names (see the module docstring), on the CPU; DataError for bad files.
+
+    Read once per process (the runs of a grid share it): the tensors are the cache's, not to be written.
+    """
     check_data(text)
     name, folder = parse_data(text)
     if name == "digits":
@@ -239,8 +265,7 @@ def load_data(text: str) -> Dataset:
         return _from_arrays(base, *_synthetic(base), f"data {text}")
     what = f"data {text}"
     if name == "cifar10":
-        found = next(f for f in _folders(name, folder) if os.path.isfile(os.path.join(f, "test_batch")))
-        x_train, y_train, x_test, y_test = read_cifar10(found, what)
+        x_train, y_train, x_test, y_test = read_cifar10(_cifar10_folder(folder, what), what)
         return _from_arrays(name, (x_train, y_train), (x_test, y_test), what)
     arrays = []
     for file in _idx_names(name):
@@ -266,8 +291,9 @@ def augment(x: torch.Tensor, data: Dataset, generator: torch.Generator) -> torch
     c, h, w = data.shape
     images = x.reshape(-1, c, h, w)
     m, p = len(images), CROP_PADDING
-    fill = torch.tensor(data.fill, dtype=x.dtype, device=x.device).view(1, c, 1, 1)
-    padded = fill.expand(m, c, h + 2 * p, w + 2 * p).clone()
+    padded = images.new_empty(m, c, h + 2 * p, w + 2 * p)
+    for channel, value in enumerate(data.fill):  # scalars: no copy from the host
+        padded[:, channel].fill_(value)
     padded[:, :, p : p + h, p : p + w] = images
     offsets = torch.randint(0, 2 * p + 1, (m, 2), generator=generator, device=x.device)
     flip = torch.rand(m, generator=generator, device=x.device) < 0.5
@@ -304,10 +330,14 @@ def parse_split(text: str) -> tuple[str, float | None]:
     raise ValueError(f"split: expected iid, sorted or dirichlet:ALPHA with ALPHA > 0, got {text!r}")
 
 
-def train_examples(text: str) -> int:
-    """The training examples of the data set ``text`` names (as published; :func:`check_fits` checks the files)."""
-    name = parse_data(text)[0]
-    return DATASETS[name.removeprefix("synthetic:")][2]
+def train_examples(text: str, given: int | None = None) -> int:
+    """The training examples that bound a run's counts: ``given`` (those of a data set passed to the run),
+    or the published count of the data set ``text`` names, whose files must then be there (:func:`check_data`;
+    :func:`check_fits` checks the count once the files are read)."""
+    if given is not None:
+        return given
+    check_data(text)
+    return DATASETS[parse_data(text)[0].removeprefix("synthetic:")][2]
 
 
 def check_batch(batch: object, where: str, limit: int = NUM_TRAIN) -> int:
@@ -335,7 +365,7 @@ def split_workers(y: torch.Tensor, workers: int, split: str, rng: np.random.Gene
     check_int(workers, "workers", "split")
     if workers < 1 or workers > n_examples:
         raise ValueError(f"split: workers must be in [1, {n_examples}], got {workers}")
-    labels = y.numpy()
+    labels = y.cpu().numpy()
     if kind == "iid":
         return [torch.from_numpy(part) for part in np.array_split(rng.permutation(n_examples), workers)]
     if kind == "sorted":

@@ -25,13 +25,13 @@ import torch
 
 from ..arguments import closed_unit_interval, nonnegative_float, option, positive_float, positive_int, unit_interval
 from ..optim.federated import ALGORITHMS, BASES, FederatedServer
+from ..timing import Stopwatch
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import (
     Dataset,
     augment,
     check_batch,
-    check_data,
     check_fits,
     load_data,
     parse_split,
@@ -39,7 +39,6 @@ from .data import (
     train_examples,
 )
 from .models import MODELS, Model, make_model
-from .stopwatch import Stopwatch
 
 __all__ = ["FederatedConfig", "run_federated", "LOSS_ROUNDS"]
 
@@ -74,22 +73,23 @@ class FederatedConfig:
     model: str = shared.model()
     hidden: int = shared.hidden(64)
     seed: int = shared.seed("the split, initialisation, sampling and batches")
+    eval_every: int = shared.eval_every(1)
     data: str = shared.data()
     device: str = shared.device()
 
-    def check(self) -> None:
-        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+    def check(self, examples: int | None = None) -> None:
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field; ``examples``
+        as in :meth:`ByzantineConfig.check <robustagg.sim.byzantine.ByzantineConfig.check>`."""
         where = "federated"
         check_choice(self.algo, ALGORITHMS, "algo", where)
         check_choice(self.base, BASES, "base", where)
-        check_data(self.data)
-        examples = train_examples(self.data)
+        examples = train_examples(self.data, examples)
         clients = check_int(self.clients, "clients", where, low=1, high=examples)
         if not 1 <= check_int(self.per_round, "per_round", where) <= clients:
             raise ValueError(
                 f"federated: need 1 <= per_round <= clients, got per_round={self.per_round}, clients={clients}"
             )
-        for name in ("local_steps", "rounds"):
+        for name in ("local_steps", "rounds", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
         check_batch(self.batch, where, examples)
         check_real(self.local_epochs, "local_epochs", where, low=0.0)
@@ -119,13 +119,14 @@ def run_federated(
 ) -> dict:
     """Train and return a JSON-ready dict: config, per-round curve, summary figures and timings.
 
-    Summary: final test accuracy, mean test accuracy over the last 10% of the
-    rounds, the first round reaching 90% and 95% test accuracy (None if never),
-    and the training loss at the rounds of ``LOSS_ROUNDS`` within the run and at the last round.
+    The run evaluates every ``eval_every`` rounds and at the last. Summary: final test accuracy, mean
+    test accuracy of the evaluations in the last 10% of the rounds, the first evaluated round reaching
+    90% and 95% test accuracy (None if never), and the training loss at the rounds of ``LOSS_ROUNDS``
+    that were evaluated and at the last round.
     ``model`` replaces the built-in ``cfg.model``, ``data`` the data set ``cfg.data`` names.
     """
-    cfg.check()
-    device = shared.check_device(cfg.device, "federated")
+    cfg.check(None if data is None else len(data.y_train))
+    device = shared.use_device(cfg.device, "federated")
     data = load_data(cfg.data) if data is None else data
     check_fits(data, "federated", clients=cfg.clients, batch=cfg.batch)
     rng = np.random.default_rng(cfg.seed)
@@ -203,23 +204,24 @@ def run_federated(
         server.end_round()
         clock.lap("server")
 
-        acc, loss = model.evaluate(w, data.x_test, data.y_test)
-        _, train_loss = model.evaluate(w, loss_x, loss_y)
-        curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
-        if progress is not None:
-            progress(t, acc)
+        if t % cfg.eval_every == 0 or t == cfg.rounds:
+            acc, loss = model.evaluate(w, data.x_test, data.y_test)
+            _, train_loss = model.evaluate(w, loss_x, loss_y)
+            curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
+            if progress is not None:
+                progress(t, acc)
     wall = time.perf_counter() - wall
-    tail = curve[-max(1, cfg.rounds // 10) :]
+    tail = [p for p in curve if p["round"] > cfg.rounds - max(1, cfg.rounds // 10)]
+    at = {p["round"]: p for p in curve}
     return {
         "config": asdict(cfg),
+        "model": model.name,
         "dim": model.dim,
         "final_test_accuracy": curve[-1]["test_accuracy"],
         "tail_test_accuracy": sum(p["test_accuracy"] for p in tail) / len(tail),
         "rounds_to_90": _first_round_reaching(curve, 0.90),
         "rounds_to_95": _first_round_reaching(curve, 0.95),
-        "train_loss_at": {
-            str(r): curve[r - 1]["train_loss"] for r in sorted({*LOSS_ROUNDS, cfg.rounds}) if r <= cfg.rounds
-        },
+        "train_loss_at": {str(r): at[r]["train_loss"] for r in sorted({*LOSS_ROUNDS, cfg.rounds}) if r in at},
         "curve": curve,
         "seconds_per_round": clock.per(cfg.rounds),
         "wall_seconds": wall,

@@ -37,11 +37,13 @@ from ..arguments import fraction, nonnegative_int, option, positive_int
 from ..optim import masked as masked_opt
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import Dataset, augment, check_batch, check_data, check_fits, load_data, train_examples
-from .models import EVAL_CHUNK, MODELS, ModuleModel
+from .data import Dataset, augment, check_batch, check_fits, load_data, train_examples
+from .models import EVAL_CHUNK, ModuleModel
 from .networks import ResNet20, SmallCNN
 
-__all__ = ["MaskedConfig", "TRAININGS", "make_mlp", "make_network", "run_masked"]
+__all__ = ["MaskedConfig", "NETWORKS", "TRAININGS", "make_mlp", "make_network", "run_masked"]
+
+NETWORKS = ("mlp", "cnn", "resnet20")  # the built-in models the line trains as modules (logreg has no hidden units)
 
 TRAININGS = {
     "full": "every step trains the whole network",
@@ -68,19 +70,19 @@ class MaskedConfig:
     density: float = option(0.1, "AC/DC: fraction of weights kept in sparse phases", type=fraction)
     seed: int = shared.seed("the initialisation and batches")
     eval_every: int = shared.eval_every(100, "steps between evaluations")
-    model: str = option("mlp", "network (default mlp, features-hidden-classes)", choices=MODELS[:1] + MODELS[2:])
+    model: str = option("mlp", "network (default mlp, features-hidden-classes)", choices=NETWORKS)
     data: str = shared.data()
     device: str = shared.device()
 
-    def check(self) -> None:
-        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+    def check(self, examples: int | None = None) -> None:
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field; ``examples``
+        as in :meth:`ByzantineConfig.check <robustagg.sim.byzantine.ByzantineConfig.check>`."""
         where = "masked"
         check_choice(self.training, TRAININGS, "training", where)
         for name in ("hidden", "rounds", "period", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
-        check_data(self.data)
-        check_batch(self.batch, where, train_examples(self.data))
-        check_choice(self.model, ("mlp", "cnn", "resnet20"), "model", where)
+        check_batch(self.batch, where, train_examples(self.data, examples))
+        check_choice(self.model, NETWORKS, "model", where)
         shared.check_device(self.device, where)
         for name in ("core_fraction", "density"):
             check_real(getattr(self, name), name, where, 0.0, 1.0, low_open=True)
@@ -99,7 +101,7 @@ class MaskedConfig:
 def make_mlp(features: int, hidden: int, classes: int, seed: int) -> nn.Sequential:
     """Linear-ReLU-Linear with PyTorch's default initialisation drawn from ``seed`` (global RNG left as it was)."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng restores it
         return nn.Sequential(nn.Linear(features, hidden), nn.ReLU(), nn.Linear(hidden, classes))
 
 
@@ -109,7 +111,7 @@ def make_network(name: str, data: Dataset, hidden: int, seed: int) -> nn.Module:
     if name == "mlp":
         return make_mlp(data.num_features, hidden, data.num_classes, seed)
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng restores it
         return SmallCNN(*data.shape, data.num_classes) if name == "cnn" else ResNet20(data.shape[0], data.num_classes)
 
 
@@ -139,8 +141,8 @@ def run_masked(
     parameters), on examples viewed as its ``input_shape``, and its core is its width core run
     through ``core_forward``; ``data`` replaces the data set ``cfg.data`` names.
     """
-    cfg.check()
-    device = shared.check_device(cfg.device, "masked")
+    cfg.check(None if data is None else len(data.y_train))
+    device = shared.use_device(cfg.device, "masked")
     data = load_data(cfg.data) if data is None else data
     check_fits(data, "masked", batch=cfg.batch)
     data = data.to(device)
@@ -195,6 +197,7 @@ def run_masked(
     result = {
         "config": asdict(cfg),
         "schedule": repr(trainer.schedule),
+        "model": cfg.model if model is None else model.name,
         "dim": sum(p.numel() for p in network.parameters()),
         "core_dim": sum(int(m.sum()) for m in core.values()),
         "steps": dict(trainer.counts),

@@ -101,8 +101,9 @@ class ModuleModel:
 
     ``init(generator)`` re-runs every submodule's ``reset_parameters`` from a seed drawn from
     ``generator`` (PyTorch's default initialisation, repeatable), or with ``reinitialize=False`` returns
-    the module's parameters as they are (a user's own initialisation). The module itself is never
-    trained: its parameters only give the shapes and the initial point.
+    the module's parameters as they are (a user's own initialisation); re-running writes the module's
+    parameters in place. The Byzantine, federated and personalized lines train the flat vector, never
+    the module (its parameters give the shapes and the initial point); the masked line trains the module.
 
     A module with batch-norm layers (or any buffer) is refused: per-worker batch statistics are state
     that vmap cannot update; use ``nn.GroupNorm`` or ``nn.LayerNorm``.
@@ -156,7 +157,7 @@ class ModuleModel:
         if self.reinitialize:
             seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
+                torch.default_generator.manual_seed(seed)  # the CPU generator only: fork_rng restores it
                 for m in self.module.modules():
                     if hasattr(m, "reset_parameters"):
                         m.reset_parameters()

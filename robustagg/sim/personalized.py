@@ -65,11 +65,11 @@ from ..optim.personalized import (
     estimate_bias_variance,
     optimal_weights,
 )
+from ..timing import Stopwatch
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
-from .data import Dataset, check_batch, check_data, check_fits, load_data, train_examples
+from .data import Dataset, check_batch, check_fits, load_data, train_examples
 from .models import EVAL_CHUNK, MODELS, Model, make_model
-from .stopwatch import Stopwatch
 
 __all__ = [
     "PersonalizedConfig",
@@ -141,16 +141,16 @@ class PersonalizedConfig:
     data: str = shared.data()
     device: str = shared.device()
 
-    def check(self) -> None:
-        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field."""
+    def check(self, examples: int | None = None) -> None:
+        """Raise ValueError (TypeError for a field of the wrong type) naming the first bad field; ``examples``
+        as in :meth:`ByzantineConfig.check <robustagg.sim.byzantine.ByzantineConfig.check>`."""
         where = "personalized"
         check_choice(self.task, TASKS, "task", where)
         check_choice(self.method, METHODS, "method", where)
         check_int(self.collaborators, "collaborators", where, low=0)
         for name in ("dim", "eval_every"):
             check_int(getattr(self, name), name, where, low=1)
-        check_data(self.data)
-        check_batch(self.batch, where, train_examples(self.data))
+        check_batch(self.batch, where, train_examples(self.data, examples))
         check_int(self.seed, "seed", where, low=0)
         check_choice(self.model, MODELS, "model", where)
         shared.check_device(self.device, where)
@@ -340,9 +340,9 @@ def run_personalized(
     stay on the device until the run ends. ``model`` and ``data`` replace the digits task's built-in
     ``cfg.model`` and the data set ``cfg.data`` names; the quadratic tasks take neither.
     """
-    cfg.check()
+    cfg.check(None if data is None else len(data.y_train))
     cfg = cfg.resolved()
-    device = shared.check_device(cfg.device, "personalized")
+    device = shared.use_device(cfg.device, "personalized")
     if cfg.task == "digits":
         problem: _Digits | _Quadratic = _Digits(cfg, device, model, data)
     elif model is not None or data is not None:
@@ -389,6 +389,7 @@ def run_personalized(
     wall = time.perf_counter() - wall
     result = {
         "config": asdict(cfg),
+        "model": problem.model.name if isinstance(problem, _Digits) else None,
         "dim": sum(p.numel() for p in problem.params),
         "weights": weights,
         "tail_error": _mean(tail_errors),

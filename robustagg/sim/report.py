@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 __all__ = [
     "data_name",
+    "network_name",
     "setup_text",
     "plot_curves",
     "plot_curve_panels",
@@ -128,12 +129,21 @@ def data_name(cfg: dict) -> str:
     return data if data == "digits" or data.startswith("synthetic:") else data.split(":", 1)[0]
 
 
+def network_name(cfg: dict) -> str:
+    """The model of a run's config in words: ``MLP 64-64-10`` on digits, the built-in's name otherwise."""
+    model = cfg.get("model", "mlp")
+    if model != "mlp":
+        return model
+    return (
+        f"MLP 64-{cfg['hidden']}-10"
+        if cfg.get("data", "digits") == "digits"
+        else f"MLP with {cfg['hidden']} hidden units"
+    )
+
+
 def setup_text(cfg: dict, dim: int) -> str:
     """The data, network and device of a grid's runs, for its Setup paragraph."""
     data = cfg.get("data", "digits")
     where = "scikit-learn digits (1400 train / 397 test)" if data == "digits" else f"--data {data}"
-    model = cfg.get("model", "mlp")
-    if model == "mlp":
-        model = f"MLP 64-{cfg['hidden']}-10" if data == "digits" else f"MLP with {cfg['hidden']} hidden units"
     device = "" if cfg.get("device", "cpu") == "cpu" else f", on {cfg['device']}"
-    return f"{where}, {model} ({dim} parameters){device}"
+    return f"{where}, {network_name(cfg)} ({dim} parameters){device}"
