@@ -1,8 +1,10 @@
 """Runs of every line at its digits defaults give what they gave before the lines learned devices,
 modules and data sets from disk.
 
-``data/digits_runs.json`` holds short runs of each line recorded with the code before that change
-(curves, final figures, rules' and attacks' names); the same options must give the same numbers.
+``data/digits_runs.json`` holds short runs of each line recorded with the code of commit 281f54d,
+before that change (curves, final figures, rules' and attacks' names), one thread: rules with and
+without generators, bucketing, label flips, every split, Mime with Adam, the optimal weights, core
+training. The same options must give the same numbers.
 """
 
 from __future__ import annotations
