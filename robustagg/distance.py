@@ -20,7 +20,7 @@ import torch
 
 from . import coefficients, exact_geometry, ops, subsets
 from .coefficients import GeometricMedianInfo
-from .validation import check_int, check_matrix, check_positive, check_real, check_row_weights
+from .validation import check_honest_majority, check_int, check_matrix, check_positive, check_real, check_row_weights
 
 __all__ = [
     "GeometricMedianInfo",
@@ -45,22 +45,6 @@ def pairwise_sq_distances(X: torch.Tensor) -> torch.Tensor:
     """
     check_matrix(X, "pairwise_sq_distances")
     return ops.pairwise_sq_distances(X)
-
-
-def _geometry(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Squared distances of the points times ``2**-k``, finite-row flags and k, on the CPU for the coefficient work.
-
-    k > 0 only when finite float64 rows are so large that their squared
-    distances would overflow (:func:`robustagg.exact_geometry.scaled_distances`); rules
-    with a length parameter (``nu``, ``tau``) scale it alike.
-
-    Detached: the coefficients are constants to autograd. Krum's and Bulyan's
-    are piecewise constant in X, so the gradient through the selected rows is
-    exact; the geometric median and centered clipping return results that do
-    not require grad.
-    """
-    D, finite, k = exact_geometry.scaled_distances(X.detach(), None if center is None else center.detach())
-    return D.cpu(), finite.cpu(), k
 
 
 def _check_krum(X: torch.Tensor, f: int, rule: str) -> int:
@@ -100,7 +84,7 @@ def multi_krum(X: torch.Tensor, f: int, m: int | None = None) -> torch.Tensor:
 
 def _krum(X: torch.Tensor, f: int, m: int, rule: str) -> torch.Tensor:
     f, m = _check_krum_m(X, f, m, rule)
-    D, finite, _ = _geometry(X)
+    D, finite, _ = exact_geometry.host_distances(X)
     c = coefficients.krum_coefficients(D, finite, f, m)
     return coefficients.combine(c, X)
 
@@ -133,7 +117,7 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
         raise ValueError(f"bulyan: f must be >= 0, got f={f}")
     if n < 4 * f + 3:
         raise ValueError(f"bulyan: f={f} needs n >= 4*f + 3, got n={n}")
-    D, finite, _ = _geometry(X)
+    D, finite, _ = exact_geometry.host_distances(X)
     theta = n - 2 * f
     remaining = torch.arange(n)
     selected = []
@@ -146,15 +130,6 @@ def bulyan(X: torch.Tensor, f: int) -> torch.Tensor:
     C[torch.arange(theta), torch.tensor(selected)] = 1.0
     rows = ops.mix_rows(C.to(X.device), X)  # exact copies of the selected rows
     return ops.mean_around_median(rows, theta - 2 * f)
-
-
-def _check_honest_majority(X: torch.Tensor, f: int, rule: str) -> int:
-    check_matrix(X, rule)
-    f = check_int(f, "f", rule, low=0)
-    n = X.shape[0]
-    if n <= 2 * f:
-        raise ValueError(f"{rule}: f={f} needs n > 2*f, got n={n}")
-    return f
 
 
 def mda(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> torch.Tensor:
@@ -172,9 +147,9 @@ def mda(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> torc
     found by branch and bound on the squared distances
     (:func:`robustagg.subsets.min_diameter_subset`): two passes over X.
     """
-    f = _check_honest_majority(X, f, "mda")
+    f = check_honest_majority(X, f, "mda")
     subsets.check_budget(X.shape[0], f, max_subsets, "mda")
-    D, finite, _ = _geometry(X)
+    D, finite, _ = exact_geometry.host_distances(X)
     return coefficients.combine(subsets.mda_coefficients(D, finite, f), X)
 
 
@@ -186,9 +161,9 @@ def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
     (distance 0); NaN/inf rows are infinitely far and left out of the mean should they be among the chosen
     (all NaN if none is finite). Needs ``n > 2f`` and ``0 <= pivot < n``. Two passes over X.
     """
-    f = _check_honest_majority(X, f, "monna")
+    f = check_honest_majority(X, f, "monna")
     pivot = check_int(pivot, "pivot", "monna", low=0, high=X.shape[0] - 1)
-    D, finite, _ = _geometry(X)
+    D, finite, _ = exact_geometry.host_distances(X)
     return coefficients.combine(coefficients.monna_coefficients(D, finite, f, pivot), X)
 
 
@@ -223,7 +198,7 @@ def geometric_median(
     max_iter = check_int(max_iter, "max_iter", "geometric_median", low=0)
     a_all = check_row_weights(weights, X, "geometric_median")
 
-    D, finite, k = _geometry(X)
+    D, finite, k = exact_geometry.host_distances(X)
     c, info = coefficients.gm_coefficients(D, finite, a_all, nu * 2.0**-k, tol, max_iter)
     info = dataclasses.replace(info, objective=info.objective * 2.0**k)
     z = coefficients.combine(c, X.detach())
@@ -257,5 +232,5 @@ def centered_clip(X: torch.Tensor, center: torch.Tensor, tau: float, iters: int 
     tau = check_positive(tau, "tau", "centered_clip", allow_inf=True)
     iters = check_int(iters, "iters", "centered_clip", low=0)
     X, center = X.detach(), center.detach().to(X.dtype)
-    D, finite, k = _geometry(X, center)
+    D, finite, k = exact_geometry.host_distances(X, center)
     return coefficients.combine(coefficients.cc_coefficients(D, finite, tau * 2.0**-k, iters), X, center)

@@ -19,7 +19,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from .validation import check_tensor
 
-__all__ = ["distances_and_finite", "has_values", "scaled_distances", "scaled_row_sq_norms"]
+__all__ = ["distances_and_finite", "has_values", "host_distances", "scaled_distances", "scaled_row_sq_norms"]
 
 _NS = torch.ops.robustagg
 
@@ -178,3 +178,19 @@ def scaled_row_sq_norms(X: torch.Tensor) -> tuple[torch.Tensor, int]:
         return S, 0
     k = _safe_exponent(X, None, rows)
     return _NS.row_sq_norms(X * 2.0**-k), k
+
+
+def host_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Squared distances of the points times ``2**-k``, finite-row flags and k, on the CPU for the coefficient work.
+
+    k > 0 only when finite float64 rows are so large that their squared
+    distances would overflow (:func:`robustagg.exact_geometry.scaled_distances`); rules
+    with a length parameter (``nu``, ``tau``) scale it alike.
+
+    Detached: the coefficients are constants to autograd. Krum's and Bulyan's
+    are piecewise constant in X, so the gradient through the selected rows is
+    exact; the geometric median and centered clipping return results that do
+    not require grad.
+    """
+    D, finite, k = scaled_distances(X.detach(), None if center is None else center.detach())
+    return D.cpu(), finite.cpu(), k

@@ -20,8 +20,7 @@ import math
 import torch
 
 from . import coefficients, exact_geometry, subsets
-from .distance import _check_honest_majority, _geometry
-from .validation import check_generator, check_int, check_matrix, check_real
+from .validation import check_generator, check_honest_majority, check_int, check_matrix, check_real
 
 __all__ = ["caf", "caf_coefficients", "dnc", "smea"]
 
@@ -37,9 +36,9 @@ def smea(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> tor
     the mean (all NaN if none is finite). Needs ``n > 2f``; a ``ValueError`` when ``comb(n, f)`` exceeds
     ``max_subsets``. Two passes over X.
     """
-    f = _check_honest_majority(X, f, "smea")
+    f = check_honest_majority(X, f, "smea")
     subsets.check_budget(X.shape[0], f, max_subsets, "smea")
-    D, finite, _ = _geometry(X)
+    D, finite, _ = exact_geometry.host_distances(X)
     return coefficients.combine(subsets.smea_coefficients(D, finite, f), X)
 
 
@@ -77,8 +76,8 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
     coincide). When the loop never runs (``f = 0``), the mean of the finite rows (all NaN if none).
     Needs ``n > 2f``. Two passes over X: every iterate works on the squared distances.
     """
-    f = _check_honest_majority(X, f, "caf")
-    D, finite, _ = _geometry(X)
+    f = check_honest_majority(X, f, "caf")
+    D, finite, _ = exact_geometry.host_distances(X)
     return coefficients.combine(caf_coefficients(D, finite, f), X)
 
 
@@ -106,6 +105,15 @@ def _unit_scale(Z: torch.Tensor) -> torch.Tensor:
     every score scales alike."""
     top = float(Z.abs().max()) if Z.numel() else 0.0
     return torch.ldexp(Z, torch.tensor(-math.frexp(top)[1])) if top > 0 else Z
+
+
+def _first_of_equal_rows(Z: torch.Tensor) -> torch.Tensor:
+    """For each row, the index of the first row equal to it: rows equal on the drawn columns have equal
+    scores exactly, whatever the eigensolver's rounding, so that their tie goes to the lower index."""
+    _, group = torch.unique(Z, dim=0, return_inverse=True)
+    first = torch.full((int(group.max()) + 1,), Z.shape[0], dtype=torch.long)
+    first.scatter_reduce_(0, group, torch.arange(Z.shape[0]), reduce="amin")
+    return first[group]
 
 
 def dnc(
@@ -149,6 +157,7 @@ def dnc(
             Z = _unit_scale(Z.index_select(0, rows.to(Y.device)).to(torch.float64).cpu())
             Z = Z - Z.mean(0)
             # the scores relative to the largest: the same order (ties included) as s_i
-            scores[rows] = _top_eigenpair(Z @ Z.T, torch.ones(rows.numel(), dtype=torch.float64))[1]
+            s = _top_eigenpair(Z @ Z.T, torch.ones(rows.numel(), dtype=torch.float64))[1]
+            scores[rows] = s[_first_of_equal_rows(Z)]
         kept[torch.sort(scores, descending=True, stable=True).indices[:drop]] = False
     return coefficients.combine(coefficients.mean_of(kept.nonzero().flatten(), finite), X)

@@ -254,3 +254,13 @@ def check_disjoint(written: Sequence[torch.Tensor], read: Sequence[torch.Tensor]
             )
         if reach is None or span[1] > reach[1]:
             reach = span
+
+
+def check_honest_majority(X: torch.Tensor, f: int, rule: str) -> int:
+    """X is an (n, d) matrix and f an int with n > 2f (an honest majority), as the subset and spectral rules need."""
+    check_matrix(X, rule)
+    f = check_int(f, "f", rule, low=0)
+    n = X.shape[0]
+    if n <= 2 * f:
+        raise ValueError(f"{rule}: f={f} needs n > 2*f, got n={n}")
+    return f

@@ -602,6 +602,17 @@ def test_dnc_matches_reference(case):
     untouched()
 
 
+def test_dnc_equal_rows_tie_at_the_cut_to_the_lower_index():
+    """Five equal rows score the third largest: their scores must be equal exactly (the eigensolver's
+    rounding made them differ in the last bit), so that each iteration drops the same, lowest one."""
+    spec = CaseSpec(n=9, d=40, seed=0, pattern="zeros", dups=4)
+    X = make_case(spec, torch.float64)
+    for seed in range(4):
+        out = robustagg.spectral.dnc(X, 6, iters=2, subsample=9, c=0.5, generator=torch.Generator().manual_seed(seed))
+        expected = reference.dnc(X, 6, 2, 9, 0.5, generator=torch.Generator().manual_seed(seed))
+        assert_sum_close(out, expected, X, f"seed {seed}")
+
+
 def test_dnc_hand_built():
     """1-D -1, 0, 1, f = 1, one iteration: scores 1, 0, 1; the tie drops the lower index (row 0): mean 0.5.
     0, 1, 2, 10: scores (x - 3.25)^2, the largest is row 3's: mean 1. Non-finite rows score +inf and go

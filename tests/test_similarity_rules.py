@@ -270,8 +270,21 @@ def test_signguard_non_finite_rows():
 
 
 def test_signguard_max_iter_one_stops_after_the_first_assignment():
-    X = torch.randn(9, 20, generator=g(5), dtype=F64)
-    assert signguard(X, fraction=1.0, max_iter=1).shape == (20,)
+    from robustagg import reference
+
+    # A matrix whose 2-means moves after its first assignment (the reference's trace shows a second
+    # assignment that differs), so that stopping after one step keeps a different set of rows.
+    for seed in range(200):
+        X = torch.randn(9, 20, generator=g(seed), dtype=F64) + torch.linspace(-1.5, 1.5, 9, dtype=F64)[:, None]
+        trace: dict = {}
+        reference.signguard(X, fraction=1.0, trace=trace)
+        if len(trace["steps"]) >= 2 and trace["steps"][0][1] != trace["steps"][1][1]:
+            break
+    else:
+        raise AssertionError("no matrix in 200 seeds needs a second 2-means step")
+    one = signguard(X, fraction=1.0, max_iter=1)
+    torch.testing.assert_close(one, reference.signguard(X, fraction=1.0, max_iter=1), rtol=1e-14, atol=0)
+    assert not torch.allclose(one, signguard(X, fraction=1.0), rtol=1e-6, atol=0)
 
 
 # ---------------------------------------------------------------------------
