@@ -47,7 +47,7 @@ from .data import (
     split_workers,
     train_examples,
 )
-from .models import MODELS, Model, make_model
+from .models import MODELS, Model, curve_point, make_model
 
 __all__ = ["ByzantineConfig", "RULES", "TAIL_START", "aggregator_of", "run_byzantine"]
 
@@ -270,11 +270,9 @@ def run_byzantine(
         server.step(sent)
         clock.lap("aggregation")
         if t % cfg.eval_every == 0 or t == cfg.rounds:
-            acc, loss = model.evaluate(w, data.x_test, data.y_test)
-            _, train_loss = model.evaluate(w, loss_x, loss_y)
-            curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
+            curve.append(curve_point(model, w, t, (data.x_test, data.y_test), (loss_x, loss_y)))
             if progress is not None:
-                progress(t, acc)
+                progress(t, curve[-1]["test_accuracy"])
             clock.restart()
     wall = time.perf_counter() - wall
     seconds = clock.seconds

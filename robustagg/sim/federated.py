@@ -38,7 +38,7 @@ from .data import (
     split_workers,
     train_examples,
 )
-from .models import MODELS, Model, make_model
+from .models import MODELS, Model, curve_point, make_model
 
 __all__ = ["FederatedConfig", "run_federated", "LOSS_ROUNDS"]
 
@@ -205,11 +205,9 @@ def run_federated(
         clock.lap("server")
 
         if t % cfg.eval_every == 0 or t == cfg.rounds:
-            acc, loss = model.evaluate(w, data.x_test, data.y_test)
-            _, train_loss = model.evaluate(w, loss_x, loss_y)
-            curve.append({"round": t, "test_accuracy": acc, "test_loss": loss, "train_loss": train_loss})
+            curve.append(curve_point(model, w, t, (data.x_test, data.y_test), (loss_x, loss_y)))
             if progress is not None:
-                progress(t, acc)
+                progress(t, curve[-1]["test_accuracy"])
     wall = time.perf_counter() - wall
     tail = [p for p in curve if p["round"] > cfg.rounds - max(1, cfg.rounds // 10)]
     at = {p["round"]: p for p in curve}

@@ -28,7 +28,7 @@ from torch import nn
 from ..validation import check_choice, check_generator, check_int
 from .networks import ResNet20, SmallCNN
 
-__all__ = ["MODELS", "FlatModel", "Model", "ModuleModel", "make_model"]
+__all__ = ["MODELS", "FlatModel", "Model", "ModuleModel", "curve_point", "make_model"]
 
 MODELS = ("mlp", "logreg", "cnn", "resnet20")
 
@@ -165,6 +165,14 @@ class ModuleModel:
 
 
 Model = FlatModel | ModuleModel
+
+
+def curve_point(
+    model: Model, w: torch.Tensor, t: int, test: tuple[torch.Tensor, torch.Tensor], train: tuple[torch.Tensor, ...]
+) -> dict:
+    """One evaluation of a line's curve: round ``t``, test accuracy and loss, training loss."""
+    accuracy, loss = model.evaluate(w, *test)
+    return {"round": t, "test_accuracy": accuracy, "test_loss": loss, "train_loss": model.evaluate(w, *train)[1]}
 
 
 def make_model(name: str, shape: tuple[int, ...], classes: int, hidden: int = 64) -> Model:
