@@ -38,7 +38,7 @@ from ..optim import masked as masked_opt
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import Dataset, augment, check_batch, check_fits, load_data, train_examples
-from .models import EVAL_CHUNK, ModuleModel
+from .models import ModuleModel, chunked
 from .networks import ResNet20, SmallCNN
 
 __all__ = ["MaskedConfig", "NETWORKS", "TRAININGS", "make_mlp", "make_network", "run_masked"]
@@ -116,7 +116,7 @@ def make_network(name: str, data: Dataset, hidden: int, seed: int) -> nn.Module:
 
 
 def _accuracy(forward, x: torch.Tensor, y: torch.Tensor) -> float:
-    logits = torch.cat([forward(part) for part in torch.split(x, EVAL_CHUNK)])
+    logits = chunked(forward, x)
     return float((logits.argmax(1) == y).float().mean())
 
 

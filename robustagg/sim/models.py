@@ -19,6 +19,7 @@ and a user's own network)::
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -28,7 +29,7 @@ from torch import nn
 from ..validation import check_choice, check_generator, check_int
 from .networks import ResNet20, SmallCNN
 
-__all__ = ["MODELS", "FlatModel", "Model", "ModuleModel", "curve_point", "make_model"]
+__all__ = ["MODELS", "FlatModel", "Model", "ModuleModel", "chunked", "curve_point", "make_model"]
 
 MODELS = ("mlp", "logreg", "cnn", "resnet20")
 
@@ -37,14 +38,27 @@ MODELS = ("mlp", "logreg", "cnn", "resnet20")
 EVAL_CHUNK = 2048
 
 
-@torch.no_grad()
-def _evaluate(logits, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    out = torch.cat([logits(w, part) for part in torch.split(x, EVAL_CHUNK)])
-    return float((out.argmax(1) == y).float().mean()), float(F.cross_entropy(out, y))
+def chunked(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``forward(x)``, run ``EVAL_CHUNK`` examples at a time and concatenated."""
+    return torch.cat([forward(part) for part in torch.split(x, EVAL_CHUNK)])
+
+
+class _Classifier:
+    """The loss and the evaluation, which both kinds of model derive from their ``logits(w, x)``."""
+
+    def loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of the batch."""
+        return F.cross_entropy(self.logits(w, x), y)
+
+    @torch.no_grad()
+    def evaluate(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+        """(accuracy, mean cross-entropy) on the examples ``x``, ``y``."""
+        out = chunked(lambda part: self.logits(w, part), x)
+        return float((out.argmax(1) == y).float().mean()), float(F.cross_entropy(out, y))
 
 
 @dataclass(frozen=True)
-class FlatModel:
+class FlatModel(_Classifier):
     """A classifier ``logits(w, x)`` whose parameters are the flat vector ``w``.
 
     ``shapes`` are the weight and bias shapes of the layers in order; the
@@ -71,14 +85,6 @@ class FlatModel:
                 h = torch.relu(h)
         return h
 
-    def loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the batch."""
-        return F.cross_entropy(self.logits(w, x), y)
-
-    def evaluate(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on the examples ``x``, ``y``."""
-        return _evaluate(self.logits, w, x, y)
-
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """PyTorch's ``nn.Linear`` initialisation: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weights and biases."""
         generator = check_generator(generator, "generator", "model")
@@ -91,7 +97,7 @@ class FlatModel:
         return torch.cat(parts)
 
 
-class ModuleModel:
+class ModuleModel(_Classifier):
     """Any ``torch.nn.Module`` as a function of one flat parameter vector.
 
     ``logits(w, x)`` is ``functional_call(module, params(w), x)`` with ``params(w)`` the module's
@@ -141,14 +147,6 @@ class ModuleModel:
     def logits(self, w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         x = x.reshape(x.shape[:-1] + self.input_shape)
         return torch.func.functional_call(self.module, self.unflatten(w), (x,))
-
-    def loss(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the batch."""
-        return F.cross_entropy(self.logits(w, x), y)
-
-    def evaluate(self, w: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) on the examples ``x``, ``y``."""
-        return _evaluate(self.logits, w, x, y)
 
     @torch.no_grad()
     def init(self, generator: torch.Generator) -> torch.Tensor:

@@ -69,7 +69,7 @@ from ..timing import Stopwatch
 from ..validation import check_choice, check_int, check_positive, check_real
 from . import config as shared
 from .data import Dataset, check_batch, check_fits, load_data, train_examples
-from .models import EVAL_CHUNK, MODELS, Model, make_model
+from .models import MODELS, Model, chunked, make_model
 
 __all__ = [
     "PersonalizedConfig",
@@ -274,7 +274,7 @@ class _Digits:
 
     @torch.no_grad()
     def error(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        logits = torch.cat([self.model.logits(self.w, part) for part in torch.split(self.x_test, EVAL_CHUNK)])
+        logits = chunked(lambda part: self.model.logits(self.w, part), self.x_test)
         per_class = torch.zeros_like(self.p0), torch.zeros_like(self.p0)
         per_class[0].index_add_(0, self.y_test, F.cross_entropy(logits, self.y_test, reduction="none"))
         per_class[1].index_add_(0, self.y_test, (logits.argmax(1) == self.y_test).float())

@@ -125,8 +125,9 @@ def plot_heatmaps(path: str, panels: list[tuple[str, list[str], list[str], list[
 
 def data_name(cfg: dict) -> str:
     """The data set a run's config names, without its folder: ``digits``, ``mnist``, ``synthetic:cifar10``, ..."""
-    data = cfg.get("data", "digits")
-    return data if data == "digits" or data.startswith("synthetic:") else data.split(":", 1)[0]
+    from .data import parse_data
+
+    return parse_data(cfg.get("data", "digits"))[0]
 
 
 def network_name(cfg: dict) -> str:
