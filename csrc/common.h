@@ -112,19 +112,20 @@ inline at::Tensor check_weights(const at::Tensor& X, const at::Tensor& w, const 
 }
 
 // An optional extra row for the distance ops: a (d,) tensor of X's dtype on X's device.
-inline void check_center(const at::Tensor& X, const at::Tensor& center, const char* rule) {
+inline void check_center(const at::Tensor& X, const at::Tensor& center, const char* rule, const char* name = "center") {
   TORCH_CHECK_VALUE(center.dim() == 1 && center.size(0) == X.size(1),
-                    message(rule, ": center must have shape (d,) = (", X.size(1), ",), got ", center.sizes()));
+                    message(rule, ": ", name, " must have shape (d,) = (", X.size(1), ",), got ", center.sizes()));
   TORCH_CHECK_VALUE(center.device() == X.device(),
-                    message(rule, ": center is on ", center.device(), " but X is on ", X.device()));
+                    message(rule, ": ", name, " is on ", center.device(), " but X is on ", X.device()));
   TORCH_CHECK_TYPE(center.scalar_type() == X.scalar_type(),
-                   message(rule, ": center must have X's dtype ", X.scalar_type(), ", got ", center.scalar_type()));
+                   message(rule, ": ", name, " must have X's dtype ", X.scalar_type(), ", got ", center.scalar_type()));
 }
 
 // The rows of the distance ops: X, and the optional extra row.
-inline void check_rows(const at::Tensor& X, const std::optional<at::Tensor>& center, const char* rule) {
+inline void check_rows(const at::Tensor& X, const std::optional<at::Tensor>& center, const char* rule,
+                       const char* name = "center") {
   check_matrix(X, rule);
-  if (center.has_value()) check_center(X, *center, rule);
+  if (center.has_value()) check_center(X, *center, rule, name);
 }
 
 // Mixing coefficients: a (k, m) float64 tensor on X's device, m = n (+1 with a center).

@@ -68,6 +68,9 @@ TORCH_LIBRARY(robustagg, m) {
   m.def("mix_rows(Tensor C, Tensor X, Tensor? center=None) -> Tensor");
   // (n,) float64 squared Euclidean norms of the rows (clip, ARC).
   m.def("row_sq_norms(Tensor X) -> Tensor");
+  // (2, n) float64: row 0 the squared norms of the rows, row 1 their dot
+  // products with the (d,) vector v of X's dtype (FLTrust's root), in one pass.
+  m.def("row_sq_norms_and_dots(Tensor X, Tensor v) -> Tensor");
   // Fused multi-tensor updates (SPEC 6), in place on the first list.
   // buffers[i] <- beta * buffers[i] + (1 - beta) * grads[i]: worker momentum
   // and the SGD-with-momentum statistic.

@@ -16,6 +16,8 @@ where it exists (almost everywhere):
 * ``mix_rows``: linear in the points and in ``C``: :math:`\\nabla_P = C^\\top G`,
   :math:`\\nabla_C = G P^\\top`.
 * ``row_sq_norms``: :math:`\\partial \\|x_i\\|^2 / \\partial x_i = 2 x_i`.
+* ``row_sq_norms_and_dots``: also :math:`\\partial \\langle x_i, v \\rangle / \\partial x_i = v` and
+  :math:`\\partial \\langle x_i, v \\rangle / \\partial v = x_i`.
 
 Gradients are computed in float64 and returned in each input's dtype.
 """
@@ -155,6 +157,22 @@ def _norms_backward(ctx, grad):
     return (2.0 * X.to(torch.float64) * grad.to(torch.float64).reshape(-1, 1)).to(X.dtype)
 
 
+def _norms_dots_setup(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _norms_dots_backward(ctx, grad):
+    X, v = ctx.saved_tensors
+    g = grad.to(torch.float64)
+    X64 = X.to(torch.float64)
+    grad_X = grad_v = None
+    if ctx.needs_input_grad[0]:
+        grad_X = (2.0 * X64 * g[0].reshape(-1, 1) + g[1].reshape(-1, 1) * v.to(torch.float64)).to(X.dtype)
+    if ctx.needs_input_grad[1]:
+        grad_v = (g[1] @ X64).to(v.dtype)
+    return grad_X, grad_v
+
+
 def register() -> None:
     """Register the derivatives above with the ops (called once, when :mod:`robustagg.ops` is imported)."""
     table = {
@@ -166,6 +184,7 @@ def register() -> None:
         "pairwise_sq_distances": (_distances_backward, _distances_setup),
         "mix_rows": (_mix_backward, _mix_setup),
         "row_sq_norms": (_norms_backward, _save_X),
+        "row_sq_norms_and_dots": (_norms_dots_backward, _norms_dots_setup),
     }
     for name, (backward, setup) in table.items():
         torch.library.register_autograd(f"robustagg::{name}", backward, setup_context=setup)

@@ -34,6 +34,7 @@ __all__ = [
     "pairwise_sq_distances",
     "mix_rows",
     "row_sq_norms",
+    "row_sq_norms_and_dots",
     "momentum_update_",
     "client_step_",
     "adam_client_step_",
@@ -200,6 +201,19 @@ def row_sq_norms(X: torch.Tensor) -> torch.Tensor:
     r"""Squared Euclidean norms of the rows of X, :math:`\|x_i\|^2`, as an ``(n,)`` float64 tensor."""
     _check_tensor(X, "row_sq_norms")
     return _NS.row_sq_norms(X)
+
+
+def row_sq_norms_and_dots(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    r"""The rows' squared norms and their dot products with ``v``, in one pass over X.
+
+    Returns a ``(2, n)`` float64 tensor: row 0 is :math:`\|x_i\|^2`, row 1 is :math:`\langle x_i, v\rangle`,
+    summed in float64 (the products of float32 or half values are exact). ``v`` is a ``(d,)`` tensor of X's
+    dtype on X's device. FLTrust's cosines with the root come from it.
+    """
+    _check_tensor(X, "row_sq_norms_and_dots")
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"row_sq_norms_and_dots: v must be a torch.Tensor, got {type(v).__name__}")
+    return _NS.row_sq_norms_and_dots(X, v)
 
 
 def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], scalars: dict[str, object]) -> list:

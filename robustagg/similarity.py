@@ -1,6 +1,6 @@
 r"""Similarity rules: FLTrust, SignGuard, ClippedClustering and FoolsGold's client weights.
 
-These rules weigh or select rows by their norms and the cosines between them. Every cosine comes from
+These rules weigh or select rows by their norms and the cosines between them. Every cosine between rows comes from
 float64 squared norms and squared distances by the law of cosines,
 :math:`\langle x_i, x_j \rangle = (\|x_i\|^2 + \|x_j\|^2 - \|x_i - x_j\|^2) / 2`, so X is read in a few
 whole passes (:func:`robustagg.exact_geometry.scaled_row_sq_norms`,
@@ -9,8 +9,8 @@ rule's own work (medians, clustering, weights) runs on the CPU on ``n x n`` or `
 
 Cost in passes over X:
 
-- :func:`fltrust`: three (the norms, the distances of the rows and the root, the combination), plus the
-  root read twice (its finite check and its norm).
+- :func:`fltrust`: two (the norms and the dot products with the root, :func:`robustagg.ops.row_sq_norms_and_dots`,
+  then the combination), plus one read of the root for its norm; its cosines need no law of cosines.
 - :func:`signguard`: two (the norms, the combination), plus the ``k = ceil(fraction * d)`` sampled columns,
   ``n * k`` values, for the sign counts (a third pass when ``k = d``).
 - :func:`clipped_clustering`: three (the norms, the distances, the combination).
@@ -39,7 +39,11 @@ from typing import NamedTuple
 
 import torch
 
-from . import coefficients, exact_geometry
+from . import (
+    _C,  # noqa: F401  (loads the library that registers the ops)
+    coefficients,
+    exact_geometry,
+)
 from .validation import (
     check_generator,
     check_int,
@@ -49,6 +53,8 @@ from .validation import (
 )
 
 __all__ = ["clipped_clustering", "fltrust", "foolsgold_weights", "row_norms", "signguard"]
+
+_NS = torch.ops.robustagg
 
 
 class _Angles(NamedTuple):
@@ -63,6 +69,9 @@ class _Angles(NamedTuple):
     finite: torch.Tensor
     k: int
 
+
+# Float64 squared norms below this may have lost bits to underflow.
+_TINY = 2.0**-1000
 
 # The inner product is a difference of terms of size ||x_i||^2 and ||x_j||^2: a cosine loses about log2(r)
 # bits when the norms differ by a factor r. Beyond this spread the points are scaled to unit norm first.
@@ -198,8 +207,9 @@ def fltrust(X: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
 
     all zeros when :math:`\sum_i TS_i = 0`. ``root``: a ``(d,)`` tensor of X's dtype on X's device with
     finite entries (``ValueError`` otherwise). A float64 row whose norm is below :math:`2^{-1024} \|g_0\|`
-    overflows its factor to inf. Three passes over X (four when the norms spread widely, see
-    the module docstring).
+    overflows its factor to inf. Two passes over X: the squared norms with the dot products with the root,
+    then the combination (float64 rows whose squares leave the float64 range take the law-of-cosines path
+    of the module docstring instead).
     """
     rule = "fltrust"
     check_matrix(X, rule)
@@ -213,16 +223,40 @@ def fltrust(X: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
     if root.device != X.device:
         raise ValueError(f"{rule}: root is on {root.device} but X is on {X.device}")
     X, root = X.detach(), root.detach()
-    if not bool(torch.isfinite(root).all()):
-        raise ValueError(f"{rule}: root must be finite, got NaN/inf entries")
-    n = X.shape[0]
-    a = _angles(X, root)
-    trust = a.cos[:n, n].clamp(min=0.0)  # 0 already for zero or non-finite rows, and for a zero root
+    trust, ratio = _root_cosines(X, root)
     total = float(trust.sum())
     if total == 0.0:
         return _zeros(X)
-    scale = torch.where(trust > 0, a.norms[n] / a.norms[:n], 0.0)
-    return coefficients.combine(trust / total * scale, X)
+    return coefficients.combine(trust / total * torch.where(trust > 0, ratio, 0.0), X)
+
+
+def _root_cosines(X: torch.Tensor, root: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FLTrust's trust scores ``max(0, cos(x_i, root))`` and the ratios ``||root|| / ||x_i||``, float64 on the CPU.
+
+    One pass over X takes the squared norms and the dot products with the root (direct, so no cancellation
+    between norms). Float64 rows or roots so large or small that their squares leave the float64 range
+    take the magnitude-safe law-of-cosines path (:func:`_angles`) instead. Raises ``ValueError`` for a
+    root with NaN/inf entries.
+    """
+    NG = _NS.row_sq_norms_and_dots(X, root).cpu()
+    Nr = float(_NS.row_sq_norms(root.reshape(1, -1))[0])
+    N, G = NG[0], NG[1]
+    usable = torch.isfinite(N)
+    in_range = math.isfinite(Nr) and (Nr == 0.0 or Nr >= _TINY)
+    if X.dtype == torch.float64:
+        # A float64 square may overflow for a finite row, or lose bits below 2**-1000.
+        in_range = in_range and bool(((N == 0) | (N >= _TINY))[usable].all())
+        in_range = in_range and not any(bool(torch.isfinite(X[i]).all()) for i in (~usable).nonzero().flatten())
+    if not math.isfinite(Nr) and not bool(torch.isfinite(root).all()):
+        raise ValueError("fltrust: root must be finite, got NaN/inf entries")
+    if not in_range:
+        n = X.shape[0]
+        a = _angles(X, root)
+        return a.cos[:n, n].clamp(min=0.0), a.norms[n] / a.norms[:n]
+    norms, root_norm = N.sqrt(), math.sqrt(Nr)
+    usable &= N > 0
+    cos = torch.where(usable, G / norms / root_norm, 0.0) if root_norm > 0 else torch.zeros_like(N)
+    return cos.clamp(0.0, 1.0), root_norm / norms
 
 
 def signguard(

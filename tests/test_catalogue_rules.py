@@ -744,6 +744,26 @@ def test_fltrust_hand_built():
             robustagg.similarity.fltrust(X, torch.tensor([1.0, bad], dtype=F64))
 
 
+def test_fltrust_is_the_same_on_its_magnitude_safe_path():
+    """FLTrust does not change when a row is scaled (its cosine and its rescaled row stay): a float64 row
+    scaled by 2**600, whose squares overflow, sends the call down the law-of-cosines path, and by 2**-506,
+    whose squares sum below 2**-1000, too; both give the one-pass path's result. So does a tiny root."""
+    g = torch.Generator().manual_seed(5)
+    X = torch.randn(7, 300, generator=g, dtype=F64)
+    root = X[:5].mean(0) + 0.3 * torch.randn(300, generator=g, dtype=F64)
+    X[6] = -X[6]
+    fast = robustagg.similarity.fltrust(X, root)
+    assert_vec_close(fast, reference.fltrust(X, root), reference._norm(root), 1e-12, "one-pass path")
+    for e in (600, -506):
+        Y = X.clone()
+        Y[2] *= 2.0**e
+        assert_vec_close(robustagg.similarity.fltrust(Y, root), fast, reference._norm(root), 1e-12, f"2**{e}")
+    tiny = 2.0**-506
+    assert_vec_close(
+        robustagg.similarity.fltrust(X, root * tiny), fast * tiny, reference._norm(root) * tiny, 1e-12, "tiny root"
+    )
+
+
 # ---------------------------------------------------------------------------
 # SignGuard
 

@@ -64,6 +64,8 @@ def test_distances_norms_and_mixing(center):
     c = rows(1, 7, seed=1)[0].detach().requires_grad_(True) if center else None
     check(lambda X, *c: ops.pairwise_sq_distances(X, *c), X, *([c] if center else []))
     check(ops.row_sq_norms, X)
+    v = rows(1, 7, seed=2)[0].detach().requires_grad_(True)
+    check(ops.row_sq_norms_and_dots, X, v)
     m = 6 if center else 5
     C = torch.randn(3, m, dtype=torch.float64, requires_grad=True)
     check(lambda C, X, *c: ops.mix_rows(C, X, *c), C, X, *([c] if center else []))

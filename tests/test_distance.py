@@ -388,7 +388,7 @@ def test_pairwise_deterministic_and_thread_independent():
 
 
 # ---------------------------------------------------------------------------
-# Native ops: a center row, mix_rows, row_sq_norms
+# Native ops: a center row, mix_rows, row_sq_norms, row_sq_norms_and_dots
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -453,6 +453,42 @@ def test_native_row_sq_norms(dtype):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=0, equal_nan=True)
     full = robustagg.ops.row_sq_norms(X)
     assert not torch.isfinite(full[3]) and torch.isinf(full[4])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [1, 7, 2049, 20_001])
+def test_native_row_sq_norms_and_dots(dtype, d):
+    g = torch.Generator().manual_seed(d)
+    X = (torch.randn(9, d + 1, generator=g) * 10).to(dtype)[:, 1:]  # strided rows, unaligned start
+    v = (torch.randn(d, generator=g) * 0.1).to(dtype)
+    X[3, 0] = math.nan
+    X[4, d - 1] = -math.inf
+    X[6] = 0.0
+    X[7] = X[8] = v  # the same row twice: equal results
+    out = robustagg.ops.row_sq_norms_and_dots(X, v)
+    assert out.dtype == torch.float64 and out.shape == (2, 9)
+    X64, v64 = X.to(torch.float64), v.to(torch.float64)
+    for i in (0, 1, 2, 5, 6, 7):
+        assert float(out[0, i]) == pytest.approx(float((X64[i] * X64[i]).sum()), rel=1e-13, abs=0)
+        dot = float((X64[i] * v64).sum())
+        bound = float((X64[i] * v64).abs().sum())  # the dot's condition: cancellation can leave it near 0
+        assert abs(float(out[1, i]) - dot) <= 1e-13 * bound
+    assert torch.equal(out[:, 7], out[:, 8]) and out[0, 7] == out[1, 7]
+    assert out[0, 6] == 0 and out[1, 6] == 0
+    assert torch.isnan(out[:, 3]).all() and torch.isinf(out[0, 4]) and not torch.isfinite(out[1, 4])
+    torch.testing.assert_close(out[0], robustagg.ops.row_sq_norms(X), rtol=1e-13, atol=0, equal_nan=True)
+
+
+def test_native_row_sq_norms_and_dots_rejects_bad_v():
+    X = torch.randn(3, 5)
+    with pytest.raises(ValueError, match=r"row_sq_norms_and_dots: v must have shape \(d,\) = \(5,\)"):
+        robustagg.ops.row_sq_norms_and_dots(X, torch.randn(4))
+    with pytest.raises(TypeError, match="row_sq_norms_and_dots: v must have X's dtype"):
+        robustagg.ops.row_sq_norms_and_dots(X, torch.randn(5, dtype=torch.float64))
+    with pytest.raises(TypeError, match="row_sq_norms_and_dots: v must be a torch.Tensor"):
+        robustagg.ops.row_sq_norms_and_dots(X, [0.0] * 5)
+    with pytest.raises(ValueError, match="row_sq_norms_and_dots"):
+        robustagg.ops.row_sq_norms_and_dots(torch.randn(5), torch.randn(5))
 
 
 # ---------------------------------------------------------------------------
@@ -1152,6 +1188,9 @@ def test_devices_mix_rows_and_norms(device):
         assert_vec_close(out, robustagg.ops.mix_rows(C, X, c), finite_scale(X, c) * 10, 1e-14, f"mix_rows {dtype}")
         N = robustagg.ops.row_sq_norms(X.to(device)).cpu()
         torch.testing.assert_close(N, robustagg.ops.row_sq_norms(X), rtol=1e-12, atol=0, equal_nan=True)
+        ND = robustagg.ops.row_sq_norms_and_dots(X.to(device), c.to(device)).cpu()
+        want = robustagg.ops.row_sq_norms_and_dots(X, c)
+        torch.testing.assert_close(ND, want, rtol=1e-12, atol=1e-12 * float(N[0]), equal_nan=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)

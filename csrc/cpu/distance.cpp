@@ -1,5 +1,6 @@
 // CPU kernels of the distance ops (SPEC 3): pairwise squared distances (from a
-// shifted Gram matrix), row mixing and row norms. Sums over columns are split
+// shifted Gram matrix), row mixing, and row norms with or without the dot
+// products with a vector. Sums over columns are split
 // into a fixed number of column blocks that depends only on the shape, and
 // the blocks' partial sums are added in block order, so the result does not
 // depend on the number of threads.
@@ -39,16 +40,17 @@ struct Kernels {
   void (*gram)(const RowSource&, double*);
   void (*mix)(const RowSource&, const MixTarget&);
   void (*norms)(const RowSource&, double*);
+  void (*norms_dots)(const RowSource&, double*, double*);
 };
 
 Kernels kernels() {
   switch (active_isa()) {
     case Isa::kAvx512:
-      return {gram_kernel_avx512, mix_kernel_avx512, norms_kernel_avx512};
+      return {gram_kernel_avx512, mix_kernel_avx512, norms_kernel_avx512, norms_dots_kernel_avx512};
     case Isa::kAvx2:
-      return {gram_kernel_avx2, mix_kernel_avx2, norms_kernel_avx2};
+      return {gram_kernel_avx2, mix_kernel_avx2, norms_kernel_avx2, norms_dots_kernel_avx2};
     default:
-      return {gram_kernel_baseline, mix_kernel_baseline, norms_kernel_baseline};
+      return {gram_kernel_baseline, mix_kernel_baseline, norms_kernel_baseline, norms_dots_kernel_baseline};
   }
 }
 
@@ -86,8 +88,9 @@ struct Rows {
   RowSource source;
 };
 
-Rows rows_of(const at::Tensor& X_in, const std::optional<at::Tensor>& center, const char* rule) {
-  check_rows(X_in, center, rule);
+Rows rows_of(const at::Tensor& X_in, const std::optional<at::Tensor>& center, const char* rule,
+             const char* name = "center") {
+  check_rows(X_in, center, rule, name);
   Rows r;
   if (center.has_value()) r.center = center->contiguous();
   r.X = unit_column_stride(X_in);
@@ -189,27 +192,42 @@ at::Tensor mix_rows_cpu(const at::Tensor& C_in, const at::Tensor& X_in, const st
   return direct ? out : out.to(dtype);
 }
 
-at::Tensor row_sq_norms_cpu(const at::Tensor& X_in) {
-  const Rows rows = rows_of(X_in, std::nullopt, "row_sq_norms");
+// (sums, n) float64 per-row sums over the columns: kernel(s, partial) adds
+// each column block's `sums` values per row (partial[t * n + i]), and the
+// blocks are added in block order.
+template <typename Kernel>
+at::Tensor row_sums(const Rows& rows, int64_t sums, Kernel kernel) {
   const int64_t n = rows.source.n;
   const int64_t d = rows.X.size(1);
-  const Blocks blocks = column_blocks(d, n);
-  at::Tensor partial = at::zeros({std::max<int64_t>(blocks.count, 1), n}, rows.X.options().dtype(at::kDouble));
+  const Blocks blocks = column_blocks(d, sums * n);
+  at::Tensor partial = at::zeros({std::max<int64_t>(blocks.count, 1), sums * n}, rows.X.options().dtype(at::kDouble));
   double* partial_ptr = partial.mutable_data_ptr<double>();
-  const Kernels k = kernels();
   at::parallel_for(0, blocks.count, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       RowSource s = rows.source;
       s.col_begin = b * blocks.size;
       s.col_end = std::min(d, s.col_begin + blocks.size);
-      k.norms(s, partial_ptr + b * n);
+      kernel(s, partial_ptr + b * sums * n);
     }
   });
-  at::Tensor norms = at::zeros({n}, rows.X.options().dtype(at::kDouble));
-  double* out = norms.mutable_data_ptr<double>();
+  at::Tensor out = at::zeros({sums, n}, rows.X.options().dtype(at::kDouble));
+  double* o = out.mutable_data_ptr<double>();
   for (int64_t b = 0; b < blocks.count; ++b)
-    for (int64_t i = 0; i < n; ++i) out[i] += partial_ptr[b * n + i];
-  return norms;
+    for (int64_t t = 0; t < sums * n; ++t) o[t] += partial_ptr[b * sums * n + t];
+  return out;
+}
+
+at::Tensor row_sq_norms_cpu(const at::Tensor& X_in) {
+  const Rows rows = rows_of(X_in, std::nullopt, "row_sq_norms");
+  const Kernels k = kernels();
+  return row_sums(rows, 1, [&](const RowSource& s, double* partial) { k.norms(s, partial); })[0];
+}
+
+at::Tensor row_sq_norms_and_dots_cpu(const at::Tensor& X_in, const at::Tensor& v) {
+  const Rows rows = rows_of(X_in, v, "row_sq_norms_and_dots", "v");
+  const int64_t n = rows.source.n;
+  const Kernels k = kernels();
+  return row_sums(rows, 2, [&](const RowSource& s, double* partial) { k.norms_dots(s, partial, partial + n); });
 }
 
 }  // namespace
@@ -218,6 +236,7 @@ TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
   m.impl("pairwise_sq_distances", &pairwise_sq_distances_cpu);
   m.impl("mix_rows", &mix_rows_cpu);
   m.impl("row_sq_norms", &row_sq_norms_cpu);
+  m.impl("row_sq_norms_and_dots", &row_sq_norms_and_dots_cpu);
 }
 
 }  // namespace robustagg::cpu

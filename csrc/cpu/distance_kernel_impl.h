@@ -4,12 +4,14 @@
 //
 //  * Gram: a chunk of columns of every row is staged, shifted, as float64 in
 //    an L2-resident buffer (each value converted once). Rows go in blocks of
-//    4: the 10 pairs inside a block, then register tiles of kTI x 4 pairs
-//    against every later block; one float64 vector of columns per pair,
+//    4 (the last may hold fewer): the pairs inside a block, then register
+//    tiles of kTI x 4 pairs against every later block; one float64 vector of
+//    columns per pair,
 //    accumulated over the chunk and summed across lanes in a fixed order.
 //    Products of float32 values are exact in float64.
 //  * norms: per row, four vectors of columns accumulate the squares in turn,
-//    added pairwise at the end of the block, then across lanes in order.
+//    added pairwise at the end of the block, then across lanes in order; the
+//    products with a vector v, when asked for, likewise beside them.
 //  * mix: per output row, groups of 8 vectors of columns accumulate
 //    coef * row over the rows with a non-zero coefficient, in index order.
 #include <cstddef>
@@ -46,21 +48,34 @@ RA_INLINE F64v load_vec(const double* p) {
   return v;
 }
 
-// Writes `count` values of one row as float64 to dst; dst[count, padded) = 0.
+// The float64 values of the min(W, count) columns from p as native parts;
+// lanes past count are 0.
 template <InputKind K>
-RA_INLINE void stage_row(const typename Lanes<K>::In* p, int64_t count, int64_t padded, double* dst) {
+RA_INLINE Wide<Lanes<K>::kParts> load_parts(const typename Lanes<K>::In* p, int64_t count) {
   using L = Lanes<K>;
-  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+  if (count >= L::W) return L::load_parts(p);
+  typename L::In tail[L::W] = {};
+  for (int64_t l = 0; l < count; ++l) tail[l] = p[l];
+  return L::load_parts(tail);
+}
+
+// Writes `count` values of one row, minus shift[c] when a shift is given, as
+// float64 to dst; dst[count, padded) = 0. padded: a multiple of W.
+template <InputKind K>
+RA_INLINE void stage_row(const typename Lanes<K>::In* p, int64_t count, int64_t padded, double* dst,
+                         const double* shift = nullptr) {
+  using L = Lanes<K>;
   int64_t c = 0;
-  for (; c + L::W <= count; c += L::W) {
-    const auto v = convert(p + c);
-    __builtin_memcpy(dst + c, &v, sizeof(v));
+  for (; c < count; c += L::W) {
+    const auto x = load_parts<K>(p + c, count - c);
+#pragma GCC unroll 2
+    for (int h = 0; h < L::kParts; ++h) {
+      F64v v = x.part[h];
+      if (shift != nullptr) v -= load_vec(shift + c + h * kD);  // 0 - 0 past count: the shift's lanes are 0 there
+      __builtin_memcpy(dst + c + h * kD, &v, sizeof(v));
+    }
   }
-  if (c < count) {
-    const auto v = load_block<K>(p + c, count - c, convert);
-    __builtin_memcpy(dst + c, &v, static_cast<size_t>(count - c) * sizeof(double));
-  }
-  for (int64_t t = count; t < padded; ++t) dst[t] = 0.0;
+  for (; c < padded; ++c) dst[c] = 0.0;
 }
 
 template <InputKind K>
@@ -116,66 +131,59 @@ RA_INLINE void flush(const F64v (&acc)[TI][TJ], int64_t a0, int64_t b0, int64_t 
     }
 }
 
-// Rows a..a+TI-1 against rows b..b+kTileRows-1 of the staged chunk.
-template <int TI, typename Prefetch>
-RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][kTileRows],
+// Rows a..a+TI-1 against rows b..b+TJ-1 of the staged chunk.
+template <int TI, int TJ, typename Prefetch>
+RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][TJ],
                          Prefetch& prefetch) {
   for (int64_t v = 0; v < vecs; ++v) {
     prefetch.step();
-    F64v av[TI], bv[kTileRows];
+    F64v av[TI], bv[TJ];
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii) av[ii] = load_vec(a + ii * stride + v * kD);
 #pragma GCC unroll 4
-    for (int jj = 0; jj < kTileRows; ++jj) bv[jj] = load_vec(b + jj * stride + v * kD);
+    for (int jj = 0; jj < TJ; ++jj) {
+      bv[jj] = load_vec(b + jj * stride + v * kD);
+      asm("" : "+v"(bv[jj]));  // one load per operand: folded into each FMA, it would be loaded TI times
+    }
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii)
 #pragma GCC unroll 4
-      for (int jj = 0; jj < kTileRows; ++jj) acc[ii][jj] += av[ii] * bv[jj];
+      for (int jj = 0; jj < TJ; ++jj) acc[ii][jj] += av[ii] * bv[jj];
   }
 }
 
-// The 10 pairs i <= j of one block of kTileRows rows.
-template <typename Prefetch>
-RA_INLINE void gram_triangle(const double* a, int64_t stride, int64_t vecs, F64v (&acc)[10], Prefetch& prefetch) {
+// The kTileRows rows from a0 against the TJ rows from b0, TI rows at a time:
+// kTI, or all four against at most two (8 accumulators fit either way).
+template <int TJ, typename Prefetch>
+RA_INLINE void gram_block_pair(const double* buf, int64_t stride, int64_t vecs, int64_t a0, int64_t b0, int64_t m,
+                               double* gram, Prefetch& prefetch) {
+  constexpr int TI = TJ <= 2 ? kTileRows : kTI;
+  for (int64_t h = 0; h < kTileRows; h += TI) {
+    F64v acc[TI][TJ] = {};
+    gram_tile<TI, TJ>(buf + (a0 + h) * stride, buf + b0 * stride, stride, vecs, acc, prefetch);
+    flush(acc, a0 + h, b0, m, gram);
+  }
+}
+
+// The R (R + 1) / 2 pairs i <= j of the R rows from a0.
+template <int R, typename Prefetch>
+RA_INLINE void gram_triangle(const double* buf, int64_t stride, int64_t vecs, int64_t a0, int64_t m, double* gram,
+                             Prefetch& prefetch) {
+  F64v acc[R * (R + 1) / 2] = {};
+  const double* a = buf + a0 * stride;
   for (int64_t v = 0; v < vecs; ++v) {
     prefetch.step();
-    const F64v x0 = load_vec(a + v * kD);
-    const F64v x1 = load_vec(a + stride + v * kD);
-    const F64v x2 = load_vec(a + 2 * stride + v * kD);
-    const F64v x3 = load_vec(a + 3 * stride + v * kD);
-    acc[0] += x0 * x0;
-    acc[1] += x0 * x1;
-    acc[2] += x0 * x2;
-    acc[3] += x0 * x3;
-    acc[4] += x1 * x1;
-    acc[5] += x1 * x2;
-    acc[6] += x1 * x3;
-    acc[7] += x2 * x2;
-    acc[8] += x2 * x3;
-    acc[9] += x3 * x3;
+    F64v x[R];
+#pragma GCC unroll 4
+    for (int ii = 0; ii < R; ++ii) x[ii] = load_vec(a + ii * stride + v * kD);
+#pragma GCC unroll 4
+    for (int ii = 0; ii < R; ++ii)
+#pragma GCC unroll 4
+      for (int jj = ii; jj < R; ++jj) acc[ii * R - ii * (ii - 1) / 2 + jj - ii] += x[ii] * x[jj];
   }
-}
-
-// Writes the shifted values of one row: stage_row, minus the shift.
-template <InputKind K>
-RA_INLINE void stage_shifted(const typename Lanes<K>::In* p, int64_t count, int64_t padded, const double* shift,
-                             double* dst) {
-  using L = Lanes<K>;
-  using Dbl = typename L::Dbl;
-  auto convert = [](const typename L::In* q) { return L::load_double(q); };
-  int64_t c = 0;
-  for (; c + L::W <= count; c += L::W) {
-    Dbl r;
-    __builtin_memcpy(&r, shift + c, sizeof(r));
-    const Dbl v = convert(p + c) - r;
-    __builtin_memcpy(dst + c, &v, sizeof(v));
-  }
-  if (c < count) {
-    const auto v = load_block<K>(p + c, count - c, convert);
-    __builtin_memcpy(dst + c, &v, static_cast<size_t>(count - c) * sizeof(double));
-    for (int64_t t = c; t < count; ++t) dst[t] -= shift[t];
-  }
-  for (int64_t t = count; t < padded; ++t) dst[t] = 0.0;
+  int t = 0;
+  for (int ii = 0; ii < R; ++ii)
+    for (int jj = ii; jj < R; ++jj, ++t) gram[(a0 + ii) * m + a0 + jj] += lane_sum(acc[t]);
 }
 
 template <InputKind K>
@@ -187,7 +195,7 @@ void gram_columns(const RowSource& s, double* gram) {
   const int64_t source[3] = {0, (s.n - 1) / 2, s.n - 1};  // the rows the shift is the median of
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
-    const int64_t padded = round_up(count, kD);
+    const int64_t padded = round_up(count, Lanes<K>::W);  // zero columns complete the last block
     const int64_t vecs = padded / kD;
     // The three source rows raw, the shift from them, then every row shifted as it is staged.
     for (int k = 0; k < 3; ++k) stage_row<K>(row_ptr<K>(s, source[k], c0), count, padded, buf + k * s.chunk);
@@ -196,30 +204,42 @@ void gram_columns(const RowSource& s, double* gram) {
           shift_of(load_vec(buf + v * kD), load_vec(buf + s.chunk + v * kD), load_vec(buf + 2 * s.chunk + v * kD));
       __builtin_memcpy(shift + v * kD, &r, sizeof(r));
     }
-    for (int64_t i = 0; i < m; ++i) stage_shifted<K>(row_ptr<K>(s, i, c0), count, padded, shift, buf + i * s.chunk);
-    for (int64_t i = m; i < mp; ++i)
-      for (int64_t t = 0; t < padded; ++t) buf[i * s.chunk + t] = 0.0;
+    for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk, shift);
 
     const int64_t next = c0 + s.chunk;
     const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
     Prefetcher<K> prefetch{s, next,
                            next_count > 0 ? next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) : 0,
                            next_count > 0 ? m : 0};
-    // Blocks of kTileRows rows: the triangle of each diagonal block (10
-    // pairs), then its pairs with every later block, kTI rows at a time.
+    // Blocks of kTileRows rows (the last may have fewer): the triangle of
+    // each diagonal block, then its pairs with every later block.
     for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
-      const double* a = buf + i0 * s.chunk;
-      F64v tri[10] = {};
-      gram_triangle(a, s.chunk, vecs, tri, prefetch);
-      int t = 0;
-      for (int ii = 0; ii < kTileRows; ++ii)
-        for (int jj = ii; jj < kTileRows; ++jj, ++t)
-          if (i0 + jj < m) gram[(i0 + ii) * m + i0 + jj] += lane_sum(tri[t]);
+      switch (m - i0) {
+        case 1:
+          gram_triangle<1>(buf, s.chunk, vecs, i0, m, gram, prefetch);
+          break;
+        case 2:
+          gram_triangle<2>(buf, s.chunk, vecs, i0, m, gram, prefetch);
+          break;
+        case 3:
+          gram_triangle<3>(buf, s.chunk, vecs, i0, m, gram, prefetch);
+          break;
+        default:
+          gram_triangle<4>(buf, s.chunk, vecs, i0, m, gram, prefetch);
+      }
       for (int64_t j0 = i0 + kTileRows; j0 < m; j0 += kTileRows) {
-        for (int64_t h = 0; h < kTileRows; h += kTI) {
-          F64v acc[kTI][kTileRows] = {};
-          gram_tile<kTI>(a + h * s.chunk, buf + j0 * s.chunk, s.chunk, vecs, acc, prefetch);
-          flush(acc, i0 + h, j0, m, gram);
+        switch (m - j0) {
+          case 1:
+            gram_block_pair<1>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
+            break;
+          case 2:
+            gram_block_pair<2>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
+            break;
+          case 3:
+            gram_block_pair<3>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
+            break;
+          default:
+            gram_block_pair<4>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
         }
       }
     }
@@ -238,22 +258,14 @@ RA_INLINE F64v unfused(F64v v) {
 template <InputKind K>
 RA_INLINE void add_direct(F64v (&acc)[kMixVecs], double coef, const typename Lanes<K>::In* p, int64_t count) {
   using L = Lanes<K>;
-  using Dbl = typename L::Dbl;
-  constexpr int kParts = sizeof(Dbl) / sizeof(F64v);  // float64 vectors per block of W columns
-  auto convert = [](const typename L::In* q) { return L::load_double(q); };
+  constexpr int kParts = L::kParts;
 #pragma GCC unroll 8
   for (int b = 0; b < kMixVecs / kParts; ++b) {
     const int64_t c = b * L::W;
-    Dbl v{};
-    if (c + L::W <= count) {
-      v = convert(p + c);
-    } else if (c < count) {
-      v = load_block<K>(p + c, count - c, convert);
-    }
-    F64v parts[kParts];
-    __builtin_memcpy(parts, &v, sizeof(v));
+    Wide<kParts> x{};
+    if (c < count) x = load_parts<K>(p + c, count - c);
 #pragma GCC unroll 2
-    for (int h = 0; h < kParts; ++h) acc[b * kParts + h] += unfused(coef * parts[h]);
+    for (int h = 0; h < kParts; ++h) acc[b * kParts + h] += unfused(coef * x.part[h]);
   }
 }
 
@@ -315,43 +327,50 @@ void mix_columns(const RowSource& s, const MixTarget& t) {
   }
 }
 
+// Per row, kAcc native vectors of columns accumulate the squares (and, with
+// kDots, the products with v = s.center) in turn; they are added pairwise at
+// the end of the range, then across lanes in order. v's columns are re-read
+// per row from cache.
+template <InputKind K, bool kDots>
+void row_sums_columns(const RowSource& s, double* norms, double* dots) {
+  using L = Lanes<K>;
+  using In = typename L::In;
+  constexpr int kAcc = 4;
+  constexpr int kBlocks = kAcc / L::kParts;  // blocks of W columns per step
+  const int64_t count = s.col_end - s.col_begin;
+  const In* v = kDots ? static_cast<const In*>(s.center) + s.col_begin : nullptr;
+  for (int64_t i = 0; i < s.n; ++i) {
+    const In* p = row_ptr<K>(s, i, s.col_begin);
+    F64v sq[kAcc] = {}, dot[kAcc] = {};
+    auto add = [&](const Wide<L::kParts>& x, const Wide<L::kParts>& w, int first) {
+#pragma GCC unroll 2
+      for (int h = 0; h < L::kParts; ++h) {
+        sq[first + h] += x.part[h] * x.part[h];
+        if constexpr (kDots) dot[first + h] += x.part[h] * w.part[h];
+      }
+    };
+    int64_t c = 0;
+    for (; c + kBlocks * L::W <= count; c += kBlocks * L::W)
+#pragma GCC unroll 4
+      for (int b = 0; b < kBlocks; ++b) {
+        const int64_t col = c + b * L::W;
+        add(L::load_parts(p + col), kDots ? L::load_parts(v + col) : Wide<L::kParts>{}, b * L::kParts);
+      }
+    for (; c < count; c += L::W)  // the last blocks, zero-padded
+      add(load_parts<K>(p + c, count - c), kDots ? load_parts<K>(v + c, count - c) : Wide<L::kParts>{}, 0);
+    norms[i] += lane_sum((sq[0] + sq[1]) + (sq[2] + sq[3]));
+    if constexpr (kDots) dots[i] += lane_sum((dot[0] + dot[1]) + (dot[2] + dot[3]));
+  }
+}
+
 template <InputKind K>
 void norms_columns(const RowSource& s, double* norms) {
-  using L = Lanes<K>;
-  using Dbl = typename L::Dbl;
-  auto convert = [](const typename L::In* q) { return L::load_double(q); };
-  const int64_t count = s.col_end - s.col_begin;
-  for (int64_t i = 0; i < s.n; ++i) {
-    const typename L::In* p = row_ptr<K>(s, i, s.col_begin);
-    // Four independent accumulators: one would chain every multiply-add on the previous one's latency.
-    Dbl acc0{}, acc1{}, acc2{}, acc3{};
-    int64_t c = 0;
-    for (; c + 4 * L::W <= count; c += 4 * L::W) {
-      const Dbl v0 = convert(p + c);
-      const Dbl v1 = convert(p + c + L::W);
-      const Dbl v2 = convert(p + c + 2 * L::W);
-      const Dbl v3 = convert(p + c + 3 * L::W);
-      acc0 += v0 * v0;
-      acc1 += v1 * v1;
-      acc2 += v2 * v2;
-      acc3 += v3 * v3;
-    }
-    for (; c + L::W <= count; c += L::W) {
-      const Dbl v = convert(p + c);
-      acc0 += v * v;
-    }
-    const Dbl acc = (acc0 + acc1) + (acc2 + acc3);
-    double lanes[L::W];
-    __builtin_memcpy(lanes, &acc, sizeof(acc));
-    double sum = 0.0;
-    for (int l = 0; l < L::W; ++l) sum += lanes[l];
-    if (c < count) {
-      const Dbl v = load_block<K>(p + c, count - c, convert);
-      __builtin_memcpy(lanes, &v, sizeof(v));
-      for (int64_t l = 0; l < count - c; ++l) sum += lanes[l] * lanes[l];
-    }
-    norms[i] += sum;
-  }
+  row_sums_columns<K, false>(s, norms, nullptr);
+}
+
+template <InputKind K>
+void norms_dots_columns(const RowSource& s, double* norms, double* dots) {
+  row_sums_columns<K, true>(s, norms, dots);
 }
 
 }  // namespace
@@ -378,6 +397,10 @@ void ROBUSTAGG_CAT(mix_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, cons
 
 void ROBUSTAGG_CAT(norms_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* norms) {
   ROBUSTAGG_BY_KIND(norms_columns, src.kind, src, norms)
+}
+
+void ROBUSTAGG_CAT(norms_dots_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* norms, double* dots) {
+  ROBUSTAGG_BY_KIND(norms_dots_columns, src.kind, src, norms, dots)
 }
 
 }  // namespace robustagg::cpu

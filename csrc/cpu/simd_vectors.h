@@ -64,7 +64,9 @@ struct Wide {
 };
 
 // Per input kind: key vector type, lanes, and conversions. Keys of 32-bit
-// kinds are read out as two float64 parts of kLanes64 lanes each.
+// kinds are read out as two float64 parts of kLanes64 lanes each. Hot loops
+// take a block's float64 values as native parts (load_parts): GCC lowers the
+// double-width Dbl of load_double through the stack on AVX2.
 template <InputKind K>
 struct Lanes;
 
@@ -84,9 +86,13 @@ struct Lanes32 {
 // patterns of one block of stored values (exact); their loads are these. A
 // macro rather than a template base: the template changed GCC's inlining
 // decisions in the baseline kernels.
-#define ROBUSTAGG_LANES32_LOADS                                                 \
-  RA_INLINE Key load(const In* p) { return float_key<int32_t>(widen_bits(p)); } \
-  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); }
+#define ROBUSTAGG_LANES32_LOADS                                                                         \
+  RA_INLINE Key load(const In* p) { return float_key<int32_t>(widen_bits(p)); }                         \
+  RA_INLINE Dbl load_double(const In* p) { return __builtin_convertvector((F32v)widen_bits(p), F64w); } \
+  RA_INLINE Wide<kParts> load_parts(const In* p) {                                                      \
+    const F32v v = (F32v)widen_bits(p);                                                                 \
+    return {{widen_part(v, 0), widen_part(v, 1)}};                                                      \
+  }
 
 template <>
 struct Lanes<InputKind::kF32> : Lanes32 {
@@ -134,6 +140,7 @@ struct Lanes<InputKind::kF64> {
     __builtin_memcpy(&v, p, sizeof(v));
     return v;
   }
+  RA_INLINE Wide<kParts> load_parts(const In* p) { return {{load_double(p)}}; }
 };
 
 // Loads the W-column block starting at column j0 (cnt <= W valid columns;

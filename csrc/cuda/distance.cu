@@ -474,65 +474,95 @@ at::Tensor mix_rows_cuda(const at::Tensor& C_in, const at::Tensor& X_in, const s
 }
 
 // ---------------------------------------------------------------------------
-// Row norms: grid (rows, column chunks); each block sums its chunk with a
-// fixed-shape tree into partial[chunk][row], and the chunks are then added in
-// order. The chunk count depends only on (n, d).
+// Row norms, with or without the dot products with v: grid (rows, column
+// chunks); each block sums its chunk with a fixed-shape tree into
+// partial[chunk][row] (the dots into partial[chunk][n + row]), and the chunks
+// are then added in order. The chunk count depends only on (n, d).
 
 constexpr int kNormThreads = 256;
 constexpr int64_t kNormMinColumns = 16 * kNormThreads;
 
-template <typename T>
-__global__ void __launch_bounds__(kNormThreads)
-    row_sq_norms_kernel(const T* __restrict__ x, int64_t n, int64_t row_stride, int64_t d, int64_t chunk_cols,
-                        double* __restrict__ partial) {
-  __shared__ double red[kNormThreads];
-  const int64_t row = blockIdx.x;
-  const int64_t chunk = blockIdx.y;
+// Adds red[0, kNormThreads) into red[0] with a fixed tree.
+__device__ __forceinline__ void block_tree_sum(double* red) {
   const int t = threadIdx.x;
-  const T* p = x + row * row_stride;
-  const int64_t end = min(d, (chunk + 1) * chunk_cols);
-  double acc = 0.0;
-#pragma unroll 4
-  for (int64_t c = chunk * chunk_cols + t; c < end; c += kNormThreads) {
-    const double v = load_value(p + c);
-    acc = fma(v, v, acc);
-  }
-  red[t] = acc;
   __syncthreads();
 #pragma unroll
   for (int s = kNormThreads / 2; s > 0; s /= 2) {
     if (t < s) red[t] += red[t + s];
     __syncthreads();
   }
-  if (t == 0) partial[chunk * n + row] = red[0];
 }
 
-at::Tensor row_sq_norms_cuda(const at::Tensor& X_in) {
-  check_matrix(X_in, "row_sq_norms");
+template <typename T, bool kDots>
+__global__ void __launch_bounds__(kNormThreads)
+    row_sums_kernel(const T* __restrict__ x, const T* __restrict__ v, int64_t n, int64_t row_stride, int64_t d,
+                    int64_t chunk_cols, double* __restrict__ partial) {
+  __shared__ double red[kDots ? 2 : 1][kNormThreads];
+  const int64_t row = blockIdx.x;
+  const int64_t chunk = blockIdx.y;
+  const int t = threadIdx.x;
+  const T* p = x + row * row_stride;
+  const int64_t end = min(d, (chunk + 1) * chunk_cols);
+  double sq = 0.0;
+  double dot = 0.0;
+#pragma unroll 4
+  for (int64_t c = chunk * chunk_cols + t; c < end; c += kNormThreads) {
+    const double a = load_value(p + c);
+    sq = fma(a, a, sq);
+    if constexpr (kDots) dot = fma(a, load_value(v + c), dot);
+  }
+  red[0][t] = sq;
+  block_tree_sum(red[0]);
+  if (t == 0) partial[chunk * (kDots ? 2 : 1) * n + row] = red[0][0];
+  if constexpr (kDots) {
+    red[1][t] = dot;
+    block_tree_sum(red[1]);
+    if (t == 0) partial[(chunk * 2 + 1) * n + row] = red[1][0];
+  }
+}
+
+// (sums, n) float64: the squared norms of the rows and, with v, their dot products with v.
+at::Tensor row_sums_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& v_in, const char* rule) {
+  check_rows(X_in, v_in, rule, "v");
   const c10::cuda::CUDAGuard guard(X_in.device());
   const at::Tensor X = unit_column_stride(X_in);
+  const at::Tensor v = v_in.has_value() ? v_in->contiguous() : at::Tensor();
+  const int64_t sums = v.defined() ? 2 : 1;
   const int64_t n = X.size(0);
   const int64_t d = X.size(1);
   const at::TensorOptions f64 = X.options().dtype(at::kDouble);
-  if (d == 0) return at::zeros({n}, f64);
-  at::Tensor out = at::empty({n}, f64);
+  if (d == 0) return at::zeros({sums, n}, f64);
+  at::Tensor out = at::empty({sums, n}, f64);
   const int64_t want = std::max<int64_t>(1, std::min(ceil_div(d, kNormMinColumns), ceil_div(kTargetBlocks, n)));
   const int64_t chunk_cols = ceil_div(ceil_div(d, want), kNormThreads) * kNormThreads;
   const int64_t chunks = ceil_div(d, chunk_cols);
-  // One chunk: the block sums are the norms.
-  at::Tensor partial = chunks == 1 ? out : at::empty({chunks * n}, f64);
+  // One chunk: the block sums are the results.
+  at::Tensor partial = chunks == 1 ? out : at::empty({chunks * sums * n}, f64);
   const int64_t row_stride = n > 1 ? X.stride(0) : d;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "row_sq_norms_cuda", [&] {
-    row_sq_norms_kernel<scalar_t>
-        <<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(chunks)), kNormThreads, 0, stream>>>(
-            X.const_data_ptr<scalar_t>(), n, row_stride, d, chunk_cols, partial.mutable_data_ptr<double>());
+  const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(chunks));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "row_sums_cuda", [&] {
+    const scalar_t* x = X.const_data_ptr<scalar_t>();
+    double* part = partial.mutable_data_ptr<double>();
+    if (v.defined()) {
+      row_sums_kernel<scalar_t, true>
+          <<<grid, kNormThreads, 0, stream>>>(x, v.const_data_ptr<scalar_t>(), n, row_stride, d, chunk_cols, part);
+    } else {
+      row_sums_kernel<scalar_t, false>
+          <<<grid, kNormThreads, 0, stream>>>(x, nullptr, n, row_stride, d, chunk_cols, part);
+    }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (chunks > 1) {
-    sum_parts(partial.const_data_ptr<double>(), n, chunks, chunks, out.mutable_data_ptr<double>(), stream);
+    sum_parts(partial.const_data_ptr<double>(), sums * n, chunks, chunks, out.mutable_data_ptr<double>(), stream);
   }
   return out;
+}
+
+at::Tensor row_sq_norms_cuda(const at::Tensor& X) { return row_sums_cuda(X, std::nullopt, "row_sq_norms")[0]; }
+
+at::Tensor row_sq_norms_and_dots_cuda(const at::Tensor& X, const at::Tensor& v) {
+  return row_sums_cuda(X, v, "row_sq_norms_and_dots");
 }
 
 }  // namespace
@@ -541,6 +571,7 @@ TORCH_LIBRARY_IMPL(robustagg, CUDA, m) {
   m.impl("pairwise_sq_distances", &pairwise_sq_distances_cuda);
   m.impl("mix_rows", &mix_rows_cuda);
   m.impl("row_sq_norms", &row_sq_norms_cuda);
+  m.impl("row_sq_norms_and_dots", &row_sq_norms_and_dots_cuda);
 }
 
 }  // namespace robustagg::cuda
