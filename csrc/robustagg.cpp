@@ -71,6 +71,9 @@ TORCH_LIBRARY(robustagg, m) {
   // (2, n) float64: row 0 the squared norms of the rows, row 1 their dot
   // products with the (d,) vector v of X's dtype (FLTrust's root), in one pass.
   m.def("row_sq_norms_and_dots(Tensor X, Tensor v) -> Tensor");
+  // (n,) float64 squared distances ||x_i - v||^2 of the rows to the (d,)
+  // vector v of X's dtype, summed directly (MoNNA's distances to its pivot).
+  m.def("row_sq_distances(Tensor X, Tensor v) -> Tensor");
   // Fused multi-tensor updates (SPEC 6), in place on the first list.
   // buffers[i] <- beta * buffers[i] + (1 - beta) * grads[i]: worker momentum
   // and the SGD-with-momentum statistic.

@@ -18,6 +18,8 @@ where it exists (almost everywhere):
 * ``row_sq_norms``: :math:`\\partial \\|x_i\\|^2 / \\partial x_i = 2 x_i`.
 * ``row_sq_norms_and_dots``: also :math:`\\partial \\langle x_i, v \\rangle / \\partial x_i = v` and
   :math:`\\partial \\langle x_i, v \\rangle / \\partial v = x_i`.
+* ``row_sq_distances``: :math:`\\partial \\|x_i - v\\|^2 / \\partial x_i = 2 (x_i - v)`, and minus
+  that summed over i for v.
 
 Gradients are computed in float64 and returned in each input's dtype.
 """
@@ -157,7 +159,7 @@ def _norms_backward(ctx, grad):
     return (2.0 * X.to(torch.float64) * grad.to(torch.float64).reshape(-1, 1)).to(X.dtype)
 
 
-def _norms_dots_setup(ctx, inputs, output) -> None:
+def _save_inputs(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
@@ -173,6 +175,14 @@ def _norms_dots_backward(ctx, grad):
     return grad_X, grad_v
 
 
+def _sq_distances_backward(ctx, grad):
+    X, v = ctx.saved_tensors
+    G = 2.0 * (X.to(torch.float64) - v.to(torch.float64)) * grad.to(torch.float64).reshape(-1, 1)
+    grad_X = G.to(X.dtype) if ctx.needs_input_grad[0] else None
+    grad_v = (-G.sum(0)).to(v.dtype) if ctx.needs_input_grad[1] else None
+    return grad_X, grad_v
+
+
 def register() -> None:
     """Register the derivatives above with the ops (called once, when :mod:`robustagg.ops` is imported)."""
     table = {
@@ -184,7 +194,8 @@ def register() -> None:
         "pairwise_sq_distances": (_distances_backward, _distances_setup),
         "mix_rows": (_mix_backward, _mix_setup),
         "row_sq_norms": (_norms_backward, _save_X),
-        "row_sq_norms_and_dots": (_norms_dots_backward, _norms_dots_setup),
+        "row_sq_norms_and_dots": (_norms_dots_backward, _save_inputs),
+        "row_sq_distances": (_sq_distances_backward, _save_inputs),
     }
     for name, (backward, setup) in table.items():
         torch.library.register_autograd(f"robustagg::{name}", backward, setup_context=setup)

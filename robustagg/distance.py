@@ -159,12 +159,35 @@ def monna(X: torch.Tensor, f: int, pivot: int = 0) -> torch.Tensor:
     Farhadkhani, Guerraoui, Gupta, Hoang, Pinot, Stephan, "Robust Collaborative Learning with Linear
     Gradient Overhead", ICML 2023. Rows are ranked by :math:`(\|x_j - x_{pivot}\|, j)`, the pivot first
     (distance 0); NaN/inf rows are infinitely far and left out of the mean should they be among the chosen
-    (all NaN if none is finite). Needs ``n > 2f`` and ``0 <= pivot < n``. Two passes over X.
+    (all NaN if none is finite). Needs ``n > 2f`` and ``0 <= pivot < n``. Two passes over X: the distances
+    to the pivot (:func:`robustagg.ops.row_sq_distances`), then the mean; when a row holds NaN/inf, or a
+    float64 distance leaves the float64 range, the ranking comes from the magnitude-safe distance matrix
+    instead (:func:`robustagg.exact_geometry.host_distances`, still two passes).
     """
     f = check_honest_majority(X, f, "monna")
     pivot = check_int(pivot, "pivot", "monna", low=0, high=X.shape[0] - 1)
+    d = _pivot_distances(X.detach(), pivot)
+    if d is not None:
+        everyone = torch.ones(X.shape[0], dtype=torch.bool)
+        return coefficients.combine(
+            coefficients.mean_of(torch.sort(d, stable=True).indices[: X.shape[0] - f], everyone), X
+        )
     D, finite, _ = exact_geometry.host_distances(X)
     return coefficients.combine(coefficients.monna_coefficients(D, finite, f, pivot), X)
+
+
+def _pivot_distances(X: torch.Tensor, pivot: int) -> torch.Tensor | None:
+    """The rows' squared distances to the pivot row, float64 on the CPU, when every one is finite and none
+    is a float64 sum below 2**-1000 (which may have lost bits); otherwise, and when X holds no values
+    (tracing), None."""
+    if not exact_geometry.has_values(X):
+        return None
+    d = ops.row_sq_distances(X, X[pivot]).cpu()
+    if not bool(torch.isfinite(d).all()):
+        return None
+    if X.dtype == torch.float64 and bool(((d > 0) & (d < 2.0**-1000)).any()):
+        return None
+    return d
 
 
 def geometric_median(

@@ -90,6 +90,12 @@ def _(X, v):
     return X.new_empty((2, X.shape[0]), dtype=torch.float64)
 
 
+@torch.library.register_fake("robustagg::row_sq_distances")
+def _(X, v):
+    _one_device("row_sq_distances", X=X, v=v)
+    return X.new_empty((X.shape[0],), dtype=torch.float64)
+
+
 @torch.library.register_fake("robustagg::momentum_update_")
 def _(buffers, grads, beta):
     _one_device("momentum_update_", buffers=buffers, grads=grads)

@@ -35,6 +35,7 @@ __all__ = [
     "mix_rows",
     "row_sq_norms",
     "row_sq_norms_and_dots",
+    "row_sq_distances",
     "momentum_update_",
     "client_step_",
     "adam_client_step_",
@@ -214,6 +215,20 @@ def row_sq_norms_and_dots(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     if not isinstance(v, torch.Tensor):
         raise TypeError(f"row_sq_norms_and_dots: v must be a torch.Tensor, got {type(v).__name__}")
     return _NS.row_sq_norms_and_dots(X, v)
+
+
+def row_sq_distances(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    r"""The rows' squared distances to ``v``, :math:`\|x_i - v\|^2`, summed directly in float64 in one pass.
+
+    Returns an ``(n,)`` float64 tensor; NaN/inf for a row (or a ``v``) holding NaN/inf, inf where a float64
+    sum exceeds the float64 range. ``v`` is a ``(d,)`` tensor of X's dtype on X's device. No shift and no
+    cancellation: the differences of float32 or half values are exact in float64. MoNNA's distances to its
+    pivot come from it.
+    """
+    _check_tensor(X, "row_sq_distances")
+    if not isinstance(v, torch.Tensor):
+        raise TypeError(f"row_sq_distances: v must be a torch.Tensor, got {type(v).__name__}")
+    return _NS.row_sq_distances(X, v)
 
 
 def _tensor_lists(rule: str, lists: dict[str, Sequence[torch.Tensor] | None], scalars: dict[str, object]) -> list:

@@ -397,6 +397,22 @@ def test_monna_hand_built():
         assert fn(Y, 2).item() == pytest.approx(14 / 3, rel=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [F64, torch.float32, torch.bfloat16], ids=str)
+def test_monna_both_rankings_choose_the_same_rows(dtype, monkeypatch):
+    """The one-pass distances to the pivot and the full distance matrix (the path taken when a row holds
+    NaN/inf) pick the same rows, duplicates and ties at the cut included, on rows far from the origin."""
+    g = torch.Generator().manual_seed(11)
+    for n, f in ((7, 3), (10, 2), (12, 5)):
+        X = (torch.randn(n, 333, generator=g) + 40.0).to(dtype)
+        X[n - 1] = X[1]  # a duplicate: its tie with row 1 goes to row 1
+        X[n - 2] = 2 * X[0] - X[1]  # as far from row 0 as rows 1 and n-1 are (exactly, in float64)
+        for pivot in (0, n // 2):
+            fast = robustagg.distance.monna(X, f, pivot)
+            with monkeypatch.context() as m:
+                m.setattr(robustagg.distance, "_pivot_distances", lambda X, pivot: None)
+                assert torch.equal(robustagg.distance.monna(X, f, pivot), fast), (n, f, pivot, dtype)
+
+
 # ---------------------------------------------------------------------------
 # CAF
 

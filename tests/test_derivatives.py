@@ -66,6 +66,7 @@ def test_distances_norms_and_mixing(center):
     check(ops.row_sq_norms, X)
     v = rows(1, 7, seed=2)[0].detach().requires_grad_(True)
     check(ops.row_sq_norms_and_dots, X, v)
+    check(ops.row_sq_distances, X, v)
     m = 6 if center else 5
     C = torch.randn(3, m, dtype=torch.float64, requires_grad=True)
     check(lambda C, X, *c: ops.mix_rows(C, X, *c), C, X, *([c] if center else []))

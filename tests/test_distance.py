@@ -479,6 +479,24 @@ def test_native_row_sq_norms_and_dots(dtype, d):
     torch.testing.assert_close(out[0], robustagg.ops.row_sq_norms(X), rtol=1e-13, atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [1, 7, 2049, 20_001])
+def test_native_row_sq_distances(dtype, d):
+    g = torch.Generator().manual_seed(d + 1)
+    X = (torch.randn(8, d + 1, generator=g) * 10 + 1000).to(dtype)[:, 1:]  # far from the origin, strided
+    v = X[2].clone()
+    X[3, 0] = math.nan
+    X[4, d - 1] = math.inf
+    X[5] = X[6]  # equal rows: equal distances
+    out = robustagg.ops.row_sq_distances(X, v)
+    assert out.dtype == torch.float64 and out.shape == (8,)
+    X64, v64 = X.to(torch.float64), v.to(torch.float64)
+    for i in (0, 1, 5, 6, 7):
+        assert float(out[i]) == pytest.approx(float(((X64[i] - v64) ** 2).sum()), rel=1e-13, abs=0)
+    assert out[2] == 0 and out[5] == out[6]
+    assert torch.isnan(out[3]) and torch.isinf(out[4])
+
+
 def test_native_row_sq_norms_and_dots_rejects_bad_v():
     X = torch.randn(3, 5)
     with pytest.raises(ValueError, match=r"row_sq_norms_and_dots: v must have shape \(d,\) = \(5,\)"):
@@ -489,6 +507,10 @@ def test_native_row_sq_norms_and_dots_rejects_bad_v():
         robustagg.ops.row_sq_norms_and_dots(X, [0.0] * 5)
     with pytest.raises(ValueError, match="row_sq_norms_and_dots"):
         robustagg.ops.row_sq_norms_and_dots(torch.randn(5), torch.randn(5))
+    with pytest.raises(ValueError, match=r"row_sq_distances: v must have shape \(d,\) = \(5,\)"):
+        robustagg.ops.row_sq_distances(X, torch.randn(5, 1))
+    with pytest.raises(TypeError, match="row_sq_distances: v must be a torch.Tensor"):
+        robustagg.ops.row_sq_distances(X, None)
 
 
 # ---------------------------------------------------------------------------
@@ -1191,6 +1213,8 @@ def test_devices_mix_rows_and_norms(device):
         ND = robustagg.ops.row_sq_norms_and_dots(X.to(device), c.to(device)).cpu()
         want = robustagg.ops.row_sq_norms_and_dots(X, c)
         torch.testing.assert_close(ND, want, rtol=1e-12, atol=1e-12 * float(N[0]), equal_nan=True)
+        SD = robustagg.ops.row_sq_distances(X.to(device), c.to(device)).cpu()
+        torch.testing.assert_close(SD, robustagg.ops.row_sq_distances(X, c), rtol=1e-12, atol=0, equal_nan=True)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -130,11 +130,13 @@ def _distance_samples(device="cpu"):
             out.append((OPS.row_sq_norms.default, (X[::2, 1:],)))
             finite_rows = X[torch.isfinite(X.double()).all(1)][:, 1:]  # an inf row's dots may be NaN
             out.append((OPS.row_sq_norms_and_dots.default, (finite_rows, c[1:])))
+            out.append((OPS.row_sq_distances.default, (finite_rows, c[1:])))
     Xt = torch.randn(30, 7, generator=g).t().to(device)  # non-contiguous (7, 30)
     out += [
         (OPS.pairwise_sq_distances.default, (Xt, None)),
         (OPS.row_sq_norms.default, (Xt,)),
         (OPS.row_sq_norms_and_dots.default, (Xt, Xt[0])),
+        (OPS.row_sq_distances.default, (Xt, Xt[1])),
         (OPS.mix_rows.default, (torch.rand(2, 7, generator=g, dtype=torch.float64).to(device), Xt, None)),
     ]
     return out
@@ -143,7 +145,7 @@ def _distance_samples(device="cpu"):
 def _distance_id(sample):
     op, args = sample
     X = args[1] if op is OPS.mix_rows.default else args[0]
-    center = args[-1] is not None and op not in (OPS.row_sq_norms.default, OPS.row_sq_norms_and_dots.default)
+    center = args[-1] is not None and op in (OPS.pairwise_sq_distances.default, OPS.mix_rows.default)
     return (
         f"{op.name().split('::')[1]}-{str(X.dtype).split('.')[1]}-{X.shape[0]}x{X.shape[1]}"
         f"{'-center' if center else ''}-{'contig' if X.is_contiguous() else 'strided'}"
@@ -177,6 +179,8 @@ def test_fake_tensor_shapes_distance_ops():
         assert N.shape == (7,) and N.dtype == torch.float64
         ND = robustagg.ops.row_sq_norms_and_dots(X, c)
         assert ND.shape == (2, 7) and ND.dtype == torch.float64
+        SD = robustagg.ops.row_sq_distances(X, c)
+        assert SD.shape == (7,) and SD.dtype == torch.float64
 
 
 def _distance_pipeline(X, C, c):

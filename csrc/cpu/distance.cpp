@@ -1,6 +1,6 @@
 // CPU kernels of the distance ops (SPEC 3): pairwise squared distances (from a
-// shifted Gram matrix), row mixing, and row norms with or without the dot
-// products with a vector. Sums over columns are split
+// shifted Gram matrix), row mixing, row norms with or without the dot
+// products with a vector, and the rows' squared distances to a vector. Sums over columns are split
 // into a fixed number of column blocks that depends only on the shape, and
 // the blocks' partial sums are added in block order, so the result does not
 // depend on the number of threads.
@@ -41,16 +41,19 @@ struct Kernels {
   void (*mix)(const RowSource&, const MixTarget&);
   void (*norms)(const RowSource&, double*);
   void (*norms_dots)(const RowSource&, double*, double*);
+  void (*sq_distances)(const RowSource&, double*);
 };
 
 Kernels kernels() {
   switch (active_isa()) {
     case Isa::kAvx512:
-      return {gram_kernel_avx512, mix_kernel_avx512, norms_kernel_avx512, norms_dots_kernel_avx512};
+      return {gram_kernel_avx512, mix_kernel_avx512, norms_kernel_avx512, norms_dots_kernel_avx512,
+              sq_distances_kernel_avx512};
     case Isa::kAvx2:
-      return {gram_kernel_avx2, mix_kernel_avx2, norms_kernel_avx2, norms_dots_kernel_avx2};
+      return {gram_kernel_avx2, mix_kernel_avx2, norms_kernel_avx2, norms_dots_kernel_avx2, sq_distances_kernel_avx2};
     default:
-      return {gram_kernel_baseline, mix_kernel_baseline, norms_kernel_baseline, norms_dots_kernel_baseline};
+      return {gram_kernel_baseline, mix_kernel_baseline, norms_kernel_baseline, norms_dots_kernel_baseline,
+              sq_distances_kernel_baseline};
   }
 }
 
@@ -230,6 +233,12 @@ at::Tensor row_sq_norms_and_dots_cpu(const at::Tensor& X_in, const at::Tensor& v
   return row_sums(rows, 2, [&](const RowSource& s, double* partial) { k.norms_dots(s, partial, partial + n); });
 }
 
+at::Tensor row_sq_distances_cpu(const at::Tensor& X_in, const at::Tensor& v) {
+  const Rows rows = rows_of(X_in, v, "row_sq_distances", "v");
+  const Kernels k = kernels();
+  return row_sums(rows, 1, [&](const RowSource& s, double* partial) { k.sq_distances(s, partial); })[0];
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
@@ -237,6 +246,7 @@ TORCH_LIBRARY_IMPL(robustagg, CPU, m) {
   m.impl("mix_rows", &mix_rows_cpu);
   m.impl("row_sq_norms", &row_sq_norms_cpu);
   m.impl("row_sq_norms_and_dots", &row_sq_norms_and_dots_cpu);
+  m.impl("row_sq_distances", &row_sq_distances_cpu);
 }
 
 }  // namespace robustagg::cpu

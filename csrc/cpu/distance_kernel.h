@@ -60,6 +60,12 @@ void norms_dots_kernel_baseline(const RowSource& src, double* norms, double* dot
 void norms_dots_kernel_avx2(const RowSource& src, double* norms, double* dots);
 void norms_dots_kernel_avx512(const RowSource& src, double* norms, double* dots);
 
+// out[i] += sum_c (x_ic - v_c)^2 over the column range, for the n rows, with
+// v = src.center. No scratch.
+void sq_distances_kernel_baseline(const RowSource& src, double* out);
+void sq_distances_kernel_avx2(const RowSource& src, double* out);
+void sq_distances_kernel_avx512(const RowSource& src, double* out);
+
 // Staged chunks are a multiple of this many columns (one AVX-512 block of
 // 32-bit values), and the Gram's staged rows are padded to a multiple of kTileRows.
 constexpr int64_t kStageColumns = 16;

@@ -11,7 +11,8 @@
 //    Products of float32 values are exact in float64.
 //  * norms: per row, four vectors of columns accumulate the squares in turn,
 //    added pairwise at the end of the block, then across lanes in order; the
-//    products with a vector v, when asked for, likewise beside them.
+//    products with a vector v, when asked for, likewise beside them, and the
+//    squared distances to v the same way.
 //  * mix: per output row, groups of 8 vectors of columns accumulate
 //    coef * row over the rows with a non-zero coefficient, in index order.
 #include <cstddef>
@@ -327,26 +328,32 @@ void mix_columns(const RowSource& s, const MixTarget& t) {
   }
 }
 
-// Per row, kAcc native vectors of columns accumulate the squares (and, with
-// kDots, the products with v = s.center) in turn; they are added pairwise at
-// the end of the range, then across lanes in order. v's columns are re-read
-// per row from cache.
-template <InputKind K, bool kDots>
-void row_sums_columns(const RowSource& s, double* norms, double* dots) {
+// What row_sums_columns sums per row: the squares x^2; the squares and the
+// products x v; or the squared differences (x - v)^2, with v = s.center.
+enum class RowSum { kSquares, kSquaresAndDots, kSquaredDifferences };
+
+// Per row, kAcc native vectors of columns accumulate the sums in turn; they
+// are added pairwise at the end of the range, then across lanes in order.
+// v's columns are re-read per row from cache.
+template <InputKind K, RowSum kSum>
+void row_sums_columns(const RowSource& s, double* sums, double* dots) {
   using L = Lanes<K>;
   using In = typename L::In;
+  using Parts = Wide<L::kParts>;
+  constexpr bool kWithV = kSum != RowSum::kSquares;
   constexpr int kAcc = 4;
   constexpr int kBlocks = kAcc / L::kParts;  // blocks of W columns per step
   const int64_t count = s.col_end - s.col_begin;
-  const In* v = kDots ? static_cast<const In*>(s.center) + s.col_begin : nullptr;
+  const In* v = kWithV ? static_cast<const In*>(s.center) + s.col_begin : nullptr;
   for (int64_t i = 0; i < s.n; ++i) {
     const In* p = row_ptr<K>(s, i, s.col_begin);
     F64v sq[kAcc] = {}, dot[kAcc] = {};
-    auto add = [&](const Wide<L::kParts>& x, const Wide<L::kParts>& w, int first) {
+    auto add = [&](const Parts& x, const Parts& w, int first) {
 #pragma GCC unroll 2
       for (int h = 0; h < L::kParts; ++h) {
-        sq[first + h] += x.part[h] * x.part[h];
-        if constexpr (kDots) dot[first + h] += x.part[h] * w.part[h];
+        const F64v e = kSum == RowSum::kSquaredDifferences ? x.part[h] - w.part[h] : x.part[h];
+        sq[first + h] += e * e;
+        if constexpr (kSum == RowSum::kSquaresAndDots) dot[first + h] += x.part[h] * w.part[h];
       }
     };
     int64_t c = 0;
@@ -354,23 +361,28 @@ void row_sums_columns(const RowSource& s, double* norms, double* dots) {
 #pragma GCC unroll 4
       for (int b = 0; b < kBlocks; ++b) {
         const int64_t col = c + b * L::W;
-        add(L::load_parts(p + col), kDots ? L::load_parts(v + col) : Wide<L::kParts>{}, b * L::kParts);
+        add(L::load_parts(p + col), kWithV ? L::load_parts(v + col) : Parts{}, b * L::kParts);
       }
     for (; c < count; c += L::W)  // the last blocks, zero-padded
-      add(load_parts<K>(p + c, count - c), kDots ? load_parts<K>(v + c, count - c) : Wide<L::kParts>{}, 0);
-    norms[i] += lane_sum((sq[0] + sq[1]) + (sq[2] + sq[3]));
-    if constexpr (kDots) dots[i] += lane_sum((dot[0] + dot[1]) + (dot[2] + dot[3]));
+      add(load_parts<K>(p + c, count - c), kWithV ? load_parts<K>(v + c, count - c) : Parts{}, 0);
+    sums[i] += lane_sum((sq[0] + sq[1]) + (sq[2] + sq[3]));
+    if constexpr (kSum == RowSum::kSquaresAndDots) dots[i] += lane_sum((dot[0] + dot[1]) + (dot[2] + dot[3]));
   }
 }
 
 template <InputKind K>
 void norms_columns(const RowSource& s, double* norms) {
-  row_sums_columns<K, false>(s, norms, nullptr);
+  row_sums_columns<K, RowSum::kSquares>(s, norms, nullptr);
 }
 
 template <InputKind K>
 void norms_dots_columns(const RowSource& s, double* norms, double* dots) {
-  row_sums_columns<K, true>(s, norms, dots);
+  row_sums_columns<K, RowSum::kSquaresAndDots>(s, norms, dots);
+}
+
+template <InputKind K>
+void sq_distances_columns(const RowSource& s, double* out) {
+  row_sums_columns<K, RowSum::kSquaredDifferences>(s, out, nullptr);
 }
 
 }  // namespace
@@ -397,6 +409,10 @@ void ROBUSTAGG_CAT(mix_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, cons
 
 void ROBUSTAGG_CAT(norms_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* norms) {
   ROBUSTAGG_BY_KIND(norms_columns, src.kind, src, norms)
+}
+
+void ROBUSTAGG_CAT(sq_distances_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* out) {
+  ROBUSTAGG_BY_KIND(sq_distances_columns, src.kind, src, out)
 }
 
 void ROBUSTAGG_CAT(norms_dots_kernel_, ROBUSTAGG_ISA_SUFFIX)(const RowSource& src, double* norms, double* dots) {

@@ -474,7 +474,8 @@ at::Tensor mix_rows_cuda(const at::Tensor& C_in, const at::Tensor& X_in, const s
 }
 
 // ---------------------------------------------------------------------------
-// Row norms, with or without the dot products with v: grid (rows, column
+// Row sums: the squared norms, with or without the dot products with v, or
+// the squared distances to v: grid (rows, column
 // chunks); each block sums its chunk with a fixed-shape tree into
 // partial[chunk][row] (the dots into partial[chunk][n + row]), and the chunks
 // are then added in order. The chunk count depends only on (n, d).
@@ -493,10 +494,14 @@ __device__ __forceinline__ void block_tree_sum(double* red) {
   }
 }
 
-template <typename T, bool kDots>
+// What a row sum adds up: x^2; x^2 and x v; or (x - v)^2.
+enum class RowSum { kSquares, kSquaresAndDots, kSquaredDifferences };
+
+template <typename T, RowSum kSum>
 __global__ void __launch_bounds__(kNormThreads)
     row_sums_kernel(const T* __restrict__ x, const T* __restrict__ v, int64_t n, int64_t row_stride, int64_t d,
                     int64_t chunk_cols, double* __restrict__ partial) {
+  constexpr bool kDots = kSum == RowSum::kSquaresAndDots;
   __shared__ double red[kDots ? 2 : 1][kNormThreads];
   const int64_t row = blockIdx.x;
   const int64_t chunk = blockIdx.y;
@@ -508,7 +513,12 @@ __global__ void __launch_bounds__(kNormThreads)
 #pragma unroll 4
   for (int64_t c = chunk * chunk_cols + t; c < end; c += kNormThreads) {
     const double a = load_value(p + c);
-    sq = fma(a, a, sq);
+    if constexpr (kSum == RowSum::kSquaredDifferences) {
+      const double e = a - load_value(v + c);
+      sq = fma(e, e, sq);
+    } else {
+      sq = fma(a, a, sq);
+    }
     if constexpr (kDots) dot = fma(a, load_value(v + c), dot);
   }
   red[0][t] = sq;
@@ -521,13 +531,13 @@ __global__ void __launch_bounds__(kNormThreads)
   }
 }
 
-// (sums, n) float64: the squared norms of the rows and, with v, their dot products with v.
-at::Tensor row_sums_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& v_in, const char* rule) {
+// (sums, n) float64 row sums of kind `sum` (v given unless kSquares).
+at::Tensor row_sums_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>& v_in, RowSum sum, const char* rule) {
   check_rows(X_in, v_in, rule, "v");
   const c10::cuda::CUDAGuard guard(X_in.device());
   const at::Tensor X = unit_column_stride(X_in);
   const at::Tensor v = v_in.has_value() ? v_in->contiguous() : at::Tensor();
-  const int64_t sums = v.defined() ? 2 : 1;
+  const int64_t sums = sum == RowSum::kSquaresAndDots ? 2 : 1;
   const int64_t n = X.size(0);
   const int64_t d = X.size(1);
   const at::TensorOptions f64 = X.options().dtype(at::kDouble);
@@ -543,13 +553,21 @@ at::Tensor row_sums_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>
   const dim3 grid(static_cast<unsigned>(n), static_cast<unsigned>(chunks));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "row_sums_cuda", [&] {
     const scalar_t* x = X.const_data_ptr<scalar_t>();
+    const scalar_t* vp = v.defined() ? v.const_data_ptr<scalar_t>() : nullptr;
     double* part = partial.mutable_data_ptr<double>();
-    if (v.defined()) {
-      row_sums_kernel<scalar_t, true>
-          <<<grid, kNormThreads, 0, stream>>>(x, v.const_data_ptr<scalar_t>(), n, row_stride, d, chunk_cols, part);
-    } else {
-      row_sums_kernel<scalar_t, false>
-          <<<grid, kNormThreads, 0, stream>>>(x, nullptr, n, row_stride, d, chunk_cols, part);
+    switch (sum) {
+      case RowSum::kSquares:
+        row_sums_kernel<scalar_t, RowSum::kSquares>
+            <<<grid, kNormThreads, 0, stream>>>(x, vp, n, row_stride, d, chunk_cols, part);
+        break;
+      case RowSum::kSquaresAndDots:
+        row_sums_kernel<scalar_t, RowSum::kSquaresAndDots>
+            <<<grid, kNormThreads, 0, stream>>>(x, vp, n, row_stride, d, chunk_cols, part);
+        break;
+      case RowSum::kSquaredDifferences:
+        row_sums_kernel<scalar_t, RowSum::kSquaredDifferences>
+            <<<grid, kNormThreads, 0, stream>>>(x, vp, n, row_stride, d, chunk_cols, part);
+        break;
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
@@ -559,10 +577,16 @@ at::Tensor row_sums_cuda(const at::Tensor& X_in, const std::optional<at::Tensor>
   return out;
 }
 
-at::Tensor row_sq_norms_cuda(const at::Tensor& X) { return row_sums_cuda(X, std::nullopt, "row_sq_norms")[0]; }
+at::Tensor row_sq_norms_cuda(const at::Tensor& X) {
+  return row_sums_cuda(X, std::nullopt, RowSum::kSquares, "row_sq_norms")[0];
+}
 
 at::Tensor row_sq_norms_and_dots_cuda(const at::Tensor& X, const at::Tensor& v) {
-  return row_sums_cuda(X, v, "row_sq_norms_and_dots");
+  return row_sums_cuda(X, v, RowSum::kSquaresAndDots, "row_sq_norms_and_dots");
+}
+
+at::Tensor row_sq_distances_cuda(const at::Tensor& X, const at::Tensor& v) {
+  return row_sums_cuda(X, v, RowSum::kSquaredDifferences, "row_sq_distances")[0];
 }
 
 }  // namespace
@@ -572,6 +596,7 @@ TORCH_LIBRARY_IMPL(robustagg, CUDA, m) {
   m.impl("mix_rows", &mix_rows_cuda);
   m.impl("row_sq_norms", &row_sq_norms_cuda);
   m.impl("row_sq_norms_and_dots", &row_sq_norms_and_dots_cuda);
+  m.impl("row_sq_distances", &row_sq_distances_cuda);
 }
 
 }  // namespace robustagg::cuda
