@@ -94,11 +94,11 @@ def centered_gram(D: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
     From squared distances alone (``sum w = 1``, D finite):
     :math:`G = -\tfrac12 (I - \mathbf{1} w^T) D (I - w \mathbf{1}^T)` (classical scaling). D may be a
-    batch ``(..., m, m)`` of distance matrices sharing the weights ``(m,)``.
+    batch ``(..., m, m)`` of distance matrices sharing the weights ``(m,)``. Torch tensors or numpy arrays.
     """
     Dw = D @ w
     total = (Dw * w).sum(-1)[..., None, None]
-    return -0.5 * (D - Dw.unsqueeze(-2) - Dw.unsqueeze(-1) + total)
+    return -0.5 * (D - Dw[..., None, :] - Dw[..., :, None] + total)
 
 
 def krum_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int, m: int) -> torch.Tensor | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from . import coefficients, exact_geometry, subsets
@@ -42,24 +43,25 @@ def smea(X: torch.Tensor, f: int, max_subsets: int = subsets.MAX_SUBSETS) -> tor
     return coefficients.combine(subsets.smea_coefficients(D, finite, f), X)
 
 
-def _top_eigenpair(G: torch.Tensor, w: torch.Tensor) -> tuple[float, torch.Tensor]:
+def _top_eigenpair(G: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
     """``(lambda, t / max t)``: the top eigenvalue of :math:`\\sum_i w_i y_i y_i^T` (``G_ij = y_i . y_j``)
     and the squared projections :math:`t_i = (y_i \\cdot v)^2` on its unit eigenvector v, relative to the
     largest. G is divided by a power of two first (exact), so that ``t``, a square of G's scale, cannot
-    overflow; lambda scales back."""
-    top = float(G.abs().max())
+    overflow; lambda scales back. Float64 numpy arrays: the filter loops run on ``n x n`` matrices, where
+    numpy's per-call cost is a fraction of torch's."""
+    top = float(np.abs(G).max())
     if not top > 0.0:
-        return 0.0, torch.zeros_like(w)
+        return 0.0, np.zeros_like(w)
     s = math.ldexp(1.0, math.frexp(top)[1])
     G = G / s
-    r = w.sqrt()
-    values, vectors = torch.linalg.eigh(r.reshape(-1, 1) * G * r.reshape(1, -1))
+    r = np.sqrt(w)
+    values, vectors = np.linalg.eigh(r[:, None] * G * r[None, :])
     lam = float(values[-1])
     if lam <= 0.0:
-        return 0.0, torch.zeros_like(w)
+        return 0.0, np.zeros_like(w)
     # A row-wise sum, not a matrix-vector product: identical rows of G must give identical t (BLAS may
     # sum the last rows in another order), so that duplicated rows leave the filter together.
-    t = (G * (r * vectors[:, -1])).sum(1).square()
+    t = np.square((G * (r * vectors[:, -1])).sum(1))
     return lam * s, t / t.max()
 
 
@@ -85,19 +87,20 @@ def caf_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int) -> torch.Ten
     """CAF's row coefficients from the squared distances: the weights of the smallest eigenvalue seen,
     normalised (None: no finite row)."""
     n = D.shape[0]
-    c = finite.to(torch.float64)
-    best, best_c = math.inf, c.clone()
+    D = D.cpu().numpy()
+    c = finite.cpu().numpy().astype(np.float64)
+    best, best_c = math.inf, c.copy()
     while float(c.sum()) > n - 2 * f:
-        active = (c > 0).nonzero().flatten()
+        active = np.flatnonzero(c > 0)
         ca = c[active]
         w = ca / ca.sum()
-        lam, ratio = _top_eigenpair(coefficients.centered_gram(D[active][:, active], w), w)
+        lam, ratio = _top_eigenpair(coefficients.centered_gram(D[np.ix_(active, active)], w), w)
         if lam < best:
-            best, best_c = lam, c.clone()
+            best, best_c = lam, c.copy()
         if lam == 0.0:
             break
         c[active] = ca * (1.0 - ratio)
-    return best_c / best_c.sum() if bool((best_c > 0).any()) else None
+    return torch.from_numpy(best_c / best_c.sum()) if bool((best_c > 0).any()) else None
 
 
 def _unit_scale(Z: torch.Tensor) -> torch.Tensor:
@@ -157,7 +160,7 @@ def dnc(
             Z = _unit_scale(Z.index_select(0, rows.to(Y.device)).to(torch.float64).cpu())
             Z = Z - Z.mean(0)
             # the scores relative to the largest: the same order (ties included) as s_i
-            s = _top_eigenpair(Z @ Z.T, torch.ones(rows.numel(), dtype=torch.float64))[1]
+            s = torch.from_numpy(_top_eigenpair((Z @ Z.T).numpy(), np.ones(rows.numel()))[1])
             scores[rows] = s[_first_of_equal_rows(Z)]
         kept[torch.sort(scores, descending=True, stable=True).indices[:drop]] = False
     return coefficients.combine(coefficients.mean_of(kept.nonzero().flatten(), finite), X)

@@ -53,8 +53,8 @@ def min_diameter_subset(D: torch.Tensor, k: int) -> torch.Tensor:
     never lowers a diameter. An infinite D (a non-finite row) is never
     improved on, so when every subset has one the first subset wins.
     """
-    A = D.numpy()
-    n = A.shape[0]
+    A = D.tolist()  # Python floats: the walk reads a few entries at a time, where array indexing costs more
+    n = len(A)
     best, best_set = math.inf, list(range(k))
     # Iterative, not recursive: the walk is n - f levels deep.
     chosen: list[int] = []
@@ -70,7 +70,8 @@ def min_diameter_subset(D: torch.Tensor, k: int) -> torch.Tensor:
             i = chosen.pop() + 1  # backtrack: the next candidate at the level above
             diameters.pop()
             continue
-        grown = max(diameters[t], float(A[i, chosen].max())) if chosen else 0.0
+        row = A[i]
+        grown = max(diameters[t], max([row[j] for j in chosen])) if chosen else 0.0
         if grown < best:
             chosen.append(i)
             diameters.append(grown)
