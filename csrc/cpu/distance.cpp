@@ -1,9 +1,9 @@
 // CPU kernels of the distance ops (SPEC 3): pairwise squared distances (from a
 // shifted Gram matrix), row mixing, row norms with or without the dot
-// products with a vector, and the rows' squared distances to a vector. Sums over columns are split
-// into a fixed number of column blocks that depends only on the shape, and
-// the blocks' partial sums are added in block order, so the result does not
-// depend on the number of threads.
+// products with a vector, and the rows' squared distances to a vector. Sums
+// over columns are split into a fixed number of column blocks that depends
+// only on the shape, and the blocks' partial sums are added in block order,
+// so the result does not depend on the number of threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>

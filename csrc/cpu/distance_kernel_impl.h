@@ -142,10 +142,7 @@ RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii) av[ii] = load_vec(a + ii * stride + v * kD);
 #pragma GCC unroll 4
-    for (int jj = 0; jj < TJ; ++jj) {
-      bv[jj] = load_vec(b + jj * stride + v * kD);
-      asm("" : "+v"(bv[jj]));  // one load per operand: folded into each FMA, it would be loaded TI times
-    }
+    for (int jj = 0; jj < TJ; ++jj) bv[jj] = load_vec(b + jj * stride + v * kD);
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii)
 #pragma GCC unroll 4

@@ -23,7 +23,7 @@ from .params import (
     GM_NU,
     GM_TOL,
     bucket_generator,
-    dnc_generator,
+    draw_generator,
     zeros_center,
 )
 
@@ -35,6 +35,7 @@ __all__ = [
     "caf",
     "centered_clip",
     "clip",
+    "clipped_clustering",
     "dnc",
     "fltrust",
     "krum",
@@ -43,6 +44,7 @@ __all__ = [
     "median",
     "monna",
     "multi_krum",
+    "signguard",
     "nnm",
     "smea",
     "sort_meamed",
@@ -249,7 +251,7 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
 def dnc(X: torch.Tensor, f: int) -> torch.Tensor:
     """Divide-and-Conquer with the SVD of each centred coordinate sample."""
     n, d = X.shape
-    generator = dnc_generator()
+    generator = draw_generator()
     kept = torch.ones(n, dtype=torch.bool)
     for _ in range(5):
         J = torch.randperm(d, generator=generator)[:DNC_SUBSAMPLE] if DNC_SUBSAMPLE < d else torch.arange(d)
@@ -264,3 +266,52 @@ def fltrust(X: torch.Tensor, root: torch.Tensor) -> torch.Tensor:
     trust = torch.nn.functional.cosine_similarity(X, root[None], dim=1).relu()
     scale = torch.linalg.vector_norm(root) / torch.linalg.vector_norm(X, dim=1)
     return ((trust * scale)[:, None] * X).sum(0) / trust.sum()
+
+
+def _median_norm(norms: torch.Tensor) -> torch.Tensor:
+    """The median norm, the mean of the two middle ones for an even count."""
+    return torch.quantile(norms, 0.5)
+
+
+def signguard(X: torch.Tensor) -> torch.Tensor:
+    """SignGuard with its defaults: norm filter [0.1 M, 3 M], 2-means on the sign counts of 10% of the columns
+    (from row 0 and the row farthest from it, Lloyd steps until no row moves), the mean of both filters'
+    rows clipped to M."""
+    n, d = X.shape
+    norms = torch.linalg.vector_norm(X, dim=1)
+    M = _median_norm(norms)
+    in_range = (0.1 * M <= norms) & (norms <= 3.0 * M)
+    k = math.ceil(0.1 * d)
+    Z = X[:, torch.randperm(d, generator=draw_generator())[:k].to(X.device)] if k < d else X
+    F = torch.stack([(Z > 0).sum(1), (Z == 0).sum(1), (Z < 0).sum(1)], dim=1).double()
+    centres = F[[0, int(((F - F[0]) ** 2).sum(1).argmax())]]
+    second = torch.zeros(n, dtype=torch.bool, device=X.device)
+    for step in range(100):
+        dist = ((F[:, None, :] - centres[None]) ** 2).sum(2)
+        moved = dist[:, 1] < dist[:, 0]
+        if step > 0 and torch.equal(moved, second):
+            break
+        second = moved
+        for j, members in enumerate((~second, second)):
+            if members.any():
+                centres[j] = F[members].mean(0)
+    larger = second if int(second.sum()) > n - int(second.sum()) else ~second
+    chosen = in_range & larger
+    return (X[chosen] * (M / norms[chosen]).clamp(max=1.0)[:, None]).mean(0)
+
+
+def clipped_clustering(X: torch.Tensor) -> torch.Tensor:
+    """ClippedClustering: rows clipped to the median norm, average-linkage agglomeration on 1 - cos down to two
+    clusters, the mean of the larger's clipped rows."""
+    n = X.shape[0]
+    norms = torch.linalg.vector_norm(X, dim=1)
+    U = X / norms[:, None]
+    dist = 1.0 - (U @ U.T).double()
+    clusters = [[i] for i in range(n)]
+    while len(clusters) > 2:
+        pairs = itertools.combinations(range(len(clusters)), 2)
+        a, b = min(pairs, key=lambda p: float(dist[clusters[p[0]]][:, clusters[p[1]]].mean()))
+        clusters[a] = sorted(clusters[a] + clusters.pop(b))
+    larger = max(clusters, key=len)
+    clipped = X * (_median_norm(norms) / norms).clamp(max=1.0)[:, None]
+    return clipped[larger].mean(0)

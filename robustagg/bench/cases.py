@@ -34,7 +34,7 @@ from .params import (
     catalogue_f,
     clip_c,
     dist_f,
-    dnc_generator,
+    draw_generator,
     trim_f,
     zeros_center,
 )
@@ -326,11 +326,11 @@ CASES: tuple[Case, ...] = (
     Case(
         name="dnc",
         family="catalogue",
-        ours=lambda X, f: spectral.dnc(X, f, generator=dnc_generator()),
+        ours=lambda X, f: spectral.dnc(X, f, generator=draw_generator()),
         f=catalogue_f,
         params=lambda f, n, d: f"f={f}, iters=5, subsample={min(d, DNC_SUBSAMPLE)}, c=1",
         torch=Baseline("randperm+svd of the sampled columns+X[kept].mean", baselines.dnc, lambda n, d, s: n * d * s),
-        reference=lambda X, f: reference.dnc(X, f, generator=dnc_generator()),
+        reference=lambda X, f: reference.dnc(X, f, generator=draw_generator()),
         note="f = floor((n-1)/4), 5 draws of 10000 columns from a generator seeded per call; the draws "
         "(torch.randperm(d)) cost more than the rest at large d; byzfl has no DnC",
     ),
@@ -348,6 +348,33 @@ CASES: tuple[Case, ...] = (
         note="the root update is row 0 of X (a view: no copy); trust max(0, cos(x_i, root)), rows rescaled to "
         "||root||; byzfl has no FLTrust",
     ),
+    Case(
+        name="signguard",
+        family="catalogue",
+        ours=lambda X: similarity.signguard(X, generator=draw_generator()),
+        params=lambda f, n, d: "lower=0.1, upper=3, fraction=0.1",
+        torch=Baseline(
+            "vector_norm+quantile+randperm+2-means loop+clipped mean", baselines.signguard, lambda n, d, s: n * d * s
+        ),
+        reference=lambda X: reference.signguard(X, generator=draw_generator()),
+        note="norm filter [0.1 M, 3 M] around the median norm M, 2-means on the sign counts of 10% of the "
+        "columns (drawn by torch.randperm(d) from a generator seeded per call), the clipped mean of both; byzfl "
+        "has no SignGuard",
+    ),
+    Case(
+        name="clipped_clustering",
+        family="catalogue",
+        ours=similarity.clipped_clustering,
+        params=lambda f, n, d: "tau=median norm",
+        torch=Baseline(
+            "vector_norm+cosine matrix+average-linkage loop+clipped mean",
+            baselines.clipped_clustering,
+            lambda n, d, s: 2 * n * d * s,
+        ),
+        reference=lambda X: reference.clipped_clustering(X),
+        note="rows clipped to the median norm, two clusters by average linkage on 1 - cos, the mean of the "
+        "larger; byzfl has no ClippedClustering",
+    ),
 )
 _BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 
@@ -356,7 +383,8 @@ OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "coordinate")
 PREAGGREGATOR_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.preaggregator)
 # The distance rules and the pre-aggregators: all work from row distances or row norms plus one mixing pass.
 DISTANCE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "distance")
-# The catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC, FLTrust): grids of small n, where comb(n, f) stays small.
+# The catalogue's rules (MDA, MoNNA, SMEA, CAF, DnC, FLTrust, SignGuard, ClippedClustering): grids of small n,
+# where comb(n, f) stays small.
 CATALOGUE_OPS: tuple[str, ...] = tuple(c.name for c in CASES if c.family == "catalogue")
 ALL_OPS: tuple[str, ...] = OPS + DISTANCE_OPS + CATALOGUE_OPS
 OP_GROUPS: dict[str, tuple[str, ...]] = {

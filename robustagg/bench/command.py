@@ -36,14 +36,17 @@ Ops (--ops takes op names and groups, space- or comma-separated):
   distance:        pairwise_sq_distances krum multi_krum bulyan geometric_median
                    centered_clip nnm bucketing clip arc  (f = floor((n-3)/4))
   preaggregators:  nnm bucketing clip arc
-  catalogue:       mda monna smea caf dnc fltrust  (f = floor((n-1)/4))
+  catalogue:       mda monna smea caf dnc fltrust signguard clipped_clustering
+                   (f = floor((n-1)/4) where a rule takes f)
   all (default)
 Distance cases: krum m = 1, multi_krum m = n - f; geometric_median tol 1e-10,
 nu 1e-6, max_iter 200, and byzfl's GeometricMedian run for the first T in
 1, 2, 3, 5, ..., 200 that reaches robustagg's objective (found untimed per
 shape, reported in the notes); centered_clip tau 1, 3 iterations from 0;
 bucketing s = 2 (seeded); clip c = sqrt(d). Catalogue cases: monna pivot 0;
-dnc 5 draws of 10000 columns (seeded); fltrust with row 0 as the root update.
+dnc 5 draws of 10000 columns (seeded); fltrust with row 0 as the root update;
+signguard with its defaults, 10% of the columns drawn (seeded);
+clipped_clustering clipped to the median norm.
 
 Default grids (--n / --d replace every family's grid):
   cpu, coordinate: n = 8 25 32 64 128, d = 4M      (--quick: n = 8 25, d = 1M)

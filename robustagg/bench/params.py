@@ -15,7 +15,7 @@ __all__ = [
     "BUCKET_SEED",
     "CC_ITERS",
     "CC_TAU",
-    "DNC_SEED",
+    "DRAW_SEED",
     "DNC_SUBSAMPLE",
     "DTYPES",
     "GB",
@@ -29,7 +29,7 @@ __all__ = [
     "catalogue_f",
     "clip_c",
     "dist_f",
-    "dnc_generator",
+    "draw_generator",
     "trim_f",
     "zeros_center",
 ]
@@ -77,12 +77,13 @@ def catalogue_f(n: int) -> int:
 
 
 DNC_SUBSAMPLE = 10000
-DNC_SEED = 0
+DRAW_SEED = 0
 
 
-def dnc_generator() -> torch.Generator:
-    """DnC's coordinate draws: a CPU generator seeded per call, the same for ours, torch's way and the reference."""
-    return torch.Generator().manual_seed(DNC_SEED)
+def draw_generator() -> torch.Generator:
+    """DnC's and SignGuard's coordinate draws: a CPU generator seeded per call, the same for ours, torch's way
+    and the reference."""
+    return torch.Generator().manual_seed(DRAW_SEED)
 
 
 def zeros_center(X: torch.Tensor) -> torch.Tensor:
