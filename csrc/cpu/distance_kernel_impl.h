@@ -195,12 +195,19 @@ void gram_columns(const RowSource& s, double* gram) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, Lanes<K>::W);  // zero columns complete the last block
     const int64_t vecs = padded / kD;
-    // The three source rows raw, the shift from them, then every row shifted as it is staged.
-    for (int k = 0; k < 3; ++k) stage_row<K>(row_ptr<K>(s, source[k], c0), count, padded, buf + k * s.chunk);
-    for (int64_t v = 0; v < vecs; ++v) {
-      const F64v r =
-          shift_of(load_vec(buf + v * kD), load_vec(buf + s.chunk + v * kD), load_vec(buf + 2 * s.chunk + v * kD));
-      __builtin_memcpy(shift + v * kD, &r, sizeof(r));
+    // The shift from the three source rows, read straight from X (0 past
+    // count), then every row shifted as it is staged.
+    const typename Lanes<K>::In* src[3];
+    for (int k = 0; k < 3; ++k) src[k] = row_ptr<K>(s, source[k], c0);
+    for (int64_t c = 0; c < padded; c += Lanes<K>::W) {
+      const auto a = load_parts<K>(src[0] + c, count - c);
+      const auto b = load_parts<K>(src[1] + c, count - c);
+      const auto e = load_parts<K>(src[2] + c, count - c);
+#pragma GCC unroll 2
+      for (int h = 0; h < Lanes<K>::kParts; ++h) {
+        const F64v r = shift_of(a.part[h], b.part[h], e.part[h]);
+        __builtin_memcpy(shift + c + h * kD, &r, sizeof(r));
+      }
     }
     for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk, shift);
 
