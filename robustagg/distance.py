@@ -185,7 +185,7 @@ def _pivot_distances(X: torch.Tensor, pivot: int) -> torch.Tensor | None:
     d = ops.row_sq_distances(X, X[pivot]).cpu()
     if not bool(torch.isfinite(d).all()):
         return None
-    if X.dtype == torch.float64 and bool(((d > 0) & (d < 2.0**-1000)).any()):
+    if X.dtype == torch.float64 and bool(((d > 0) & (d < exact_geometry.TINY)).any()):
         return None
     return d
 

@@ -19,7 +19,15 @@ from torch._subclasses.fake_tensor import FakeTensor
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from .validation import check_tensor
 
-__all__ = ["distances_and_finite", "has_values", "host_distances", "scaled_distances", "scaled_row_sq_norms"]
+__all__ = [
+    "TINY",
+    "distances_and_finite",
+    "finite_by_entries",
+    "has_values",
+    "host_distances",
+    "scaled_distances",
+    "scaled_row_sq_norms",
+]
 
 _NS = torch.ops.robustagg
 
@@ -34,6 +42,7 @@ def has_values(X: torch.Tensor) -> bool:
 
 
 _SUMMABLE = 2.0**1000  # sums of fewer than 2**23 distances below this stay finite
+TINY = 2.0**-1000  # float64 sums of squares below this may have lost bits to underflow
 
 
 def _point(X: torch.Tensor, center: torch.Tensor | None, i: int) -> torch.Tensor:
@@ -48,8 +57,9 @@ def _safe_exponent(X: torch.Tensor, center: torch.Tensor | None, rows: list[int]
     return max(0, math.frexp(top)[1] + 1 + math.ceil(math.log2(max(X.shape[1], 1)) / 2) - 500)
 
 
-def _finite_by_entries(X: torch.Tensor, center: torch.Tensor | None, flagged: torch.Tensor) -> torch.Tensor:
-    """The kernels' finite flags (finite squared norm) corrected to "every entry finite" for float64 input."""
+def finite_by_entries(X: torch.Tensor, center: torch.Tensor | None, flagged: torch.Tensor) -> torch.Tensor:
+    """The kernels' finite flags (finite squared norm) corrected to "every entry finite" for float64 input:
+    ``~flagged``, with each flagged point (row i, or the center as point n) looked at."""
     finite = ~flagged
     for i in flagged.nonzero().flatten().tolist():
         finite[i] = bool(torch.isfinite(_point(X, center, i)).all())
@@ -73,7 +83,7 @@ def scaled_distances(X: torch.Tensor, center: torch.Tensor | None = None) -> tup
     Dc, fc = D.detach().cpu(), finite.cpu()
     k = 0
     if X.dtype == torch.float64:
-        truly = _finite_by_entries(X, center, ~fc)
+        truly = finite_by_entries(X, center, ~fc)
         rows = truly.nonzero().flatten()
         # Rules sum up to m distances (Krum's scores): those sums must not overflow either.
         if not (torch.equal(truly, fc) and bool((Dc[rows][:, rows] < _SUMMABLE).all())):

@@ -39,11 +39,7 @@ from typing import NamedTuple
 
 import torch
 
-from . import (
-    _C,  # noqa: F401  (loads the library that registers the ops)
-    coefficients,
-    exact_geometry,
-)
+from . import coefficients, exact_geometry, ops
 from .validation import (
     check_generator,
     check_int,
@@ -53,8 +49,6 @@ from .validation import (
 )
 
 __all__ = ["clipped_clustering", "fltrust", "foolsgold_weights", "row_norms", "signguard"]
-
-_NS = torch.ops.robustagg
 
 
 class _Angles(NamedTuple):
@@ -69,9 +63,6 @@ class _Angles(NamedTuple):
     finite: torch.Tensor
     k: int
 
-
-# Float64 squared norms below this may have lost bits to underflow.
-_TINY = 2.0**-1000
 
 # The inner product is a difference of terms of size ||x_i||^2 and ||x_j||^2: a cosine loses about log2(r)
 # bits when the norms differ by a factor r. Beyond this spread the points are scaled to unit norm first.
@@ -123,7 +114,7 @@ def _tiny_norms(X: torch.Tensor, center: torch.Tensor | None, N: torch.Tensor, n
     if X.dtype != torch.float64:
         return False
     found = False
-    for i in (torch.isfinite(N) & (N < 2.0**-1000)).nonzero().flatten().tolist():
+    for i in (torch.isfinite(N) & (N < exact_geometry.TINY)).nonzero().flatten().tolist():
         p = center if i == X.shape[0] else X[i]
         top = float(p.abs().max()) if p.numel() else 0.0
         if top == 0.0:
@@ -238,15 +229,15 @@ def _root_cosines(X: torch.Tensor, root: torch.Tensor) -> tuple[torch.Tensor, to
     take the magnitude-safe law-of-cosines path (:func:`_angles`) instead. Raises ``ValueError`` for a
     root with NaN/inf entries.
     """
-    NG = _NS.row_sq_norms_and_dots(X, root).cpu()
-    Nr = float(_NS.row_sq_norms(root.reshape(1, -1))[0])
+    NG = ops.row_sq_norms_and_dots(X, root).cpu()
+    Nr = float(ops.row_sq_norms(root.reshape(1, -1))[0])
     N, G = NG[0], NG[1]
     usable = torch.isfinite(N)
-    in_range = math.isfinite(Nr) and (Nr == 0.0 or Nr >= _TINY)
+    in_range = math.isfinite(Nr) and (Nr == 0.0 or Nr >= exact_geometry.TINY)
     if X.dtype == torch.float64:
         # A float64 square may overflow for a finite row, or lose bits below 2**-1000.
-        in_range = in_range and bool(((N == 0) | (N >= _TINY))[usable].all())
-        in_range = in_range and not any(bool(torch.isfinite(X[i]).all()) for i in (~usable).nonzero().flatten())
+        in_range = in_range and bool(((N == 0) | (N >= exact_geometry.TINY))[usable].all())
+        in_range = in_range and torch.equal(exact_geometry.finite_by_entries(X, None, ~usable), usable)
     if not math.isfinite(Nr) and not bool(torch.isfinite(root).all()):
         raise ValueError("fltrust: root must be finite, got NaN/inf entries")
     if not in_range:
