@@ -143,6 +143,17 @@ def pairwise_sq_distances(X: torch.Tensor, center: torch.Tensor | None = None) -
     return D
 
 
+def row_sq_norms_and_dots(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(2, n) float64: sum_k x_ik**2 (row 0) and sum_k x_ik v_k (row 1), NaN/inf as IEEE arithmetic gives them."""
+    X64, v64 = X.to(torch.float64), v.to(torch.float64)
+    return torch.stack([(X64 * X64).sum(1), (X64 * v64).sum(1)])
+
+
+def row_sq_distances(X: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(n,) float64 sum_k (x_ik - v_k)**2, NaN/inf as IEEE arithmetic gives them."""
+    return ((X.to(torch.float64) - v.to(torch.float64)) ** 2).sum(1)
+
+
 def _krum_order(D: torch.Tensor, finite: list[bool], rows: list[int], f: int) -> list[int]:
     """rows ranked by (not finite, sum of the max(k - f - 2, 0) smallest D_ij to
     the other rows of ``rows``, index), k = len(rows)."""

@@ -357,7 +357,8 @@ def test_pairwise_clustered(d, dtype):
 @settings(max_examples=10, **SETTINGS)
 @given(spec=rows_specs(max_n=20, max_d=600), dtype=st.sampled_from(DTYPES))
 def test_distance_kernels_each_isa(isa, spec, dtype):
-    """The three kernels (distances, row norms, row mixing) under each instruction set."""
+    """The kernels (distances, row norms with and without dot products, distances to a vector, row mixing)
+    under each instruction set, against the float64 reference."""
     X = make_rows(spec, dtype)
     n = spec.n
     C = torch.linspace(-1.0, 2.0, 3 * n, dtype=torch.float64).reshape(3, n)
@@ -367,9 +368,21 @@ def test_distance_kernels_each_isa(isa, spec, dtype):
         assert_same_bits(D.reshape(-1), robustagg.pairwise_sq_distances(X).reshape(-1), "second call")
         N = robustagg.ops.row_sq_norms(X)
         M = robustagg.ops.mix_rows(C, X)
+        v = X[n // 2].flip(0).contiguous()  # a row of X reversed: NaN/inf in v when that row has them
+        ND = robustagg.ops.row_sq_norms_and_dots(X, v)
+        SD = robustagg.ops.row_sq_distances(X, v)
     assert_d_close(D, reference.pairwise_sq_distances(X), X, what=f"isa={isa} {spec!r}")
     X64 = X.to(torch.float64)
     torch.testing.assert_close(N, (X64 * X64).sum(1), rtol=1e-12, atol=0, equal_nan=True)
+    # The dots may cancel: their error is bounded by the sum of the products' magnitudes.
+    want = reference.row_sq_norms_and_dots(X, v)
+    torch.testing.assert_close(ND[0], want[0], rtol=1e-12, atol=0, equal_nan=True)
+    bound = 1e-12 * (X64.abs() * v.to(torch.float64).abs()).sum(1).nan_to_num(0.0, 0.0, 0.0)
+    assert torch.equal(torch.isfinite(ND[1]), torch.isfinite(want[1])), f"dots' non-finite pattern, isa={isa}"
+    assert torch.equal(torch.isnan(ND[1]), torch.isnan(want[1])), f"dots' NaN pattern, isa={isa}"
+    finite = torch.isfinite(want[1])
+    assert ((ND[1] - want[1]).abs()[finite] <= bound[finite]).all(), f"dots, isa={isa} {spec!r}"
+    torch.testing.assert_close(SD, reference.row_sq_distances(X, v), rtol=1e-12, atol=0, equal_nan=True)
     expected = (C @ X64.nan_to_num(0.0, 0.0, 0.0)).to(dtype)
     assert_vec_close(M, expected, finite_scale(X) * float(C.abs().sum(1).max()), 1e-14, f"mix_rows isa={isa}")
 
