@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build robustagg with CUDA for the card, run
-# the test suite (CUDA tests included, among them CPU/CUDA parity beyond
-# 2**31 elements), compute-sanitizer (memcheck and racecheck) on a small call
-# of every kernel, then time every CUDA op against a device-to-device copy of
+# the CUDA tests (among them CPU/CUDA parity beyond 2**31 elements) and
+# compute-sanitizer (memcheck, racecheck and initcheck) on a small call of
+# every kernel, side by side, then time every CUDA op against a device-to-device copy of
 # the same bytes (bench/gpu_time.py) and the Byzantine line's rounds per second
 # in the ICML 2021 configuration (bench/workloads.py). Prints the table last; the full log and the tables go to $OUT (or
 # bench/out/gpu when OUT is unset).
 #
 #   bash bench/gpu_check.sh            # everything
 #   QUICK=1 bash bench/gpu_check.sh    # smaller timing grid
+#   TESTS=all bash bench/gpu_check.sh  # the whole test suite, not only the CUDA tests
+# Time limits per step, in seconds: TESTS_S (300), SANITIZE_S (300), TIMINGS_S (240),
+# WORKLOADS_S (120); ROUNDS (30) rounds of each training run.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/out/gpu}"
@@ -34,22 +37,33 @@ fail() { echo "FAILED: $*" | tee -a "$FAILED"; }
   grep -E "robustagg:" "$OUT/build.log" | head -1
   "$PY" -c "import robustagg as r; assert r.cuda_kernels_built(), 'CUDA kernels missing'; print('cuda kernels built; cpu isa', r.cpu_kernel_isa())" || { fail import; exit 1; }
 
-  step "tests (CUDA tests included)"
+  # The CUDA tests and the three sanitizers run side by side (each is its own process on the
+  # card; none is timed); the timings run alone afterwards. Each step has a time limit, so one
+  # that hangs still leaves the others' results. TESTS=all runs the whole suite (CI runs the CPU
+  # part on every commit).
+  step "tests (${TESTS:-cuda}), compute-sanitizer memcheck, racecheck and initcheck, side by side"
   xdist=(); "$PY" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-  "$PY" -m pytest tests -q -p no:cacheprovider "${xdist[@]}" -rfE 2>&1 | tail -30 || fail tests
-
-  step "compute-sanitizer memcheck"
-  compute-sanitizer --tool memcheck --error-exitcode 3 "$PY" bench/gpu_sanitize.py 2>&1 | tail -5 || fail memcheck
-  step "compute-sanitizer racecheck"
-  compute-sanitizer --tool racecheck --error-exitcode 3 "$PY" bench/gpu_sanitize.py 2>&1 | tail -5 || fail racecheck
+  marks=(-m cuda); [ "${TESTS:-cuda}" = all ] && marks=()
+  for tool in memcheck racecheck initcheck; do
+    timeout "${SANITIZE_S:-300}" compute-sanitizer --tool $tool --error-exitcode 3 "$PY" bench/gpu_sanitize.py \
+      > "$OUT/sanitize-$tool.log" 2>&1 &
+    eval "pid_$tool=$!"
+  done
+  timeout "${TESTS_S:-300}" "$PY" -m pytest tests -q -p no:cacheprovider --continue-on-collection-errors "${marks[@]}" "${xdist[@]}" -rfE \
+    > "$OUT/tests.log" 2>&1 || fail "tests (rc $?)"
+  tail -25 "$OUT/tests.log"
+  for tool in memcheck racecheck initcheck; do
+    eval "wait \$pid_$tool" || fail "$tool (rc $?)"
+    echo "--- $tool"; tail -6 "$OUT/sanitize-$tool.log"
+  done
 
   step "timings"
-  if [ "${QUICK:-0}" = 1 ]; then grid=(--n 8 25 64 --d 16000000); else grid=(); fi
-  "$PY" bench/gpu_time.py "${grid[@]}" --out "$OUT" > "$OUT/gpu-time.txt" || fail timings
+  if [ "${QUICK:-0}" = 1 ]; then grid=(--n 8 25 64 128 --d 16000000); else grid=(); fi
+  timeout "${TIMINGS_S:-240}" "$PY" bench/gpu_time.py "${grid[@]}" --out "$OUT" > "$OUT/gpu-time.txt" || fail "timings (rc $?)"
 
   step "training throughput: the ICML 2021 configuration on synthetic CIFAR-10 (bench/workloads.py)"
-  "$PY" bench/workloads.py --suite icml21 --device cuda --rounds 30 --json "$OUT/workloads-gpu.json" \
-    --markdown "$OUT/workloads-gpu.md" 2>&1 | tail -12 || fail workloads
+  timeout "${WORKLOADS_S:-120}" "$PY" bench/workloads.py --suite icml21 --device cuda --rounds "${ROUNDS:-30}" \
+    --json "$OUT/workloads-gpu.json" --markdown "$OUT/workloads-gpu.md" 2>&1 | tail -12 || fail workloads
 } 2>&1 | tee "$LOG"
 
 echo

@@ -5,7 +5,8 @@ shared-memory tile kernel (n > 64, and n > 32 for float64), every mode, every
 dtype, tails (d not a multiple of the block), strided rows, and the mean
 with and without weights; the distance kernels (Gram tiles with and without
 a center, diagonal and off-diagonal tile pairs, split and grouped column
-chunks), mixing and row norms through the rules built on them. Selection
+chunks), mixing, row norms, dots and distances to a vector, through the
+rules built on them (the catalogue's Gram rules and FLTrust included). Selection
 rules and mixing must equal the CPU op bit for bit; float64 sums (distances,
 norms) may differ by rounding. The fused momentum update (multi-tensor
 launches: a tensor spanning 2 chunks, 0-D, empty and strided tensors, mixed
@@ -45,6 +46,9 @@ def check_distance_ops(X: torch.Tensor, Xc: torch.Tensor, dtype: torch.dtype, n:
         ("finite rows", lambda A, c: ra.exact_geometry.distances_and_finite(A, c)[1], 0.0),
         ("mix_rows", lambda A, c: ra.ops.mix_rows(C.to(A.device), A, c), 0.0),
         ("row_sq_norms", lambda A, c: ra.ops.row_sq_norms(A), 1e-9),
+        ("row_sq_norms_and_dots", lambda A, c: ra.ops.row_sq_norms_and_dots(A, c), 1e-9),
+        ("row_sq_distances", lambda A, c: ra.ops.row_sq_distances(A, c), 1e-9),
+        ("fltrust", lambda A, c: ra.fltrust(A, c), 1e-4),
         ("mean_around_median", lambda A, c: ra.ops.mean_around_median(A, max(1, n // 3)), 0.0),
     ]
     if n > 4:
@@ -54,11 +58,15 @@ def check_distance_ops(X: torch.Tensor, Xc: torch.Tensor, dtype: torch.dtype, n:
             ("geometric_median", lambda A, c: ra.geometric_median(A), 1e-4),
             ("centered_clip", lambda A, c: ra.centered_clip(A, c, 1.0, 3), 1e-4),
             ("nnm", lambda A, c: ra.nnm(A, f), 1e-6),
+            ("monna", lambda A, c: ra.monna(A, f, pivot=1), 1e-6),
+            ("caf", lambda A, c: ra.caf(A, f), 1e-4),
         ]
+    if 4 < n <= 13:  # subset searches, within their budget
+        calls += [("mda", lambda A, c: ra.mda(A, f), 1e-6), ("smea", lambda A, c: ra.smea(A, f), 1e-6)]
     for name, call, rtol in calls:
         got = call(Xc, center.cuda()).cpu()
         want = call(X, center)
-        ok = torch.equal(got, want) if rtol == 0.0 else close(got, want, rtol)
+        ok = same(got, want) if rtol == 0.0 else close(got, want, rtol)
         if not ok:
             failures += 1
             print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
@@ -263,6 +271,7 @@ def main() -> int:
     torch.manual_seed(0)
     failures = 0
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        print(f"coordinate and distance kernels, {dtype}", flush=True)  # progress, for a run cut short
         for n in (1, 5, 8, 13, 25, 33, 64, 65, 100):
             X = torch.randn(n, 2 * 301, dtype=torch.float64).to(dtype)[:, ::2]  # strided, d = 301
             X[0, :3] = float("nan")
@@ -283,9 +292,9 @@ def main() -> int:
                     failures += 1
                     print(f"MISMATCH {name} dtype={dtype} n={n}", file=sys.stderr)
             failures += check_distance_ops(X, Xc, dtype, n)
-    failures += check_momentum_update()
-    failures += check_fused_updates()
-    failures += check_weighted_masked()
+    for check in (check_momentum_update, check_fused_updates, check_weighted_masked):
+        print(check.__name__, flush=True)
+        failures += check()
     torch.cuda.synchronize()
     print(f"gpu_sanitize: {failures} mismatches")
     return 1 if failures else 0

@@ -16,7 +16,8 @@ tensors, 11.7M values): GB/s counts each op's streams (lists read + lists
 written) times one list's bytes, against a copy of one list, and the fastest
 torch._foreach_* composition of the same update. Median of
 repeats timed with CUDA events; inputs rotate so that no repeat finds X in
-L2. Prints a markdown table and writes it (and JSON) to --out.
+L2. The catalogue's rules (MDA, MoNNA, SMEA, CAF, FLTrust, DnC, SignGuard,
+ClippedClustering) at n = 10, f = 2 for each --catalogue-d. Prints a markdown table and writes it (and JSON) to --out.
 
     python bench/gpu_time.py --n 8 25 64 128 --d 16000000 64000000 --out bench/out/gpu
 """
@@ -109,6 +110,46 @@ def momentum_case(d: int, k: int, repeats: int, l2: int, name: str, beta: float 
     return [row], [line]
 
 
+def catalogue_case(
+    n: int, d: int, repeats: int, l2: int, name: str, f: int = 2, device: str = "cuda", timer=None
+) -> tuple[list[dict], list[str]]:
+    """The catalogue's rules on an (n, d) float32 matrix, f Byzantine (FLTrust against a root
+    gradient), each against one read of X, as the CPU catalogue benchmark does."""
+    timer = timer or time_ms
+    nbytes = n * d * 4
+    copies = max(1, min(4, (8 * l2) // nbytes + 1))
+    gen = torch.Generator().manual_seed(n + d)
+    inputs = [torch.randn(n, d, generator=gen).to(device) for _ in range(copies)]
+    root = torch.randn(d, generator=gen).to(device)
+    out = torch.empty_like(inputs[0])
+    copy_ms = timer(out.copy_, inputs, repeats)
+    del out
+    read_ms = timer(lambda X: X.sum(0), inputs, repeats)
+    copy_gbs = 2 * nbytes / copy_ms / 1e6
+    ops = {
+        "mda": lambda X: ra.mda(X, f),
+        "monna": lambda X: ra.monna(X, f),
+        "smea": lambda X: ra.smea(X, f),
+        "caf": lambda X: ra.caf(X, f),
+        "fltrust": lambda X: ra.fltrust(X, root),
+        "dnc": lambda X: ra.dnc(X, f, generator=torch.Generator().manual_seed(0)),
+        "signguard": lambda X: ra.signguard(X, generator=torch.Generator().manual_seed(0)),
+        "clipped_clustering": lambda X: ra.clipped_clustering(X),
+    }
+    rows, lines = [], []
+    for op, fn in ops.items():
+        ms = timer(fn, inputs, repeats)
+        row = speed_row(ms, nbytes + d * 4, read_ms, copy_gbs, n=n, d=d, op=op, f=f, device=name)
+        line = f"| {n} | {d:,} | {copy_gbs:.0f} | {op} | {ms:.3f} | {row['gbs']:.0f} | {row['pct_copy']:.0f}% | {ms / read_ms:.2f} | |"
+        print(line, flush=True)
+        rows.append(row)
+        lines.append(line)
+    del inputs
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return rows, lines
+
+
 def fused_update_cases(
     repeats: int, l2: int, name: str, device: str = "cuda", timer=None
 ) -> tuple[list[dict], list[str]]:
@@ -182,6 +223,13 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--torch-median-max-bytes", type=float, default=4e9, help="skip torch.median above this input size")
     p.add_argument("--momentum-tensors", type=int, default=25, help="tensors in the momentum_update_ list")
+    p.add_argument(
+        "--catalogue-d",
+        type=int,
+        nargs="*",
+        default=[2_000_000, 16_000_000],
+        help="d of the catalogue rows (n = 10, f = 2)",
+    )
     p.add_argument("--out", default="bench/out/gpu")
     args = p.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -252,6 +300,10 @@ def main() -> int:
             del inputs
             torch.cuda.empty_cache()
         more_rows, more_lines = momentum_case(d, args.momentum_tensors, args.repeats, l2, name)
+        rows += more_rows
+        lines += more_lines
+    for d in args.catalogue_d:
+        more_rows, more_lines = catalogue_case(10, d, args.repeats, l2, name)
         rows += more_rows
         lines += more_lines
     more_rows, more_lines = fused_update_cases(args.repeats, l2, name)
