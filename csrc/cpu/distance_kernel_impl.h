@@ -3,7 +3,9 @@
 // compiler builtins only (see coordinate_kernel.h).
 //
 //  * Gram: a chunk of columns of every row is staged, shifted, as float64 in
-//    an L2-resident buffer (each value converted once). Rows go in blocks of
+//    an L2-resident buffer (each value converted once); float32 and float64
+//    input of at most kDirectMaxRows rows skips the buffer and is converted
+//    and shifted as the tiles read it (the same values). Rows go in blocks of
 //    4 (the last may hold fewer): the pairs inside a block, then register
 //    tiles of kTI x 4 pairs against every later block; one float64 vector of
 //    columns per pair,
@@ -132,17 +134,74 @@ RA_INLINE void flush(const F64v (&acc)[TI][TJ], int64_t a0, int64_t b0, int64_t 
     }
 }
 
-// Rows a..a+TI-1 against rows b..b+TJ-1 of the staged chunk.
-template <int TI, int TJ, typename Prefetch>
-RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64_t vecs, F64v (&acc)[TI][TJ],
-                         Prefetch& prefetch) {
-  for (int64_t v = 0; v < vecs; ++v) {
+// The rows of one chunk as the tiles read them, vector v (kD columns) at a
+// time, shifted: `row(i)` is row i's first column in the chunk and
+// `at<tail>(p, v, shift_at(v))` its float64 vector v. `whole` vectors need no
+// bounds check; the tiles read those with tail = false, the rest with true.
+
+// Rows staged as shifted float64 in the scratch buffer (zero-padded).
+struct StagedRows {
+  using P = const double*;
+  const double* buf;
+  int64_t stride;
+  int64_t whole;
+  inline __attribute__((always_inline)) P row(int64_t i) const { return buf + i * stride; }
+  inline __attribute__((always_inline)) F64v shift_at(int64_t) const { return F64v{}; }
+  template <bool kTail>
+  inline __attribute__((always_inline)) F64v at(P p, int64_t v, F64v) const {
+    return load_vec(p + v * kD);
+  }
+};
+
+// Rows read straight from X (float32 or float64), converted and shifted at
+// each use. For a few rows (each read by a few tiles) this costs less than
+// staging: no store and reload of every value, and the conversions run beside
+// the multiply-adds. The same values as staged, so the same sums.
+template <InputKind K>
+struct DirectRows {
+  static_assert(K == InputKind::kF32 || K == InputKind::kF64, "direct rows widen float32 or float64");
+  using In = typename Lanes<K>::In;
+  using P = const In*;
+  const RowSource& s;
+  int64_t c0;
+  const double* shift;
+  int64_t count;
+  int64_t whole;
+  inline __attribute__((always_inline)) P row(int64_t i) const { return row_ptr<K>(s, i, c0); }
+  inline __attribute__((always_inline)) F64v shift_at(int64_t v) const { return load_vec(shift + v * kD); }
+  static inline __attribute__((always_inline)) F64v widen(const In* p) {
+    if constexpr (K == InputKind::kF32) {
+      F32h h;
+      __builtin_memcpy(&h, p, sizeof(h));
+      return f32_to_f64(h);
+    } else {
+      return load_vec(p);
+    }
+  }
+  template <bool kTail>
+  inline __attribute__((always_inline)) F64v at(P p, int64_t v, F64v sv) const {
+    if constexpr (!kTail) {
+      return widen(p + v * kD) - sv;
+    } else {
+      In tail[kD] = {};  // columns past count read as 0 (and their shift is 0)
+      for (int64_t l = 0; l < kD && v * kD + l < count; ++l) tail[l] = p[v * kD + l];
+      return widen(tail) - sv;
+    }
+  }
+};
+
+// Rows pa[] against rows pb[] of the chunk, vectors [v0, v1).
+template <bool kTail, int TI, int TJ, typename R, typename Prefetch>
+RA_INLINE void gram_tile_range(const R& rows, const typename R::P (&pa)[TI], const typename R::P (&pb)[TJ], int64_t v0,
+                               int64_t v1, F64v (&acc)[TI][TJ], Prefetch& prefetch) {
+  for (int64_t v = v0; v < v1; ++v) {
     prefetch.step();
+    const F64v sv = rows.shift_at(v);
     F64v av[TI], bv[TJ];
 #pragma GCC unroll 4
-    for (int ii = 0; ii < TI; ++ii) av[ii] = load_vec(a + ii * stride + v * kD);
+    for (int ii = 0; ii < TI; ++ii) av[ii] = rows.template at<kTail>(pa[ii], v, sv);
 #pragma GCC unroll 4
-    for (int jj = 0; jj < TJ; ++jj) bv[jj] = load_vec(b + jj * stride + v * kD);
+    for (int jj = 0; jj < TJ; ++jj) bv[jj] = rows.template at<kTail>(pb[jj], v, sv);
 #pragma GCC unroll 4
     for (int ii = 0; ii < TI; ++ii)
 #pragma GCC unroll 4
@@ -152,37 +211,90 @@ RA_INLINE void gram_tile(const double* a, const double* b, int64_t stride, int64
 
 // The kTileRows rows from a0 against the TJ rows from b0, TI rows at a time:
 // kTI, or all four against at most two (8 accumulators fit either way).
-template <int TJ, typename Prefetch>
-RA_INLINE void gram_block_pair(const double* buf, int64_t stride, int64_t vecs, int64_t a0, int64_t b0, int64_t m,
-                               double* gram, Prefetch& prefetch) {
+template <int TJ, typename R, typename Prefetch>
+RA_INLINE void gram_block_pair(const R& rows, int64_t vecs, int64_t a0, int64_t b0, int64_t m, double* gram,
+                               Prefetch& prefetch) {
   constexpr int TI = TJ <= 2 ? kTileRows : kTI;
+  typename R::P pb[TJ];
+  for (int jj = 0; jj < TJ; ++jj) pb[jj] = rows.row(b0 + jj);
   for (int64_t h = 0; h < kTileRows; h += TI) {
+    typename R::P pa[TI];
+    for (int ii = 0; ii < TI; ++ii) pa[ii] = rows.row(a0 + h + ii);
     F64v acc[TI][TJ] = {};
-    gram_tile<TI, TJ>(buf + (a0 + h) * stride, buf + b0 * stride, stride, vecs, acc, prefetch);
+    gram_tile_range<false>(rows, pa, pb, 0, rows.whole, acc, prefetch);
+    gram_tile_range<true>(rows, pa, pb, rows.whole, vecs, acc, prefetch);
     flush(acc, a0 + h, b0, m, gram);
   }
 }
 
-// The R (R + 1) / 2 pairs i <= j of the R rows from a0.
-template <int R, typename Prefetch>
-RA_INLINE void gram_triangle(const double* buf, int64_t stride, int64_t vecs, int64_t a0, int64_t m, double* gram,
-                             Prefetch& prefetch) {
-  F64v acc[R * (R + 1) / 2] = {};
-  const double* a = buf + a0 * stride;
-  for (int64_t v = 0; v < vecs; ++v) {
+// Vectors [v0, v1) of the R (R + 1) / 2 pairs i <= j of the rows p[].
+template <bool kTail, int R, typename Rows, typename Prefetch>
+RA_INLINE void gram_triangle_range(const Rows& rows, const typename Rows::P (&p)[R], int64_t v0, int64_t v1,
+                                   F64v (&acc)[R * (R + 1) / 2], Prefetch& prefetch) {
+  for (int64_t v = v0; v < v1; ++v) {
     prefetch.step();
+    const F64v sv = rows.shift_at(v);
     F64v x[R];
 #pragma GCC unroll 4
-    for (int ii = 0; ii < R; ++ii) x[ii] = load_vec(a + ii * stride + v * kD);
+    for (int ii = 0; ii < R; ++ii) x[ii] = rows.template at<kTail>(p[ii], v, sv);
 #pragma GCC unroll 4
     for (int ii = 0; ii < R; ++ii)
 #pragma GCC unroll 4
       for (int jj = ii; jj < R; ++jj) acc[ii * R - ii * (ii - 1) / 2 + jj - ii] += x[ii] * x[jj];
   }
+}
+
+// The R (R + 1) / 2 pairs i <= j of the R rows from a0.
+template <int R, typename Rows, typename Prefetch>
+RA_INLINE void gram_triangle(const Rows& rows, int64_t vecs, int64_t a0, int64_t m, double* gram, Prefetch& prefetch) {
+  typename Rows::P p[R];
+  for (int ii = 0; ii < R; ++ii) p[ii] = rows.row(a0 + ii);
+  F64v acc[R * (R + 1) / 2] = {};
+  gram_triangle_range<false>(rows, p, 0, rows.whole, acc, prefetch);
+  gram_triangle_range<true>(rows, p, rows.whole, vecs, acc, prefetch);
   int t = 0;
   for (int ii = 0; ii < R; ++ii)
     for (int jj = ii; jj < R; ++jj, ++t) gram[(a0 + ii) * m + a0 + jj] += lane_sum(acc[t]);
 }
+
+// Blocks of kTileRows rows (the last may have fewer): the triangle of each
+// diagonal block, then its pairs with every later block.
+template <typename R, typename Prefetch>
+void gram_tiles(const R& rows, int64_t vecs, int64_t m, double* gram, Prefetch& prefetch) {
+  for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
+    switch (m - i0) {
+      case 1:
+        gram_triangle<1>(rows, vecs, i0, m, gram, prefetch);
+        break;
+      case 2:
+        gram_triangle<2>(rows, vecs, i0, m, gram, prefetch);
+        break;
+      case 3:
+        gram_triangle<3>(rows, vecs, i0, m, gram, prefetch);
+        break;
+      default:
+        gram_triangle<4>(rows, vecs, i0, m, gram, prefetch);
+    }
+    for (int64_t j0 = i0 + kTileRows; j0 < m; j0 += kTileRows) {
+      switch (m - j0) {
+        case 1:
+          gram_block_pair<1>(rows, vecs, i0, j0, m, gram, prefetch);
+          break;
+        case 2:
+          gram_block_pair<2>(rows, vecs, i0, j0, m, gram, prefetch);
+          break;
+        case 3:
+          gram_block_pair<3>(rows, vecs, i0, j0, m, gram, prefetch);
+          break;
+        default:
+          gram_block_pair<4>(rows, vecs, i0, j0, m, gram, prefetch);
+      }
+    }
+  }
+}
+
+// Rows up to which float32 and float64 rows go to the tiles straight from X.
+constexpr int64_t kDirectMaxRows = 12;
 
 template <InputKind K>
 void gram_columns(const RowSource& s, double* gram) {
@@ -191,12 +303,14 @@ void gram_columns(const RowSource& s, double* gram) {
   double* buf = s.scratch;
   double* shift = s.scratch + mp * s.chunk;
   const int64_t source[3] = {0, (s.n - 1) / 2, s.n - 1};  // the rows the shift is the median of
+  constexpr bool kCanGoDirect = K == InputKind::kF32 || K == InputKind::kF64;
+  const bool direct = kCanGoDirect && m <= kDirectMaxRows;
   for (int64_t c0 = s.col_begin; c0 < s.col_end; c0 += s.chunk) {
     const int64_t count = s.col_end - c0 < s.chunk ? s.col_end - c0 : s.chunk;
     const int64_t padded = round_up(count, Lanes<K>::W);  // zero columns complete the last block
     const int64_t vecs = padded / kD;
     // The shift from the three source rows, read straight from X (0 past
-    // count), then every row shifted as it is staged.
+    // count).
     const typename Lanes<K>::In* src[3];
     for (int k = 0; k < 3; ++k) src[k] = row_ptr<K>(s, source[k], c0);
     for (int64_t c = 0; c < padded; c += Lanes<K>::W) {
@@ -209,45 +323,19 @@ void gram_columns(const RowSource& s, double* gram) {
         __builtin_memcpy(shift + c + h * kD, &r, sizeof(r));
       }
     }
-    for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk, shift);
-
     const int64_t next = c0 + s.chunk;
     const int64_t next_count = s.col_end - next < s.chunk ? s.col_end - next : s.chunk;
     Prefetcher<K> prefetch{s, next,
                            next_count > 0 ? next_count * static_cast<int64_t>(sizeof(typename Lanes<K>::In)) : 0,
                            next_count > 0 ? m : 0};
-    // Blocks of kTileRows rows (the last may have fewer): the triangle of
-    // each diagonal block, then its pairs with every later block.
-    for (int64_t i0 = 0; i0 < m; i0 += kTileRows) {
-      switch (m - i0) {
-        case 1:
-          gram_triangle<1>(buf, s.chunk, vecs, i0, m, gram, prefetch);
-          break;
-        case 2:
-          gram_triangle<2>(buf, s.chunk, vecs, i0, m, gram, prefetch);
-          break;
-        case 3:
-          gram_triangle<3>(buf, s.chunk, vecs, i0, m, gram, prefetch);
-          break;
-        default:
-          gram_triangle<4>(buf, s.chunk, vecs, i0, m, gram, prefetch);
-      }
-      for (int64_t j0 = i0 + kTileRows; j0 < m; j0 += kTileRows) {
-        switch (m - j0) {
-          case 1:
-            gram_block_pair<1>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
-            break;
-          case 2:
-            gram_block_pair<2>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
-            break;
-          case 3:
-            gram_block_pair<3>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
-            break;
-          default:
-            gram_block_pair<4>(buf, s.chunk, vecs, i0, j0, m, gram, prefetch);
-        }
+    if constexpr (kCanGoDirect) {
+      if (direct) {
+        gram_tiles(DirectRows<K>{s, c0, shift, count, count / kD}, vecs, m, gram, prefetch);
+        continue;
       }
     }
+    for (int64_t i = 0; i < m; ++i) stage_row<K>(row_ptr<K>(s, i, c0), count, padded, buf + i * s.chunk, shift);
+    gram_tiles(StagedRows{buf, s.chunk, vecs}, vecs, m, gram, prefetch);
   }
 }
 
