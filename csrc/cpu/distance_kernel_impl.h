@@ -52,6 +52,20 @@ RA_INLINE F64v load_vec(const double* p) {
   return v;
 }
 
+// kD float32 or float64 values from p as one float64 vector, loaded at that
+// width: no wider vector to split (GCC splits one through the stack on AVX2).
+template <InputKind K>
+RA_INLINE F64v widen_vec(const typename Lanes<K>::In* p) {
+  static_assert(K == InputKind::kF32 || K == InputKind::kF64, "widen_vec reads float32 or float64");
+  if constexpr (K == InputKind::kF32) {
+    F32h h;
+    __builtin_memcpy(&h, p, sizeof(h));
+    return f32_to_f64(h);
+  } else {
+    return load_vec(p);
+  }
+}
+
 // The float64 values of the min(W, count) columns from p as native parts;
 // lanes past count are 0.
 template <InputKind K>
@@ -170,23 +184,14 @@ struct DirectRows {
   int64_t whole;
   inline __attribute__((always_inline)) P row(int64_t i) const { return row_ptr<K>(s, i, c0); }
   inline __attribute__((always_inline)) F64v shift_at(int64_t v) const { return load_vec(shift + v * kD); }
-  static inline __attribute__((always_inline)) F64v widen(const In* p) {
-    if constexpr (K == InputKind::kF32) {
-      F32h h;
-      __builtin_memcpy(&h, p, sizeof(h));
-      return f32_to_f64(h);
-    } else {
-      return load_vec(p);
-    }
-  }
   template <bool kTail>
   inline __attribute__((always_inline)) F64v at(P p, int64_t v, F64v sv) const {
     if constexpr (!kTail) {
-      return widen(p + v * kD) - sv;
+      return widen_vec<K>(p + v * kD) - sv;
     } else {
       In tail[kD] = {};  // columns past count read as 0 (and their shift is 0)
       for (int64_t l = 0; l < kD && v * kD + l < count; ++l) tail[l] = p[v * kD + l];
-      return widen(tail) - sv;
+      return widen_vec<K>(tail) - sv;
     }
   }
 };
@@ -357,6 +362,13 @@ template <InputKind K>
 RA_INLINE void add_direct(F64v (&acc)[kMixVecs], double coef, const typename Lanes<K>::In* p, int64_t count) {
   using L = Lanes<K>;
   constexpr int kParts = L::kParts;
+  if constexpr (K == InputKind::kF32 || K == InputKind::kF64) {
+    if (count >= kMixVecs * kD) {  // a whole group, vector by vector (the same values and sums)
+#pragma GCC unroll 8
+      for (int q = 0; q < kMixVecs; ++q) acc[q] += unfused(coef * widen_vec<K>(p + q * kD));
+      return;
+    }
+  }
 #pragma GCC unroll 8
   for (int b = 0; b < kMixVecs / kParts; ++b) {
     const int64_t c = b * L::W;

@@ -50,11 +50,14 @@ RA_INLINE I32v load_u16(const uint16_t* p) {
 }
 
 // kLanes64 float32 values as float64 (exact). GCC 12 lowers the generic
-// conversion to 8 doubles as two 4-lane conversions and an insert; the
-// AVX-512 builtin is one instruction (rounding argument 4: the current mode).
+// conversion as two half-width conversions and an insert (on AVX-512 and on
+// AVX2 alike); the builtins are one instruction (AVX-512's rounding argument
+// 4: the current mode).
 RA_INLINE F64v f32_to_f64(F32h h) {
 #if ROBUSTAGG_VEC_BYTES == 64
   return __builtin_ia32_cvtps2pd512_mask(h, F64v{}, static_cast<unsigned char>(-1), 4);
+#elif ROBUSTAGG_VEC_BYTES == 32
+  return __builtin_ia32_cvtps2pd256(h);
 #else
   return __builtin_convertvector(h, F64v);
 #endif
