@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch._subclasses.fake_tensor import FakeTensor
 
@@ -111,13 +112,23 @@ def _references(n: int) -> list[int]:
     return [0, (n - 1) // 2, n - 1]
 
 
-def _in_doubt(D: torch.Tensor, finite: torch.Tensor, refs: list[int]) -> torch.Tensor:
-    """(m, m) bool: pairs of finite points whose distance may have cancelled (every pair when a reference is not finite)."""
-    both = finite.reshape(-1, 1) & finite.reshape(1, -1) & ~torch.eye(D.shape[0], dtype=torch.bool)
-    if not bool(finite[refs].all()):
+def _in_doubt(D: np.ndarray, finite: np.ndarray, refs: list[int]) -> np.ndarray:
+    """(m, m) bool: pairs of finite points whose distance may have cancelled (every pair when one of the three
+    references is not finite). Numpy on the host copies: on (m, m) arrays its per-call cost is a fraction of
+    torch's."""
+    both = finite[:, None] & finite[None, :]
+    np.fill_diagonal(both, False)
+    if not all(finite[r] for r in refs):
         return both
-    B = D[:, refs].sum(1)
-    return both & (D < 2.0**-_LOST_BITS * (B.reshape(-1, 1) + B.reshape(1, -1)))
+    B = D[:, refs[0]] + D[:, refs[1]] + D[:, refs[2]]
+    return both & (D < 2.0**-_LOST_BITS * (B[:, None] + B[None, :]))
+
+
+def _upper_pairs(doubt: np.ndarray) -> list[list[int]]:
+    """The pairs (i, j), i < j, flagged in a symmetric (m, m) bool array, in row-major order."""
+    i, j = np.nonzero(doubt)
+    upper = i < j
+    return np.stack([i[upper], j[upper]], 1).tolist()
 
 
 def _without_cancellation(
@@ -127,15 +138,16 @@ def _without_cancellation(
     n = X.shape[0]
     if X.shape[1] == 0 or (n < 4 and center is None):
         return D  # every row a reference: no pair of non-reference rows to cancel
-    doubt = _in_doubt(Dc, fc, _references(n))
+    Dn, fn = Dc.numpy(), fc.numpy()
+    doubt = _in_doubt(Dn, fn, _references(n))
     # A distance of exactly 0 between equal rows (Byzantine copies) is exact.
-    for i, j in (doubt & (Dc == 0)).triu(1).nonzero().tolist():
+    for i, j in _upper_pairs(doubt & (Dn == 0)):
         if torch.equal(_point(X, center, i), _point(X, center, j)):
             doubt[i, j] = doubt[j, i] = False
-    if not bool(doubt.any()):
+    if not doubt.any():
         return D
     rows = fc[:n].nonzero().flatten()
-    if int(doubt.triu(1).sum()) <= n or rows.numel() < 3:
+    if len(_upper_pairs(doubt)) <= n or rows.numel() < 3:
         return _direct(X, center, D, doubt)  # a few pairs: cheaper summed directly than a second pass
     # Central rows: the smallest median distance to the other finite rows (noise there stays small).
     sub = Dc[rows][:, rows]
@@ -152,13 +164,13 @@ def _without_cancellation(
     inverse[order] = torch.arange(order.numel())
     inverse = inverse.to(D.device)
     D = DY.index_select(0, inverse).index_select(1, inverse)
-    doubt = _in_doubt(D.detach().cpu(), fc, central)
-    return _direct(X, center, D, doubt) if bool(doubt.any()) else D
+    doubt = _in_doubt(D.detach().cpu().numpy(), fn, central)
+    return _direct(X, center, D, doubt) if doubt.any() else D
 
 
-def _direct(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, doubt: torch.Tensor) -> torch.Tensor:
+def _direct(X: torch.Tensor, center: torch.Tensor | None, D: torch.Tensor, doubt: np.ndarray) -> torch.Tensor:
     """D with the pairs in doubt summed directly, sum_k (p_ik - p_jk)**2 in float64."""
-    pairs = doubt.triu(1).nonzero().tolist()
+    pairs = _upper_pairs(doubt)
     values = torch.stack(
         [(_point(X, center, i).double() - _point(X, center, j).double()).square().sum() for i, j in pairs]
     )
