@@ -166,7 +166,7 @@ def format_markdown(result: dict[str, Any], command: str | None = None) -> str:
         "ms: median time. GB/s: bytes of X read per second. x read: time over one read of X (`X.sum(0)`) in the same run. "
         "vs torch"
         + (" / vs byzfl" if has_byzfl else "")
-        + ": baseline time over ours"
+        + ": baseline time over ours, the two timed call by call in one loop"
         + (f" ({names})" if names else "")
         + ". extra MB: peak memory of one call beyond its result ((d,), or (n, d) for the pre-aggregators). "
         "f = floor((n-1)/4) for trimmed_mean and meamed, floor((n-3)/4) for the distance rules, nnm and arc."
