@@ -147,7 +147,7 @@ def _without_cancellation(
     if not doubt.any():
         return D
     rows = fc[:n].nonzero().flatten()
-    if len(_upper_pairs(doubt)) <= n or rows.numel() < 3:
+    if np.count_nonzero(doubt) // 2 <= n or rows.numel() < 3:
         return _direct(X, center, D, doubt)  # a few pairs: cheaper summed directly than a second pass
     # Central rows: the smallest median distance to the other finite rows (noise there stays small).
     sub = Dc[rows][:, rows]
