@@ -114,21 +114,21 @@ def _references(n: int) -> list[int]:
 
 def _in_doubt(D: np.ndarray, finite: np.ndarray, refs: list[int]) -> np.ndarray:
     """(m, m) bool: pairs of finite points whose distance may have cancelled (every pair when one of the three
-    references is not finite). Numpy on the host copies: on (m, m) arrays its per-call cost is a fraction of
-    torch's."""
-    both = finite[:, None] & finite[None, :]
-    np.fill_diagonal(both, False)
-    if not all(finite[r] for r in refs):
-        return both
-    B = D[:, refs[0]] + D[:, refs[1]] + D[:, refs[2]]
-    return both & (D < 2.0**-_LOST_BITS * (B[:, None] + B[None, :]))
+    references is not finite). D is +inf between a point that is not finite and any other, so the threshold
+    test leaves those pairs out by itself. Numpy on the host copies: on (m, m) arrays its per-call cost is a
+    fraction of torch's."""
+    if all(finite[r] for r in refs):
+        B = D[:, refs].sum(1)
+        doubt = D < 2.0**-_LOST_BITS * (B[:, None] + B)
+    else:
+        doubt = finite[:, None] & finite
+    doubt.flat[:: D.shape[0] + 1] = False  # a point's distance to itself is 0 exactly
+    return doubt
 
 
 def _upper_pairs(doubt: np.ndarray) -> list[list[int]]:
     """The pairs (i, j), i < j, flagged in a symmetric (m, m) bool array, in row-major order."""
-    i, j = np.nonzero(doubt)
-    upper = i < j
-    return np.stack([i[upper], j[upper]], 1).tolist()
+    return np.argwhere(np.triu(doubt, 1)).tolist()
 
 
 def _without_cancellation(
@@ -140,6 +140,8 @@ def _without_cancellation(
         return D  # every row a reference: no pair of non-reference rows to cancel
     Dn, fn = Dc.numpy(), fc.numpy()
     doubt = _in_doubt(Dn, fn, _references(n))
+    if not doubt.any():
+        return D
     # A distance of exactly 0 between equal rows (Byzantine copies) is exact.
     for i, j in _upper_pairs(doubt & (Dn == 0)):
         if torch.equal(_point(X, center, i), _point(X, center, j)):
