@@ -74,6 +74,11 @@ TORCH_LIBRARY(robustagg, m) {
   // (n,) float64 squared distances ||x_i - v||^2 of the rows to the (d,)
   // vector v of X's dtype, summed directly (MoNNA's distances to its pivot).
   m.def("row_sq_distances(Tensor X, Tensor v) -> Tensor");
+  // CAF's filter (SPEC 3) on the host: from the (n, n) float64 squared
+  // distances and the (n,) finite flags, the (n,) float64 row weights c of the
+  // round with the smallest top eigenvalue, normalised to sum 1 (all 0 when
+  // no row is finite). CPU tensors only.
+  m.def("caf_weights(Tensor D, Tensor finite, int f) -> Tensor");
   // Fused multi-tensor updates (SPEC 6), in place on the first list.
   // buffers[i] <- beta * buffers[i] + (1 - beta) * grads[i]: worker momentum
   // and the SGD-with-momentum statistic.

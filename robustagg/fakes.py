@@ -96,6 +96,11 @@ def _(X, v):
     return X.new_empty((X.shape[0],), dtype=torch.float64)
 
 
+@torch.library.register_fake("robustagg::caf_weights")
+def _(D, finite, f):
+    return D.new_empty((D.shape[0],), dtype=torch.float64)
+
+
 @torch.library.register_fake("robustagg::momentum_update_")
 def _(buffers, grads, beta):
     _one_device("momentum_update_", buffers=buffers, grads=grads)

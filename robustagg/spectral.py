@@ -47,8 +47,8 @@ def _top_eigenpair(G: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
     """``(lambda, t / max t)``: the top eigenvalue of :math:`\\sum_i w_i y_i y_i^T` (``G_ij = y_i . y_j``)
     and the squared projections :math:`t_i = (y_i \\cdot v)^2` on its unit eigenvector v, relative to the
     largest. G is divided by a power of two first (exact), so that ``t``, a square of G's scale, cannot
-    overflow; lambda scales back. Float64 numpy arrays: the filter loops run on ``n x n`` matrices, where
-    numpy's per-call cost is a fraction of torch's."""
+    overflow; lambda scales back. Float64 numpy arrays (DnC's scores; CAF's filter runs the same steps in
+    ``csrc/cpu/caf_filter.cpp``)."""
     top = float(np.abs(G).max())
     if not top > 0.0:
         return 0.0, np.zeros_like(w)
@@ -76,7 +76,8 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
     sets no scale, else a removed far row would stall the filter). Returns the :math:`\mu_c` of the smallest
     :math:`\lambda` seen (the first on ties); :math:`\lambda = 0` ends the loop (the weighted rows
     coincide). When the loop never runs (``f = 0``), the mean of the finite rows (all NaN if none).
-    Needs ``n > 2f``. Two passes over X: every iterate works on the squared distances.
+    Needs ``n > 2f``. Two passes over X: every iterate works on the squared distances, on the host in C++
+    (``torch.ops.robustagg.caf_weights``).
     """
     f = check_honest_majority(X, f, "caf")
     D, finite, _ = exact_geometry.host_distances(X)
@@ -85,22 +86,9 @@ def caf(X: torch.Tensor, f: int) -> torch.Tensor:
 
 def caf_coefficients(D: torch.Tensor, finite: torch.Tensor, f: int) -> torch.Tensor | None:
     """CAF's row coefficients from the squared distances: the weights of the smallest eigenvalue seen,
-    normalised (None: no finite row)."""
-    n = D.shape[0]
-    D = D.cpu().numpy()
-    c = finite.cpu().numpy().astype(np.float64)
-    best, best_c = math.inf, c.copy()
-    while float(c.sum()) > n - 2 * f:
-        active = np.flatnonzero(c > 0)
-        ca = c[active]
-        w = ca / ca.sum()
-        lam, ratio = _top_eigenpair(coefficients.centered_gram(D[np.ix_(active, active)], w), w)
-        if lam < best:
-            best, best_c = lam, c.copy()
-        if lam == 0.0:
-            break
-        c[active] = ca * (1.0 - ratio)
-    return torch.from_numpy(best_c / best_c.sum()) if bool((best_c > 0).any()) else None
+    normalised (None: no finite row). The filter loop runs in ``torch.ops.robustagg.caf_weights``."""
+    c = torch.ops.robustagg.caf_weights(D.cpu(), finite.cpu(), f)
+    return c if bool(c.any()) else None
 
 
 def _unit_scale(Z: torch.Tensor) -> torch.Tensor:

@@ -503,6 +503,28 @@ def test_caf_hand_built():
     assert robustagg.spectral.caf(Z, 0).item() == pytest.approx(1.5, rel=1e-15)
 
 
+def test_caf_weights_op():
+    """The host filter op: normalised weights of the best round (the hand-built 0, 2, 4, 12 case above:
+    16/25, 8/9, 224/225, 0 over 568/225), all 0 without a finite row, and clear errors for bad input."""
+    D = torch.tensor([[0.0, 4, 16, 144], [4, 0, 4, 100], [16, 4, 0, 64], [144, 100, 64, 0]], dtype=F64)
+    op = torch.ops.robustagg.caf_weights
+    expected = torch.tensor([16 / 25, 8 / 9, 224 / 225, 0.0], dtype=F64) / (568 / 225)
+    torch.testing.assert_close(op(D, torch.ones(4, dtype=torch.bool), 1), expected, rtol=1e-15, atol=0)
+    assert torch.equal(op(D, torch.zeros(4, dtype=torch.bool), 1), torch.zeros(4, dtype=F64))
+    # f = 0: the loop never runs, equal weights on the finite rows
+    assert torch.equal(op(D, torch.tensor([True, False, True, True]), 0), torch.tensor([1 / 3, 0, 1 / 3, 1 / 3], dtype=F64))
+    for args, exc, pattern in (
+        ((D[:3], torch.ones(3, dtype=torch.bool), 1), ValueError, r"square \(n, n\)"),
+        ((D.float(), torch.ones(4, dtype=torch.bool), 1), TypeError, "must be float64"),
+        ((D, torch.ones(4), 1), TypeError, "finite must be bool"),
+        ((D, torch.ones(3, dtype=torch.bool), 1), ValueError, r"finite must have shape \(4\)"),
+        ((D, torch.ones(4, dtype=torch.bool), 2), ValueError, "needs 0 <= f and n > 2\\*f"),
+        ((D, torch.ones(4, dtype=torch.bool), -1), ValueError, "needs 0 <= f"),
+    ):
+        with pytest.raises(exc, match=pattern):
+            op(*args)
+
+
 def test_caf_identical_rows_leave_together():
     """-1, -1, 3, 0, 3 and f = 2 (stop at weight sum <= 1). Step 1: mean 4/5, tau 3.24, 3.24, 4.84, 0.64,
     4.84: both rows at 3 share the largest tau and reach weight 0 together; weights 1.6, 1.6, 4.2 (/ 4.84)

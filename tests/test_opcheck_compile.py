@@ -139,6 +139,10 @@ def _distance_samples(device="cpu"):
         (OPS.row_sq_distances.default, (Xt, Xt[1])),
         (OPS.mix_rows.default, (torch.rand(2, 7, generator=g, dtype=torch.float64).to(device), Xt, None)),
     ]
+    if device == "cpu":  # CAF's host filter: CPU tensors only
+        Y = torch.randn(9, 5, generator=g, dtype=torch.float64)
+        D, finite = OPS.pairwise_sq_distances(Y, None)
+        out += [(OPS.caf_weights.default, (D, finite, f)) for f in (0, 2, 4)]
     return out
 
 
@@ -149,6 +153,7 @@ def _distance_id(sample):
     return (
         f"{op.name().split('::')[1]}-{str(X.dtype).split('.')[1]}-{X.shape[0]}x{X.shape[1]}"
         f"{'-center' if center else ''}-{'contig' if X.is_contiguous() else 'strided'}"
+        f"{f'-f{args[2]}' if op is OPS.caf_weights.default else ''}"
     )
 
 
@@ -181,6 +186,8 @@ def test_fake_tensor_shapes_distance_ops():
         assert ND.shape == (2, 7) and ND.dtype == torch.float64
         SD = robustagg.ops.row_sq_distances(X, c)
         assert SD.shape == (7,) and SD.dtype == torch.float64
+        W = OPS.caf_weights(torch.empty(7, 7, dtype=torch.float64), torch.empty(7, dtype=torch.bool), 2)
+        assert W.shape == (7,) and W.dtype == torch.float64
 
 
 def _distance_pipeline(X, C, c):
