@@ -512,7 +512,9 @@ def test_caf_weights_op():
     torch.testing.assert_close(op(D, torch.ones(4, dtype=torch.bool), 1), expected, rtol=1e-15, atol=0)
     assert torch.equal(op(D, torch.zeros(4, dtype=torch.bool), 1), torch.zeros(4, dtype=F64))
     # f = 0: the loop never runs, equal weights on the finite rows
-    assert torch.equal(op(D, torch.tensor([True, False, True, True]), 0), torch.tensor([1 / 3, 0, 1 / 3, 1 / 3], dtype=F64))
+    assert torch.equal(
+        op(D, torch.tensor([True, False, True, True]), 0), torch.tensor([1 / 3, 0, 1 / 3, 1 / 3], dtype=F64)
+    )
     for args, exc, pattern in (
         ((D[:3], torch.ones(3, dtype=torch.bool), 1), ValueError, r"square \(n, n\)"),
         ((D.float(), torch.ones(4, dtype=torch.bool), 1), TypeError, "must be float64"),
